@@ -1,0 +1,83 @@
+"""The frozen options of a run, as the job layer receives them from the CLI (or from Python)."""
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.aggregate import RANK_METRICS
+from pipeline.divergence import LOG_BASES
+from pipeline.errors import UsageError
+
+TruthOption = Literal["auto", "hard", "soft"]
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """Where the inputs are and how their columns are named."""
+
+    labels: str
+    predictions: str
+    id_col: str = "id"
+    label_col: str = "label"
+    model_col: str = "model"
+    prob_prefix: str = "prob_"
+    logit_prefix: str = "logit_"
+    truth: TruthOption = "auto"
+    tolerance: float = 1e-6
+    slice_by: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.tolerance >= 0:
+            raise UsageError(f"--tolerance must be >= 0, got {self.tolerance}")
+        if self.truth not in ("auto", "hard", "soft"):
+            raise UsageError(f"--truth must be auto, hard or soft, got {self.truth!r}")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything ``klrank run`` needs: the inputs, the measures' options and where to publish."""
+
+    inputs: InputOptions
+    out: Path
+    base: str = "2"
+    epsilon: float = 0.0
+    rank_by: str = "mean_kl"
+    run_date: dt.date | None = None
+    write_rows: bool = True
+    failures: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.base not in LOG_BASES:
+            raise UsageError(f"--base must be one of {', '.join(LOG_BASES)}, got {self.base!r}")
+        if not (0.0 <= self.epsilon < 1.0):
+            raise UsageError(f"--epsilon must be in [0, 1), got {self.epsilon}")
+        if self.rank_by not in RANK_METRICS:
+            raise UsageError(f"--rank-by must be one of {', '.join(RANK_METRICS)}, got {self.rank_by!r}")
+
+    @property
+    def target(self) -> Path:
+        """The directory the report is published to."""
+        if self.run_date is None:
+            return self.out
+        return self.out / f"run_date={self.run_date.isoformat()}"
+
+    @property
+    def failures_path(self) -> Path:
+        """Where the full failure cases go when validation fails: never inside the report."""
+        if self.failures is not None:
+            return self.failures
+        partition = [] if self.run_date is None else [f"run_date={self.run_date.isoformat()}"]
+        return self.out.joinpath("_failures", *partition, "failures.parquet")
+
+    def recorded(self) -> dict[str, Any]:
+        """The options as recorded in the report's metadata and the manifest (JSON-ready)."""
+        options = asdict(self.inputs) | {
+            "base": self.base,
+            "epsilon": self.epsilon,
+            "rank_by": self.rank_by,
+            "run_date": self.run_date.isoformat() if self.run_date else None,
+            "write_rows": self.write_rows,
+        }
+        options["slice_by"] = list(self.inputs.slice_by)
+        return options

@@ -1,0 +1,1 @@
+"""Pure computation for klrank: divergence expressions, validation, aggregation and Parquet I/O."""

@@ -1,0 +1,231 @@
+"""From per-row measures to the ranked report, through mergeable partial states.
+
+A partial state is one row per (slice, model) of counts, sums, centred second moments and
+per-class sums of P and Q. States of disjoint shards of the rows merge exactly (sums add, second
+moments combine by Chan's formula), so a later step can compute them elsewhere and call
+:func:`merge_states`. Quantiles are not mergeable and are computed from the rows, exactly.
+
+The paired comparison with the best model needs to know the best model first, so it is a second
+pass over the rows: per row d = kl − kl_best on the same id, summarised by the same kind of state.
+"""
+
+import math
+from collections.abc import Sequence
+
+import polars as pl
+
+from pipeline import divergence
+from pipeline.layout import MODEL, log_p_col, p_col, q_col
+from pipeline.stats import student_t_ppf, two_sided_p_value
+
+SLICE = "slice"
+ALL_ROWS = "ALL"
+NULL_SLICE_VALUE = "(null)"
+KEYS = (SLICE, MODEL)
+QUANTILES = {"median_kl": 0.5, "p90_kl": 0.9, "p95_kl": 0.95, "p99_kl": 0.99}
+MEANS = ("reverse_kl", "js", "cross_entropy", "entropy")
+# Metrics --rank-by accepts; all are "lower is better" except these.
+RANK_METRICS = (
+    "mean_kl", "median_kl", "p90_kl", "p95_kl", "p99_kl", "max_kl", "mean_reverse_kl",
+    "mean_js", "mean_cross_entropy", "marginal_kl", "top1_agreement",
+)  # fmt: skip
+HIGHER_IS_BETTER = frozenset({"top1_agreement"})
+
+
+def slice_keys(slice_cols: Sequence[str]) -> list[pl.Expr]:
+    """One key expression per breakdown: all rows, then each slice column's values."""
+    keys = [pl.lit(ALL_ROWS).alias(SLICE)]
+    for name in slice_cols:
+        value = pl.col(name).cast(pl.String).fill_null(NULL_SLICE_VALUE)
+        keys.append(pl.concat_str(pl.lit(f"{name}="), value).alias(SLICE))
+    return keys
+
+
+def _moments(value: pl.Expr, prefix: str) -> list[pl.Expr]:
+    # Count, sum and centred second moment of the finite values; non-finite ones are counted apart.
+    finite = value.filter(value.is_finite())
+    return [
+        finite.len().cast(pl.Int64).alias(f"{prefix}_n"),
+        finite.sum().alias(f"{prefix}_sum"),
+        (finite.var(ddof=0).fill_null(0.0) * finite.len()).alias(f"{prefix}_m2"),
+        (value == math.inf).sum().cast(pl.Int64).alias(f"{prefix}_n_pos_inf"),
+        (value == -math.inf).sum().cast(pl.Int64).alias(f"{prefix}_n_neg_inf"),
+        value.is_nan().sum().cast(pl.Int64).alias(f"{prefix}_n_nan"),
+    ]
+
+
+def _merged_moments(prefix: str) -> list[pl.Expr]:
+    n, total, m2 = pl.col(f"{prefix}_n"), pl.col(f"{prefix}_sum"), pl.col(f"{prefix}_m2")
+    grand_mean = total.sum() / n.sum()
+    part_mean = pl.when(n > 0).then(total / n).otherwise(grand_mean)
+    return [
+        n.sum(),
+        total.sum(),
+        (m2.sum() + (n * (part_mean - grand_mean) ** 2).sum()).fill_nan(0.0),
+        *[pl.col(f"{prefix}_{count}").sum() for count in ("n_pos_inf", "n_neg_inf", "n_nan")],
+    ]
+
+
+def partial_states(rows: pl.LazyFrame, key: pl.Expr, n_classes: int) -> pl.LazyFrame:
+    """States per (slice, model) of rows holding the measures and the internal p and q columns."""
+    return (
+        rows.with_columns(key)
+        .group_by(KEYS)
+        .agg(
+            pl.len().cast(pl.Int64).alias("n_rows"),
+            *_moments(pl.col("kl"), "kl"),
+            pl.col("kl").min().alias("kl_min"),
+            pl.col("kl").max().alias("kl_max"),
+            *[pl.col(m).sum().alias(f"{m}_sum") for m in MEANS],
+            pl.col("top1_match").sum().cast(pl.Int64).alias("top1_sum"),
+            *[pl.col(p_col(i)).sum().alias(f"p_sum_{i}") for i in range(n_classes)],
+            *[pl.col(q_col(i)).sum().alias(f"q_sum_{i}") for i in range(n_classes)],
+        )
+    )
+
+
+def merge_states(states: pl.DataFrame | pl.LazyFrame, n_classes: int) -> pl.DataFrame:
+    """Combine partial states of disjoint shards into one state per (slice, model)."""
+    sums = [f"{m}_sum" for m in MEANS] + ["n_rows", "top1_sum"]
+    sums += [f"p_sum_{i}" for i in range(n_classes)] + [f"q_sum_{i}" for i in range(n_classes)]
+    return (
+        states.lazy()
+        .group_by(KEYS)
+        .agg(
+            *_merged_moments("kl"),
+            pl.col("kl_min").min(),
+            pl.col("kl_max").max(),
+            *[pl.col(c).sum() for c in sums],
+        )
+        .collect(engine="in-memory")
+    )
+
+
+def quantiles(rows: pl.LazyFrame, key: pl.Expr) -> pl.LazyFrame:
+    """Exact per-(slice, model) quantiles of kl, linear interpolation between order statistics."""
+    return (
+        rows.with_columns(key)
+        .group_by(KEYS)
+        .agg(pl.col("kl").quantile(q, interpolation="linear").alias(name) for name, q in QUANTILES.items())
+    )
+
+
+def paired_states(rows: pl.LazyFrame, key: pl.Expr, best: pl.DataFrame) -> pl.LazyFrame:
+    """States of d = kl − kl_best per (slice, model), pairing rows by id within the slice."""
+    keyed = rows.select(key, MODEL, "id", "kl")
+    best_rows = keyed.join(best.lazy(), on=list(KEYS), how="semi").select(
+        SLICE, "id", pl.col("kl").alias("kl_best")
+    )
+    return (
+        keyed.join(best_rows, on=[SLICE, "id"], how="inner")
+        .group_by(KEYS)
+        .agg(_moments(pl.col("kl") - pl.col("kl_best"), "delta"))
+    )
+
+
+def _marginal_kl(n_classes: int) -> pl.Expr:
+    # D(mean P ‖ mean Q) with the same conventions as the per-row divergence.
+    n = pl.col("n_rows")
+    p = [pl.col(f"p_sum_{i}") / n for i in range(n_classes)]
+    q = [pl.col(f"q_sum_{i}") / n for i in range(n_classes)]
+    return divergence.kl_divergence(p, [e.log() for e in p], [e.log() for e in q])
+
+
+def _interval(m2: float, n: int) -> tuple[float | None, float | None, float | None]:
+    """Sample standard deviation, standard error and 95% t half-width; None when n < 2."""
+    if n < 2:
+        return None, None, None
+    std = math.sqrt(m2 / (n - 1))
+    sem = std / math.sqrt(n)
+    return std, sem, student_t_ppf(0.975, n - 1) * sem
+
+
+def _summary_stats(states: pl.DataFrame, prefix: str) -> pl.DataFrame:
+    """Mean, std, sem, 95% CI half-width and t-test p-value (mean = 0) from moment states.
+
+    With infinite values the mean is that infinity (None when both signs or NaN occur) and the
+    spread statistics are None: they are undefined, and a number there would mislead.
+    """
+    out = []
+    for row in states.iter_rows(named=True):
+        pos, neg, nan = (row[f"{prefix}_{c}"] for c in ("n_pos_inf", "n_neg_inf", "n_nan"))
+        n = row[f"{prefix}_n"] + pos + neg + nan
+        std = sem = half_width = p_value = None
+        mean: float | None
+        if nan or (pos and neg) or n == 0:
+            mean = None
+        elif pos or neg:
+            mean = math.inf if pos else -math.inf
+        else:
+            mean = row[f"{prefix}_sum"] / n
+            std, sem, half_width = _interval(row[f"{prefix}_m2"], n)
+            if sem is not None:
+                p_value = (1.0 if mean == 0 else 0.0) if sem == 0 else two_sided_p_value(mean / sem, n - 1)
+        out.append({"mean": mean, "std": std, "sem": sem, "half_width": half_width, "p_value": p_value})
+    return pl.DataFrame(out, schema=dict.fromkeys(("mean", "std", "sem", "half_width", "p_value"), pl.Float64))
+
+
+def finalize(
+    states: pl.DataFrame,
+    quantile_frame: pl.DataFrame,
+    n_classes: int,
+    base: str,
+    rank_by: str,
+) -> pl.DataFrame:
+    """Report rows (without the paired comparison) from merged states and quantiles, ranked."""
+    stats = _summary_stats(states, "kl")
+    frame = pl.concat([states, stats], how="horizontal").join(quantile_frame, on=list(KEYS), how="left")
+    report = frame.select(
+        SLICE,
+        MODEL,
+        "n_rows",
+        pl.col("mean").alias("mean_kl"),
+        pl.col("std").alias("std_kl"),
+        pl.col("sem").alias("sem_kl"),
+        (pl.col("mean") - pl.col("half_width")).alias("ci95_low"),
+        (pl.col("mean") + pl.col("half_width")).alias("ci95_high"),
+        pl.col("kl_min").alias("min_kl"),
+        *QUANTILES,
+        pl.col("kl_max").alias("max_kl"),
+        pl.col("kl_n_pos_inf").alias("n_infinite"),
+        *[(pl.col(f"{m}_sum") / pl.col("n_rows")).alias(f"mean_{m}") for m in MEANS],
+        divergence.to_base(_marginal_kl(n_classes), base).alias("marginal_kl"),
+        (pl.col("top1_sum") / pl.col("n_rows")).alias("top1_agreement"),
+    )
+    descending = rank_by in HIGHER_IS_BETTER
+    return report.with_columns(
+        pl.col(rank_by).rank(method="min", descending=descending).over(SLICE).cast(pl.Int64).alias("rank")
+    )
+
+
+def best_models(report: pl.DataFrame) -> pl.DataFrame:
+    """The best model per slice: rank 1, ties broken by model name."""
+    return (
+        report.filter(pl.col("rank") == 1)
+        .sort(KEYS)
+        .group_by(SLICE, maintain_order=True)
+        .first()
+        .select(KEYS)
+    )
+
+
+def with_paired_comparison(report: pl.DataFrame, paired: pl.DataFrame) -> pl.DataFrame:
+    """Add delta_vs_best, its standard error and the two-sided paired t-test p-value."""
+    stats = _summary_stats(paired, "delta")
+    deltas = pl.concat([paired.select(KEYS), stats], how="horizontal").select(
+        *KEYS,
+        pl.col("mean").alias("delta_vs_best"),
+        pl.col("sem").alias("delta_vs_best_sem"),
+        pl.col("p_value").alias("p_value_vs_best"),
+    )
+    best = best_models(report).with_columns(is_best=pl.lit(True))
+    return (
+        report.join(deltas, on=list(KEYS), how="left")
+        .join(best, on=list(KEYS), how="left")
+        .with_columns(
+            pl.when(pl.col("is_best")).then(0.0).otherwise(pl.col("delta_vs_best")).alias("delta_vs_best"),
+            pl.when(pl.col("is_best")).then(0.0).otherwise(pl.col("delta_vs_best_sem")).alias("delta_vs_best_sem"),
+            pl.when(pl.col("is_best")).then(None).otherwise(pl.col("p_value_vs_best")).alias("p_value_vs_best"),
+        )
+        .drop("is_best")
+    )

@@ -1,0 +1,120 @@
+"""Expression builders for the per-row measures between a true distribution P and a model's Q.
+
+Every builder takes one expression per class, in the same class order for P and Q, and returns a
+single ``pl.Expr``. Logarithms are taken by the caller (``log_p``, ``log_q``) so that logits can
+supply log Q from a log-softmax directly, without an ``exp`` followed by a ``log``.
+
+Notes
+-----
+All arithmetic is Float64 and in nats; :func:`to_base` converts a sum to bits or bans at the end.
+The conventions are the ones of information theory, with no clipping and no renormalisation:
+
+* a term with p = 0 contributes 0 (0 · log 0 = 0), whatever q is;
+* a term with p > 0 and q = 0 contributes +inf to D(P‖Q) and H(P,Q), because log q = -inf;
+* D(Q‖P) mirrors that: q = 0 contributes 0, q > 0 with p = 0 contributes +inf;
+* the Jensen–Shannon divergence compares each side with M = (P + Q)/2, which is positive
+  wherever either side is, so it is always finite.
+
+D(P‖Q) is summed as p · (log p − log q) term by term, never as H(P,Q) − H(P), which cancels
+catastrophically when D is much smaller than H.
+"""
+
+import math
+from collections.abc import Sequence
+from functools import reduce
+
+import polars as pl
+
+LOG_BASES: dict[str, float] = {"2": 2.0, "e": math.e, "10": 10.0}
+UNITS: dict[str, str] = {"2": "bits", "e": "nats", "10": "bans"}
+
+
+def _sum(terms: Sequence[pl.Expr]) -> pl.Expr:
+    # A left fold keeps the summation order fixed (class order), so results are reproducible.
+    return reduce(lambda total, term: total + term, terms)
+
+
+def _xlogy_difference(x: pl.Expr, log_x: pl.Expr, log_y: pl.Expr) -> pl.Expr:
+    # x · (log x − log y) with the 0 · anything = 0 convention.
+    return pl.when(x > 0).then(x * (log_x - log_y)).otherwise(0.0)
+
+
+def kl_divergence(
+    p: Sequence[pl.Expr], log_p: Sequence[pl.Expr], log_q: Sequence[pl.Expr]
+) -> pl.Expr:
+    """D(P‖Q) = Σ p·(log p − log q) in nats; +inf when some p > 0 has q = 0.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> df = pl.DataFrame({"p": [0.5], "q": [0.25], "p2": [0.5], "q2": [0.75]})
+    >>> p, q = [pl.col("p"), pl.col("p2")], [pl.col("q"), pl.col("q2")]
+    >>> round(df.select(kl_divergence(p, [e.log() for e in p], [e.log() for e in q])).item(), 6)
+    0.143841
+    """
+    return _sum([_xlogy_difference(pi, lpi, lqi) for pi, lpi, lqi in zip(p, log_p, log_q, strict=True)])
+
+
+def reverse_kl_divergence(
+    q: Sequence[pl.Expr], log_q: Sequence[pl.Expr], log_p: Sequence[pl.Expr]
+) -> pl.Expr:
+    """D(Q‖P) in nats; +inf when some q > 0 has p = 0 (always the case for a hard label and a Q with full support)."""
+    return kl_divergence(q, log_q, log_p)
+
+
+def cross_entropy(p: Sequence[pl.Expr], log_q: Sequence[pl.Expr]) -> pl.Expr:
+    """H(P,Q) = −Σ p·log q in nats; +inf when some p > 0 has q = 0."""
+    return _sum([pl.when(pi > 0).then(-pi * lqi).otherwise(0.0) for pi, lqi in zip(p, log_q, strict=True)])
+
+
+def entropy(p: Sequence[pl.Expr], log_p: Sequence[pl.Expr]) -> pl.Expr:
+    """H(P) = −Σ p·log p in nats (0 for a one-hot P)."""
+    return cross_entropy(p, log_p)
+
+
+def jensen_shannon_divergence(
+    p: Sequence[pl.Expr],
+    log_p: Sequence[pl.Expr],
+    q: Sequence[pl.Expr],
+    log_q: Sequence[pl.Expr],
+) -> pl.Expr:
+    """JS(P,Q) = ½·D(P‖M) + ½·D(Q‖M) with M = (P+Q)/2, in nats; finite, at most log 2."""
+    terms = []
+    for pi, lpi, qi, lqi in zip(p, log_p, q, log_q, strict=True):
+        log_m = ((pi + qi) * 0.5).log()
+        terms.append(_xlogy_difference(pi, lpi, log_m) + _xlogy_difference(qi, lqi, log_m))
+    return _sum(terms) * 0.5
+
+
+def log_softmax(logits: Sequence[pl.Expr]) -> list[pl.Expr]:
+    """Log-probabilities from logits, shifted by the row maximum so that no ``exp`` overflows.
+
+    log q_i = z_i − m − log Σ_j exp(z_j − m), with m = max_j z_j.
+    """
+    row_max = pl.max_horizontal(logits)
+    log_normaliser = row_max + _sum([(z - row_max).exp() for z in logits]).log()
+    return [z - log_normaliser for z in logits]
+
+
+def smoothed(q: Sequence[pl.Expr], epsilon: float) -> list[pl.Expr]:
+    """Additive smoothing q' = (q + ε)/(1 + K·ε), applied only when the user asks for it."""
+    scale = 1.0 + len(q) * epsilon
+    return [(qi + epsilon) / scale for qi in q]
+
+
+def argmax_index(values: Sequence[pl.Expr]) -> pl.Expr:
+    """Position of the largest value in a row; ties go to the first position (class order)."""
+    row_max = pl.max_horizontal(values)
+    return pl.coalesce([pl.when(v == row_max).then(pl.lit(i, pl.Int32)) for i, v in enumerate(values)])
+
+
+def top1_match(p: Sequence[pl.Expr], q: Sequence[pl.Expr]) -> pl.Expr:
+    """Whether Q's most likely class is P's most likely class (accuracy, for hard labels)."""
+    return argmax_index(p) == argmax_index(q)
+
+
+def to_base(nats: pl.Expr, base: str) -> pl.Expr:
+    """Convert a quantity in nats to the unit of ``base`` ("2" bits, "e" nats, "10" bans)."""
+    if base == "e":
+        return nats
+    return nats / math.log(LOG_BASES[base])

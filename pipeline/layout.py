@@ -1,0 +1,206 @@
+"""Which columns of the inputs hold what, and the prepared frames the measures are computed on.
+
+Class columns are found by prefix (``prob_<class>``, ``logit_<class>``); the classes are put in one
+canonical order (integer-like names numerically, then the rest as strings) so that the order of
+columns in the files never matters. Internally the class at position ``i`` lives in ``_p{i}``,
+``_lp{i}`` (log p), ``_q{i}`` and ``_lq{i}`` (log q).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import polars as pl
+
+from pipeline import divergence
+from pipeline.errors import UsageError
+
+Truth = Literal["hard", "soft"]
+PredictionKind = Literal["prob", "logit"]
+
+ID, MODEL = "id", "model"
+ROW_COLUMNS = ("id", "model", "kl", "reverse_kl", "js", "cross_entropy", "entropy", "top1_match")
+
+
+def p_col(i: int) -> str:
+    """Internal column of the true probability of class ``i``."""
+    return f"_p{i}"
+
+
+def log_p_col(i: int) -> str:
+    """Internal column of log p for class ``i``."""
+    return f"_lp{i}"
+
+
+def q_col(i: int) -> str:
+    """Internal column of the predicted probability of class ``i``."""
+    return f"_q{i}"
+
+
+def log_q_col(i: int) -> str:
+    """Internal column of log q for class ``i``."""
+    return f"_lq{i}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the id, model, truth, prediction and slice columns are, and the classes, in order."""
+
+    id_col: str
+    model_col: str
+    truth: Truth
+    label_col: str | None
+    label_prefix: str
+    label_classes: tuple[str, ...]
+    prediction_kind: PredictionKind
+    prediction_prefix: str
+    classes: tuple[str, ...]
+    slice_cols: tuple[str, ...]
+
+    @property
+    def label_prob_cols(self) -> list[str]:
+        """The soft-label columns, in class order (empty for hard labels)."""
+        return [self.label_prefix + c for c in self.label_classes] if self.truth == "soft" else []
+
+    @property
+    def prediction_cols(self) -> list[str]:
+        """The prediction columns (probabilities or logits), in class order."""
+        return [self.prediction_prefix + c for c in self.classes]
+
+
+def class_order(classes: Sequence[str]) -> tuple[str, ...]:
+    """Canonical class order: integer-like names by value, then the others as strings."""
+
+    def key(name: str) -> tuple[int, int, str]:
+        try:
+            return (0, int(name), "")
+        except ValueError:
+            return (1, 0, name)
+
+    return tuple(sorted(set(classes), key=key))
+
+
+def classes_with_prefix(columns: Sequence[str], prefix: str) -> tuple[str, ...]:
+    """Class names of the columns named ``<prefix><class>``, in canonical order."""
+    return class_order([c[len(prefix) :] for c in columns if c.startswith(prefix) and len(c) > len(prefix)])
+
+
+def resolve_layout(
+    label_columns: Sequence[str],
+    prediction_columns: Sequence[str],
+    *,
+    id_col: str,
+    model_col: str,
+    label_col: str,
+    truth: Literal["auto", "hard", "soft"],
+    prob_prefix: str,
+    logit_prefix: str,
+    slice_by: Sequence[str],
+) -> Layout:
+    """Decide from the column names what kind of truth and predictions the inputs hold.
+
+    Raises
+    ------
+    UsageError
+        When no distribution columns are found, the predictions hold both probabilities and
+        logits, or a slice column is missing or clashes with an output column.
+    """
+    prob_classes = classes_with_prefix(prediction_columns, prob_prefix)
+    logit_classes = classes_with_prefix(prediction_columns, logit_prefix)
+    if prob_classes and logit_classes:
+        raise UsageError(
+            f"predictions hold both {prob_prefix}* and {logit_prefix}* columns; keep one kind"
+        )
+    if not prob_classes and not logit_classes:
+        raise UsageError(
+            f"no distribution columns found in predictions: expected {prob_prefix}<class> "
+            f"or {logit_prefix}<class> columns (see --prob-prefix, --logit-prefix)"
+        )
+    kind: PredictionKind = "prob" if prob_classes else "logit"
+    prediction_classes = prob_classes or logit_classes
+
+    soft_classes = classes_with_prefix(label_columns, prob_prefix)
+    if truth == "auto":
+        truth = "soft" if soft_classes else "hard"
+    if truth == "soft" and not soft_classes:
+        raise UsageError(
+            f"no distribution columns found in labels: expected {prob_prefix}<class> columns "
+            f"for soft labels, or --truth hard with a {label_col!r} column"
+        )
+    if truth == "hard" and label_col not in label_columns:
+        raise UsageError(
+            f"labels have no {label_col!r} column for hard labels (see --label-col) and no "
+            f"{prob_prefix}<class> columns for soft labels"
+        )
+
+    for name in slice_by:
+        if name not in label_columns:
+            raise UsageError(f"--slice-by {name!r}: no such column in the labels")
+        if name in ROW_COLUMNS or name.startswith("_"):
+            raise UsageError(f"--slice-by {name!r}: the name clashes with an output column")
+
+    return Layout(
+        id_col=id_col,
+        model_col=model_col,
+        truth=truth,
+        label_col=label_col if truth == "hard" else None,
+        label_prefix=prob_prefix,
+        label_classes=soft_classes if truth == "soft" else (),
+        prediction_kind=kind,
+        prediction_prefix=prob_prefix if kind == "prob" else logit_prefix,
+        classes=prediction_classes,
+        slice_cols=tuple(dict.fromkeys(slice_by)),
+    )
+
+
+def prepare_labels(labels: pl.LazyFrame, layout: Layout) -> pl.LazyFrame:
+    """``id``, the slice columns, and p and log p per class, in Float64."""
+    if layout.truth == "hard":
+        assert layout.label_col is not None
+        label = pl.col(layout.label_col).cast(pl.String)
+        p = [(label == c).cast(pl.Float64) for c in layout.classes]
+    else:
+        p = [pl.col(layout.label_prefix + c).cast(pl.Float64) for c in layout.classes]
+    return labels.select(
+        pl.col(layout.id_col).alias(ID),
+        *[pl.col(c) for c in layout.slice_cols],
+        *[pi.alias(p_col(i)) for i, pi in enumerate(p)],
+    ).with_columns(pl.col(p_col(i)).log().alias(log_p_col(i)) for i in range(len(p)))
+
+
+def prepare_predictions(predictions: pl.LazyFrame, layout: Layout, epsilon: float) -> pl.LazyFrame:
+    """``id``, ``model``, and q and log q per class, in Float64, smoothed only if ``epsilon`` > 0."""
+    columns = [pl.col(c).cast(pl.Float64) for c in layout.prediction_cols]
+    if layout.prediction_kind == "logit":
+        log_q = divergence.log_softmax(columns)
+        q = [lq.exp() for lq in log_q]
+    else:
+        q, log_q = columns, [qi.log() for qi in columns]
+    if epsilon > 0:
+        q = divergence.smoothed(q, epsilon)
+        log_q = [qi.log() for qi in q]
+    return predictions.select(
+        pl.col(layout.id_col).alias(ID),
+        pl.col(layout.model_col).alias(MODEL),
+        *[qi.alias(q_col(i)) for i, qi in enumerate(q)],
+        *[lq.alias(log_q_col(i)) for i, lq in enumerate(log_q)],
+    )
+
+
+def row_measures(n_classes: int, base: str) -> list[pl.Expr]:
+    """The per-row measures of ``rows.parquet``, in ``base`` units, from the internal columns."""
+    p = [pl.col(p_col(i)) for i in range(n_classes)]
+    log_p = [pl.col(log_p_col(i)) for i in range(n_classes)]
+    q = [pl.col(q_col(i)) for i in range(n_classes)]
+    log_q = [pl.col(log_q_col(i)) for i in range(n_classes)]
+    in_base = {
+        "kl": divergence.kl_divergence(p, log_p, log_q),
+        "reverse_kl": divergence.reverse_kl_divergence(q, log_q, log_p),
+        "js": divergence.jensen_shannon_divergence(p, log_p, q, log_q),
+        "cross_entropy": divergence.cross_entropy(p, log_q),
+        "entropy": divergence.entropy(p, log_p),
+    }
+    return [
+        *[divergence.to_base(expr, base).alias(name) for name, expr in in_base.items()],
+        divergence.top1_match(p, log_q).alias("top1_match"),
+    ]

@@ -1,0 +1,1 @@
+"""Pandera declarations of klrank's inputs and of the published report."""

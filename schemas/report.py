@@ -1,0 +1,62 @@
+"""Pandera schema of the published ``report.parquet``: the contract with its readers.
+
+Changing a column, its dtype or its meaning bumps ``REPORT_SCHEMA_VERSION`` and gets a CHANGELOG
+entry. Every float is Float64 and every count Int64 (Spark has no unsigned integers). Columns that
+are undefined for a row are null, never NaN: the spread of a mean with infinite values, the
+p-value of the best model against itself.
+
+Divergences carry no ``>= 0`` check on purpose: inputs may sum to 1 only within the tolerance and
+are never renormalised, so a divergence can honestly come out slightly below zero.
+"""
+
+import pandera.polars as pa
+import polars as pl
+
+REPORT_SCHEMA_VERSION = "1"
+UNIT_NAMES = ("bits", "nats", "bans")
+
+_non_negative = [pa.Check.ge(0.0)]
+_probability = [pa.Check.in_range(0.0, 1.0)]
+
+
+def _float(nullable: bool = False, checks: list[pa.Check] | None = None) -> pa.Column:
+    return pa.Column(pl.Float64, nullable=nullable, checks=checks or [])
+
+
+REPORT_COLUMNS: dict[str, pa.Column] = {
+    "slice": pa.Column(pl.String, nullable=False),
+    "rank": pa.Column(pl.Int64, checks=[pa.Check.ge(1)]),
+    "model": pa.Column(pl.String, nullable=False),
+    "n_rows": pa.Column(pl.Int64, checks=[pa.Check.ge(1)]),
+    "mean_kl": _float(),
+    "std_kl": _float(nullable=True, checks=_non_negative),
+    "sem_kl": _float(nullable=True, checks=_non_negative),
+    "ci95_low": _float(nullable=True),
+    "ci95_high": _float(nullable=True),
+    "min_kl": _float(),
+    "median_kl": _float(),
+    "p90_kl": _float(),
+    "p95_kl": _float(),
+    "p99_kl": _float(),
+    "max_kl": _float(),
+    "n_infinite": pa.Column(pl.Int64, checks=[pa.Check.ge(0)]),
+    "mean_reverse_kl": _float(),
+    "mean_js": _float(),
+    "mean_cross_entropy": _float(checks=_non_negative),
+    "mean_entropy": _float(checks=_non_negative),
+    "marginal_kl": _float(),
+    "top1_agreement": _float(checks=_probability),
+    "delta_vs_best": _float(nullable=True),
+    "delta_vs_best_sem": _float(nullable=True, checks=_non_negative),
+    "p_value_vs_best": _float(nullable=True, checks=_probability),
+    "unit": pa.Column(pl.String, checks=[pa.Check.isin(UNIT_NAMES)]),
+}
+
+REPORT_SCHEMA = pa.DataFrameSchema(
+    REPORT_COLUMNS,
+    unique=["slice", "model"],
+    strict=True,
+    ordered=True,
+    coerce=False,
+    name="report",
+)
