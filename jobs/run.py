@@ -99,10 +99,14 @@ def _fail_if_any(failures: pl.DataFrame, failures_path: Path | None) -> None:
         io.write_atomically(failures_path, lambda path: io.write_parquet(failures, path))
         lines.append(f"all {failures.height} failure cases: {failures_path}")
     n_checks = len(lines) - (failures_path is not None)
-    raise InvalidDataError(f"validation failed: {n_checks} failed checks\n" + "\n".join(lines), failures)
+    raise InvalidDataError(
+        f"validation failed: {n_checks} failed checks\n" + "\n".join(lines), failures
+    )
 
 
-def validate(options: InputOptions, failures_path: Path | None, timings: Timings) -> ValidatedInputs:
+def validate(
+    options: InputOptions, failures_path: Path | None, timings: Timings
+) -> ValidatedInputs:
     """Read both inputs and run every check of the input contract.
 
     Raises
@@ -114,7 +118,10 @@ def validate(options: InputOptions, failures_path: Path | None, timings: Timings
         cases are written to ``failures_path`` (when given).
     """
     with timings.phase("scan"):
-        sources = {"labels": io.scan_parquet(options.labels), "predictions": io.scan_parquet(options.predictions)}
+        sources = {
+            "labels": io.scan_parquet(options.labels),
+            "predictions": io.scan_parquet(options.predictions),
+        }
         labels, predictions = sources["labels"].frame, sources["predictions"].frame
         layout = resolve_layout(
             labels.collect_schema().names(),
@@ -131,7 +138,9 @@ def validate(options: InputOptions, failures_path: Path | None, timings: Timings
         _fail_if_any(check_structure(labels, predictions, layout), failures_path)
         label_frame = labels.select(label_columns(layout)).collect()
         prediction_frame = predictions.select(prediction_columns(layout)).collect()
-        _fail_if_any(check_data(label_frame, prediction_frame, layout, options.tolerance), failures_path)
+        _fail_if_any(
+            check_data(label_frame, prediction_frame, layout, options.tolerance), failures_path
+        )
     return ValidatedInputs(layout, label_frame, prediction_frame, sources)
 
 
@@ -141,27 +150,29 @@ def _common_key(frame: pl.LazyFrame) -> pl.LazyFrame:
     return frame.with_columns(pl.col(ID).cast(pl.Int64)) if dtype.is_integer() else frame
 
 
-def compute_report(inputs: ValidatedInputs, options: RunOptions) -> tuple[pl.DataFrame, pl.DataFrame]:
+def compute_report(
+    inputs: ValidatedInputs, options: RunOptions
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The validated, ranked report and the per-row measures."""
     layout = inputs.layout
     n_classes = len(layout.classes)
     labels = _common_key(prepare_labels(inputs.labels.lazy(), layout))
-    predictions = _common_key(prepare_predictions(inputs.predictions.lazy(), layout, options.epsilon))
+    predictions = _common_key(
+        prepare_predictions(inputs.predictions.lazy(), layout, options.epsilon)
+    )
     rows = (
         predictions.join(labels, on=ID, how="inner", maintain_order="left")
         .with_columns(row_measures(n_classes, options.base))
         .collect()
     )
     keys = aggregate.slice_keys(layout.slice_cols)
-    lazy_rows = rows.lazy()
     states = aggregate.merge_states(
-        pl.concat([aggregate.partial_states(lazy_rows, key, n_classes) for key in keys]).collect(),
-        n_classes,
+        pl.concat(aggregate.partial_states(rows, key, n_classes) for key in keys), n_classes
     )
-    quantiles = pl.concat([aggregate.quantiles(lazy_rows, key) for key in keys]).collect()
+    quantiles = pl.concat(aggregate.quantiles(rows, key) for key in keys)
     ranked = aggregate.finalize(states, quantiles, n_classes, options.base, options.rank_by)
     best = aggregate.best_models(ranked)
-    paired = pl.concat([aggregate.paired_states(lazy_rows, key, best) for key in keys]).collect()
+    paired = pl.concat(aggregate.paired_states(rows, key, best) for key in keys)
     report = (
         aggregate.with_paired_comparison(ranked, paired)
         .with_columns(pl.lit(UNITS[options.base]).alias("unit"))
@@ -179,7 +190,9 @@ def compute_report(inputs: ValidatedInputs, options: RunOptions) -> tuple[pl.Dat
 
 def _versions() -> dict[str, str]:
     packages = ("polars", "pyarrow", "pandera", "typer")
-    return {"klrank": __version__, "python": platform.python_version()} | {p: version(p) for p in packages}
+    return {"klrank": __version__, "python": platform.python_version()} | {
+        p: version(p) for p in packages
+    }
 
 
 def run(options: RunOptions) -> RunSummary:
@@ -212,7 +225,12 @@ def run(options: RunOptions) -> RunSummary:
         "classes": list(inputs.layout.classes),
         "unit": unit,
         "options": recorded,
-        "outputs": [REPORT_FILE, *([ROWS_FILE] if options.write_rows else []), SUMMARY_FILE, MANIFEST_FILE],
+        "outputs": [
+            REPORT_FILE,
+            *([ROWS_FILE] if options.write_rows else []),
+            SUMMARY_FILE,
+            MANIFEST_FILE,
+        ],
         "versions": _versions(),
     }
 

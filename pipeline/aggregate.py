@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from pipeline import divergence
-from pipeline.layout import MODEL, log_p_col, p_col, q_col
+from pipeline.layout import MODEL, p_col, q_col
 from pipeline.stats import student_t_ppf, two_sided_p_value
 
 SLICE = "slice"
@@ -66,12 +66,24 @@ def _merged_moments(prefix: str) -> list[pl.Expr]:
     ]
 
 
-def partial_states(rows: pl.LazyFrame, key: pl.Expr, n_classes: int) -> pl.LazyFrame:
+def _per_group(frame: pl.DataFrame, aggregations: Sequence[pl.Expr]) -> pl.DataFrame:
+    """Aggregate each (slice, model) group as one contiguous array.
+
+    A ``group_by`` sums each group in pieces whose boundaries depend on where the group's rows
+    sit in the frame, so two models with identical values could differ in the last bit and not
+    tie. Summing each group on its own makes the result depend only on its values, in order.
+    """
+    parts = frame.partition_by(KEYS, maintain_order=True)
+    return pl.concat(
+        part.rechunk().select(*[pl.col(k).first() for k in KEYS], *aggregations) for part in parts
+    )
+
+
+def partial_states(rows: pl.DataFrame, key: pl.Expr, n_classes: int) -> pl.DataFrame:
     """States per (slice, model) of rows holding the measures and the internal p and q columns."""
-    return (
-        rows.with_columns(key)
-        .group_by(KEYS)
-        .agg(
+    return _per_group(
+        rows.with_columns(key),
+        [
             pl.len().cast(pl.Int64).alias("n_rows"),
             *_moments(pl.col("kl"), "kl"),
             pl.col("kl").min().alias("kl_min"),
@@ -80,7 +92,7 @@ def partial_states(rows: pl.LazyFrame, key: pl.Expr, n_classes: int) -> pl.LazyF
             pl.col("top1_match").sum().cast(pl.Int64).alias("top1_sum"),
             *[pl.col(p_col(i)).sum().alias(f"p_sum_{i}") for i in range(n_classes)],
             *[pl.col(q_col(i)).sum().alias(f"q_sum_{i}") for i in range(n_classes)],
-        )
+        ],
     )
 
 
@@ -101,26 +113,26 @@ def merge_states(states: pl.DataFrame | pl.LazyFrame, n_classes: int) -> pl.Data
     )
 
 
-def quantiles(rows: pl.LazyFrame, key: pl.Expr) -> pl.LazyFrame:
+def quantiles(rows: pl.DataFrame, key: pl.Expr) -> pl.DataFrame:
     """Exact per-(slice, model) quantiles of kl, linear interpolation between order statistics."""
     return (
         rows.with_columns(key)
         .group_by(KEYS)
-        .agg(pl.col("kl").quantile(q, interpolation="linear").alias(name) for name, q in QUANTILES.items())
+        .agg(
+            pl.col("kl").quantile(q, interpolation="linear").alias(name)
+            for name, q in QUANTILES.items()
+        )
     )
 
 
-def paired_states(rows: pl.LazyFrame, key: pl.Expr, best: pl.DataFrame) -> pl.LazyFrame:
+def paired_states(rows: pl.DataFrame, key: pl.Expr, best: pl.DataFrame) -> pl.DataFrame:
     """States of d = kl − kl_best per (slice, model), pairing rows by id within the slice."""
     keyed = rows.select(key, MODEL, "id", "kl")
-    best_rows = keyed.join(best.lazy(), on=list(KEYS), how="semi").select(
+    best_rows = keyed.join(best, on=list(KEYS), how="semi").select(
         SLICE, "id", pl.col("kl").alias("kl_best")
     )
-    return (
-        keyed.join(best_rows, on=[SLICE, "id"], how="inner")
-        .group_by(KEYS)
-        .agg(_moments(pl.col("kl") - pl.col("kl_best"), "delta"))
-    )
+    paired = keyed.join(best_rows, on=[SLICE, "id"], how="inner", maintain_order="left")
+    return _per_group(paired, _moments(pl.col("kl") - pl.col("kl_best"), "delta"))
 
 
 def _marginal_kl(n_classes: int) -> pl.Expr:
@@ -160,9 +172,17 @@ def _summary_stats(states: pl.DataFrame, prefix: str) -> pl.DataFrame:
             mean = row[f"{prefix}_sum"] / n
             std, sem, half_width = _interval(row[f"{prefix}_m2"], n)
             if sem is not None:
-                p_value = (1.0 if mean == 0 else 0.0) if sem == 0 else two_sided_p_value(mean / sem, n - 1)
-        out.append({"mean": mean, "std": std, "sem": sem, "half_width": half_width, "p_value": p_value})
-    return pl.DataFrame(out, schema=dict.fromkeys(("mean", "std", "sem", "half_width", "p_value"), pl.Float64))
+                p_value = (
+                    (1.0 if mean == 0 else 0.0)
+                    if sem == 0
+                    else two_sided_p_value(mean / sem, n - 1)
+                )
+        out.append(
+            {"mean": mean, "std": std, "sem": sem, "half_width": half_width, "p_value": p_value}
+        )
+    return pl.DataFrame(
+        out, schema=dict.fromkeys(("mean", "std", "sem", "half_width", "p_value"), pl.Float64)
+    )
 
 
 def finalize(
@@ -174,7 +194,9 @@ def finalize(
 ) -> pl.DataFrame:
     """Report rows (without the paired comparison) from merged states and quantiles, ranked."""
     stats = _summary_stats(states, "kl")
-    frame = pl.concat([states, stats], how="horizontal").join(quantile_frame, on=list(KEYS), how="left")
+    frame = pl.concat([states, stats], how="horizontal").join(
+        quantile_frame, on=list(KEYS), how="left"
+    )
     report = frame.select(
         SLICE,
         MODEL,
@@ -194,7 +216,11 @@ def finalize(
     )
     descending = rank_by in HIGHER_IS_BETTER
     return report.with_columns(
-        pl.col(rank_by).rank(method="min", descending=descending).over(SLICE).cast(pl.Int64).alias("rank")
+        pl.col(rank_by)
+        .rank(method="min", descending=descending)
+        .over(SLICE)
+        .cast(pl.Int64)
+        .alias("rank")
     )
 
 
@@ -223,9 +249,18 @@ def with_paired_comparison(report: pl.DataFrame, paired: pl.DataFrame) -> pl.Dat
         report.join(deltas, on=list(KEYS), how="left")
         .join(best, on=list(KEYS), how="left")
         .with_columns(
-            pl.when(pl.col("is_best")).then(0.0).otherwise(pl.col("delta_vs_best")).alias("delta_vs_best"),
-            pl.when(pl.col("is_best")).then(0.0).otherwise(pl.col("delta_vs_best_sem")).alias("delta_vs_best_sem"),
-            pl.when(pl.col("is_best")).then(None).otherwise(pl.col("p_value_vs_best")).alias("p_value_vs_best"),
+            pl.when(pl.col("is_best"))
+            .then(0.0)
+            .otherwise(pl.col("delta_vs_best"))
+            .alias("delta_vs_best"),
+            pl.when(pl.col("is_best"))
+            .then(0.0)
+            .otherwise(pl.col("delta_vs_best_sem"))
+            .alias("delta_vs_best_sem"),
+            pl.when(pl.col("is_best"))
+            .then(None)
+            .otherwise(pl.col("p_value_vs_best"))
+            .alias("p_value_vs_best"),
         )
         .drop("is_best")
     )

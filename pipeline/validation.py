@@ -34,7 +34,12 @@ _CHECK_DESCRIPTIONS = {
     "field_uniqueness": "duplicate values",
     "multiple_fields_uniqueness": "duplicate (id, model) pairs",
     "in_range(0.0, 1.0)": "probability outside [0, 1]",
-    "rows_sum_to_one": "probabilities do not sum to 1",
+    "rows_sum_to_one": "probabilities do not sum to 1 within the tolerance",
+    "class_set": "labels and predictions have different class sets",
+    "id_dtype": "labels and predictions have different id dtypes",
+    "not_empty": "no rows",
+    "extra_ids": "predictions for ids that are not in the labels",
+    "missing_ids": "label ids without a prediction",
     "known_label": "label is not a class of the predictions",
     "finite": "NaN or infinite logit",
     "column_not_in_schema": "unexpected column",
@@ -44,7 +49,10 @@ _CHECK_DESCRIPTIONS = {
 def describe_check(check: str) -> str:
     """A reader's description of a check name, falling back to the name itself."""
     if check.startswith("dtype("):
-        return f"wrong dtype, expected {check[6:-1]}"
+        return (
+            "wrong dtype (probabilities and logits: Float32 or Float64; id and label: integer "
+            "or String; model: String)"
+        )
     return _CHECK_DESCRIPTIONS.get(check, check)
 
 
@@ -84,7 +92,10 @@ def _from_pandera(
     cases = error.failure_cases.select(
         pl.lit(dataset).alias("dataset"),
         pl.col("check").cast(pl.String),
-        pl.col("column").cast(pl.String),
+        # Frame-level checks (row sums, (id, model) uniqueness) name the schema, not a column.
+        pl.when(pl.col("schema_context") != "DataFrameSchema")
+        .then(pl.col("column").cast(pl.String))
+        .alias("column"),
         pl.col("index").cast(pl.Int64).alias("row"),
         pl.col("failure_case").cast(pl.String).alias("value"),
     )
@@ -98,7 +109,9 @@ def _from_pandera(
     else:
         keys.append(pl.lit(None, pl.String).alias("model"))
     keyed = data.select(keys).with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
-    return cases.join(keyed, on="row", how="left", maintain_order="left").select(FAILURE_SCHEMA.names())
+    return cases.join(keyed, on="row", how="left", maintain_order="left").select(
+        FAILURE_SCHEMA.names()
+    )
 
 
 def _run_schema(
@@ -155,7 +168,9 @@ def _present(frame: pl.LazyFrame, columns: Sequence[str]) -> pl.LazyFrame:
     return frame.select([c for c in columns if c in available])
 
 
-def check_structure(labels: pl.LazyFrame, predictions: pl.LazyFrame, layout: Layout) -> pl.DataFrame:
+def check_structure(
+    labels: pl.LazyFrame, predictions: pl.LazyFrame, layout: Layout
+) -> pl.DataFrame:
     """Column presence, dtypes, matching class sets and key dtypes, without reading any data."""
     label_frame = _present(labels, label_columns(layout))
     prediction_frame = _present(predictions, prediction_columns(layout))
@@ -194,8 +209,9 @@ def check_structure(labels: pl.LazyFrame, predictions: pl.LazyFrame, layout: Lay
 def _coverage(labels: pl.DataFrame, predictions: pl.DataFrame, layout: Layout) -> pl.DataFrame:
     """Every model must predict exactly the label ids: report missing and extra ids per model."""
     id_col, model_col = layout.id_col, layout.model_col
-    label_ids = labels.select(pl.col(id_col).cast(pl.String)).unique()
-    pairs = predictions.select(pl.col(id_col).cast(pl.String), model_col).unique()
+    # Null keys and duplicates are reported by their own checks; here each key counts once.
+    label_ids = labels.select(pl.col(id_col).cast(pl.String)).drop_nulls().unique()
+    pairs = predictions.select(pl.col(id_col).cast(pl.String), model_col).drop_nulls().unique()
     extra = pairs.join(label_ids, on=id_col, how="anti")
     failures = [
         extra.select(
@@ -261,6 +277,7 @@ def summarise(failures: pl.DataFrame, examples: int = 5) -> list[str]:
         count = cases.height
         noun = "case" if count == 1 else "cases"
         lines.append(
-            f"{where}: {describe_check(str(check))} ({check}): {count} {noun}; e.g. " + "; ".join(shown)
+            f"{where}: {describe_check(str(check))} [{check}]: {count} {noun}; e.g. "
+            + "; ".join(shown)
         )
     return lines

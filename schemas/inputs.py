@@ -37,7 +37,7 @@ def _rows_sum_to_one(columns: Sequence[str], tolerance: float) -> pa.Check:
         total = pl.sum_horizontal([pl.col(c).cast(pl.Float64) for c in columns])
         return data.lazyframe.select(((total - 1.0).abs() <= tolerance).alias(ROWS_SUM_TO_ONE))
 
-    return pa.Check(check, name=ROWS_SUM_TO_ONE, error=f"row sums differ from 1 by more than {tolerance:g}")
+    return pa.Check(check, name=ROWS_SUM_TO_ONE)
 
 
 def _known_label(classes: Iterable[str]) -> pa.Check:
@@ -46,14 +46,14 @@ def _known_label(classes: Iterable[str]) -> pa.Check:
     def check(data: PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(pl.col(data.key).cast(pl.String).is_in(names))
 
-    return pa.Check(check, name=KNOWN_LABEL, error="label is not a class of the predictions")
+    return pa.Check(check, name=KNOWN_LABEL)
 
 
 def _finite() -> pa.Check:
     def check(data: PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(pl.col(data.key).is_finite())
 
-    return pa.Check(check, name=FINITE, error="logit is NaN or infinite")
+    return pa.Check(check, name=FINITE)
 
 
 def _key_column(actual: pl.DataType | None, unique: bool) -> pa.Column:

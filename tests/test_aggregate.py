@@ -1,0 +1,239 @@
+"""Aggregation: report columns against numpy/scipy computed from rows.parquet, and state merging."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.special
+import scipy.stats
+from polars.testing import assert_frame_equal
+
+from jobs.config import InputOptions, RunOptions
+from jobs.run import run
+from pipeline import aggregate
+from pipeline.layout import p_col, q_col
+
+N_ROWS, CLASSES = 400, ("a", "b", "c")
+
+
+def _distributions(rng: np.random.Generator, n: int, concentration: float) -> np.ndarray:
+    return rng.dirichlet(np.full(len(CLASSES), concentration), size=n)
+
+
+def _write_inputs(folder: Path, *, infinite_model: bool) -> tuple[Path, Path]:
+    rng = np.random.default_rng(7)
+    p = _distributions(rng, N_ROWS, 1.0)
+    labels = pl.DataFrame(
+        {
+            "id": np.arange(N_ROWS),
+            "region": rng.choice(["north", "south"], size=N_ROWS),
+            **{f"prob_{c}": p[:, k] for k, c in enumerate(CLASSES)},
+        }
+    )
+    models = {
+        "close": 0.9 * p + 0.1 * _distributions(rng, N_ROWS, 1.0),
+        "closer": 0.95 * p + 0.05 * _distributions(rng, N_ROWS, 1.0),
+        "far": _distributions(rng, N_ROWS, 1.0),
+    }
+    if infinite_model:
+        q = 0.5 * p + 0.5 * _distributions(rng, N_ROWS, 1.0)
+        q[:3] = [1.0, 0.0, 0.0]  # zero probability where the truth is positive: KL = inf
+        models["broken"] = q
+    predictions = pl.concat(
+        pl.DataFrame(
+            {
+                "id": np.arange(N_ROWS),
+                "model": [name] * N_ROWS,
+                **{f"prob_{c}": q[:, k] for k, c in enumerate(CLASSES)},
+            }
+        )
+        for name, q in models.items()
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    labels.write_parquet(folder / "labels.parquet")
+    predictions.write_parquet(folder / "predictions.parquet")
+    return folder / "labels.parquet", folder / "predictions.parquet"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[pl.DataFrame, pl.DataFrame]:
+    folder = tmp_path_factory.mktemp("aggregate")
+    labels, predictions = _write_inputs(folder, infinite_model=True)
+    options = RunOptions(
+        inputs=InputOptions(labels=str(labels), predictions=str(predictions), slice_by=("region",)),
+        out=folder / "out",
+    )
+    run(options)
+    return pl.read_parquet(folder / "out" / "report.parquet"), pl.read_parquet(
+        folder / "out" / "rows.parquet"
+    )
+
+
+def _slice_rows(rows: pl.DataFrame, slice_name: str) -> pl.DataFrame:
+    if slice_name == aggregate.ALL_ROWS:
+        return rows
+    column, value = slice_name.split("=", 1)
+    return rows.filter(pl.col(column) == value)
+
+
+def test_every_slice_and_model_is_reported(published: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    report, _ = published
+    assert sorted(report.get_column("slice").unique()) == ["ALL", "region=north", "region=south"]
+    assert report.group_by("slice").len().get_column("len").to_list() == [4, 4, 4]
+
+
+def test_summary_statistics_match_numpy_and_scipy(
+    published: tuple[pl.DataFrame, pl.DataFrame],
+) -> None:
+    report, rows = published
+    for r in report.filter(pl.col("model") != "broken").iter_rows(named=True):
+        kl = (
+            _slice_rows(rows, r["slice"])
+            .filter(pl.col("model") == r["model"])
+            .get_column("kl")
+            .to_numpy()
+        )
+        n = len(kl)
+        assert r["n_rows"] == n
+        assert r["mean_kl"] == pytest.approx(kl.mean(), rel=1e-12)
+        assert r["std_kl"] == pytest.approx(kl.std(ddof=1), rel=1e-10)
+        assert r["sem_kl"] == pytest.approx(scipy.stats.sem(kl), rel=1e-10)
+        low, high = scipy.stats.t.interval(0.95, n - 1, loc=kl.mean(), scale=scipy.stats.sem(kl))
+        assert (r["ci95_low"], r["ci95_high"]) == (
+            pytest.approx(low, rel=1e-9),
+            pytest.approx(high, rel=1e-9),
+        )
+        for column, q in (("median_kl", 50), ("p90_kl", 90), ("p95_kl", 95), ("p99_kl", 99)):
+            assert r[column] == pytest.approx(np.percentile(kl, q, method="linear"), rel=1e-12)
+        assert (r["min_kl"], r["max_kl"]) == (kl.min(), kl.max())
+        assert r["n_infinite"] == 0
+
+
+def test_means_of_other_measures_and_top1(published: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    report, rows = published
+    for r in report.iter_rows(named=True):
+        subset = _slice_rows(rows, r["slice"]).filter(pl.col("model") == r["model"])
+        for measure in ("reverse_kl", "js", "cross_entropy", "entropy"):
+            assert r[f"mean_{measure}"] == pytest.approx(
+                subset.get_column(measure).mean(), rel=1e-12
+            )
+        assert r["top1_agreement"] == subset.get_column("top1_match").mean()
+
+
+def test_paired_comparison_matches_scipy_ttest_rel(
+    published: tuple[pl.DataFrame, pl.DataFrame],
+) -> None:
+    report, rows = published
+    for slice_name, group in report.group_by("slice"):
+        best = group.filter(pl.col("rank") == 1).get_column("model").item()
+        subset = _slice_rows(rows, str(slice_name[0])).sort("id")
+        kl_best = subset.filter(pl.col("model") == best).get_column("kl").to_numpy()
+        for r in group.filter(pl.col("model").is_in([best, "broken"]).not_()).iter_rows(named=True):
+            kl = subset.filter(pl.col("model") == r["model"]).get_column("kl").to_numpy()
+            d = kl - kl_best
+            assert r["delta_vs_best"] == pytest.approx(d.mean(), rel=1e-12)
+            assert r["delta_vs_best_sem"] == pytest.approx(scipy.stats.sem(d), rel=1e-10)
+            expected = scipy.stats.ttest_rel(kl, kl_best).pvalue
+            assert r["p_value_vs_best"] == pytest.approx(expected, rel=1e-9, abs=1e-300)
+        best_row = group.filter(pl.col("model") == best).row(0, named=True)
+        assert (
+            best_row["delta_vs_best"],
+            best_row["delta_vs_best_sem"],
+            best_row["p_value_vs_best"],
+        ) == (0.0, 0.0, None)
+
+
+def test_infinite_rows_make_the_mean_infinite_and_spread_undefined(
+    published: tuple[pl.DataFrame, pl.DataFrame],
+) -> None:
+    report, rows = published
+    broken = report.filter((pl.col("model") == "broken") & (pl.col("slice") == "ALL")).row(
+        0, named=True
+    )
+    n_inf = rows.filter((pl.col("model") == "broken") & pl.col("kl").is_infinite()).height
+    assert n_inf == 3 and broken["n_infinite"] == 3
+    assert broken["mean_kl"] == math.inf and broken["max_kl"] == math.inf
+    assert broken["std_kl"] is None and broken["sem_kl"] is None and broken["ci95_low"] is None
+    assert broken["delta_vs_best"] == math.inf and broken["p_value_vs_best"] is None
+    assert broken["rank"] == 4  # infinite sorts last
+
+
+def test_marginal_kl_is_kl_of_the_mean_distributions(
+    published: tuple[pl.DataFrame, pl.DataFrame], tmp_path: Path
+) -> None:
+    report, _ = published
+    labels, predictions = _write_inputs(tmp_path, infinite_model=True)  # the fixture's inputs again
+    columns = [f"prob_{c}" for c in CLASSES]
+    p = pl.read_parquet(labels).select(columns).to_numpy()
+    for model, q in pl.read_parquet(predictions).group_by("model"):
+        if model[0] == "broken":
+            continue
+        q_mean = q.select(columns).to_numpy().mean(axis=0)
+        expected = scipy.special.rel_entr(p.mean(axis=0), q_mean).sum() / math.log(2)
+        row = report.filter((pl.col("model") == model[0]) & (pl.col("slice") == "ALL")).row(
+            0, named=True
+        )
+        assert row["marginal_kl"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_ranks_share_ties_and_rank_by_top1_is_descending(tmp_path: Path) -> None:
+    labels, predictions = _write_inputs(tmp_path, infinite_model=False)
+    # A copy of "close" under another name ties with it exactly.
+    frame = pl.read_parquet(predictions)
+    twin = frame.filter(pl.col("model") == "close").with_columns(model=pl.lit("close_twin"))
+    pl.concat([frame, twin]).write_parquet(predictions)
+    out = tmp_path / "out"
+    run(RunOptions(inputs=InputOptions(labels=str(labels), predictions=str(predictions)), out=out))
+    report = pl.read_parquet(out / "report.parquet")
+    ranks = dict(zip(report.get_column("model"), report.get_column("rank"), strict=True))
+    assert ranks["closer"] == 1 and ranks["close"] == ranks["close_twin"] == 2 and ranks["far"] == 4
+
+    run(
+        RunOptions(
+            inputs=InputOptions(labels=str(labels), predictions=str(predictions)),
+            out=out,
+            rank_by="top1_agreement",
+        )
+    )
+    report = pl.read_parquet(out / "report.parquet")
+    agreement = report.sort("rank").get_column("top1_agreement").to_list()
+    assert agreement == sorted(agreement, reverse=True)
+
+
+def _synthetic_rows(n: int, seed: int) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame(
+        {
+            "model": rng.choice(["m1", "m2"], size=n),
+            "region": rng.choice(["x", "y"], size=n),
+            "kl": rng.exponential(1e3, size=n)
+            + 1e6,  # a large offset makes naive variance lose digits
+            "reverse_kl": rng.exponential(size=n),
+            "js": rng.uniform(size=n),
+            "cross_entropy": rng.exponential(size=n),
+            "entropy": rng.exponential(size=n),
+            "top1_match": rng.uniform(size=n) < 0.5,
+            p_col(0): rng.uniform(size=n),
+            q_col(0): rng.uniform(size=n),
+        }
+    )
+
+
+def test_merged_shard_states_equal_the_states_of_all_rows() -> None:
+    rows = _synthetic_rows(5000, seed=3)
+    key = aggregate.slice_keys(["region"])[1]
+    whole = aggregate.merge_states(aggregate.partial_states(rows, key, 1), 1)
+    shards = [rows.slice(0, 1234), rows.slice(1234, 1), rows.slice(1235, None)]
+    parts = pl.concat(aggregate.partial_states(s, key, 1) for s in shards)
+    merged = aggregate.merge_states(parts, 1)
+    assert_frame_equal(
+        merged.sort(aggregate.KEYS), whole.sort(aggregate.KEYS), check_exact=False, rel_tol=1e-12
+    )
+    for (region, model), group in rows.group_by(["region", "model"]):
+        state = merged.filter(
+            (pl.col("slice") == f"region={region}") & (pl.col("model") == model)
+        ).row(0, named=True)
+        kl = group.get_column("kl").to_numpy()
+        assert state["kl_m2"] == pytest.approx(((kl - kl.mean()) ** 2).sum(), rel=1e-9)
