@@ -160,8 +160,11 @@ def compute_report(
     predictions = _common_key(
         prepare_predictions(inputs.predictions.lazy(), layout, options.epsilon)
     )
+    # Every model's rows in the labels' order: sums over a model's rows then do not depend on
+    # the order its predictions arrived in, so label-only means (entropy) agree to the last bit.
     rows = (
-        predictions.join(labels, on=ID, how="inner", maintain_order="left")
+        labels.join(predictions, on=ID, how="inner", maintain_order="left")
+        .sort(MODEL, maintain_order=True)
         .with_columns(row_measures(n_classes, options.base))
         .collect()
     )

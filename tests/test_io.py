@@ -1,0 +1,138 @@
+"""Scanning inputs and publishing atomically."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline import io
+from pipeline.errors import UsageError
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _write_report(content: str) -> Callable[[Path], None]:
+    def write(staging: Path) -> None:
+        io.write_text(content, staging / "report.txt")
+
+    return write
+
+
+def test_publish_creates_the_target_with_success_marker(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "run_date=2026-01-01"
+    io.publish(target, _write_report("v1"))
+    assert _files(target) == {"_SUCCESS": b"", "report.txt": b"v1"}
+    assert [p.name for p in target.parent.iterdir()] == ["run_date=2026-01-01"]
+
+
+def test_publish_replaces_the_previous_report_whole(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    io.publish(target, _write_report("v1"))
+    io.publish(target, lambda staging: io.write_text("other", staging / "other.txt"))
+    assert _files(target) == {"_SUCCESS": b"", "other.txt": b"other"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or retired folder left
+
+
+def test_a_failing_write_leaves_the_previous_report_byte_identical(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    io.publish(target, _write_report("v1"))
+    before = _files(target)
+
+    def half_written(staging: Path) -> None:
+        io.write_text("partial", staging / "report.txt")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        io.publish(target, half_written)
+    assert _files(target) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_killed_run_leaves_the_previous_report_byte_identical(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    io.publish(target, _write_report("v1"))
+    before = _files(target)
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from pipeline import io
+
+        def write(staging):
+            io.write_text("partial", staging / "report.txt")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        io.publish(Path({str(target)!r}), write)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], check=False)
+    assert result.returncode == -9
+    assert _files(target) == before
+    # The dead run's staging folder stays behind, hidden from Parquet readers.
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "out"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(io.STAGING_PREFIX)
+
+
+def test_scan_reads_directories_recursively_with_hive_keys_as_strings(tmp_path: Path) -> None:
+    for model in ("a", "007"):
+        folder = tmp_path / f"model={model}" / "nested"
+        folder.mkdir(parents=True)
+        pl.DataFrame({"id": [1, 2]}).write_parquet(folder / "part-0.parquet")
+    (tmp_path / "_ignored").mkdir()
+    pl.DataFrame({"x": [1.0]}).write_parquet(tmp_path / "_ignored" / "part-0.parquet")
+    scanned = io.scan_parquet(str(tmp_path))
+    frame = scanned.frame.collect().sort("model", "id")
+    assert frame.schema == pl.Schema({"id": pl.Int64, "model": pl.String})
+    assert frame.get_column("model").to_list() == ["007", "007", "a", "a"]  # "007", not 7
+    assert scanned.n_rows == 4 and len(scanned.files) == 2
+
+
+def test_scan_reads_a_glob(tmp_path: Path) -> None:
+    for part in range(3):
+        pl.DataFrame({"id": [part]}).write_parquet(tmp_path / f"part-{part}.parquet")
+    scanned = io.scan_parquet(str(tmp_path / "part-*.parquet"))
+    assert sorted(scanned.frame.collect().get_column("id")) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda folder: None, "does not exist"),
+        (lambda folder: folder.mkdir(), "matches no .parquet files"),
+        (lambda folder: folder.write_text("not parquet"), "cannot read"),
+    ],
+    ids=["missing", "empty-directory", "not-parquet"],
+)
+def test_unreadable_inputs_are_usage_errors(tmp_path: Path, setup: object, message: str) -> None:
+    path = tmp_path / "input"
+    setup(path)  # type: ignore[operator]
+    with pytest.raises(UsageError, match=message):
+        io.scan_parquet(str(path))
+
+
+def test_truncated_parquet_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "labels.parquet"
+    pl.DataFrame({"id": list(range(1000))}).write_parquet(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UsageError, match="cannot read"):
+        io.scan_parquet(str(path))
+
+
+def test_write_atomically_leaves_no_partial_file(tmp_path: Path) -> None:
+    path = tmp_path / "failures" / "failures.parquet"
+
+    def fail(temporary: Path) -> None:
+        temporary.write_text("half")
+        raise OSError("boom")
+
+    with pytest.raises(OSError, match="boom"):
+        io.write_atomically(path, fail)
+    assert not path.exists() and os.listdir(path.parent) == []
