@@ -8,18 +8,17 @@ unreadable path, corrupt Parquet, no distribution columns), 70 internal error (a
 
 import datetime as dt
 import json
-import sys
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
 from jobs import __version__
-from jobs.config import InputOptions, RunOptions
+from jobs.config import InputOptions, RunOptions, TruthOption
 from jobs.run import Timings, run, validate
-from pipeline.aggregate import RANK_METRICS
+from pipeline.aggregate import RankMetric
+from pipeline.divergence import Base
 from pipeline.errors import InvalidDataError, KlrankError, UsageError
 
 EXIT_OK, EXIT_INVALID_DATA, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
@@ -33,37 +32,91 @@ app = typer.Typer(
 )
 
 
-class Truth(str, Enum):
-    """Kind of truth in the labels."""
-
-    auto = "auto"
-    hard = "hard"
-    soft = "soft"
-
-
-class Base(str, Enum):
-    """Logarithm base: 2 (bits), e (nats), 10 (bans)."""
-
-    two = "2"
-    e = "e"
-    ten = "10"
-
-
-RankBy = Enum("RankBy", {m: m for m in RANK_METRICS}, type=str)  # type: ignore[misc]
-
 # Options shared by `run` and `validate`.
-Labels = Annotated[str, typer.Option("--labels", "-l", envvar="KLRANK_LABELS", help="Labels: a Parquet file, a directory (read recursively) or a glob.", show_default=False)]
-Predictions = Annotated[str, typer.Option("--predictions", "-p", envvar="KLRANK_PREDICTIONS", help="Predictions: file, directory (hive model=<name>/ folders allowed) or glob.", show_default=False)]
-IdCol = Annotated[str, typer.Option("--id-col", envvar="KLRANK_ID_COL", help="Row key column, in both inputs.")]
-LabelCol = Annotated[str, typer.Option("--label-col", envvar="KLRANK_LABEL_COL", help="Hard-label column (class name or index).")]
-ModelCol = Annotated[str, typer.Option("--model-col", envvar="KLRANK_MODEL_COL", help="Model-name column (or hive key) of the predictions.")]
-ProbPrefix = Annotated[str, typer.Option("--prob-prefix", envvar="KLRANK_PROB_PREFIX", help="Prefix of probability columns.")]
-LogitPrefix = Annotated[str, typer.Option("--logit-prefix", envvar="KLRANK_LOGIT_PREFIX", help="Prefix of logit columns.")]
-TruthOpt = Annotated[Truth, typer.Option("--truth", envvar="KLRANK_TRUTH", help="auto: soft when the labels have probability columns.")]
-Tolerance = Annotated[float, typer.Option("--tolerance", envvar="KLRANK_TOLERANCE", min=0.0, help="Allowed |row sum - 1| of probabilities.")]
-SliceBy = Annotated[list[str] | None, typer.Option("--slice-by", envvar="KLRANK_SLICE_BY", help="Also rank per value of this label column (repeatable).")]
-Debug = Annotated[bool, typer.Option("--debug", envvar="KLRANK_DEBUG", help="Show Python tracebacks of internal errors.")]
-JsonOut = Annotated[bool, typer.Option("--json", envvar="KLRANK_JSON", help="Print a JSON summary to stdout instead of the table.")]
+Labels = Annotated[
+    str,
+    typer.Option(
+        "--labels",
+        "-l",
+        envvar="KLRANK_LABELS",
+        help="Labels: a Parquet file, a directory (read recursively) or a glob.",
+        show_default=False,
+    ),
+]
+Predictions = Annotated[
+    str,
+    typer.Option(
+        "--predictions",
+        "-p",
+        envvar="KLRANK_PREDICTIONS",
+        help="Predictions: file, directory (hive model=<name>/ folders allowed) or glob.",
+        show_default=False,
+    ),
+]
+IdCol = Annotated[
+    str, typer.Option("--id-col", envvar="KLRANK_ID_COL", help="Row key column, in both inputs.")
+]
+LabelCol = Annotated[
+    str,
+    typer.Option(
+        "--label-col", envvar="KLRANK_LABEL_COL", help="Hard-label column (class name or index)."
+    ),
+]
+ModelCol = Annotated[
+    str,
+    typer.Option(
+        "--model-col",
+        envvar="KLRANK_MODEL_COL",
+        help="Model-name column (or hive key) of the predictions.",
+    ),
+]
+ProbPrefix = Annotated[
+    str,
+    typer.Option(
+        "--prob-prefix", envvar="KLRANK_PROB_PREFIX", help="Prefix of probability columns."
+    ),
+]
+LogitPrefix = Annotated[
+    str,
+    typer.Option("--logit-prefix", envvar="KLRANK_LOGIT_PREFIX", help="Prefix of logit columns."),
+]
+TruthOpt = Annotated[
+    TruthOption,
+    typer.Option(
+        "--truth",
+        envvar="KLRANK_TRUTH",
+        help="auto: soft when the labels have probability columns.",
+    ),
+]
+Tolerance = Annotated[
+    float,
+    typer.Option(
+        "--tolerance",
+        envvar="KLRANK_TOLERANCE",
+        min=0.0,
+        help="Allowed |row sum - 1| of probabilities.",
+    ),
+]
+SliceBy = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--slice-by",
+        envvar="KLRANK_SLICE_BY",
+        help="Also rank per value of this label column (repeatable).",
+    ),
+]
+Debug = Annotated[
+    bool,
+    typer.Option(
+        "--debug", envvar="KLRANK_DEBUG", help="Show Python tracebacks of internal errors."
+    ),
+]
+JsonOut = Annotated[
+    bool,
+    typer.Option(
+        "--json", envvar="KLRANK_JSON", help="Print a JSON summary to stdout instead of the table."
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -74,7 +127,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """Rank models by the KL divergence of their predicted distributions from the truth."""
 
@@ -99,10 +157,26 @@ def _guarded(action: Callable[[], Any], *, debug: bool, as_json: bool) -> Any:
     except Exception as error:
         if debug:
             raise
-        _fail(EXIT_INTERNAL, "internal_error", f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", as_json)
+        _fail(
+            EXIT_INTERNAL,
+            "internal_error",
+            f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+            as_json,
+        )
 
 
-def _inputs(labels: str, predictions: str, id_col: str, label_col: str, model_col: str, prob_prefix: str, logit_prefix: str, truth: Truth, tolerance: float, slice_by: list[str] | None) -> InputOptions:
+def _inputs(
+    labels: str,
+    predictions: str,
+    id_col: str,
+    label_col: str,
+    model_col: str,
+    prob_prefix: str,
+    logit_prefix: str,
+    truth: TruthOption,
+    tolerance: float,
+    slice_by: list[str] | None,
+) -> InputOptions:
     return InputOptions(
         labels=labels,
         predictions=predictions,
@@ -111,7 +185,7 @@ def _inputs(labels: str, predictions: str, id_col: str, label_col: str, model_co
         model_col=model_col,
         prob_prefix=prob_prefix,
         logit_prefix=logit_prefix,
-        truth=truth.value,
+        truth=truth,
         tolerance=tolerance,
         slice_by=tuple(slice_by or ()),
     )
@@ -121,21 +195,73 @@ def _inputs(labels: str, predictions: str, id_col: str, label_col: str, model_co
 def run_command(
     labels: Labels,
     predictions: Predictions,
-    out: Annotated[Path, typer.Option("--out", "-o", envvar="KLRANK_OUT", help="Output directory of the report.", show_default=False)],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            envvar="KLRANK_OUT",
+            help="Output directory of the report.",
+            show_default=False,
+        ),
+    ],
     id_col: IdCol = "id",
     label_col: LabelCol = "label",
     model_col: ModelCol = "model",
     prob_prefix: ProbPrefix = "prob_",
     logit_prefix: LogitPrefix = "logit_",
-    truth: TruthOpt = Truth.auto,
+    truth: TruthOpt = "auto",
     tolerance: Tolerance = 1e-6,
     slice_by: SliceBy = None,
-    base: Annotated[Base, typer.Option("--base", envvar="KLRANK_BASE", help="Log base: 2 bits, e nats, 10 bans.")] = Base.two,
-    epsilon: Annotated[float, typer.Option("--epsilon", envvar="KLRANK_EPSILON", min=0.0, max=0.999999, help="Additive smoothing q'=(q+E)/(1+K·E); 0 = none.")] = 0.0,
-    rank_by: Annotated[RankBy, typer.Option("--rank-by", envvar="KLRANK_RANK_BY", help="Metric the ranking uses.")] = "mean_kl",
-    run_date: Annotated[dt.datetime | None, typer.Option("--run-date", envvar="KLRANK_RUN_DATE", formats=["%Y-%m-%d"], help="Publish to OUT/run_date=YYYY-MM-DD/.", show_default=False)] = None,
-    rows: Annotated[bool, typer.Option("--rows/--no-rows", envvar="KLRANK_ROWS", help="Write rows.parquet with the per-row measures.")] = True,
-    failures: Annotated[Path | None, typer.Option("--failures", envvar="KLRANK_FAILURES", help="Where failure cases go [default: OUT/_failures/[run_date=.../]failures.parquet].", show_default=False)] = None,
+    base: Annotated[
+        Base,
+        typer.Option("--base", envvar="KLRANK_BASE", help="Log base: 2 bits, e nats, 10 bans."),
+    ] = "2",
+    epsilon: Annotated[
+        float,
+        typer.Option(
+            "--epsilon",
+            envvar="KLRANK_EPSILON",
+            min=0.0,
+            max=0.999999,
+            help="Additive smoothing q'=(q+E)/(1+K·E); 0 = none.",
+        ),
+    ] = 0.0,
+    rank_by: Annotated[
+        RankMetric,
+        typer.Option(
+            "--rank-by",
+            envvar="KLRANK_RANK_BY",
+            help="Metric the ranking uses.",
+        ),
+    ] = "mean_kl",
+    run_date: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            "--run-date",
+            envvar="KLRANK_RUN_DATE",
+            formats=["%Y-%m-%d"],
+            help="Publish to OUT/run_date=YYYY-MM-DD/.",
+            show_default=False,
+        ),
+    ] = None,
+    rows: Annotated[
+        bool,
+        typer.Option(
+            "--rows/--no-rows",
+            envvar="KLRANK_ROWS",
+            help="Write rows.parquet with the per-row measures.",
+        ),
+    ] = True,
+    failures: Annotated[
+        Path | None,
+        typer.Option(
+            "--failures",
+            envvar="KLRANK_FAILURES",
+            help="Where failure cases go [default: OUT/_failures/[run_date=.../]failures.parquet].",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOut = False,
     debug: Debug = False,
 ) -> None:
@@ -143,11 +269,22 @@ def run_command(
 
     def action() -> None:
         options = RunOptions(
-            inputs=_inputs(labels, predictions, id_col, label_col, model_col, prob_prefix, logit_prefix, truth, tolerance, slice_by),
+            inputs=_inputs(
+                labels,
+                predictions,
+                id_col,
+                label_col,
+                model_col,
+                prob_prefix,
+                logit_prefix,
+                truth,
+                tolerance,
+                slice_by,
+            ),
             out=out,
-            base=base.value,
+            base=base,
             epsilon=epsilon,
-            rank_by=str(getattr(rank_by, "value", rank_by)),
+            rank_by=rank_by,
             run_date=run_date.date() if run_date else None,
             write_rows=rows,
             failures=failures,
@@ -171,17 +308,36 @@ def validate_command(
     model_col: ModelCol = "model",
     prob_prefix: ProbPrefix = "prob_",
     logit_prefix: LogitPrefix = "logit_",
-    truth: TruthOpt = Truth.auto,
+    truth: TruthOpt = "auto",
     tolerance: Tolerance = 1e-6,
     slice_by: SliceBy = None,
-    failures: Annotated[Path | None, typer.Option("--failures", envvar="KLRANK_FAILURES", help="Write all failure cases to this Parquet file.", show_default=False)] = None,
+    failures: Annotated[
+        Path | None,
+        typer.Option(
+            "--failures",
+            envvar="KLRANK_FAILURES",
+            help="Write all failure cases to this Parquet file.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOut = False,
     debug: Debug = False,
 ) -> None:
     """Check the inputs against the contract without computing or publishing anything."""
 
     def action() -> None:
-        options = _inputs(labels, predictions, id_col, label_col, model_col, prob_prefix, logit_prefix, truth, tolerance, slice_by)
+        options = _inputs(
+            labels,
+            predictions,
+            id_col,
+            label_col,
+            model_col,
+            prob_prefix,
+            logit_prefix,
+            truth,
+            tolerance,
+            slice_by,
+        )
         timings = Timings()
         inputs = validate(options, failures, timings)
         result = {
@@ -212,4 +368,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

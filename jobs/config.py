@@ -53,7 +53,9 @@ class RunOptions:
         if not (0.0 <= self.epsilon < 1.0):
             raise UsageError(f"--epsilon must be in [0, 1), got {self.epsilon}")
         if self.rank_by not in RANK_METRICS:
-            raise UsageError(f"--rank-by must be one of {', '.join(RANK_METRICS)}, got {self.rank_by!r}")
+            raise UsageError(
+                f"--rank-by must be one of {', '.join(RANK_METRICS)}, got {self.rank_by!r}"
+            )
 
     @property
     def target(self) -> Path:

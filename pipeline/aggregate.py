@@ -11,6 +11,7 @@ pass over the rows: per row d = kl − kl_best on the same id, summarised by the
 
 import math
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import polars as pl
 
@@ -24,11 +25,12 @@ NULL_SLICE_VALUE = "(null)"
 KEYS = (SLICE, MODEL)
 QUANTILES = {"median_kl": 0.5, "p90_kl": 0.9, "p95_kl": 0.95, "p99_kl": 0.99}
 MEANS = ("reverse_kl", "js", "cross_entropy", "entropy")
-# Metrics --rank-by accepts; all are "lower is better" except these.
-RANK_METRICS = (
+# Metrics --rank-by accepts; all are "lower is better" except HIGHER_IS_BETTER.
+RankMetric = Literal[
     "mean_kl", "median_kl", "p90_kl", "p95_kl", "p99_kl", "max_kl", "mean_reverse_kl",
     "mean_js", "mean_cross_entropy", "marginal_kl", "top1_agreement",
-)  # fmt: skip
+]  # fmt: skip
+RANK_METRICS: tuple[str, ...] = get_args(RankMetric)
 HIGHER_IS_BETTER = frozenset({"top1_agreement"})
 
 

@@ -22,9 +22,11 @@ catastrophically when D is much smaller than H.
 import math
 from collections.abc import Sequence
 from functools import reduce
+from typing import Literal
 
 import polars as pl
 
+Base = Literal["2", "e", "10"]
 LOG_BASES: dict[str, float] = {"2": 2.0, "e": math.e, "10": 10.0}
 UNITS: dict[str, str] = {"2": "bits", "e": "nats", "10": "bans"}
 
@@ -52,7 +54,9 @@ def kl_divergence(
     >>> round(df.select(kl_divergence(p, [e.log() for e in p], [e.log() for e in q])).item(), 6)
     0.143841
     """
-    return _sum([_xlogy_difference(pi, lpi, lqi) for pi, lpi, lqi in zip(p, log_p, log_q, strict=True)])
+    return _sum(
+        [_xlogy_difference(pi, lpi, lqi) for pi, lpi, lqi in zip(p, log_p, log_q, strict=True)]
+    )
 
 
 def reverse_kl_divergence(
@@ -64,7 +68,9 @@ def reverse_kl_divergence(
 
 def cross_entropy(p: Sequence[pl.Expr], log_q: Sequence[pl.Expr]) -> pl.Expr:
     """H(P,Q) = −Σ p·log q in nats; +inf when some p > 0 has q = 0."""
-    return _sum([pl.when(pi > 0).then(-pi * lqi).otherwise(0.0) for pi, lqi in zip(p, log_q, strict=True)])
+    return _sum(
+        [pl.when(pi > 0).then(-pi * lqi).otherwise(0.0) for pi, lqi in zip(p, log_q, strict=True)]
+    )
 
 
 def entropy(p: Sequence[pl.Expr], log_p: Sequence[pl.Expr]) -> pl.Expr:
@@ -105,7 +111,9 @@ def smoothed(q: Sequence[pl.Expr], epsilon: float) -> list[pl.Expr]:
 def argmax_index(values: Sequence[pl.Expr]) -> pl.Expr:
     """Position of the largest value in a row; ties go to the first position (class order)."""
     row_max = pl.max_horizontal(values)
-    return pl.coalesce([pl.when(v == row_max).then(pl.lit(i, pl.Int32)) for i, v in enumerate(values)])
+    return pl.coalesce(
+        [pl.when(v == row_max).then(pl.lit(i, pl.Int32)) for i, v in enumerate(values)]
+    )
 
 
 def top1_match(p: Sequence[pl.Expr], q: Sequence[pl.Expr]) -> pl.Expr:

@@ -46,7 +46,9 @@ def _list_files(path: str) -> tuple[list[str], bool]:
         return sorted(glob.glob(path, recursive=True)), True
     target = Path(path)
     if target.is_dir():
-        files = [p for p in sorted(target.rglob("*.parquet")) if p.is_file() and _is_visible(p, target)]
+        files = [
+            p for p in sorted(target.rglob("*.parquet")) if p.is_file() and _is_visible(p, target)
+        ]
         return [str(p) for p in files], True
     if target.is_file():
         return [path], False
@@ -82,7 +84,7 @@ def scan_parquet(path: str) -> ParquetInput:
     frame = pl.scan_parquet(
         files,
         hive_partitioning=bool(keys),
-        hive_schema={key: pl.String for key in keys} or None,
+        hive_schema=dict.fromkeys(keys, pl.String) or None,
     )
     try:
         frame.collect_schema()
@@ -91,7 +93,9 @@ def scan_parquet(path: str) -> ParquetInput:
     return ParquetInput(path=path, files=tuple(files), n_rows=n_rows, frame=frame)
 
 
-def write_parquet(frame: pl.DataFrame, path: Path, metadata: Mapping[str, str] | None = None) -> None:
+def write_parquet(
+    frame: pl.DataFrame, path: Path, metadata: Mapping[str, str] | None = None
+) -> None:
     """Write one Parquet file, with optional key-value metadata in its footer."""
     frame.write_parquet(path, metadata=dict(metadata) if metadata else None)
 

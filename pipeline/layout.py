@@ -82,7 +82,9 @@ def class_order(classes: Sequence[str]) -> tuple[str, ...]:
 
 def classes_with_prefix(columns: Sequence[str], prefix: str) -> tuple[str, ...]:
     """Class names of the columns named ``<prefix><class>``, in canonical order."""
-    return class_order([c[len(prefix) :] for c in columns if c.startswith(prefix) and len(c) > len(prefix)])
+    return class_order(
+        [c[len(prefix) :] for c in columns if c.startswith(prefix) and len(c) > len(prefix)]
+    )
 
 
 def resolve_layout(

@@ -22,14 +22,20 @@ def _p_value(value: float | None) -> str:
 
 
 def _table(rows: pl.DataFrame) -> list[str]:
-    header = "| rank | model | mean KL [95% CI] | median | p99 | max | n inf | top-1 | Δ vs best (p) |"
+    header = (
+        "| rank | model | mean KL [95% CI] | median | p99 | max | n inf | top-1 | Δ vs best (p) |"
+    )
     lines = [header, "|---:|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows.iter_rows(named=True):
         interval = (
-            f" [{_number(r['ci95_low'])}, {_number(r['ci95_high'])}]" if r["ci95_low"] is not None else ""
+            f" [{_number(r['ci95_low'])}, {_number(r['ci95_high'])}]"
+            if r["ci95_low"] is not None
+            else ""
         )
-        delta = "best" if r["p_value_vs_best"] is None and r["delta_vs_best"] == 0 else (
-            f"{_number(r['delta_vs_best'])} (p={_p_value(r['p_value_vs_best'])})"
+        delta = (
+            "best"
+            if r["p_value_vs_best"] is None and r["delta_vs_best"] == 0
+            else (f"{_number(r['delta_vs_best'])} (p={_p_value(r['p_value_vs_best'])})")
         )
         lines.append(
             f"| {r['rank']} | {r['model']} | {_number(r['mean_kl'])}{interval} | "
@@ -44,7 +50,7 @@ def ranked_summary(report: pl.DataFrame, unit: str, rank_by: str) -> str:
     overall = report.filter(pl.col(SLICE) == ALL_ROWS)
     n_rows = overall.get_column("n_rows").max() if overall.height else 0
     lines = [
-        f"# klrank: models ranked by {rank_by} ({unit}), {n_rows} rows",
+        f"# klrank: models ranked by {rank_by} ({unit}), {n_rows!s} rows",
         "",
         *_table(overall),
         "",
@@ -53,6 +59,8 @@ def ranked_summary(report: pl.DataFrame, unit: str, rank_by: str) -> str:
         "Δ vs best is the mean per-row KL difference from the rank-1 model on the same rows; "
         "p is a paired two-sided t-test of that difference being 0.",
     ]
-    for (name,), rows in report.filter(pl.col(SLICE) != ALL_ROWS).group_by(SLICE, maintain_order=True):
+    for (name,), rows in report.filter(pl.col(SLICE) != ALL_ROWS).group_by(
+        SLICE, maintain_order=True
+    ):
         lines += ["", f"## {name}", "", *_table(rows)]
     return "\n".join(lines) + "\n"

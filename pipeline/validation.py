@@ -89,7 +89,8 @@ def failure(
 def _from_pandera(
     error: pandera.errors.SchemaErrors, dataset: str, data: pl.DataFrame | None, layout: Layout
 ) -> pl.DataFrame:
-    cases = error.failure_cases.select(
+    raw: pl.DataFrame = error.failure_cases
+    cases = raw.select(
         pl.lit(dataset).alias("dataset"),
         pl.col("check").cast(pl.String),
         # Frame-level checks (row sums, (id, model) uniqueness) name the schema, not a column.
@@ -121,7 +122,10 @@ def _run_schema(
     layout: Layout,
 ) -> pl.DataFrame:
     try:
-        schema.validate(frame, lazy=True)
+        if isinstance(frame, pl.DataFrame):
+            schema.validate(frame, lazy=True)
+        else:
+            schema.validate(frame, lazy=True)  # a LazyFrame: dtypes and columns only
     except pandera.errors.SchemaErrors as error:
         data = frame if isinstance(frame, pl.DataFrame) else None
         return _from_pandera(error, dataset, data, layout)
