@@ -37,8 +37,22 @@ def _sum(terms: Sequence[pl.Expr]) -> pl.Expr:
 
 
 def _xlogy_difference(x: pl.Expr, log_x: pl.Expr, log_y: pl.Expr) -> pl.Expr:
-    # x · (log x − log y) with the 0 · anything = 0 convention.
-    return pl.when(x > 0).then(x * (log_x - log_y)).otherwise(0.0)
+    # x · (log x − log y): 0 where x = 0, +inf where x > 0 and y = 0. The tests are on the logs,
+    # so that a q from a log-softmax that underflowed to 0.0 still counts as positive.
+    return (
+        pl.when(log_x == -math.inf)
+        .then(0.0)
+        .when(log_y == -math.inf)
+        .then(math.inf)
+        .otherwise(x * (log_x - log_y))
+    )
+
+
+def _log_mean(log_a: pl.Expr, log_b: pl.Expr) -> pl.Expr:
+    # log((a + b)/2) from the logs, which neither overflows nor rounds a tiny a + b to 0.
+    high = pl.max_horizontal(log_a, log_b)
+    low = pl.min_horizontal(log_a, log_b)
+    return high + (low - high).exp().log1p() - math.log(2.0)
 
 
 def kl_divergence(
@@ -87,7 +101,7 @@ def jensen_shannon_divergence(
     """JS(P,Q) = ½·D(P‖M) + ½·D(Q‖M) with M = (P+Q)/2, in nats; finite, at most log 2."""
     terms = []
     for pi, lpi, qi, lqi in zip(p, log_p, q, log_q, strict=True):
-        log_m = ((pi + qi) * 0.5).log()
+        log_m = _log_mean(lpi, lqi)
         terms.append(_xlogy_difference(pi, lpi, log_m) + _xlogy_difference(qi, lqi, log_m))
     return _sum(terms) * 0.5
 
