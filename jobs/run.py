@@ -100,7 +100,9 @@ def _fail_if_any(failures: pl.DataFrame, failures_path: Path | None) -> None:
         lines.append(f"all {failures.height} failure cases: {failures_path}")
     n_checks = len(lines) - (failures_path is not None)
     raise InvalidDataError(
-        f"validation failed: {n_checks} failed checks\n" + "\n".join(lines), failures
+        f"validation failed: {n_checks} failed check{'' if n_checks == 1 else 's'}\n"
+        + "\n".join(lines),
+        failures,
     )
 
 
@@ -136,8 +138,10 @@ def validate(
         )
     with timings.phase("validate"):
         _fail_if_any(check_structure(labels, predictions, layout), failures_path)
-        label_frame = labels.select(label_columns(layout)).collect()
-        prediction_frame = predictions.select(prediction_columns(layout)).collect()
+        label_frame = io.collect(labels.select(label_columns(layout)), sources["labels"])
+        prediction_frame = io.collect(
+            predictions.select(prediction_columns(layout)), sources["predictions"]
+        )
         _fail_if_any(
             check_data(label_frame, prediction_frame, layout, options.tolerance), failures_path
         )
@@ -201,6 +205,7 @@ def _versions() -> dict[str, str]:
 def run(options: RunOptions) -> RunSummary:
     """Validate, compute and publish the report atomically under ``options.target``."""
     started = dt.datetime.now(dt.UTC)
+    io.check_publishable(options.target)
     timings = Timings()
     inputs = validate(options.inputs, options.failures_path, timings)
     with timings.phase("compute"):
@@ -248,5 +253,5 @@ def run(options: RunOptions) -> RunSummary:
         io.write_json(manifest, staging / MANIFEST_FILE)
 
     io.publish(options.target, write)
-    options.failures_path.unlink(missing_ok=True)  # a stale record of an earlier failed run
+    io.remove_file(options.failures_path)  # a stale record of an earlier failed run
     return RunSummary(target=options.target, report=report, summary=summary, manifest=manifest)

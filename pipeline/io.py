@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -40,57 +41,91 @@ def _is_visible(path: Path, root: Path) -> bool:
     return not any(part.startswith((".", "_")) for part in path.relative_to(root).parts)
 
 
-def _list_files(path: str) -> tuple[list[str], bool]:
-    """Return the Parquet files named by ``path`` and whether they may carry hive keys."""
+def _list_files(path: str) -> tuple[list[str], Path | None]:
+    """Return the Parquet files named by ``path`` and the folder hive keys are read below."""
     if _GLOB_CHARS & set(path):
-        return sorted(glob.glob(path, recursive=True)), True
+        parts = Path(path).parts
+        fixed = next(i for i, part in enumerate(parts) if _GLOB_CHARS & set(part))
+        return sorted(glob.glob(path, recursive=True)), Path(*parts[:fixed])
     target = Path(path)
     if target.is_dir():
         files = [
             p for p in sorted(target.rglob("*.parquet")) if p.is_file() and _is_visible(p, target)
         ]
-        return [str(p) for p in files], True
+        return [str(p) for p in files], target
     if target.is_file():
-        return [path], False
+        return [path], None
     raise UsageError(f"input path {path!r} does not exist")
 
 
-def _hive_keys(files: list[str]) -> list[str]:
-    keys: dict[str, None] = {}
-    for file in files:
-        for part in Path(file).parent.parts:
-            key, sep, _ = part.partition("=")
-            if sep and key:
-                keys[key] = None
-    return list(keys)
+def _hive_values(file: str, root: Path | None) -> dict[str, str]:
+    """The ``key=value`` folder names between ``root`` and ``file``."""
+    if root is None:
+        return {}
+    values = {}
+    for part in Path(file).parent.relative_to(root).parts:
+        key, sep, value = part.partition("=")
+        if sep and key:
+            values[key] = unquote(value)
+    return values
+
+
+def _scan_file(file: str, root: Path | None) -> tuple[pl.LazyFrame, int]:
+    try:
+        metadata = pq.read_metadata(file)
+    except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError)
+        raise UsageError(f"cannot read {file!r} as Parquet: {error}") from None
+    hive = _hive_values(file, root)
+    clash = sorted(set(hive) & set(metadata.schema.names))
+    if clash:
+        raise UsageError(f"{file!r} has columns {clash} that its folder names also set; keep one")
+    frame = pl.scan_parquet(file).with_columns(
+        pl.lit(v, pl.String).alias(k) for k, v in hive.items()
+    )
+    return frame, metadata.num_rows
 
 
 def scan_parquet(path: str) -> ParquetInput:
     """Scan a Parquet file, a directory (recursively) or a glob, with hive keys read as strings.
 
     Every file's footer is read up front, so that a missing, empty or corrupt input is a usage
-    error before any work starts, and the row counts for the manifest cost nothing.
+    error before any work starts, and the row counts for the manifest cost nothing. Files may
+    differ in their columns (a column missing from a file reads as nulls there) and in float or
+    integer widths (the wider one wins); the validation then judges the combined columns.
     """
-    files, may_have_hive_keys = _list_files(path)
+    files, root = _list_files(path)
     if not files:
         raise UsageError(f"input path {path!r} matches no .parquet files")
-    n_rows = 0
-    for file in files:
-        try:
-            n_rows += pq.read_metadata(file).num_rows
-        except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError)
-            raise UsageError(f"cannot read {file!r} as Parquet: {error}") from None
-    keys = _hive_keys(files) if may_have_hive_keys else []
-    frame = pl.scan_parquet(
-        files,
-        hive_partitioning=bool(keys),
-        hive_schema=dict.fromkeys(keys, pl.String) or None,
-    )
+    scanned = [_scan_file(file, root) for file in files]
+    frames = [frame for frame, _ in scanned]
     try:
+        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
         frame.collect_schema()
     except pl.exceptions.PolarsError as error:
-        raise UsageError(f"cannot read the Parquet files under {path!r}: {error}") from None
-    return ParquetInput(path=path, files=tuple(files), n_rows=n_rows, frame=frame)
+        raise UsageError(f"cannot combine the Parquet files under {path!r}: {error}") from None
+    return ParquetInput(
+        path=path, files=tuple(files), n_rows=sum(n for _, n in scanned), frame=frame
+    )
+
+
+def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
+    """Read the columns selected from ``source``; a file damaged past its footer is a usage error."""
+    try:
+        return frame.collect()
+    except pl.exceptions.ComputeError as error:
+        raise UsageError(f"cannot read the Parquet data of {source.path!r}: {error}") from None
+
+
+def check_publishable(target: Path) -> None:
+    """Fail early, before any work, when ``target`` or a parent of it is an existing file."""
+    for folder in (target, *target.parents):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--out: {str(folder)!r} exists and is not a directory")
+
+
+def remove_file(path: Path) -> None:
+    """Delete a file if it exists."""
+    path.unlink(missing_ok=True)
 
 
 def write_parquet(

@@ -1,0 +1,191 @@
+"""Helpers of tests/test_cli.py: run the installed ``klrank`` command and build tiny inputs.
+
+The command runs in a subprocess exactly as a scheduler would start it, with every ``KLRANK_*``
+variable of the test environment removed so that only what a test passes is seen.
+"""
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+
+KLRANK = Path(sys.executable).with_name("klrank")
+TIMEOUT_S = 60
+
+CLASSES = ("a", "b", "c")
+MODELS = ("m", "n")
+# Soft truth of ids 1..4, one row per id; a true 0 is allowed (0·log 0 = 0).
+TRUTH = {1: (0.2, 0.3, 0.5), 2: (0.5, 0.25, 0.25), 3: (0.1, 0.1, 0.8), 4: (0.6, 0.4, 0.0)}
+HARD_TRUTH = {1: "c", 2: "a", 3: "c", 4: "a"}
+# Model m predicts the truth smoothed a little, model n the same distribution for every row.
+PREDICTED = {
+    "m": {1: (0.25, 0.3, 0.45), 2: (0.5, 0.25, 0.25), 3: (0.1, 0.15, 0.75), 4: (0.5, 0.4, 0.1)},
+    "n": dict.fromkeys(TRUTH, (0.3, 0.3, 0.4)),
+}
+LOGITS = {"m": (0.0, 1.0, 2.0), "n": (1.0, 0.5, -0.5)}
+
+FAILURE_COLUMNS = ["dataset", "check", "column", "row", "id", "model", "value"]
+PUBLISHED_FILES = {"report.parquet", "rows.parquet", "summary.md", "manifest.json", "_SUCCESS"}
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one ``klrank`` invocation did."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:
+        return (
+            f"klrank {' '.join(self.args)} -> exit {self.returncode}\n"
+            f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+        )
+
+
+def _environment(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLRANK_")}
+    # Wide, colourless output, so that Typer's error boxes do not break words across lines.
+    env |= {"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200", "PYTHONHASHSEED": "0"}
+    return env | dict(extra or {})
+
+
+@dataclass
+class Running:
+    """A started ``klrank`` command; ``wait`` for its result."""
+
+    args: tuple[str, ...]
+    process: subprocess.Popen[str]
+
+    def wait(self) -> Result:
+        """Wait for the command to end and return what it did."""
+        try:
+            stdout, stderr = self.process.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise
+        return Result(self.args, self.process.returncode, stdout, stderr)
+
+
+def start(
+    *args: str | Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Running:
+    """Start ``klrank ARGS`` without waiting: independent commands then run side by side."""
+    strings = tuple(str(a) for a in args)
+    process = subprocess.Popen(
+        [str(KLRANK), *strings],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environment(env),
+        cwd=cwd,
+    )
+    return Running(strings, process)
+
+
+def klrank(
+    *args: str | Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Result:
+    """Run ``klrank ARGS`` and wait for it."""
+    return start(*args, env=env, cwd=cwd).wait()
+
+
+def klrank_together(*commands: Sequence[str | Path]) -> list[Result]:
+    """Run several independent ``klrank`` commands at the same time (each starts in ~1 s)."""
+    running = [start(*args) for args in commands]
+    return [r.wait() for r in running]
+
+
+def expect(result: Result, code: int) -> None:
+    """Assert the exit code, and that no Python traceback leaked to the user."""
+    assert result.returncode == code, str(result)
+    assert "Traceback" not in result.stderr, str(result)
+    assert "Traceback" not in result.stdout, str(result)
+
+
+def soft_labels() -> pl.DataFrame:
+    """Soft labels of ids 1..4 over classes a, b, c, plus a column klrank does not use."""
+    return pl.DataFrame(
+        {
+            "id": list(TRUTH),
+            "region": ["eu", "us", "eu", "us"],
+            **{f"prob_{c}": [p[k] for p in TRUTH.values()] for k, c in enumerate(CLASSES)},
+        }
+    )
+
+
+def hard_labels() -> pl.DataFrame:
+    """Hard labels (class names) of ids 1..4."""
+    return pl.DataFrame({"id": list(HARD_TRUTH), "label": list(HARD_TRUTH.values())})
+
+
+def prob_predictions(models: Sequence[str] = MODELS, model_column: bool = True) -> pl.DataFrame:
+    """Probability predictions of every model for ids 1..4, model by model."""
+    rows = [(m, i, q) for m in models for i, q in PREDICTED[m].items()]
+    return pl.DataFrame(
+        {
+            **({"model": [m for m, _, _ in rows]} if model_column else {}),
+            "id": [i for _, i, _ in rows],
+            **{f"prob_{c}": [q[k] for _, _, q in rows] for k, c in enumerate(CLASSES)},
+        }
+    )
+
+
+def logit_predictions() -> pl.DataFrame:
+    """Logit predictions (``logit_<class>``) of every model for ids 1..4."""
+    rows = [(m, i, LOGITS[m]) for m in MODELS for i in TRUTH]
+    return pl.DataFrame(
+        {
+            "model": [m for m, _, _ in rows],
+            "id": [i for _, i, _ in rows],
+            **{f"logit_{c}": [z[k] for _, _, z in rows] for k, c in enumerate(CLASSES)},
+        }
+    )
+
+
+def set_value(frame: pl.DataFrame, column: str, value: object, **where: object) -> pl.DataFrame:
+    """``frame`` with ``column`` set to ``value`` on the rows matching every ``where`` equality."""
+    condition = pl.all_horizontal([pl.col(k) == v for k, v in where.items()])
+    dtype = frame.schema[column]
+    return frame.with_columns(
+        pl.when(condition).then(pl.lit(value, dtype=dtype)).otherwise(pl.col(column)).alias(column)
+    )
+
+
+def write(frame: pl.DataFrame, path: Path) -> Path:
+    """Write ``frame`` to ``path`` as Parquet, creating the folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(path)
+    return path
+
+
+def write_hive(predictions: pl.DataFrame, root: Path) -> Path:
+    """Write predictions as ``root/model=<name>/part-0.parquet`` without a model column."""
+    for (model,), part in predictions.group_by("model"):
+        write(part.drop("model"), root / f"model={model}" / "part-0.parquet")
+    return root
+
+
+def corrupt_first_page(path: Path) -> None:
+    """Overwrite the header of the first data page of ``path``, leaving its footer readable."""
+    offset = pq.read_metadata(path).row_group(0).column(0).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+
+
+def snapshot(root: Path, skip: Sequence[str] = ()) -> dict[str, bytes | None]:
+    """Every file (with its bytes) and folder (None) under ``root``, hidden ones included."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
+        for p in sorted(root.rglob("*"))
+        if p.relative_to(root).parts[0] not in skip
+    }
