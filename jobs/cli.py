@@ -339,24 +339,25 @@ def validate_command(
             slice_by,
         )
         timings = Timings()
-        inputs = validate(options, failures, timings)
+        summary = validate(options, failures, timings)
+        layout = summary.inputs.layout
         result = {
             "status": "valid",
-            "label_rows": inputs.labels.height,
-            "prediction_rows": inputs.predictions.height,
-            "models": inputs.models,
-            "classes": list(inputs.layout.classes),
-            "truth": inputs.layout.truth,
-            "prediction_kind": inputs.layout.prediction_kind,
+            "inputs": summary.inputs.manifest(),
+            "models": summary.models,
+            "alignment": summary.alignment,
+            "classes": list(layout.classes),
+            "truth": layout.truth,
+            "prediction_kind": layout.prediction_kind,
             "timings_s": timings.seconds,
         }
         if as_json:
             typer.echo(json.dumps(result))
         else:
             typer.echo(
-                f"valid: {result['label_rows']} label rows, {result['prediction_rows']} prediction rows, "
-                f"{len(inputs.models)} models, {len(inputs.layout.classes)} classes ({inputs.layout.truth} truth, "
-                f"{inputs.layout.prediction_kind} predictions)"
+                f"valid: {summary.inputs.labels.n_rows} label rows, "
+                f"{summary.inputs.predictions.n_rows} prediction rows, {len(summary.models)} models, "
+                f"{len(layout.classes)} classes ({layout.truth} truth, {layout.prediction_kind} predictions)"
             )
 
     _guarded(action, debug=debug, as_json=as_json)

@@ -22,24 +22,10 @@ from jobs.config import InputOptions, RunOptions
 from pipeline import aggregate, io
 from pipeline.divergence import UNITS
 from pipeline.errors import InvalidDataError
-from pipeline.layout import (
-    ID,
-    MODEL,
-    ROW_COLUMNS,
-    Layout,
-    prepare_labels,
-    prepare_predictions,
-    resolve_layout,
-    row_measures,
-)
+from pipeline.evaluate import Evaluation, Measures, evaluate
+from pipeline.layout import MODEL, Layout, resolve_layout
 from pipeline.summary import ranked_summary
-from pipeline.validation import (
-    check_data,
-    check_structure,
-    label_columns,
-    prediction_columns,
-    summarise,
-)
+from pipeline.validation import check_structure, summarise
 from schemas.report import REPORT_COLUMNS, REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 
 REPORT_FILE, ROWS_FILE, SUMMARY_FILE, MANIFEST_FILE = (
@@ -67,18 +53,28 @@ class Timings:
 
 
 @dataclass(frozen=True)
-class ValidatedInputs:
-    """Inputs that passed every check, loaded into memory, with their layout."""
+class OpenedInputs:
+    """Both inputs scanned, their layout resolved and their structure checked."""
 
     layout: Layout
-    labels: pl.DataFrame
-    predictions: pl.DataFrame
-    sources: dict[str, io.ParquetInput]
+    labels: io.ParquetInput
+    predictions: io.ParquetInput
 
-    @property
-    def models(self) -> list[str]:
-        """The model names, sorted."""
-        return sorted(self.predictions.get_column(self.layout.model_col).unique().to_list())
+    def manifest(self) -> dict[str, dict[str, Any]]:
+        """Path, file count and row count of each input."""
+        return {
+            name: {"path": source.path, "files": len(source.files), "rows": source.n_rows}
+            for name, source in (("labels", self.labels), ("predictions", self.predictions))
+        }
+
+
+@dataclass(frozen=True)
+class ValidationSummary:
+    """What ``klrank validate`` found valid."""
+
+    inputs: OpenedInputs
+    models: list[str]
+    alignment: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -106,10 +102,65 @@ def _fail_if_any(failures: pl.DataFrame, failures_path: Path | None) -> None:
     )
 
 
+def open_inputs(
+    options: InputOptions, failures_path: Path | None, timings: Timings
+) -> OpenedInputs:
+    """Scan both inputs, resolve which columns hold what, and check columns and dtypes.
+
+    Raises
+    ------
+    UsageError
+        A path is missing or not Parquet, or no distribution columns are found.
+    InvalidDataError
+        A required column is missing or has the wrong dtype, or the class sets differ.
+    """
+    with timings.phase("scan"):
+        labels = io.scan_parquet(options.labels)
+        predictions = io.scan_parquet(options.predictions)
+        layout = resolve_layout(
+            labels.frame.collect_schema().names(),
+            predictions.frame.collect_schema().names(),
+            id_col=options.id_col,
+            model_col=options.model_col,
+            label_col=options.label_col,
+            truth=options.truth,
+            prob_prefix=options.prob_prefix,
+            logit_prefix=options.logit_prefix,
+            slice_by=options.slice_by,
+        )
+        _fail_if_any(check_structure(labels.frame, predictions.frame, layout), failures_path)
+    return OpenedInputs(layout, labels, predictions)
+
+
+def _evaluate(
+    inputs: OpenedInputs,
+    measures: Measures,
+    timings: Timings,
+    failures_path: Path | None,
+    rows: io.RowsWriter | None = None,
+    compute: bool = True,
+) -> Evaluation:
+    with timings.phase("evaluate"):
+        evaluation = evaluate(
+            inputs.labels,
+            inputs.predictions,
+            inputs.layout,
+            measures,
+            rows_sink=rows.write if rows is not None else None,
+            compute=compute,
+        )
+    timings.seconds["validate"] = round(evaluation.validation_seconds, 4)
+    timings.seconds["compute"] = round(
+        timings.seconds["evaluate"] - evaluation.validation_seconds, 4
+    )
+    _fail_if_any(evaluation.failures, failures_path)
+    return evaluation
+
+
 def validate(
     options: InputOptions, failures_path: Path | None, timings: Timings
-) -> ValidatedInputs:
-    """Read both inputs and run every check of the input contract.
+) -> ValidationSummary:
+    """Run every check of the input contract on both inputs; compute nothing.
 
     Raises
     ------
@@ -119,80 +170,21 @@ def validate(
         Any check failed; the message has one line per failed check, and the full failure
         cases are written to ``failures_path`` (when given).
     """
-    with timings.phase("scan"):
-        sources = {
-            "labels": io.scan_parquet(options.labels),
-            "predictions": io.scan_parquet(options.predictions),
-        }
-        labels, predictions = sources["labels"].frame, sources["predictions"].frame
-        layout = resolve_layout(
-            labels.collect_schema().names(),
-            predictions.collect_schema().names(),
-            id_col=options.id_col,
-            model_col=options.model_col,
-            label_col=options.label_col,
-            truth=options.truth,
-            prob_prefix=options.prob_prefix,
-            logit_prefix=options.logit_prefix,
-            slice_by=options.slice_by,
-        )
-    with timings.phase("validate"):
-        _fail_if_any(check_structure(labels, predictions, layout), failures_path)
-        label_frame = io.collect(labels.select(label_columns(layout)), sources["labels"])
-        prediction_frame = io.collect(
-            predictions.select(prediction_columns(layout)), sources["predictions"]
-        )
-        _fail_if_any(
-            check_data(label_frame, prediction_frame, layout, options.tolerance), failures_path
-        )
-    return ValidatedInputs(layout, label_frame, prediction_frame, sources)
+    inputs = open_inputs(options, failures_path, timings)
+    measures = Measures(tolerance=options.tolerance)
+    evaluation = _evaluate(inputs, measures, timings, failures_path, compute=False)
+    return ValidationSummary(inputs, sorted(evaluation.alignment), evaluation.alignment)
 
 
-def _common_key(frame: pl.LazyFrame) -> pl.LazyFrame:
-    # Integer ids of any width join as Int64; string ids stay strings (validation has matched kinds).
-    dtype = frame.collect_schema()[ID]
-    return frame.with_columns(pl.col(ID).cast(pl.Int64)) if dtype.is_integer() else frame
-
-
-def compute_report(
-    inputs: ValidatedInputs, options: RunOptions
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The validated, ranked report and the per-row measures."""
-    layout = inputs.layout
-    n_classes = len(layout.classes)
-    labels = _common_key(prepare_labels(inputs.labels.lazy(), layout))
-    predictions = _common_key(
-        prepare_predictions(inputs.predictions.lazy(), layout, options.epsilon)
-    )
-    # Every model's rows in the labels' order: sums over a model's rows then do not depend on
-    # the order its predictions arrived in, so label-only means (entropy) agree to the last bit.
-    rows = (
-        labels.join(predictions, on=ID, how="inner", maintain_order="left")
-        .sort(MODEL, maintain_order=True)
-        .with_columns(row_measures(n_classes, options.base))
-        .collect()
-    )
-    keys = aggregate.slice_keys(layout.slice_cols)
-    states = aggregate.merge_states(
-        pl.concat(aggregate.partial_states(rows, key, n_classes) for key in keys), n_classes
-    )
-    quantiles = pl.concat(aggregate.quantiles(rows, key) for key in keys)
-    ranked = aggregate.finalize(states, quantiles, n_classes, options.base, options.rank_by)
-    best = aggregate.best_models(ranked)
-    paired = pl.concat(aggregate.paired_states(rows, key, best) for key in keys)
-    report = (
-        aggregate.with_paired_comparison(ranked, paired)
-        .with_columns(pl.lit(UNITS[options.base]).alias("unit"))
-        .sort(
-            pl.col(aggregate.SLICE) != aggregate.ALL_ROWS,
-            aggregate.SLICE,
-            "rank",
-            MODEL,
-        )
+def _published_report(report: pl.DataFrame, base: str) -> pl.DataFrame:
+    """The report in its published column and row order, checked against its schema."""
+    published = (
+        report.with_columns(pl.lit(UNITS[base]).alias("unit"))
+        .sort(pl.col(aggregate.SLICE) != aggregate.ALL_ROWS, aggregate.SLICE, "rank", MODEL)
         .select(list(REPORT_COLUMNS))
     )
-    REPORT_SCHEMA.validate(report)
-    return report, rows.select(*ROW_COLUMNS, *layout.slice_cols)
+    REPORT_SCHEMA.validate(published)
+    return published
 
 
 def _versions() -> dict[str, str]:
@@ -207,29 +199,18 @@ def run(options: RunOptions) -> RunSummary:
     started = dt.datetime.now(dt.UTC)
     io.check_publishable(options.target)
     timings = Timings()
-    inputs = validate(options.inputs, options.failures_path, timings)
-    with timings.phase("compute"):
-        report, rows = compute_report(inputs, options)
+    inputs = open_inputs(options.inputs, options.failures_path, timings)
+    measures = Measures(options.base, options.epsilon, options.rank_by, options.inputs.tolerance)
     unit = UNITS[options.base]
-    summary = ranked_summary(report, unit, options.rank_by)
     recorded = options.recorded()
-    metadata = {
-        "klrank.report_schema_version": REPORT_SCHEMA_VERSION,
-        "klrank.options": json.dumps(recorded, sort_keys=True),
-        "klrank.unit": unit,
-    }
     manifest: dict[str, Any] = {
         "status": "success",
         "klrank_version": __version__,
         "report_schema_version": REPORT_SCHEMA_VERSION,
         "started_at": started.isoformat(),
-        "inputs": {
-            name: {"path": source.path, "files": len(source.files), "rows": source.n_rows}
-            for name, source in inputs.sources.items()
-        },
+        "inputs": inputs.manifest(),
         "truth": inputs.layout.truth,
         "prediction_kind": inputs.layout.prediction_kind,
-        "models": inputs.models,
         "classes": list(inputs.layout.classes),
         "unit": unit,
         "options": recorded,
@@ -241,17 +222,34 @@ def run(options: RunOptions) -> RunSummary:
         ],
         "versions": _versions(),
     }
+    published: dict[str, Any] = {}
 
     def write(staging: Path) -> None:
+        rows = io.RowsWriter(staging / ROWS_FILE) if options.write_rows else None
+        evaluation = _evaluate(inputs, measures, timings, options.failures_path, rows)
+        assert evaluation.report is not None
         with timings.phase("write"):
-            io.write_parquet(report, staging / REPORT_FILE, metadata)
-            if options.write_rows:
-                io.write_parquet(rows, staging / ROWS_FILE)
+            if rows is not None:
+                rows.close()
+            report = _published_report(evaluation.report, options.base)
+            summary = ranked_summary(report, unit, options.rank_by)
+            io.write_parquet(
+                report,
+                staging / REPORT_FILE,
+                {
+                    "klrank.report_schema_version": REPORT_SCHEMA_VERSION,
+                    "klrank.options": json.dumps(recorded, sort_keys=True),
+                    "klrank.unit": unit,
+                },
+            )
             io.write_text(summary, staging / SUMMARY_FILE)
+        manifest["models"] = sorted(evaluation.alignment)
+        manifest["alignment"] = evaluation.alignment
         manifest["timings_s"] = timings.seconds
         manifest["finished_at"] = dt.datetime.now(dt.UTC).isoformat()
         io.write_json(manifest, staging / MANIFEST_FILE)
+        published.update(report=report, summary=summary)
 
     io.publish(options.target, write)
     io.remove_file(options.failures_path)  # a stale record of an earlier failed run
-    return RunSummary(target=options.target, report=report, summary=summary, manifest=manifest)
+    return RunSummary(options.target, published["report"], published["summary"], manifest)

@@ -5,12 +5,13 @@ per-class sums of P and Q. States of disjoint shards of the rows merge exactly (
 moments combine by Chan's formula), so a later step can compute them elsewhere and call
 :func:`merge_states`. Quantiles are not mergeable and are computed from the rows, exactly.
 
-The paired comparison with the best model needs to know the best model first, so it is a second
-pass over the rows: per row d = kl − kl_best on the same id, summarised by the same kind of state.
+Quantiles and the paired comparison with the best model (per row d = kl − kl_best on the same
+id, summarised by the same kind of state) need every row's kl and the best model first; they are
+computed at the end from each model's kl column, all in the labels' row order.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal, get_args
 
 import polars as pl
@@ -34,12 +35,12 @@ RANK_METRICS: tuple[str, ...] = get_args(RankMetric)
 HIGHER_IS_BETTER = frozenset({"top1_agreement"})
 
 
-def slice_keys(slice_cols: Sequence[str]) -> list[pl.Expr]:
-    """One key expression per breakdown: all rows, then each slice column's values."""
-    keys = [pl.lit(ALL_ROWS).alias(SLICE)]
-    for name in slice_cols:
+def slice_key_columns(slice_cols: Sequence[str]) -> dict[str, pl.Expr]:
+    """One ``COL=value`` string column per slice column, keyed by its internal name."""
+    keys = {}
+    for i, name in enumerate(slice_cols):
         value = pl.col(name).cast(pl.String).fill_null(NULL_SLICE_VALUE)
-        keys.append(pl.concat_str(pl.lit(f"{name}="), value).alias(SLICE))
+        keys[f"_slice{i}"] = pl.concat_str(pl.lit(f"{name}="), value)
     return keys
 
 
@@ -68,34 +69,32 @@ def _merged_moments(prefix: str) -> list[pl.Expr]:
     ]
 
 
-def _per_group(frame: pl.DataFrame, aggregations: Sequence[pl.Expr]) -> pl.DataFrame:
-    """Aggregate each (slice, model) group as one contiguous array.
+def _aggregations(n_classes: int) -> list[pl.Expr]:
+    return [
+        pl.len().cast(pl.Int64).alias("n_rows"),
+        *_moments(pl.col("kl"), "kl"),
+        pl.col("kl").min().alias("kl_min"),
+        pl.col("kl").max().alias("kl_max"),
+        *[pl.col(m).sum().alias(f"{m}_sum") for m in MEANS],
+        pl.col("top1_match").sum().cast(pl.Int64).alias("top1_sum"),
+        *[pl.col(p_col(i)).sum().alias(f"p_sum_{i}") for i in range(n_classes)],
+        *[pl.col(q_col(i)).sum().alias(f"q_sum_{i}") for i in range(n_classes)],
+    ]
 
-    A ``group_by`` sums each group in pieces whose boundaries depend on where the group's rows
-    sit in the frame, so two models with identical values could differ in the last bit and not
-    tie. Summing each group on its own makes the result depend only on its values, in order.
+
+def partial_states(
+    rows: pl.DataFrame, model: str, slice_keys: Sequence[str], n_classes: int
+) -> pl.DataFrame:
+    """States per slice of one model's rows (measures, internal p and q, and slice key columns).
+
+    ``slice_keys`` name columns holding ``COL=value`` strings, one per ``--slice-by`` column.
     """
-    parts = frame.partition_by(KEYS, maintain_order=True)
-    return pl.concat(
-        part.rechunk().select(*[pl.col(k).first() for k in KEYS], *aggregations) for part in parts
-    )
-
-
-def partial_states(rows: pl.DataFrame, key: pl.Expr, n_classes: int) -> pl.DataFrame:
-    """States per (slice, model) of rows holding the measures and the internal p and q columns."""
-    return _per_group(
-        rows.with_columns(key),
-        [
-            pl.len().cast(pl.Int64).alias("n_rows"),
-            *_moments(pl.col("kl"), "kl"),
-            pl.col("kl").min().alias("kl_min"),
-            pl.col("kl").max().alias("kl_max"),
-            *[pl.col(m).sum().alias(f"{m}_sum") for m in MEANS],
-            pl.col("top1_match").sum().cast(pl.Int64).alias("top1_sum"),
-            *[pl.col(p_col(i)).sum().alias(f"p_sum_{i}") for i in range(n_classes)],
-            *[pl.col(q_col(i)).sum().alias(f"q_sum_{i}") for i in range(n_classes)],
-        ],
-    )
+    aggregations = _aggregations(n_classes)
+    states = [rows.select(pl.lit(ALL_ROWS).alias(SLICE), *aggregations)]
+    for key in slice_keys:
+        grouped = rows.group_by(key, maintain_order=True).agg(aggregations)
+        states.append(grouped.rename({key: SLICE}))
+    return pl.concat(states).select(SLICE, pl.lit(model).alias(MODEL), pl.exclude(SLICE))
 
 
 def merge_states(states: pl.DataFrame | pl.LazyFrame, n_classes: int) -> pl.DataFrame:
@@ -104,7 +103,7 @@ def merge_states(states: pl.DataFrame | pl.LazyFrame, n_classes: int) -> pl.Data
     sums += [f"p_sum_{i}" for i in range(n_classes)] + [f"q_sum_{i}" for i in range(n_classes)]
     return (
         states.lazy()
-        .group_by(KEYS)
+        .group_by(KEYS, maintain_order=True)
         .agg(
             *_merged_moments("kl"),
             pl.col("kl_min").min(),
@@ -115,26 +114,43 @@ def merge_states(states: pl.DataFrame | pl.LazyFrame, n_classes: int) -> pl.Data
     )
 
 
-def quantiles(rows: pl.DataFrame, key: pl.Expr) -> pl.DataFrame:
-    """Exact per-(slice, model) quantiles of kl, linear interpolation between order statistics."""
-    return (
-        rows.with_columns(key)
-        .group_by(KEYS)
-        .agg(
-            pl.col("kl").quantile(q, interpolation="linear").alias(name)
-            for name, q in QUANTILES.items()
-        )
-    )
+def slice_parts(
+    frame: pl.DataFrame, slice_keys: Sequence[str]
+) -> Iterator[tuple[str, pl.DataFrame]]:
+    """The rows of every slice: all of them, then one part per value of each slice key column."""
+    yield ALL_ROWS, frame
+    for key in slice_keys:
+        for (value,), part in frame.partition_by(key, as_dict=True, maintain_order=True).items():
+            yield str(value), part
 
 
-def paired_states(rows: pl.DataFrame, key: pl.Expr, best: pl.DataFrame) -> pl.DataFrame:
-    """States of d = kl − kl_best per (slice, model), pairing rows by id within the slice."""
-    keyed = rows.select(key, MODEL, "id", "kl")
-    best_rows = keyed.join(best, on=list(KEYS), how="semi").select(
-        SLICE, "id", pl.col("kl").alias("kl_best")
-    )
-    paired = keyed.join(best_rows, on=[SLICE, "id"], how="inner", maintain_order="left")
-    return _per_group(paired, _moments(pl.col("kl") - pl.col("kl_best"), "delta"))
+def quantiles(
+    parts: Sequence[tuple[str, pl.DataFrame]], kl_columns: Mapping[str, str]
+) -> pl.DataFrame:
+    """Exact quantiles of each model's kl column (``kl_columns``: model -> column) per slice."""
+    rows = []
+    for name, part in parts:
+        for model, column in kl_columns.items():
+            values = part.select(
+                pl.col(column).quantile(q, interpolation="linear").alias(label)
+                for label, q in QUANTILES.items()
+            )
+            rows.append(values.with_columns(pl.lit(name).alias(SLICE), pl.lit(model).alias(MODEL)))
+    return pl.concat(rows).select(*KEYS, *QUANTILES)
+
+
+def paired_states(
+    parts: Sequence[tuple[str, pl.DataFrame]], kl_columns: Mapping[str, str], best: pl.DataFrame
+) -> pl.DataFrame:
+    """States of d = kl − kl_best per (slice, model); the rows of a part are the same ids."""
+    best_of = dict(zip(best.get_column(SLICE), best.get_column(MODEL), strict=True))
+    rows = []
+    for name, part in parts:
+        best_column = pl.col(kl_columns[best_of[name]])
+        for model, column in kl_columns.items():
+            state = part.select(_moments(pl.col(column) - best_column, "delta"))
+            rows.append(state.with_columns(pl.lit(name).alias(SLICE), pl.lit(model).alias(MODEL)))
+    return pl.concat(rows).select(*KEYS, pl.exclude(*KEYS))
 
 
 def _marginal_kl(n_classes: int) -> pl.Expr:

@@ -37,22 +37,10 @@ def _sum(terms: Sequence[pl.Expr]) -> pl.Expr:
 
 
 def _xlogy_difference(x: pl.Expr, log_x: pl.Expr, log_y: pl.Expr) -> pl.Expr:
-    # x · (log x − log y): 0 where x = 0, +inf where x > 0 and y = 0. The tests are on the logs,
-    # so that a q from a log-softmax that underflowed to 0.0 still counts as positive.
-    return (
-        pl.when(log_x == -math.inf)
-        .then(0.0)
-        .when(log_y == -math.inf)
-        .then(math.inf)
-        .otherwise(x * (log_x - log_y))
-    )
-
-
-def _log_mean(log_a: pl.Expr, log_b: pl.Expr) -> pl.Expr:
-    # log((a + b)/2) from the logs, which neither overflows nor rounds a tiny a + b to 0.
-    high = pl.max_horizontal(log_a, log_b)
-    low = pl.min_horizontal(log_a, log_b)
-    return high + (low - high).exp().log1p() - math.log(2.0)
+    # x · (log x − log y): where x = 0, log x = -inf and the product is 0·(-inf) or 0·NaN = NaN,
+    # which is the 0 of the convention; where x > 0 and y = 0 it is x·(+inf) = +inf. Inputs are
+    # validated free of NaN, so NaN can come from nowhere else.
+    return (x * (log_x - log_y)).fill_nan(0.0)
 
 
 def kl_divergence(
@@ -74,17 +62,27 @@ def kl_divergence(
 
 
 def reverse_kl_divergence(
-    q: Sequence[pl.Expr], log_q: Sequence[pl.Expr], log_p: Sequence[pl.Expr]
+    q: Sequence[pl.Expr],
+    log_q: Sequence[pl.Expr],
+    log_p: Sequence[pl.Expr],
+    *,
+    q_has_full_support: bool = False,
 ) -> pl.Expr:
-    """D(Q‖P) in nats; +inf when some q > 0 has p = 0 (always the case for a hard label and a Q with full support)."""
-    return kl_divergence(q, log_q, log_p)
+    """D(Q‖P) in nats; +inf when some q > 0 has p = 0 (always so for a hard label and a full Q).
+
+    With ``q_has_full_support`` (Q from a softmax, which is never 0) the result is +inf wherever
+    some p = 0, even if a q rounded to 0.0 in Float64.
+    """
+    divergence = kl_divergence(q, log_q, log_p)
+    if not q_has_full_support:
+        return divergence
+    some_p_zero = pl.any_horizontal([lp == -math.inf for lp in log_p])
+    return pl.when(some_p_zero).then(math.inf).otherwise(divergence)
 
 
 def cross_entropy(p: Sequence[pl.Expr], log_q: Sequence[pl.Expr]) -> pl.Expr:
     """H(P,Q) = −Σ p·log q in nats; +inf when some p > 0 has q = 0."""
-    return _sum(
-        [pl.when(pi > 0).then(-pi * lqi).otherwise(0.0) for pi, lqi in zip(p, log_q, strict=True)]
-    )
+    return _sum([(pi * -lqi).fill_nan(0.0) for pi, lqi in zip(p, log_q, strict=True)])
 
 
 def entropy(p: Sequence[pl.Expr], log_p: Sequence[pl.Expr]) -> pl.Expr:
@@ -98,10 +96,13 @@ def jensen_shannon_divergence(
     q: Sequence[pl.Expr],
     log_q: Sequence[pl.Expr],
 ) -> pl.Expr:
-    """JS(P,Q) = ½·D(P‖M) + ½·D(Q‖M) with M = (P+Q)/2, in nats; finite, at most log 2."""
+    """JS(P,Q) = ½·D(P‖M) + ½·D(Q‖M) with M = (P+Q)/2, in nats; finite, at most log 2.
+
+    log m is taken as log(p + q) − log 2: p + q never rounds below p, so m > 0 wherever p > 0.
+    """
     terms = []
     for pi, lpi, qi, lqi in zip(p, log_p, q, log_q, strict=True):
-        log_m = _log_mean(lpi, lqi)
+        log_m = (pi + qi).log() - math.log(2.0)
         terms.append(_xlogy_difference(pi, lpi, log_m) + _xlogy_difference(qi, lqi, log_m))
     return _sum(terms) * 0.5
 

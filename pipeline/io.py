@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,16 +24,51 @@ from pipeline.errors import UsageError
 
 _GLOB_CHARS = frozenset("*?[")
 STAGING_PREFIX = ".klrank-staging-"
+ROW = "__klrank_row"  # 0-based position of a row in its input
+
+
+@dataclass(frozen=True)
+class ParquetFile:
+    """One file of an input: its rows, where they start in the input, and its hive key values."""
+
+    path: str
+    n_rows: int
+    offset: int
+    hive: dict[str, str]
+
+    def constant(self, column: str) -> str | None:
+        """The single value ``column`` holds in every row, if the hive path or statistics say so."""
+        if column in self.hive:
+            return self.hive[column]
+        metadata = pq.read_metadata(self.path)
+        names = metadata.schema.names
+        if column not in names:
+            return None
+        index = names.index(column)
+        values = set()
+        for group in range(metadata.num_row_groups):
+            stats = metadata.row_group(group).column(index).statistics
+            if stats is None or not stats.has_min_max or stats.null_count or stats.min != stats.max:
+                return None
+            values.add(stats.min)
+        return str(values.pop()) if len(values) == 1 else None
 
 
 @dataclass(frozen=True)
 class ParquetInput:
-    """A scanned input: the lazy frame, the files behind it and their row count from the footers."""
+    """A scanned input: its files, their total rows, and a lazy frame over all of them.
+
+    The frame carries ``ROW``, each row's 0-based position in the input (files in path order).
+    """
 
     path: str
-    files: tuple[str, ...]
+    files: tuple[ParquetFile, ...]
     n_rows: int
     frame: pl.LazyFrame
+
+    def subset(self, files: Sequence[ParquetFile]) -> pl.LazyFrame:
+        """A lazy frame over some of the files, with their ``ROW`` positions in the whole input."""
+        return _combine([_scan(file) for file in files], self.path)
 
 
 def _is_visible(path: Path, root: Path) -> bool:
@@ -70,7 +105,7 @@ def _hive_values(file: str, root: Path | None) -> dict[str, str]:
     return values
 
 
-def _scan_file(file: str, root: Path | None) -> tuple[pl.LazyFrame, int]:
+def _describe(file: str, root: Path | None, offset: int) -> ParquetFile:
     try:
         metadata = pq.read_metadata(file)
     except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError)
@@ -79,10 +114,25 @@ def _scan_file(file: str, root: Path | None) -> tuple[pl.LazyFrame, int]:
     clash = sorted(set(hive) & set(metadata.schema.names))
     if clash:
         raise UsageError(f"{file!r} has columns {clash} that its folder names also set; keep one")
-    frame = pl.scan_parquet(file).with_columns(
-        pl.lit(v, pl.String).alias(k) for k, v in hive.items()
+    return ParquetFile(path=file, n_rows=metadata.num_rows, offset=offset, hive=hive)
+
+
+def _scan(file: ParquetFile) -> pl.LazyFrame:
+    return (
+        pl.scan_parquet(file.path)
+        .with_row_index(ROW, offset=file.offset)
+        .with_columns(pl.col(ROW).cast(pl.Int64))
+        .with_columns(pl.lit(v, pl.String).alias(k) for k, v in file.hive.items())
     )
-    return frame, metadata.num_rows
+
+
+def _combine(frames: list[pl.LazyFrame], path: str) -> pl.LazyFrame:
+    try:
+        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+        frame.collect_schema()
+    except pl.exceptions.PolarsError as error:
+        raise UsageError(f"cannot combine the Parquet files under {path!r}: {error}") from None
+    return frame
 
 
 def scan_parquet(path: str) -> ParquetInput:
@@ -93,19 +143,15 @@ def scan_parquet(path: str) -> ParquetInput:
     differ in their columns (a column missing from a file reads as nulls there) and in float or
     integer widths (the wider one wins); the validation then judges the combined columns.
     """
-    files, root = _list_files(path)
-    if not files:
+    paths, root = _list_files(path)
+    if not paths:
         raise UsageError(f"input path {path!r} matches no .parquet files")
-    scanned = [_scan_file(file, root) for file in files]
-    frames = [frame for frame, _ in scanned]
-    try:
-        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
-        frame.collect_schema()
-    except pl.exceptions.PolarsError as error:
-        raise UsageError(f"cannot combine the Parquet files under {path!r}: {error}") from None
-    return ParquetInput(
-        path=path, files=tuple(files), n_rows=sum(n for _, n in scanned), frame=frame
-    )
+    files, offset = [], 0
+    for file in paths:
+        files.append(_describe(file, root, offset))
+        offset += files[-1].n_rows
+    frame = _combine([_scan(file) for file in files], path)
+    return ParquetInput(path=path, files=tuple(files), n_rows=offset, frame=frame)
 
 
 def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
@@ -114,6 +160,48 @@ def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
         return frame.collect()
     except pl.exceptions.ComputeError as error:
         raise UsageError(f"cannot read the Parquet data of {source.path!r}: {error}") from None
+
+
+def batches(frame: pl.LazyFrame, source: ParquetInput, size: int) -> Iterator[pl.DataFrame]:
+    """Stream ``frame`` in batches of exactly ``size`` rows (the last may be shorter).
+
+    Equal sizes let batches of different inputs in the same row order be paired one to one.
+    """
+    pending: list[pl.DataFrame] = []
+    held = 0
+    try:
+        for chunk in frame.collect_batches(chunk_size=size):
+            pending.append(chunk)
+            held += chunk.height
+            while held >= size:
+                joined = pl.concat(pending, rechunk=True)
+                yield joined.head(size)
+                rest = joined.slice(size)
+                pending, held = [rest], rest.height
+    except pl.exceptions.ComputeError as error:
+        raise UsageError(f"cannot read the Parquet data of {source.path!r}: {error}") from None
+    if held:
+        yield pl.concat(pending, rechunk=True)
+
+
+class RowsWriter:
+    """Appends frames of one schema to a Parquet file, batch by batch."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        """Append ``frame`` as one or more row groups."""
+        table = frame.to_arrow()
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._path, table.schema, compression="zstd")
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        """Finish the file (none is made when nothing was written)."""
+        if self._writer is not None:
+            self._writer.close()
 
 
 def check_publishable(target: Path) -> None:

@@ -155,23 +155,40 @@ def resolve_layout(
     )
 
 
-def prepare_labels(labels: pl.LazyFrame, layout: Layout) -> pl.LazyFrame:
-    """``id``, the slice columns, and p and log p per class, in Float64."""
+ENTROPY, ARGMAX_P = "entropy", "_argmax_p"
+
+
+def prepare_labels(labels: pl.LazyFrame, layout: Layout, base: str) -> pl.LazyFrame:
+    """Per label row, everything that does not depend on a model, computed once.
+
+    ``id``, the slice columns, p and log p per class (Float64), the entropy H(P) in ``base``
+    units and the position of P's most likely class.
+    """
     if layout.truth == "hard":
         assert layout.label_col is not None
         label = pl.col(layout.label_col).cast(pl.String)
         p = [(label == c).cast(pl.Float64) for c in layout.classes]
     else:
         p = [pl.col(layout.label_prefix + c).cast(pl.Float64) for c in layout.classes]
-    return labels.select(
-        pl.col(layout.id_col).alias(ID),
-        *[pl.col(c) for c in layout.slice_cols],
-        *[pi.alias(p_col(i)) for i, pi in enumerate(p)],
-    ).with_columns(pl.col(p_col(i)).log().alias(log_p_col(i)) for i in range(len(p)))
+    n = len(p)
+    p_cols = [pl.col(p_col(i)) for i in range(n)]
+    log_p_cols = [pl.col(log_p_col(i)) for i in range(n)]
+    return (
+        labels.select(
+            pl.col(layout.id_col).alias(ID),
+            *[pl.col(c) for c in layout.slice_cols],
+            *[pi.alias(p_col(i)) for i, pi in enumerate(p)],
+        )
+        .with_columns(pl.col(p_col(i)).log().alias(log_p_col(i)) for i in range(n))
+        .with_columns(
+            divergence.to_base(divergence.entropy(p_cols, log_p_cols), base).alias(ENTROPY),
+            divergence.argmax_index(p_cols).alias(ARGMAX_P),
+        )
+    )
 
 
 def prepare_predictions(predictions: pl.LazyFrame, layout: Layout, epsilon: float) -> pl.LazyFrame:
-    """``id``, ``model``, and q and log q per class, in Float64, smoothed only if ``epsilon`` > 0."""
+    """q and log q per class, in Float64, smoothed only if ``epsilon`` > 0."""
     columns = [pl.col(c).cast(pl.Float64) for c in layout.prediction_cols]
     if layout.prediction_kind == "logit":
         log_q = divergence.log_softmax(columns)
@@ -182,27 +199,38 @@ def prepare_predictions(predictions: pl.LazyFrame, layout: Layout, epsilon: floa
         q = divergence.smoothed(q, epsilon)
         log_q = [qi.log() for qi in q]
     return predictions.select(
-        pl.col(layout.id_col).alias(ID),
-        pl.col(layout.model_col).alias(MODEL),
         *[qi.alias(q_col(i)) for i, qi in enumerate(q)],
         *[lq.alias(log_q_col(i)) for i, lq in enumerate(log_q)],
     )
 
 
-def row_measures(n_classes: int, base: str) -> list[pl.Expr]:
-    """The per-row measures of ``rows.parquet``, in ``base`` units, from the internal columns."""
-    p = [pl.col(p_col(i)) for i in range(n_classes)]
-    log_p = [pl.col(log_p_col(i)) for i in range(n_classes)]
-    q = [pl.col(q_col(i)) for i in range(n_classes)]
-    log_q = [pl.col(log_q_col(i)) for i in range(n_classes)]
-    in_base = {
-        "kl": divergence.kl_divergence(p, log_p, log_q),
-        "reverse_kl": divergence.reverse_kl_divergence(q, log_q, log_p),
-        "js": divergence.jensen_shannon_divergence(p, log_p, q, log_q),
-        "cross_entropy": divergence.cross_entropy(p, log_q),
-        "entropy": divergence.entropy(p, log_p),
-    }
+def row_measures(layout: Layout, base: str) -> list[pl.Expr]:
+    """The per-model measures of a row, in ``base`` units, from prepared label and prediction columns.
+
+    Cross-entropy follows from these (:func:`cross_entropy`).
+    """
+    n = len(layout.classes)
+    p = [pl.col(p_col(i)) for i in range(n)]
+    log_p = [pl.col(log_p_col(i)) for i in range(n)]
+    q = [pl.col(q_col(i)) for i in range(n)]
+    log_q = [pl.col(log_q_col(i)) for i in range(n)]
+    reverse = divergence.reverse_kl_divergence(
+        q, log_q, log_p, q_has_full_support=layout.prediction_kind == "logit"
+    )
     return [
-        *[divergence.to_base(expr, base).alias(name) for name, expr in in_base.items()],
-        divergence.top1_match(p, log_q).alias("top1_match"),
+        divergence.to_base(divergence.kl_divergence(p, log_p, log_q), base).alias("kl"),
+        divergence.to_base(reverse, base).alias("reverse_kl"),
+        divergence.to_base(divergence.jensen_shannon_divergence(p, log_p, q, log_q), base).alias(
+            "js"
+        ),
+        (divergence.argmax_index(log_q) == pl.col(ARGMAX_P)).alias("top1_match"),
     ]
+
+
+def cross_entropy() -> pl.Expr:
+    """H(P,Q) = H(P) + D(P‖Q), from the columns :func:`row_measures` and the labels made.
+
+    A sum of two non-negative terms loses nothing; it is the other way round, D = H(P,Q) − H(P),
+    that cancels badly when D is much smaller than H.
+    """
+    return (pl.col(ENTROPY) + pl.col("kl")).alias("cross_entropy")

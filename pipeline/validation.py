@@ -1,9 +1,15 @@
 """Checks of the input contract, collecting every failure as rows of one failure-cases frame.
 
 The frame has the columns of ``FAILURE_SCHEMA``: which dataset and check failed, on which column,
-at which row (0-based position in the dataset as read), for which id and model, and the failing
-value as text. Pandera's failure cases are translated into it; the checks that span both inputs
-(class sets, key dtypes, coverage of the label ids by every model) are written here in Polars.
+at which row (0-based position in the dataset as read, files in path order), for which id and
+model, and the failing value as text. Three kinds of checks feed it:
+
+* structure (:func:`check_structure`): columns, dtypes, class sets, key dtypes; Pandera on the
+  lazy frames, so no data is read;
+* row rules (:func:`check_rows`): Pandera on each in-memory batch, one fused pass; on failure the
+  individual rules of ``schemas.inputs`` say which rows broke which rule;
+* keys across batches (:func:`check_label_keys`, :func:`check_coverage`): unique label ids, and
+  every model predicting each label id exactly once.
 """
 
 from collections.abc import Sequence
@@ -12,8 +18,15 @@ import pandera.errors
 import pandera.polars as pa
 import polars as pl
 
+from pipeline.io import ROW
 from pipeline.layout import Layout
-from schemas.inputs import labels_schema, predictions_schema
+from schemas.inputs import (
+    Rules,
+    label_rules,
+    labels_schema,
+    prediction_rules,
+    predictions_schema,
+)
 
 FAILURE_SCHEMA = pl.Schema(
     {
@@ -26,13 +39,15 @@ FAILURE_SCHEMA = pl.Schema(
         "value": pl.String,
     }
 )
+FIELD_UNIQUENESS = "field_uniqueness"
+PAIR_UNIQUENESS = "multiple_fields_uniqueness"
 
-# What Pandera's built-in check names mean, for people reading the error.
+# What the check names mean, for people reading the error.
 _CHECK_DESCRIPTIONS = {
     "column_in_dataframe": "required column is missing",
     "not_nullable": "null or NaN values",
-    "field_uniqueness": "duplicate values",
-    "multiple_fields_uniqueness": "duplicate (id, model) pairs",
+    FIELD_UNIQUENESS: "duplicate values",
+    PAIR_UNIQUENESS: "duplicate (id, model) pairs",
     "in_range(0.0, 1.0)": "probability outside [0, 1]",
     "rows_sum_to_one": "probabilities do not sum to 1 within the tolerance",
     "class_set": "labels and predictions have different class sets",
@@ -86,75 +101,6 @@ def failure(
     )
 
 
-def _from_pandera(
-    error: pandera.errors.SchemaErrors, dataset: str, data: pl.DataFrame | None, layout: Layout
-) -> pl.DataFrame:
-    raw: pl.DataFrame = error.failure_cases
-    cases = raw.select(
-        pl.lit(dataset).alias("dataset"),
-        pl.col("check").cast(pl.String),
-        # Frame-level checks (row sums, (id, model) uniqueness) name the schema, not a column.
-        pl.when(pl.col("schema_context") != "DataFrameSchema")
-        .then(pl.col("column").cast(pl.String))
-        .alias("column"),
-        pl.col("index").cast(pl.Int64).alias("row"),
-        pl.col("failure_case").cast(pl.String).alias("value"),
-    )
-    if data is None:
-        return cases.with_columns(id=pl.lit(None, pl.String), model=pl.lit(None, pl.String)).select(
-            FAILURE_SCHEMA.names()
-        )
-    keys = [pl.col(layout.id_col).cast(pl.String).alias("id")]
-    if dataset == "predictions":
-        keys.append(pl.col(layout.model_col).cast(pl.String).alias("model"))
-    else:
-        keys.append(pl.lit(None, pl.String).alias("model"))
-    keyed = data.select(keys).with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
-    return cases.join(keyed, on="row", how="left", maintain_order="left").select(
-        FAILURE_SCHEMA.names()
-    )
-
-
-def _run_schema(
-    schema: pa.DataFrameSchema,
-    frame: pl.DataFrame | pl.LazyFrame,
-    dataset: str,
-    layout: Layout,
-) -> pl.DataFrame:
-    try:
-        if isinstance(frame, pl.DataFrame):
-            schema.validate(frame, lazy=True)
-        else:
-            schema.validate(frame, lazy=True)  # a LazyFrame: dtypes and columns only
-    except pandera.errors.SchemaErrors as error:
-        data = frame if isinstance(frame, pl.DataFrame) else None
-        return _from_pandera(error, dataset, data, layout)
-    return no_failures()
-
-
-def _schemas(
-    layout: Layout, labels: pl.Schema, predictions: pl.Schema, tolerance: float
-) -> tuple[pa.DataFrameSchema, pa.DataFrameSchema]:
-    label_schema = labels_schema(
-        labels,
-        id_col=layout.id_col,
-        prob_cols=layout.label_prob_cols,
-        label_col=layout.label_col,
-        classes=layout.classes,
-        slice_cols=layout.slice_cols,
-        tolerance=tolerance,
-    )
-    prediction_schema = predictions_schema(
-        predictions,
-        id_col=layout.id_col,
-        model_col=layout.model_col,
-        prob_cols=layout.prediction_cols if layout.prediction_kind == "prob" else (),
-        logit_cols=layout.prediction_cols if layout.prediction_kind == "logit" else (),
-        tolerance=tolerance,
-    )
-    return label_schema, prediction_schema
-
-
 def label_columns(layout: Layout) -> list[str]:
     """The label columns klrank reads (and validates), in order."""
     truth = [layout.label_col] if layout.label_col is not None else layout.label_prob_cols
@@ -164,6 +110,58 @@ def label_columns(layout: Layout) -> list[str]:
 def prediction_columns(layout: Layout) -> list[str]:
     """The prediction columns klrank reads (and validates), in order."""
     return [layout.id_col, layout.model_col, *layout.prediction_cols]
+
+
+def _label_schema(layout: Layout, schema: pl.Schema, tolerance: float) -> pa.DataFrameSchema:
+    return labels_schema(
+        schema,
+        id_col=layout.id_col,
+        prob_cols=layout.label_prob_cols,
+        label_col=layout.label_col,
+        classes=layout.classes,
+        slice_cols=layout.slice_cols,
+        tolerance=tolerance,
+    )
+
+
+def _prediction_kwargs(layout: Layout) -> dict[str, object]:
+    is_logit = layout.prediction_kind == "logit"
+    return {
+        "id_col": layout.id_col,
+        "model_col": layout.model_col,
+        "prob_cols": () if is_logit else layout.prediction_cols,
+        "logit_cols": layout.prediction_cols if is_logit else (),
+    }
+
+
+def _prediction_schema(layout: Layout, schema: pl.Schema, tolerance: float) -> pa.DataFrameSchema:
+    return predictions_schema(schema, tolerance=tolerance, **_prediction_kwargs(layout))  # type: ignore[arg-type]
+
+
+def _rules(dataset: str, layout: Layout, schema: pl.Schema, tolerance: float) -> Rules:
+    if dataset == "labels":
+        return label_rules(
+            schema,
+            id_col=layout.id_col,
+            prob_cols=layout.label_prob_cols,
+            label_col=layout.label_col,
+            classes=layout.classes,
+            tolerance=tolerance,
+        )
+    return prediction_rules(schema, tolerance=tolerance, **_prediction_kwargs(layout))  # type: ignore[arg-type]
+
+
+def _structure_failures(error: pandera.errors.SchemaErrors, dataset: str) -> pl.DataFrame:
+    cases: pl.DataFrame = error.failure_cases
+    return cases.select(
+        pl.lit(dataset).alias("dataset"),
+        pl.col("check").cast(pl.String),
+        pl.col("column").cast(pl.String),
+        pl.lit(None, pl.Int64).alias("row"),
+        pl.lit(None, pl.String).alias("id"),
+        pl.lit(None, pl.String).alias("model"),
+        pl.col("failure_case").cast(pl.String).alias("value"),
+    )
 
 
 def _present(frame: pl.LazyFrame, columns: Sequence[str]) -> pl.LazyFrame:
@@ -176,15 +174,16 @@ def check_structure(
     labels: pl.LazyFrame, predictions: pl.LazyFrame, layout: Layout
 ) -> pl.DataFrame:
     """Column presence, dtypes, matching class sets and key dtypes, without reading any data."""
-    label_frame = _present(labels, label_columns(layout))
-    prediction_frame = _present(predictions, prediction_columns(layout))
-    label_schema, prediction_schema = _schemas(
-        layout, label_frame.collect_schema(), prediction_frame.collect_schema(), tolerance=0.0
-    )
-    failures = [
-        _run_schema(label_schema, label_frame, "labels", layout),
-        _run_schema(prediction_schema, prediction_frame, "predictions", layout),
-    ]
+    failures = []
+    frames = {
+        "labels": (_present(labels, label_columns(layout)), _label_schema),
+        "predictions": (_present(predictions, prediction_columns(layout)), _prediction_schema),
+    }
+    for dataset, (frame, schema_of) in frames.items():
+        try:
+            schema_of(layout, frame.collect_schema(), 0.0).validate(frame, lazy=True)
+        except pandera.errors.SchemaErrors as error:
+            failures.append(_structure_failures(error, dataset))
     if layout.truth == "soft" and set(layout.label_classes) != set(layout.classes):
         only_labels = sorted(set(layout.label_classes) - set(layout.classes))
         only_predictions = sorted(set(layout.classes) - set(layout.label_classes))
@@ -195,8 +194,8 @@ def check_structure(
                 value=f"classes only in labels: {only_labels}; only in predictions: {only_predictions}",
             )
         )
-    label_id = label_frame.collect_schema().get(layout.id_col)
-    prediction_id = prediction_frame.collect_schema().get(layout.id_col)
+    label_id = labels.collect_schema().get(layout.id_col)
+    prediction_id = predictions.collect_schema().get(layout.id_col)
     if label_id is not None and prediction_id is not None:
         if (label_id == pl.String) != (prediction_id == pl.String):
             failures.append(
@@ -207,59 +206,95 @@ def check_structure(
                     value=f"labels' id is {label_id}, predictions' id is {prediction_id}",
                 )
             )
-    return pl.concat(failures)
+    return pl.concat([no_failures(), *failures])
 
 
-def _coverage(labels: pl.DataFrame, predictions: pl.DataFrame, layout: Layout) -> pl.DataFrame:
-    """Every model must predict exactly the label ids: report missing and extra ids per model."""
-    id_col, model_col = layout.id_col, layout.model_col
-    # Null keys and duplicates are reported by their own checks; here each key counts once.
-    label_ids = labels.select(pl.col(id_col).cast(pl.String)).drop_nulls().unique()
-    pairs = predictions.select(pl.col(id_col).cast(pl.String), model_col).drop_nulls().unique()
-    extra = pairs.join(label_ids, on=id_col, how="anti")
-    failures = [
-        extra.select(
-            pl.lit("predictions").alias("dataset"),
-            pl.lit("extra_ids").alias("check"),
-            pl.lit(id_col).alias("column"),
-            pl.lit(None, pl.Int64).alias("row"),
-            pl.col(id_col).alias("id"),
-            pl.col(model_col).alias("model"),
-            pl.lit("id not in labels").alias("value"),
-        )
-    ]
-    for model in pairs.get_column(model_col).unique().sort().to_list():
-        model_ids = pairs.filter(pl.col(model_col) == model).select(id_col)
-        missing = label_ids.join(model_ids, on=id_col, how="anti").sort(id_col)
-        if missing.height:
-            failures.append(
-                failure(
-                    "predictions",
-                    "missing_ids",
-                    column=id_col,
-                    ids=missing.get_column(id_col).to_list(),
-                    model=model,
-                    value="label id without a prediction",
-                )
+def check_rows(batch: pl.DataFrame, dataset: str, layout: Layout, tolerance: float) -> pl.DataFrame:
+    """Every row rule on one in-memory batch (with its ``ROW`` positions): Pandera, then detail.
+
+    Pandera runs the rules fused into one check; only when that fails are the rules evaluated one
+    by one to name each failing (rule, row).
+    """
+    data = batch.drop(ROW)
+    schema_of = _label_schema if dataset == "labels" else _prediction_schema
+    try:
+        schema_of(layout, data.schema, tolerance).validate(data, lazy=False)
+    except (pandera.errors.SchemaError, pandera.errors.SchemaErrors):
+        pass
+    else:
+        return no_failures()
+    rules = _rules(dataset, layout, data.schema, tolerance)
+    prob_cols = layout.label_prob_cols if dataset == "labels" else layout.prediction_cols
+    model = (
+        pl.col(layout.model_col).cast(pl.String)
+        if dataset == "predictions"
+        else pl.lit(None, pl.String)
+    )
+    found = []
+    for (column, check), passes in rules.items():
+        if column is None:  # the row sum is the value worth showing
+            value = pl.sum_horizontal([pl.col(c).cast(pl.Float64) for c in prob_cols])
+            value = pl.format("sum {}", value)
+        else:
+            value = pl.col(column).cast(pl.String)
+        found.append(
+            batch.filter(~passes).select(
+                pl.lit(dataset).alias("dataset"),
+                pl.lit(check).alias("check"),
+                pl.lit(column, pl.String).alias("column"),
+                pl.col(ROW).cast(pl.Int64).alias("row"),
+                pl.col(layout.id_col).cast(pl.String).alias("id"),
+                model.alias("model"),
+                value.fill_null("null").alias("value"),
             )
-    return pl.concat(failures)
+        )
+    return pl.concat(found)
 
 
-def check_data(
-    labels: pl.DataFrame, predictions: pl.DataFrame, layout: Layout, tolerance: float
+def check_label_keys(label_keys: pl.DataFrame, layout: Layout) -> pl.DataFrame:
+    """Duplicate label ids (nulls are the row rules' business), from ``id`` and ``ROW``."""
+    key = pl.col(layout.id_col)
+    duplicated = label_keys.filter(key.is_not_null() & key.is_duplicated())
+    return duplicated.select(
+        pl.lit("labels").alias("dataset"),
+        pl.lit(FIELD_UNIQUENESS).alias("check"),
+        pl.lit(layout.id_col).alias("column"),
+        pl.col(ROW).cast(pl.Int64).alias("row"),
+        key.cast(pl.String).alias("id"),
+        pl.lit(None, pl.String).alias("model"),
+        key.cast(pl.String).alias("value"),
+    )
+
+
+def check_coverage(
+    label_keys: pl.DataFrame, model: str, model_keys: pl.DataFrame, layout: Layout
 ) -> pl.DataFrame:
-    """Every row-level check of both inputs (already selected to ``*_columns(layout)``)."""
-    label_schema, prediction_schema = _schemas(layout, labels.schema, predictions.schema, tolerance)
-    failures = [
-        _run_schema(label_schema, labels, "labels", layout),
-        _run_schema(prediction_schema, predictions, "predictions", layout),
-    ]
-    for dataset, frame in (("labels", labels), ("predictions", predictions)):
-        if frame.height == 0:
-            failures.append(failure(dataset, "not_empty", value="zero rows"))
-    if labels.height and predictions.height:
-        failures.append(_coverage(labels, predictions, layout))
-    return pl.concat(failures)
+    """A model must predict each label id exactly once: duplicate, missing and extra ids."""
+    key = pl.col(layout.id_col)
+    model_keys = model_keys.filter(key.is_not_null())
+    label_ids = label_keys.select(key).filter(key.is_not_null()).unique()
+
+    def cases(frame: pl.DataFrame, check: str, value: str, with_row: bool) -> pl.DataFrame:
+        return frame.select(
+            pl.lit("predictions").alias("dataset"),
+            pl.lit(check).alias("check"),
+            pl.lit(layout.id_col if check != PAIR_UNIQUENESS else None, pl.String).alias("column"),
+            (pl.col(ROW).cast(pl.Int64) if with_row else pl.lit(None, pl.Int64)).alias("row"),
+            key.cast(pl.String).alias("id"),
+            pl.lit(model).alias("model"),
+            pl.lit(value).alias("value"),
+        )
+
+    duplicated = model_keys.filter(key.is_duplicated())
+    extra = model_keys.join(label_ids, on=layout.id_col, how="anti", maintain_order="left")
+    missing = label_ids.join(model_keys, on=layout.id_col, how="anti").sort(layout.id_col)
+    return pl.concat(
+        [
+            cases(duplicated, PAIR_UNIQUENESS, "id predicted more than once", True),
+            cases(extra, "extra_ids", "id not in labels", True),
+            cases(missing, "missing_ids", "label id without a prediction", False),
+        ]
+    )
 
 
 def summarise(failures: pl.DataFrame, examples: int = 5) -> list[str]:

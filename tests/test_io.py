@@ -89,7 +89,7 @@ def test_scan_reads_directories_recursively_with_hive_keys_as_strings(tmp_path: 
     pl.DataFrame({"x": [1.0]}).write_parquet(tmp_path / "_ignored" / "part-0.parquet")
     scanned = io.scan_parquet(str(tmp_path))
     frame = scanned.frame.collect().sort("model", "id")
-    assert frame.schema == pl.Schema({"id": pl.Int64, "model": pl.String})
+    assert frame.schema == pl.Schema({io.ROW: pl.Int64, "id": pl.Int64, "model": pl.String})
     assert frame.get_column("model").to_list() == ["007", "007", "a", "a"]  # "007", not 7
     assert scanned.n_rows == 4 and len(scanned.files) == 2
 

@@ -41,7 +41,9 @@ def test_example_report_matches_the_golden_file(example_report: Path) -> None:
         GOLDEN.parent.mkdir(exist_ok=True)
         report.write_csv(GOLDEN)
     golden = pl.read_csv(GOLDEN, schema=report.schema)
-    assert_frame_equal(report, golden, check_exact=False, rel_tol=1e-12, abs_tol=0.0)
+    # 1e-9: marginal_kl is a small difference of large sums, so its last digits follow the
+    # summation order; anything beyond that is a real change.
+    assert_frame_equal(report, golden, check_exact=False, rel_tol=1e-9, abs_tol=0.0)
 
 
 def test_report_follows_its_schema_and_records_version_and_options(example_report: Path) -> None:

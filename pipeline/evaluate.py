@@ -1,0 +1,275 @@
+"""Validate and measure the inputs batch by batch, in bounded memory, into the ranked report.
+
+Every model is brought into the labels' row order, so a batch of label rows pairs with the same
+batch of each model's rows and no join is needed:
+
+* **positional** — a model's predictions already list the label ids in the labels' order (what
+  batch inference usually writes): checked by comparing the id columns, then streamed;
+* **joined** — any other order: the model's rows are put in label order by a join, in memory.
+
+Each input is read once in batches (plus one read of the id columns). Every batch is validated
+(Pandera, one fused pass) before it is measured; after the first failure the remaining batches
+are only validated, so all failures are collected. Label-only quantities (log p, entropy, argmax)
+are computed once per label row, not once per model. Per batch and model, the measures feed
+mergeable states; each model's kl column is kept (8 bytes a row) for exact quantiles and the
+paired comparison at the end.
+"""
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from pipeline import aggregate, io
+from pipeline.io import ROW, ParquetInput
+from pipeline.layout import (
+    ID,
+    MODEL,
+    Layout,
+    cross_entropy,
+    prepare_labels,
+    prepare_predictions,
+    row_measures,
+)
+from pipeline.validation import (
+    check_coverage,
+    check_label_keys,
+    check_rows,
+    failure,
+    label_columns,
+    no_failures,
+    prediction_columns,
+)
+
+# Values per batch (rows × classes): large enough to amortise per-batch work, small enough that
+# a batch of every model fits in a few hundred MB.
+BATCH_VALUES = 10_000_000
+RowsSink = Callable[[pl.DataFrame], None]
+
+
+@dataclass(frozen=True)
+class Measures:
+    """What a run computes: units, smoothing, ranking metric, and the row sums' tolerance."""
+
+    base: str = "2"
+    epsilon: float = 0.0
+    rank_by: str = "mean_kl"
+    tolerance: float = 1e-6
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One model's prediction rows (with their ``ROW`` positions), in the files' order."""
+
+    name: str | None  # None: the rows whose model is null
+    frame: pl.LazyFrame
+
+
+@dataclass
+class Evaluation:
+    """The outcome: failure cases, the report when there were none, and what was seen."""
+
+    failures: pl.DataFrame
+    report: pl.DataFrame | None
+    n_label_rows: int
+    alignment: dict[str, str]  # model -> "positional" or "joined"
+    validation_seconds: float  # the share of the time spent in checks
+
+
+class _Stopwatch:
+    """Adds up the time spent in the calls it runs."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self, check: Callable[..., pl.DataFrame], *args: Any) -> pl.DataFrame:
+        start = time.perf_counter()
+        try:
+            return check(*args)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def model_inputs(predictions: ParquetInput, layout: Layout) -> list[ModelInput]:
+    """Split the predictions by model: by file where each file holds one model, else by filter."""
+    selected = [*prediction_columns(layout), ROW]
+    by_file: dict[str, list[io.ParquetFile]] = {}
+    for file in predictions.files:
+        model = file.constant(layout.model_col)
+        if model is None:
+            break
+        by_file.setdefault(model, []).append(file)
+    else:
+        return [
+            ModelInput(name, predictions.subset(files).select(selected))
+            for name, files in sorted(by_file.items())
+        ]
+    column = pl.col(layout.model_col)
+    names = io.collect(predictions.frame.select(column.unique()), predictions).get_column(
+        layout.model_col
+    )
+    inputs = [
+        ModelInput(name, predictions.frame.filter(column == name).select(selected))
+        for name in sorted(names.drop_nulls().to_list())
+    ]
+    if names.null_count():
+        inputs.append(ModelInput(None, predictions.frame.filter(column.is_null()).select(selected)))
+    return inputs
+
+
+def batch_rows(n_classes: int) -> int:
+    """Rows per batch for ``n_classes`` classes."""
+    return max(1_000, BATCH_VALUES // max(n_classes, 1))
+
+
+def _keys(frame: pl.DataFrame, layout: Layout) -> pl.DataFrame:
+    # Integer ids of any width compare as Int64; validation has matched string against string.
+    key = pl.col(layout.id_col)
+    dtype = frame.schema[layout.id_col]
+    return frame.with_columns(key.cast(pl.Int64) if dtype.is_integer() else key)
+
+
+def _slices(frame: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
+    for start in range(0, frame.height, size):
+        yield frame.slice(start, size)
+
+
+@dataclass
+class _Model:
+    name: str
+    batches: Iterator[pl.DataFrame]
+    states: list[pl.DataFrame] = field(default_factory=list)
+    kl: list[pl.Series] = field(default_factory=list)
+
+
+def evaluate(
+    labels: ParquetInput,
+    predictions: ParquetInput,
+    layout: Layout,
+    measures: Measures,
+    rows_sink: RowsSink | None = None,
+    compute: bool = True,
+) -> Evaluation:
+    """Validate everything and, if it is all valid and ``compute``, build the ranked report."""
+    size = batch_rows(len(layout.classes))
+    label_frame = labels.frame.select(*label_columns(layout), ROW)
+    checked = _Stopwatch()
+    label_keys = _keys(io.collect(label_frame.select(layout.id_col, ROW), labels), layout)
+    failures = [checked(check_label_keys, label_keys, layout)]
+    if label_keys.height == 0:
+        failures.append(failure("labels", "not_empty", value="zero rows"))
+
+    aligned: list[_Model] = []
+    validate_only: list[Iterator[pl.DataFrame]] = []
+    alignment: dict[str, str] = {}
+    inputs = model_inputs(predictions, layout)
+    if not inputs:
+        failures.append(failure("predictions", "not_empty", value="zero rows"))
+    for source in inputs:
+        if source.name is None:
+            validate_only.append(io.batches(source.frame, predictions, size))
+            continue
+        keys = _keys(io.collect(source.frame.select(layout.id_col, ROW), predictions), layout)
+        if keys.get_column(layout.id_col).equals(
+            label_keys.get_column(layout.id_col), null_equal=True
+        ):
+            alignment[source.name] = "positional"
+            aligned.append(_Model(source.name, io.batches(source.frame, predictions, size)))
+            continue
+        coverage = checked(check_coverage, label_keys, source.name, keys, layout)
+        failures.append(coverage)
+        if coverage.height:
+            validate_only.append(io.batches(source.frame, predictions, size))
+            continue
+        alignment[source.name] = "joined"
+        rows = _keys(io.collect(source.frame, predictions), layout)
+        in_label_order = label_keys.select(layout.id_col).join(
+            rows, on=layout.id_col, how="left", maintain_order="left"
+        )
+        aligned.append(_Model(source.name, _slices(in_label_order, size)))
+
+    def failed() -> bool:
+        return any(f.height for f in failures)
+
+    slice_keys = aggregate.slice_key_columns(layout.slice_cols)
+    key_batches: list[pl.DataFrame] = []
+    for label_batch in io.batches(label_frame, labels, size):
+        failures.append(checked(check_rows, label_batch, "labels", layout, measures.tolerance))
+        prepared = None
+        if compute and not failed():
+            prepared = (
+                prepare_labels(label_batch.lazy(), layout, measures.base)
+                .with_columns(**slice_keys)
+                .collect()
+            )
+            key_batches.append(prepared.select(ID, *slice_keys))
+        for model in aligned:
+            batch = next(model.batches)
+            failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))
+            if prepared is not None and not failed():
+                _measure(model, prepared, batch, layout, measures, list(slice_keys), rows_sink)
+    for stream in validate_only:
+        for batch in stream:
+            failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))
+
+    all_failures = pl.concat([no_failures(), *failures])
+    if all_failures.height or not compute:
+        return Evaluation(all_failures, None, label_keys.height, alignment, checked.seconds)
+    report = _report(aligned, key_batches, list(slice_keys), layout, measures)
+    return Evaluation(all_failures, report, label_keys.height, alignment, checked.seconds)
+
+
+def _measure(
+    model: _Model,
+    labels: pl.DataFrame,
+    batch: pl.DataFrame,
+    layout: Layout,
+    measures: Measures,
+    slice_keys: Sequence[str],
+    rows_sink: RowsSink | None,
+) -> None:
+    predicted = prepare_predictions(batch.lazy(), layout, measures.epsilon).collect()
+    rows = (
+        pl.concat([labels, predicted], how="horizontal")
+        .with_columns(row_measures(layout, measures.base))
+        .with_columns(cross_entropy())
+    )
+    model.states.append(aggregate.partial_states(rows, model.name, slice_keys, len(layout.classes)))
+    model.kl.append(rows.get_column("kl"))
+    if rows_sink is not None:
+        rows_sink(
+            rows.select(
+                ID,
+                pl.lit(model.name).alias(MODEL),
+                "kl",
+                "reverse_kl",
+                "js",
+                "cross_entropy",
+                "entropy",
+                "top1_match",
+                *layout.slice_cols,
+            )
+        )
+
+
+def _report(
+    models: Sequence[_Model],
+    key_batches: Sequence[pl.DataFrame],
+    slice_keys: Sequence[str],
+    layout: Layout,
+    measures: Measures,
+) -> pl.DataFrame:
+    n_classes = len(layout.classes)
+    states = aggregate.merge_states(pl.concat(s for m in models for s in m.states), n_classes)
+    kl_columns = {m.name: f"_kl{j}" for j, m in enumerate(models)}
+    kl = pl.concat(key_batches).with_columns(
+        pl.concat(m.kl).alias(kl_columns[m.name]) for m in models
+    )
+    parts = list(aggregate.slice_parts(kl, slice_keys))
+    ranked = aggregate.finalize(
+        states, aggregate.quantiles(parts, kl_columns), n_classes, measures.base, measures.rank_by
+    )
+    paired = aggregate.paired_states(parts, kl_columns, aggregate.best_models(ranked))
+    return aggregate.with_paired_comparison(ranked, paired)
