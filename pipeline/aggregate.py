@@ -124,19 +124,30 @@ def slice_parts(
             yield str(value), part
 
 
-def quantiles(
-    parts: Sequence[tuple[str, pl.DataFrame]], kl_columns: Mapping[str, str]
-) -> pl.DataFrame:
-    """Exact quantiles of each model's kl column (``kl_columns``: model -> column) per slice."""
+def _linear_quantile(ordered: pl.Series, q: float) -> float | None:
+    """The q-quantile of sorted values, interpolating linearly between order statistics."""
+    if ordered.len() == 0:
+        return None
+    position = (ordered.len() - 1) * q
+    low, high = math.floor(position), math.ceil(position)
+    below, above = ordered[low], ordered[high]
+    if below == above or position == low:  # also keeps inf from becoming inf - inf = NaN
+        return float(below)
+    return float(below + (position - low) * (above - below))
+
+
+def quantiles(parts: Sequence[tuple[str, pl.DataFrame]], kl_columns: Mapping[str, str]) -> pl.DataFrame:
+    """Exact quantiles of each model's kl column (``kl_columns``: model -> column) per slice.
+
+    One sort per (slice, model) serves all the quantiles.
+    """
     rows = []
     for name, part in parts:
         for model, column in kl_columns.items():
-            values = part.select(
-                pl.col(column).quantile(q, interpolation="linear").alias(label)
-                for label, q in QUANTILES.items()
-            )
-            rows.append(values.with_columns(pl.lit(name).alias(SLICE), pl.lit(model).alias(MODEL)))
-    return pl.concat(rows).select(*KEYS, *QUANTILES)
+            ordered = part.get_column(column).sort()
+            values = {label: _linear_quantile(ordered, q) for label, q in QUANTILES.items()}
+            rows.append({SLICE: name, MODEL: model} | values)
+    return pl.DataFrame(rows, schema={SLICE: pl.String, MODEL: pl.String} | dict.fromkeys(QUANTILES, pl.Float64))
 
 
 def paired_states(

@@ -237,3 +237,20 @@ def test_merged_shard_states_equal_the_states_of_all_rows() -> None:
         kl = group.get_column("kl").to_numpy()
         assert state["kl_m2"] == pytest.approx(((kl - kl.mean()) ** 2).sum(), rel=1e-9)
         assert state["kl_sum"] == pytest.approx(kl.sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([3.0, 1.0, 2.0], 0.5, 2.0),
+        ([1.0, 2.0, 3.0, 4.0], 0.5, 2.5),
+        ([0.0, 10.0], 0.99, 9.9),
+        ([1.0, math.inf, math.inf], 0.5, math.inf),  # inf - inf must not turn into NaN
+        ([1.0, 2.0, math.inf], 0.99, math.inf),
+        ([1.0, 2.0, math.inf], 0.5, 2.0),
+        ([5.0], 0.9, 5.0),
+    ],
+)
+def test_linear_quantile_by_hand(values: list[float], q: float, expected: float) -> None:
+    ordered = pl.Series(values).sort()
+    assert aggregate._linear_quantile(ordered, q) == pytest.approx(expected, rel=1e-15)
