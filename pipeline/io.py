@@ -195,7 +195,7 @@ class RowsWriter:
         """Append ``frame`` as one or more row groups."""
         table = frame.to_arrow()
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self._path, table.schema, compression="zstd")
+            self._writer = pq.ParquetWriter(self._path, table.schema, compression="snappy")
         self._writer.write_table(table)
 
     def close(self) -> None:

@@ -18,17 +18,23 @@ _TINY = 1e-300
 _CF_EPS = 2.0**-52
 # Newton's method on the quantile stops once the step in log(t) is this small.
 _PPF_EPS = 2.0**-50
-# Above this size r * r would overflow, where r = |t| / sqrt(df).
+# Beyond these bounds on r = |t| / sqrt(df), r * r would overflow or underflow.
 _R_HUGE = 1e150
-# Below this size r * r would lose precision to underflow.
 _R_TINY = 1e-150
 _LOG_MAX_FLOAT = math.log(1.7976931348623157e308)
+# Beyond this many degrees of freedom the distribution no longer changes in double precision:
+# any tail probability above the smallest double moves by a relative t**4 / (4 df) < 1e-24.
+# Clamping to it also keeps t**2 / df and its products with df clear of underflow, and lets
+# df = inf stand for the normal distribution.
+_DF_LIMIT = 1e30
 
 
-def _validate_df(df: float) -> None:
+def _checked_df(df: float) -> float:
+    """Reject a df that is not positive; clamp a huge one (inf included) to `_DF_LIMIT`."""
     # `not df > 0` also rejects NaN.
     if not df > 0:
         raise ValueError(f"degrees of freedom must be positive, got df={df!r}")
+    return min(df, _DF_LIMIT)
 
 
 def _stirling_correction(z: float) -> float:
@@ -197,20 +203,31 @@ def _log_ibeta_large_a(a: float, log_x: float) -> float:
     return log_prefix + math.log(total)
 
 
-def _log1p_square(r: float) -> float:
-    """Return log(1 + r**2) for r >= 0 without overflow."""
-    if r > _R_HUGE:
-        return 2.0 * math.log(r)
-    return math.log1p(r * r)
+def _log_x_and_y(t: float, df: float) -> tuple[float, float]:
+    """Return (log x, log y) for x = df / (df + t**2) and y = t**2 / (df + t**2), 0 < t < inf.
+
+    Both logarithms keep full relative precision, whichever of x and y is close to 1, and
+    neither t**2 nor t / sqrt(df) is allowed to overflow or underflow.
+    """
+    r = t / math.sqrt(df)
+    if _R_TINY < r < _R_HUGE:
+        r2 = r * r
+        return -math.log1p(r2), -math.log1p(1.0 / r2)
+    # r**2 is below 1e-300 or above 1e300: log(1 + r**2) is r**2 or 2 log r to double precision.
+    log_r = math.log(t) - 0.5 * math.log(df)
+    if r >= _R_HUGE:
+        return -2.0 * log_r, 0.0
+    return 0.0, 2.0 * log_r
 
 
 def _log_tail_and_center(t: float, df: float) -> tuple[float, float]:
     """Return (log P(T > t), log P(0 < T < t)) for 0 <= t <= inf.
 
     P(T > t) = I_x(df/2, 1/2) / 2 with x = df / (df + t**2); P(0 < T < t) is its complement
-    in 1/2, I_y(1/2, df/2) / 2 with y = 1 - x. Whichever of the two the continued fraction
-    delivers directly is accurate to a few ulps; the other is formed by subtraction from 1/2,
-    which costs at most a few bits because it is then the larger of the two.
+    in 1/2, I_y(1/2, df/2) / 2 with y = 1 - x. Whichever of the two is evaluated directly is
+    accurate to a few ulps; the other is formed by subtraction from 1/2, which costs little
+    because it is then the larger of the two (except for df far below 1, where the centre
+    mass next to a directly evaluated tail can be small).
     """
     if t == 0.0:
         return _LOG_HALF, -math.inf
@@ -218,18 +235,11 @@ def _log_tail_and_center(t: float, df: float) -> tuple[float, float]:
         return -math.inf, _LOG_HALF
     a = 0.5 * df
     b = 0.5
-    # x = 1 / (1 + r**2) and y = r**2 / (1 + r**2), both kept with full relative precision.
-    r = t / math.sqrt(df)
-    log_x = -_log1p_square(r)
-    if r > _R_HUGE:
-        log_y = 0.0
-    elif r < _R_TINY:
-        log_y = 2.0 * math.log(r)
-    else:
-        log_y = -math.log1p(1.0 / (r * r))
+    log_x, log_y = _log_x_and_y(t, df)
     x = math.exp(log_x)
     y = math.exp(log_y)
-    if x <= (a + 1.0) / (a + b + 2.0):
+    # x <= (a + 1) / (a + b + 2), tested on y because that bound rounds to 1 for huge df.
+    if y >= (b + 1.0) / (a + b + 2.0):
         if a >= 15.0 and y < 0.3:
             log_tail = _LOG_HALF + _log_ibeta_large_a(a, log_x)
         else:
@@ -242,9 +252,10 @@ def _log_tail_and_center(t: float, df: float) -> tuple[float, float]:
 
 
 def _log_pdf(t: float, df: float) -> float:
-    """Return the log density of Student's t distribution at t."""
-    r = abs(t) / math.sqrt(df)
-    return -0.5 * math.log(df) - _log_beta(0.5 * df, 0.5) - 0.5 * (df + 1.0) * _log1p_square(r)
+    """Return the log density of Student's t distribution at t, for finite t."""
+    log_x = 0.0 if t == 0.0 else _log_x_and_y(abs(t), df)[0]
+    # pdf = x ** ((df + 1) / 2) / (sqrt(df) * B(df/2, 1/2)).
+    return 0.5 * (df + 1.0) * log_x - 0.5 * math.log(df) - _log_beta(0.5 * df, 0.5)
 
 
 def student_t_sf(t: float, df: float) -> float:
@@ -283,7 +294,7 @@ def student_t_sf(t: float, df: float) -> float:
     >>> round(student_t_sf(1.0, 1.0), 12)  # Cauchy: 1/2 - atan(1)/pi
     0.25
     """
-    _validate_df(df)
+    df = _checked_df(df)
     if math.isnan(t):
         return math.nan
     log_tail, log_center = _log_tail_and_center(abs(t), df)
@@ -371,7 +382,7 @@ def student_t_ppf(q: float, df: float) -> float:
     """
     if not 0.0 < q < 1.0:
         raise ValueError(f"q must be strictly between 0 and 1, got q={q!r}")
-    _validate_df(df)
+    df = _checked_df(df)
     if q == 0.5:
         return 0.0
     sign = 1.0 if q > 0.5 else -1.0
