@@ -105,6 +105,16 @@ SliceBy = Annotated[
         help="Also rank per value of this label column (repeatable).",
     ),
 ]
+Classes = Annotated[
+    str | None,
+    typer.Option(
+        "--classes",
+        envvar="KLRANK_CLASSES",
+        help="Comma-separated class names of the positions of Array/List distribution columns "
+        "[default: 0..K-1].",
+        show_default=False,
+    ),
+]
 Debug = Annotated[
     bool,
     typer.Option(
@@ -176,6 +186,7 @@ def _inputs(
     truth: TruthOption,
     tolerance: float,
     slice_by: list[str] | None,
+    classes: str | None,
 ) -> InputOptions:
     return InputOptions(
         labels=labels,
@@ -188,6 +199,7 @@ def _inputs(
         truth=truth,
         tolerance=tolerance,
         slice_by=tuple(slice_by or ()),
+        classes=tuple(c.strip() for c in classes.split(",")) if classes else (),
     )
 
 
@@ -213,6 +225,7 @@ def run_command(
     truth: TruthOpt = "auto",
     tolerance: Tolerance = 1e-6,
     slice_by: SliceBy = None,
+    classes: Classes = None,
     base: Annotated[
         Base,
         typer.Option("--base", envvar="KLRANK_BASE", help="Log base: 2 bits, e nats, 10 bans."),
@@ -280,6 +293,7 @@ def run_command(
                 truth,
                 tolerance,
                 slice_by,
+                classes,
             ),
             out=out,
             base=base,
@@ -311,6 +325,7 @@ def validate_command(
     truth: TruthOpt = "auto",
     tolerance: Tolerance = 1e-6,
     slice_by: SliceBy = None,
+    classes: Classes = None,
     failures: Annotated[
         Path | None,
         typer.Option(
@@ -337,6 +352,7 @@ def validate_command(
             truth,
             tolerance,
             slice_by,
+            classes,
         )
         timings = Timings()
         summary = validate(options, failures, timings)

@@ -26,8 +26,11 @@ class InputOptions:
     truth: TruthOption = "auto"
     tolerance: float = 1e-6
     slice_by: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()  # names of array positions; default "0".."K-1"
 
     def __post_init__(self) -> None:
+        if len(set(self.classes)) != len(self.classes):
+            raise UsageError(f"--classes names a class twice: {list(self.classes)}")
         if not self.tolerance >= 0:
             raise UsageError(f"--tolerance must be >= 0, got {self.tolerance}")
         if self.truth not in ("auto", "hard", "soft"):
@@ -82,4 +85,5 @@ class RunOptions:
             "write_rows": self.write_rows,
         }
         options["slice_by"] = list(self.inputs.slice_by)
+        options["classes"] = list(self.inputs.classes)
         return options

@@ -102,6 +102,22 @@ def _fail_if_any(failures: pl.DataFrame, failures_path: Path | None) -> None:
     )
 
 
+def _list_widths(
+    labels: io.ParquetInput, predictions: io.ParquetInput, options: InputOptions
+) -> dict[str, int]:
+    """The length of the first row of each List distribution column (Arrays carry theirs)."""
+    widths = {}
+    for source in (labels, predictions):
+        schema = source.frame.collect_schema()
+        for prefix in (options.prob_prefix, options.logit_prefix):
+            name = prefix.rstrip("_")
+            if isinstance(schema.get(name), pl.List):
+                first = source.frame.select(pl.col(name).list.len()).drop_nulls().head(1)
+                lengths = io.collect(first, source).get_column(name)
+                widths[name] = int(lengths[0]) if lengths.len() else 0
+    return widths
+
+
 def open_inputs(
     options: InputOptions, failures_path: Path | None, timings: Timings
 ) -> OpenedInputs:
@@ -117,9 +133,11 @@ def open_inputs(
     with timings.phase("scan"):
         labels = io.scan_parquet(options.labels)
         predictions = io.scan_parquet(options.predictions)
+        label_schema = labels.frame.collect_schema()
+        prediction_schema = predictions.frame.collect_schema()
         layout = resolve_layout(
-            labels.frame.collect_schema().names(),
-            predictions.frame.collect_schema().names(),
+            label_schema,
+            prediction_schema,
             id_col=options.id_col,
             model_col=options.model_col,
             label_col=options.label_col,
@@ -127,6 +145,8 @@ def open_inputs(
             prob_prefix=options.prob_prefix,
             logit_prefix=options.logit_prefix,
             slice_by=options.slice_by,
+            classes=options.classes,
+            list_width=_list_widths(labels, predictions, options),
         )
         _fail_if_any(check_structure(labels.frame, predictions.frame, layout), failures_path)
     return OpenedInputs(layout, labels, predictions)

@@ -69,7 +69,7 @@ def _merged_moments(prefix: str) -> list[pl.Expr]:
     ]
 
 
-def _aggregations(n_classes: int) -> list[pl.Expr]:
+def _aggregations(class_sums: Sequence[pl.Expr]) -> list[pl.Expr]:
     return [
         pl.len().cast(pl.Int64).alias("n_rows"),
         *_moments(pl.col("kl"), "kl"),
@@ -77,19 +77,27 @@ def _aggregations(n_classes: int) -> list[pl.Expr]:
         pl.col("kl").max().alias("kl_max"),
         *[pl.col(m).sum().alias(f"{m}_sum") for m in MEANS],
         pl.col("top1_match").sum().cast(pl.Int64).alias("top1_sum"),
+        *class_sums,
+    ]
+
+
+def class_sums(n_classes: int) -> list[pl.Expr]:
+    """Per-class sums of P and Q (for marginal_kl) from the per-class columns."""
+    return [
         *[pl.col(p_col(i)).sum().alias(f"p_sum_{i}") for i in range(n_classes)],
         *[pl.col(q_col(i)).sum().alias(f"q_sum_{i}") for i in range(n_classes)],
     ]
 
 
 def partial_states(
-    rows: pl.DataFrame, model: str, slice_keys: Sequence[str], n_classes: int
+    rows: pl.DataFrame, model: str, slice_keys: Sequence[str], class_sums: Sequence[pl.Expr]
 ) -> pl.DataFrame:
-    """States per slice of one model's rows (measures, internal p and q, and slice key columns).
+    """States per slice of one model's rows (measures, P and Q, and slice key columns).
 
-    ``slice_keys`` name columns holding ``COL=value`` strings, one per ``--slice-by`` column.
+    ``slice_keys`` name columns holding ``COL=value`` strings, one per ``--slice-by`` column;
+    ``class_sums`` sum P and Q per class (:func:`class_sums`, or ``arrays.class_sums``).
     """
-    aggregations = _aggregations(n_classes)
+    aggregations = _aggregations(class_sums)
     states = [rows.select(pl.lit(ALL_ROWS).alias(SLICE), *aggregations)]
     for key in slice_keys:
         grouped = rows.group_by(key, maintain_order=True).agg(aggregations)
@@ -136,7 +144,9 @@ def _linear_quantile(ordered: pl.Series, q: float) -> float | None:
     return float(below + (position - low) * (above - below))
 
 
-def quantiles(parts: Sequence[tuple[str, pl.DataFrame]], kl_columns: Mapping[str, str]) -> pl.DataFrame:
+def quantiles(
+    parts: Sequence[tuple[str, pl.DataFrame]], kl_columns: Mapping[str, str]
+) -> pl.DataFrame:
     """Exact quantiles of each model's kl column (``kl_columns``: model -> column) per slice.
 
     One sort per (slice, model) serves all the quantiles.
@@ -147,7 +157,9 @@ def quantiles(parts: Sequence[tuple[str, pl.DataFrame]], kl_columns: Mapping[str
             ordered = part.get_column(column).sort()
             values = {label: _linear_quantile(ordered, q) for label, q in QUANTILES.items()}
             rows.append({SLICE: name, MODEL: model} | values)
-    return pl.DataFrame(rows, schema={SLICE: pl.String, MODEL: pl.String} | dict.fromkeys(QUANTILES, pl.Float64))
+    return pl.DataFrame(
+        rows, schema={SLICE: pl.String, MODEL: pl.String} | dict.fromkeys(QUANTILES, pl.Float64)
+    )
 
 
 def paired_states(

@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline import aggregate, io
+from pipeline import aggregate, arrays, io
 from pipeline.io import ROW, ParquetInput
 from pipeline.layout import (
     ID,
@@ -199,11 +199,11 @@ def evaluate(
         failures.append(checked(check_rows, label_batch, "labels", layout, measures.tolerance))
         prepared = None
         if compute and not failed():
-            prepared = (
-                prepare_labels(label_batch.lazy(), layout, measures.base)
-                .with_columns(**slice_keys)
-                .collect()
-            )
+            if layout.uses_arrays:
+                prepared = arrays.prepare_labels(label_batch, layout, measures.base)
+            else:
+                prepared = prepare_labels(label_batch.lazy(), layout, measures.base).collect()
+            prepared = prepared.with_columns(**slice_keys)
             key_batches.append(prepared.select(ID, *slice_keys))
         for model in aligned:
             batch = next(model.batches)
@@ -230,16 +230,25 @@ def _measure(
     slice_keys: Sequence[str],
     rows_sink: RowsSink | None,
 ) -> None:
-    # One lazy query per batch: the streaming engine shares subexpressions (log(p + q) in JS)
-    # and spreads the rows over the cores, about three times faster than eager evaluation here.
-    predicted = prepare_predictions(batch.lazy(), layout, measures.epsilon)
-    rows = (
-        pl.concat([labels.lazy(), predicted], how="horizontal")
-        .with_columns(row_measures(layout, measures.base))
-        .with_columns(cross_entropy())
-        .collect()
-    )
-    model.states.append(aggregate.partial_states(rows, model.name, slice_keys, len(layout.classes)))
+    n_classes = len(layout.classes)
+    if layout.uses_arrays:
+        predicted = arrays.prepare_predictions(batch, layout, measures.epsilon)
+        rows = arrays.row_measures(labels, predicted, layout, measures.base)
+        class_sums = arrays.class_sums(n_classes)
+    else:
+        # One lazy query per batch: the streaming engine shares subexpressions (log(p + q) in
+        # JS) and spreads the rows over the cores, about three times faster than eager here.
+        rows = (
+            pl.concat(
+                [labels.lazy(), prepare_predictions(batch.lazy(), layout, measures.epsilon)],
+                how="horizontal",
+            )
+            .with_columns(row_measures(layout, measures.base))
+            .with_columns(cross_entropy())
+            .collect()
+        )
+        class_sums = aggregate.class_sums(n_classes)
+    model.states.append(aggregate.partial_states(rows, model.name, slice_keys, class_sums))
     model.kl.append(rows.get_column("kl"))
     if rows_sink is not None:
         rows_sink(

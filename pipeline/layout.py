@@ -6,7 +6,7 @@ columns in the files never matters. Internally the class at position ``i`` lives
 ``_lp{i}`` (log p), ``_q{i}`` and ``_lq{i}`` (log q).
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +19,8 @@ Truth = Literal["hard", "soft"]
 PredictionKind = Literal["prob", "logit"]
 
 ID, MODEL = "id", "model"
+# Above this many classes the measures run on arrays: one expression per class stops paying.
+MAX_CLASS_COLUMNS = 64
 ROW_COLUMNS = ("id", "model", "kl", "reverse_kl", "js", "cross_entropy", "entropy", "top1_match")
 
 
@@ -56,16 +58,33 @@ class Layout:
     prediction_prefix: str
     classes: tuple[str, ...]
     slice_cols: tuple[str, ...]
+    label_array: str | None = None  # soft labels as one Array/List column, class = position
+    prediction_array: str | None = None  # predictions as one Array/List column
 
     @property
     def label_prob_cols(self) -> list[str]:
-        """The soft-label columns, in class order (empty for hard labels)."""
-        return [self.label_prefix + c for c in self.label_classes] if self.truth == "soft" else []
+        """The soft-label columns in the files (the array column, or one per class)."""
+        if self.truth != "soft":
+            return []
+        if self.label_array is not None:
+            return [self.label_array]
+        return [self.label_prefix + c for c in self.label_classes]
 
     @property
     def prediction_cols(self) -> list[str]:
-        """The prediction columns (probabilities or logits), in class order."""
+        """The prediction columns in the files (the array column, or one per class in order)."""
+        if self.prediction_array is not None:
+            return [self.prediction_array]
         return [self.prediction_prefix + c for c in self.classes]
+
+    @property
+    def uses_arrays(self) -> bool:
+        """Whether the measures run on class arrays (an array input, or too many classes for columns)."""
+        return (
+            self.label_array is not None
+            or self.prediction_array is not None
+            or len(self.classes) > MAX_CLASS_COLUMNS
+        )
 
 
 def class_order(classes: Sequence[str]) -> tuple[str, ...]:
@@ -87,9 +106,27 @@ def classes_with_prefix(columns: Sequence[str], prefix: str) -> tuple[str, ...]:
     )
 
 
+def _array_column(schema: Mapping[str, pl.DataType], prefix: str) -> str | None:
+    """The ``prob``/``logit`` column (the prefix without its trailing ``_``) if it is a list."""
+    name = prefix.rstrip("_")
+    dtype = schema.get(name)
+    return name if dtype is not None and isinstance(dtype, pl.Array | pl.List) else None
+
+
+def _array_classes(
+    dtype: pl.DataType, name: str, classes: Sequence[str] | None, list_width: Mapping[str, int]
+) -> tuple[str, ...]:
+    width = dtype.size if isinstance(dtype, pl.Array) else list_width.get(name, 0)
+    if classes:
+        if isinstance(dtype, pl.Array) and width != len(classes):
+            raise UsageError(f"--classes names {len(classes)} classes but {name!r} holds {width}")
+        return tuple(classes)
+    return tuple(str(i) for i in range(width))
+
+
 def resolve_layout(
-    label_columns: Sequence[str],
-    prediction_columns: Sequence[str],
+    label_schema: Mapping[str, pl.DataType],
+    prediction_schema: Mapping[str, pl.DataType],
     *,
     id_col: str,
     model_col: str,
@@ -98,8 +135,15 @@ def resolve_layout(
     prob_prefix: str,
     logit_prefix: str,
     slice_by: Sequence[str],
+    classes: Sequence[str] | None = None,
+    list_width: Mapping[str, int] | None = None,
 ) -> Layout:
-    """Decide from the column names what kind of truth and predictions the inputs hold.
+    """Decide from the columns and dtypes what kind of truth and predictions the inputs hold.
+
+    Distributions are either one column per class (``prob_<class>``, ``logit_<class>``) or one
+    Array/List column named like the prefix without its ``_`` (``prob``, ``logit``), where a
+    class is a position, named by ``classes`` or ``"0"``..``"K-1"``. ``list_width`` gives the
+    length of a List column's first row (an Array's width is in its dtype).
 
     Raises
     ------
@@ -107,27 +151,50 @@ def resolve_layout(
         When no distribution columns are found, the predictions hold both probabilities and
         logits, or a slice column is missing or clashes with an output column.
     """
+    widths = list_width or {}
+    label_columns, prediction_columns = list(label_schema), list(prediction_schema)
+    prob_array = _array_column(prediction_schema, prob_prefix)
+    logit_array = _array_column(prediction_schema, logit_prefix)
     prob_classes = classes_with_prefix(prediction_columns, prob_prefix)
     logit_classes = classes_with_prefix(prediction_columns, logit_prefix)
-    if prob_classes and logit_classes:
+    found = [
+        bool(prob_classes),
+        bool(logit_classes),
+        prob_array is not None,
+        logit_array is not None,
+    ]
+    if sum(found) > 1:
         raise UsageError(
-            f"predictions hold both {prob_prefix}* and {logit_prefix}* columns; keep one kind"
+            f"predictions hold more than one kind of distribution ({prob_prefix}*, "
+            f"{logit_prefix}*, array columns); keep one"
         )
-    if not prob_classes and not logit_classes:
+    if not any(found):
         raise UsageError(
             f"no distribution columns found in predictions: expected {prob_prefix}<class> "
-            f"or {logit_prefix}<class> columns (see --prob-prefix, --logit-prefix)"
+            f"or {logit_prefix}<class> columns, or one {prob_prefix.rstrip('_')!r} or "
+            f"{logit_prefix.rstrip('_')!r} Array/List column (see --prob-prefix, --logit-prefix)"
         )
-    kind: PredictionKind = "prob" if prob_classes else "logit"
-    prediction_classes = prob_classes or logit_classes
+    kind: PredictionKind = "prob" if prob_classes or prob_array else "logit"
+    prediction_array = prob_array or logit_array
+    if prediction_array is not None:
+        prediction_classes = _array_classes(
+            prediction_schema[prediction_array], prediction_array, classes, widths
+        )
+    else:
+        prediction_classes = prob_classes or logit_classes
 
-    soft_classes = classes_with_prefix(label_columns, prob_prefix)
+    label_array = _array_column(label_schema, prob_prefix)
+    if label_array is not None:
+        soft_classes = _array_classes(label_schema[label_array], label_array, classes, widths)
+    else:
+        soft_classes = classes_with_prefix(label_columns, prob_prefix)
     if truth == "auto":
         truth = "soft" if soft_classes else "hard"
     if truth == "soft" and not soft_classes:
         raise UsageError(
             f"no distribution columns found in labels: expected {prob_prefix}<class> columns "
-            f"for soft labels, or --truth hard with a {label_col!r} column"
+            f"or a {prob_prefix.rstrip('_')!r} array for soft labels, or --truth hard with a "
+            f"{label_col!r} column"
         )
     if truth == "hard" and label_col not in label_columns:
         raise UsageError(
@@ -152,6 +219,8 @@ def resolve_layout(
         prediction_prefix=prob_prefix if kind == "prob" else logit_prefix,
         classes=prediction_classes,
         slice_cols=tuple(dict.fromkeys(slice_by)),
+        label_array=label_array if truth == "soft" else None,
+        prediction_array=prediction_array,
     )
 
 

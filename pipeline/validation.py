@@ -13,6 +13,7 @@ model, and the failing value as text. Three kinds of checks feed it:
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import pandera.errors
 import pandera.polars as pa
@@ -22,6 +23,7 @@ from pipeline.io import ROW
 from pipeline.layout import Layout
 from schemas.inputs import (
     Rules,
+    failing_value,
     label_rules,
     labels_schema,
     prediction_rules,
@@ -112,43 +114,41 @@ def prediction_columns(layout: Layout) -> list[str]:
     return [layout.id_col, layout.model_col, *layout.prediction_cols]
 
 
+def _label_kwargs(layout: Layout) -> dict[str, Any]:
+    return {
+        "id_col": layout.id_col,
+        "prob_cols": layout.label_prob_cols,
+        "label_col": layout.label_col,
+        "classes": layout.label_classes if layout.truth == "soft" else layout.classes,
+        "label_is_index": layout.prediction_array is not None,
+    }
+
+
 def _label_schema(layout: Layout, schema: pl.Schema, tolerance: float) -> pa.DataFrameSchema:
     return labels_schema(
-        schema,
-        id_col=layout.id_col,
-        prob_cols=layout.label_prob_cols,
-        label_col=layout.label_col,
-        classes=layout.classes,
-        slice_cols=layout.slice_cols,
-        tolerance=tolerance,
+        schema, slice_cols=layout.slice_cols, tolerance=tolerance, **_label_kwargs(layout)
     )
 
 
-def _prediction_kwargs(layout: Layout) -> dict[str, object]:
+def _prediction_kwargs(layout: Layout) -> dict[str, Any]:
     is_logit = layout.prediction_kind == "logit"
     return {
         "id_col": layout.id_col,
         "model_col": layout.model_col,
         "prob_cols": () if is_logit else layout.prediction_cols,
         "logit_cols": layout.prediction_cols if is_logit else (),
+        "width": len(layout.classes),
     }
 
 
 def _prediction_schema(layout: Layout, schema: pl.Schema, tolerance: float) -> pa.DataFrameSchema:
-    return predictions_schema(schema, tolerance=tolerance, **_prediction_kwargs(layout))  # type: ignore[arg-type]
+    return predictions_schema(schema, tolerance=tolerance, **_prediction_kwargs(layout))
 
 
 def _rules(dataset: str, layout: Layout, schema: pl.Schema, tolerance: float) -> Rules:
     if dataset == "labels":
-        return label_rules(
-            schema,
-            id_col=layout.id_col,
-            prob_cols=layout.label_prob_cols,
-            label_col=layout.label_col,
-            classes=layout.classes,
-            tolerance=tolerance,
-        )
-    return prediction_rules(schema, tolerance=tolerance, **_prediction_kwargs(layout))  # type: ignore[arg-type]
+        return label_rules(schema, tolerance=tolerance, **_label_kwargs(layout))
+    return prediction_rules(schema, tolerance=tolerance, **_prediction_kwargs(layout))
 
 
 def _structure_failures(error: pandera.errors.SchemaErrors, dataset: str) -> pl.DataFrame:
@@ -232,11 +232,13 @@ def check_rows(batch: pl.DataFrame, dataset: str, layout: Layout, tolerance: flo
     )
     found = []
     for (column, check), passes in rules.items():
-        if column is None:  # the row sum is the value worth showing
+        if column is None and len(prob_cols) == 1:  # an array's sum is in its summary
+            value = failing_value(prob_cols[0], data.schema.get(prob_cols[0]))
+        elif column is None:  # the row sum is the value worth showing
             value = pl.sum_horizontal([pl.col(c).cast(pl.Float64) for c in prob_cols])
             value = pl.format("sum {}", value)
         else:
-            value = pl.col(column).cast(pl.String)
+            value = failing_value(column, data.schema.get(column))
         found.append(
             batch.filter(~passes).select(
                 pl.lit(dataset).alias("dataset"),

@@ -12,7 +12,8 @@ Which dtype of an accepted set a column declares is taken from the data (``accep
 so Float32 and Float64 both pass while a probability stored as a string fails the dtype check.
 """
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Sequence
 
 import pandera.polars as pa
 import polars as pl
@@ -31,6 +32,7 @@ IN_RANGE = "in_range(0.0, 1.0)"
 ROWS_SUM_TO_ONE = "rows_sum_to_one"
 KNOWN_LABEL = "known_label"
 FINITE = "finite"
+LIST_LENGTH = "list_length"
 ROW_RULES = "row_rules"
 
 # A rule: (column or None for a whole-row rule, check name) -> expression true where rows pass.
@@ -51,7 +53,72 @@ def _present(column: str, dtype: pl.DataType | None) -> pl.Expr:
     return value.is_not_null()
 
 
-def _probability_rules(schema: pl.Schema, columns: Sequence[str], tolerance: float) -> Rules:
+def array_dtypes(width: int) -> tuple[pl.DataType, ...]:
+    """The accepted dtypes of a distribution held in one column: float Arrays or Lists."""
+    return (
+        pl.Array(pl.Float64, width),
+        pl.Array(pl.Float32, width),
+        pl.List(pl.Float64),
+        pl.List(pl.Float32),
+    )
+
+
+def is_array(dtype: pl.DataType | None) -> bool:
+    """Whether a column holds a whole distribution (an Array or a List)."""
+    return isinstance(dtype, pl.Array | pl.List)
+
+
+class _Elements:
+    """Row-wise min, max, sum, null test and length of an Array or List column."""
+
+    def __init__(self, column: str, dtype: pl.DataType | None) -> None:
+        expr = pl.col(column)
+        self.namespace = expr.arr if isinstance(dtype, pl.Array) else expr.list
+        self.column, self.is_list = expr, isinstance(dtype, pl.List)
+
+    def summary(self) -> pl.Expr:
+        """Text showing a row's range and sum, for failure messages."""
+        ns = self.namespace
+        return pl.format("min {} max {} sum {}", ns.min(), ns.max(), ns.sum())
+
+
+def _array_rules(
+    column: str, dtype: pl.DataType | None, width: int, kind: str, tolerance: float
+) -> Rules:
+    # Per-row min, max and sum test every element at once; NaN shows in the sum (min and max
+    # skip it). Nulls inside a row fail not_nullable; other rules pass on null rows.
+    elements = _Elements(column, dtype)
+    ns = elements.namespace
+    total = ns.sum()
+    rules: Rules = {
+        (column, NOT_NULLABLE): elements.column.is_not_null()
+        & ~ns.contains(None).fill_null(False)
+        & total.is_not_nan().fill_null(True)
+    }
+    if elements.is_list:
+        rules[(column, LIST_LENGTH)] = (elements.namespace.len() == width).fill_null(True)
+    if kind == "logit":
+        finite = (ns.min() > -math.inf) & (ns.max() < math.inf) & total.is_not_nan()
+        rules[(column, FINITE)] = finite.fill_null(True)
+        return rules
+    in_range = (ns.min() >= 0.0) & (ns.max() <= 1.0) & total.is_not_nan()
+    rules[(column, IN_RANGE)] = in_range.fill_null(True)
+    rules[(None, ROWS_SUM_TO_ONE)] = ((total - 1.0).abs() <= tolerance).fill_null(True)
+    return rules
+
+
+def failing_value(column: str, dtype: pl.DataType | None) -> pl.Expr:
+    """How a failing cell is shown: its value, or for a whole distribution its range and sum."""
+    if is_array(dtype):
+        return _Elements(column, dtype).summary()
+    return pl.col(column).cast(pl.String)
+
+
+def _probability_rules(
+    schema: pl.Schema, columns: Sequence[str], width: int, tolerance: float
+) -> Rules:
+    if len(columns) == 1 and is_array(schema.get(columns[0])):
+        return _array_rules(columns[0], schema.get(columns[0]), width, "prob", tolerance)
     rules: Rules = {}
     for c in columns:
         rules[(c, NOT_NULLABLE)] = _present(c, schema.get(c))
@@ -68,17 +135,27 @@ def label_rules(
     id_col: str,
     prob_cols: Sequence[str] = (),
     label_col: str | None = None,
-    classes: Iterable[str] = (),
+    classes: Sequence[str] = (),
+    label_is_index: bool = False,
     tolerance: float = 1e-6,
 ) -> Rules:
-    """Row rules of the labels: a present id, and a valid soft distribution or a known hard label."""
+    """Row rules of the labels: a present id, and a valid soft distribution or a known hard label.
+
+    A hard label names a class (string) or indexes one (integer: ``k`` is class ``"k"``, or the
+    k-th of ``classes`` with ``label_is_index``, when the predictions are arrays).
+    """
     rules: Rules = {(id_col, NOT_NULLABLE): _present(id_col, schema.get(id_col))}
     if label_col is not None:
         rules[(label_col, NOT_NULLABLE)] = _present(label_col, schema.get(label_col))
-        known = pl.col(label_col).cast(pl.String).is_in(sorted(classes))
+        label = pl.col(label_col)
+        label_dtype = schema.get(label_col)
+        if label_is_index and label_dtype is not None and label_dtype.is_integer():
+            known = (label >= 0) & (label < len(classes))
+        else:
+            known = label.cast(pl.String).is_in(sorted(classes))
         rules[(label_col, KNOWN_LABEL)] = known.fill_null(True)
     else:
-        rules |= _probability_rules(schema, prob_cols, tolerance)
+        rules |= _probability_rules(schema, prob_cols, len(classes), tolerance)
     return rules
 
 
@@ -89,19 +166,25 @@ def prediction_rules(
     model_col: str,
     prob_cols: Sequence[str] = (),
     logit_cols: Sequence[str] = (),
+    width: int = 0,
     tolerance: float = 1e-6,
 ) -> Rules:
-    """Row rules of the predictions: present id and model, and valid probabilities or finite logits."""
+    """Row rules of the predictions: present id and model, and valid probabilities or finite logits.
+
+    ``width`` is the number of classes, which an Array/List distribution column must hold.
+    """
     rules: Rules = {
         (id_col, NOT_NULLABLE): _present(id_col, schema.get(id_col)),
         (model_col, NOT_NULLABLE): _present(model_col, schema.get(model_col)),
     }
-    if logit_cols:
+    if len(logit_cols) == 1 and is_array(schema.get(logit_cols[0])):
+        rules |= _array_rules(logit_cols[0], schema.get(logit_cols[0]), width, "logit", tolerance)
+    elif logit_cols:
         for c in logit_cols:
             rules[(c, NOT_NULLABLE)] = _present(c, schema.get(c))
             rules[(c, FINITE)] = pl.col(c).is_finite().fill_null(True)
     else:
-        rules |= _probability_rules(schema, prob_cols, tolerance)
+        rules |= _probability_rules(schema, prob_cols, width, tolerance)
     return rules
 
 
@@ -118,8 +201,13 @@ def _key_column(actual: pl.DataType | None) -> pa.Column:
     return pa.Column(accepted_dtype(actual, KEY_DTYPES, pl.Int64()), nullable=True)
 
 
-def _float_column(actual: pl.DataType | None) -> pa.Column:
-    return pa.Column(accepted_dtype(actual, FLOAT_DTYPES, pl.Float64()), nullable=True)
+def _distribution_column(actual: pl.DataType | None, width: int, whole: bool) -> pa.Column:
+    """A probability or logit column: one class (a float), or all of them (a float array)."""
+    if whole:
+        dtype = accepted_dtype(actual, array_dtypes(width), pl.Array(pl.Float64, width))
+    else:
+        dtype = accepted_dtype(actual, FLOAT_DTYPES, pl.Float64())
+    return pa.Column(dtype, nullable=True)
 
 
 def labels_schema(
@@ -128,8 +216,9 @@ def labels_schema(
     id_col: str,
     prob_cols: Sequence[str] = (),
     label_col: str | None = None,
-    classes: Iterable[str] = (),
+    classes: Sequence[str] = (),
     slice_cols: Sequence[str] = (),
+    label_is_index: bool = False,
     tolerance: float = 1e-6,
 ) -> pa.DataFrameSchema:
     """Labels: an integer or string key, and either soft ``prob_cols`` or a hard ``label_col``.
@@ -145,17 +234,20 @@ def labels_schema(
     label_col
         Hard truth: a class name (string) or class index (integer) that must be in ``classes``.
     classes
-        The predictions' classes, for hard labels.
+        The predictions' classes, in order (also the width of an array of soft labels).
     slice_cols
         Columns the report is broken down by; any dtype, nulls allowed.
+    label_is_index
+        Integer hard labels index ``classes`` (array predictions) rather than name ``"k"``.
     tolerance
         Allowed distance of a row sum from 1.
     """
     columns: dict[str, pa.Column] = {id_col: _key_column(schema.get(id_col))}
     if label_col is not None:
         columns[label_col] = _key_column(schema.get(label_col))
+    whole = len(prob_cols) == 1 and is_array(schema.get(prob_cols[0]))
     for c in prob_cols:
-        columns[c] = _float_column(schema.get(c))
+        columns[c] = _distribution_column(schema.get(c), len(classes), whole)
     for c in slice_cols:
         columns[c] = pa.Column(schema.get(c), nullable=True)
     rules = label_rules(
@@ -164,6 +256,7 @@ def labels_schema(
         prob_cols=prob_cols,
         label_col=label_col,
         classes=classes,
+        label_is_index=label_is_index,
         tolerance=tolerance,
     )
     return pa.DataFrameSchema(
@@ -178,6 +271,7 @@ def predictions_schema(
     model_col: str,
     prob_cols: Sequence[str] = (),
     logit_cols: Sequence[str] = (),
+    width: int = 0,
     tolerance: float = 1e-6,
 ) -> pa.DataFrameSchema:
     """Predictions: key and model name, and per class a probability or a logit.
@@ -190,14 +284,17 @@ def predictions_schema(
         id_col: _key_column(schema.get(id_col)),
         model_col: pa.Column(pl.String(), nullable=True),
     }
-    for c in (*prob_cols, *logit_cols):
-        columns[c] = _float_column(schema.get(c))
+    distribution = [*prob_cols, *logit_cols]
+    whole = len(distribution) == 1 and is_array(schema.get(distribution[0]))
+    for c in distribution:
+        columns[c] = _distribution_column(schema.get(c), width, whole)
     rules = prediction_rules(
         schema,
         id_col=id_col,
         model_col=model_col,
         prob_cols=prob_cols,
         logit_cols=logit_cols,
+        width=width,
         tolerance=tolerance,
     )
     return pa.DataFrameSchema(

@@ -1,0 +1,147 @@
+"""The measures on class arrays: for Array/List inputs, and for more classes than columns pay.
+
+With one expression per class, a thousand classes make expressions a thousand terms deep. Here
+each batch's distributions become ``Array(Float64, K)`` columns (``_P``, ``_Q`` and their logs),
+the element-wise terms are computed on the flattened N·K values by the same builders as the
+column layout (:mod:`pipeline.divergence`, applied to one flat "class"), and each row's sum is
+taken by reshaping back to N × K. The conventions are the same; the results match the column
+layout to rounding.
+"""
+
+import polars as pl
+
+from pipeline import divergence
+from pipeline.layout import ARGMAX_P, ENTROPY, ID, Layout
+
+P, LOG_P, Q, LOG_Q = "_P", "_LP", "_Q", "_LQ"
+
+
+def _array(frame: pl.DataFrame, columns: list[str], width: int) -> pl.Series:
+    """One Array(Float64, width) Series from an Array/List column or from one column per class."""
+    if len(columns) == 1 and isinstance(frame.schema[columns[0]], pl.Array | pl.List):
+        values = frame.get_column(columns[0])
+        if isinstance(values.dtype, pl.List):
+            values = values.list.to_array(width)  # validation has checked every length
+        return values.cast(pl.Array(pl.Float64, width))
+    return frame.select(pl.concat_arr([pl.col(c).cast(pl.Float64) for c in columns])).to_series()
+
+
+def _broadcast(values: pl.Series, width: int) -> pl.Series:
+    """Each row's value once per class: the flat, row-major companion of an N × width array."""
+    return values.gather(pl.int_range(0, values.len() * width, eager=True) // width)
+
+
+def _row_sums(flat: pl.Series, width: int) -> pl.Series:
+    return flat.reshape((-1, width)).arr.sum()
+
+
+def _label_values(batch: pl.DataFrame, layout: Layout) -> pl.Series:
+    """P flattened row by row, in the order of ``layout.classes``."""
+    width = len(layout.classes)
+    if layout.truth == "hard":
+        assert layout.label_col is not None
+        label = batch.get_column(layout.label_col)
+        if layout.prediction_array is not None and label.dtype.is_integer():
+            index = label.cast(pl.Int64)
+        else:
+            names = list(layout.classes)
+            index = label.cast(pl.String).replace_strict(names, range(width), return_dtype=pl.Int64)
+        position = pl.int_range(0, batch.height * width, eager=True) % width
+        return (position == _broadcast(index, width)).cast(pl.Float64)
+    columns = layout.label_prob_cols
+    if layout.label_array is None:  # one column per class, read in class order
+        columns = [layout.label_prefix + c for c in layout.classes]
+    values = _array(batch, columns, width)
+    if layout.label_array is not None and layout.label_classes != layout.classes:
+        order = [layout.label_classes.index(c) for c in layout.classes]
+        values = (
+            values.to_frame()
+            .select(pl.concat_arr([pl.col(values.name).arr.get(i) for i in order]))
+            .to_series()
+        )
+    return values.reshape((-1,))
+
+
+def prepare_labels(batch: pl.DataFrame, layout: Layout, base: str) -> pl.DataFrame:
+    """Per label row, once: ``id``, slice columns, P and log P arrays, entropy and argmax of P."""
+    width = len(layout.classes)
+    p = _label_values(batch, layout)
+    log_p = p.log()
+    entropy = pl.DataFrame({"p": p, "lp": log_p}).select(
+        divergence.entropy([pl.col("p")], [pl.col("lp")])
+    )
+    probabilities = p.reshape((-1, width))
+    return batch.select(
+        pl.col(layout.id_col).alias(ID), *[pl.col(c) for c in layout.slice_cols]
+    ).with_columns(
+        probabilities.alias(P),
+        log_p.reshape((-1, width)).alias(LOG_P),
+        divergence.to_base(pl.lit(_row_sums(entropy.to_series(), width)), base).alias(ENTROPY),
+        probabilities.arr.arg_max().cast(pl.Int32).alias(ARGMAX_P),
+    )
+
+
+def prepare_predictions(batch: pl.DataFrame, layout: Layout, epsilon: float) -> pl.DataFrame:
+    """Q and log Q arrays, from probabilities or from logits by a shifted log-softmax."""
+    width = len(layout.classes)
+    values = _array(batch, layout.prediction_cols, width)
+    flat = values.reshape((-1,))
+    if layout.prediction_kind == "logit":
+        # log q = z − m − log Σ exp(z − m), m the row maximum: no exp overflows.
+        row_max = values.arr.max()
+        log_normaliser = row_max + _row_sums((flat - _broadcast(row_max, width)).exp(), width).log()
+        log_q = flat - _broadcast(log_normaliser, width)
+        q = log_q.exp()
+    else:
+        q, log_q = flat, flat.log()
+    if epsilon > 0:
+        q = (q + epsilon) / (1.0 + width * epsilon)
+        log_q = q.log()
+    return pl.DataFrame({Q: q.reshape((-1, width)), LOG_Q: log_q.reshape((-1, width))})
+
+
+def row_measures(
+    labels: pl.DataFrame, predictions: pl.DataFrame, layout: Layout, base: str
+) -> pl.DataFrame:
+    """The label columns and arrays with kl, reverse_kl, js, cross_entropy and top1_match added."""
+    width = len(layout.classes)
+    flat = pl.DataFrame(
+        {
+            "p": labels.get_column(P).reshape((-1,)),
+            "lp": labels.get_column(LOG_P).reshape((-1,)),
+            "q": predictions.get_column(Q).reshape((-1,)),
+            "lq": predictions.get_column(LOG_Q).reshape((-1,)),
+        }
+    )
+    p, lp, q, lq = ([pl.col(c)] for c in ("p", "lp", "q", "lq"))
+    terms = (
+        flat.lazy()
+        .select(
+            divergence.kl_divergence(p, lp, lq).alias("kl"),
+            divergence.kl_divergence(q, lq, lp).alias("reverse_kl"),
+            divergence.jensen_shannon_divergence(p, lp, q, lq).alias("js"),
+        )
+        .collect()
+    )
+    sums = {name: _row_sums(terms.get_column(name), width) for name in terms.columns}
+    reverse = pl.lit(sums["reverse_kl"])
+    if layout.prediction_kind == "logit":  # softmax is never 0: D(Q‖P) = inf wherever some p = 0
+        reverse = pl.when(pl.col(P).arr.min() == 0).then(float("inf")).otherwise(reverse)
+    return (
+        pl.concat([labels, predictions], how="horizontal")
+        .with_columns(
+            divergence.to_base(pl.lit(sums["kl"]), base).alias("kl"),
+            divergence.to_base(reverse, base).alias("reverse_kl"),
+            divergence.to_base(pl.lit(sums["js"]), base).alias("js"),
+            (pl.col(LOG_Q).arr.arg_max().cast(pl.Int32) == pl.col(ARGMAX_P)).alias("top1_match"),
+        )
+        .with_columns((pl.col(ENTROPY) + pl.col("kl")).alias("cross_entropy"))
+    )
+
+
+def class_sums(n_classes: int) -> list[pl.Expr]:
+    """Per-class sums of P and Q (for marginal_kl) from the arrays."""
+    return [
+        *[pl.col(P).arr.get(i).sum().alias(f"p_sum_{i}") for i in range(n_classes)],
+        *[pl.col(Q).arr.get(i).sum().alias(f"q_sum_{i}") for i in range(n_classes)],
+    ]
