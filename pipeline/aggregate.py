@@ -11,12 +11,12 @@ computed at the end from each model's kl column, all in the labels' row order.
 """
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal, get_args
 
 import polars as pl
 
-from pipeline import divergence
+from pipeline.divergence import LOG_BASES
 from pipeline.layout import MODEL, p_col, q_col
 from pipeline.stats import student_t_ppf, two_sided_p_value
 
@@ -69,7 +69,10 @@ def _merged_moments(prefix: str) -> list[pl.Expr]:
     ]
 
 
-def _aggregations(class_sums: Sequence[pl.Expr]) -> list[pl.Expr]:
+ClassSums = Callable[[pl.DataFrame], pl.DataFrame]  # rows -> one row of p_sum_i, q_sum_i
+
+
+def _aggregations() -> list[pl.Expr]:
     return [
         pl.len().cast(pl.Int64).alias("n_rows"),
         *_moments(pl.col("kl"), "kl"),
@@ -77,32 +80,33 @@ def _aggregations(class_sums: Sequence[pl.Expr]) -> list[pl.Expr]:
         pl.col("kl").max().alias("kl_max"),
         *[pl.col(m).sum().alias(f"{m}_sum") for m in MEANS],
         pl.col("top1_match").sum().cast(pl.Int64).alias("top1_sum"),
-        *class_sums,
     ]
 
 
-def class_sums(n_classes: int) -> list[pl.Expr]:
-    """Per-class sums of P and Q (for marginal_kl) from the per-class columns."""
-    return [
+def column_class_sums(n_classes: int) -> ClassSums:
+    """Per-class sums of P and Q (for marginal_kl) from one column per class."""
+    sums = [
         *[pl.col(p_col(i)).sum().alias(f"p_sum_{i}") for i in range(n_classes)],
         *[pl.col(q_col(i)).sum().alias(f"q_sum_{i}") for i in range(n_classes)],
     ]
+    return lambda rows: rows.select(sums)
 
 
 def partial_states(
-    rows: pl.DataFrame, model: str, slice_keys: Sequence[str], class_sums: Sequence[pl.Expr]
+    rows: pl.DataFrame, model: str, slice_keys: Sequence[str], class_sums: ClassSums
 ) -> pl.DataFrame:
     """States per slice of one model's rows (measures, P and Q, and slice key columns).
 
     ``slice_keys`` name columns holding ``COL=value`` strings, one per ``--slice-by`` column;
-    ``class_sums`` sum P and Q per class (:func:`class_sums`, or ``arrays.class_sums``).
+    ``class_sums`` sums P and Q per class (:func:`column_class_sums`, ``arrays.class_sums``).
     """
-    aggregations = _aggregations(class_sums)
-    states = [rows.select(pl.lit(ALL_ROWS).alias(SLICE), *aggregations)]
-    for key in slice_keys:
-        grouped = rows.group_by(key, maintain_order=True).agg(aggregations)
-        states.append(grouped.rename({key: SLICE}))
-    return pl.concat(states).select(SLICE, pl.lit(model).alias(MODEL), pl.exclude(SLICE))
+    states = [
+        pl.concat([part.select(_aggregations()), class_sums(part)], how="horizontal").select(
+            pl.lit(name).alias(SLICE), pl.lit(model).alias(MODEL), pl.all()
+        )
+        for name, part in slice_parts(rows, slice_keys)
+    ]
+    return pl.concat(states)
 
 
 def merge_states(states: pl.DataFrame | pl.LazyFrame, n_classes: int) -> pl.DataFrame:
@@ -176,12 +180,21 @@ def paired_states(
     return pl.concat(rows).select(*KEYS, pl.exclude(*KEYS))
 
 
-def _marginal_kl(n_classes: int) -> pl.Expr:
-    # D(mean P ‖ mean Q) with the same conventions as the per-row divergence.
-    n = pl.col("n_rows")
-    p = [pl.col(f"p_sum_{i}") / n for i in range(n_classes)]
-    q = [pl.col(f"q_sum_{i}") / n for i in range(n_classes)]
-    return divergence.kl_divergence(p, [e.log() for e in p], [e.log() for e in q])
+def _marginal_kl(states: pl.DataFrame, n_classes: int, base: str) -> pl.Series:
+    """D(mean P ‖ mean Q) per state row, with the conventions of the per-row divergence.
+
+    Computed per row in plain floats: with thousands of classes a per-class expression would
+    be thousands of terms deep.
+    """
+    values = []
+    for row in states.iter_rows(named=True):
+        n, total = row["n_rows"], 0.0
+        for i in range(n_classes):
+            p, q = row[f"p_sum_{i}"] / n, row[f"q_sum_{i}"] / n
+            if p > 0:
+                total += math.inf if q <= 0 else p * (math.log(p) - math.log(q))
+        values.append(total / math.log(LOG_BASES[base]))
+    return pl.Series("marginal_kl", values, dtype=pl.Float64)
 
 
 def _interval(m2: float, n: int) -> tuple[float | None, float | None, float | None]:
@@ -252,7 +265,7 @@ def finalize(
         pl.col("kl_max").alias("max_kl"),
         pl.col("kl_n_pos_inf").alias("n_infinite"),
         *[(pl.col(f"{m}_sum") / pl.col("n_rows")).alias(f"mean_{m}") for m in MEANS],
-        divergence.to_base(_marginal_kl(n_classes), base).alias("marginal_kl"),
+        _marginal_kl(frame, n_classes, base),
         (pl.col("top1_sum") / pl.col("n_rows")).alias("top1_agreement"),
     )
     descending = rank_by in HIGHER_IS_BETTER

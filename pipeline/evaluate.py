@@ -247,7 +247,7 @@ def _measure(
             .with_columns(cross_entropy())
             .collect()
         )
-        class_sums = aggregate.class_sums(n_classes)
+        class_sums = aggregate.column_class_sums(n_classes)
     model.states.append(aggregate.partial_states(rows, model.name, slice_keys, class_sums))
     model.kl.append(rows.get_column("kl"))
     if rows_sink is not None:

@@ -224,7 +224,7 @@ def test_merged_shard_states_equal_the_states_of_all_rows() -> None:
     keys = list(aggregate.slice_key_columns(["region"]))
 
     def states(frame: pl.DataFrame) -> pl.DataFrame:
-        return aggregate.partial_states(frame, "m", keys, aggregate.class_sums(1))
+        return aggregate.partial_states(frame, "m", keys, aggregate.column_class_sums(1))
 
     whole = aggregate.merge_states(states(rows), 1)
     shards = [rows.slice(0, 1234), rows.slice(1234, 1), rows.slice(1235, None)]
