@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint examples clean
+.PHONY: help demo test lint examples bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -30,6 +31,13 @@ lint: $(STAMP) ## ruff, ruff format --check and mypy --strict
 
 examples: $(STAMP) ## Regenerate the example data in examples/data (deterministic)
 	$(BIN)/python examples/generate.py examples/data
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## Time klrank against a read floor, DuckDB and pandas (ARGS="--sizes tiny,2m")
+	$(BIN)/python benchmarks/run.py $(ARGS)
 
 clean: ## Remove the environment and demo output
 	rm -rf $(VENV) demo-out

@@ -75,6 +75,15 @@ class _Elements:
         expr = pl.col(column)
         self.namespace = expr.arr if isinstance(dtype, pl.Array) else expr.list
         self.column, self.is_list = expr, isinstance(dtype, pl.List)
+        self.width = dtype.size if isinstance(dtype, pl.Array) else 0
+
+    def has_null(self) -> pl.Expr:
+        """Whether a row holds a null element (false for a null row)."""
+        if self.is_list:
+            return self.namespace.contains(None).fill_null(False)
+        # An Array's elements lie flat in row order: one vectorised test instead of a search.
+        width = self.width
+        return self.column.reshape((-1,)).is_null().reshape((-1, width)).arr.any().fill_null(False)
 
     def summary(self) -> pl.Expr:
         """Text showing a row's range and sum, for failure messages."""
@@ -92,7 +101,7 @@ def _array_rules(
     total = ns.sum()
     rules: Rules = {
         (column, NOT_NULLABLE): elements.column.is_not_null()
-        & ~ns.contains(None).fill_null(False)
+        & ~elements.has_null()
         & total.is_not_nan().fill_null(True)
     }
     if elements.is_list:

@@ -1,0 +1,418 @@
+"""Benchmark klrank against a read floor, DuckDB and pandas+scipy doing the same job.
+
+Usage (``make bench ARGS="..."`` passes the same options)::
+
+    .venv/bin/python benchmarks/run.py                      # tiny and 2m, 3 repetitions
+    .venv/bin/python benchmarks/run.py --sizes 20m --repeat 1 --timeout 1800 --out bench.md
+
+Data sets are generated once under ``benchmarks/data/`` (see ``bench_data.py``). For each size
+the contenders run as subprocesses, round-robin within each repetition so drift in machine load
+hits all of them alike, after one untimed read of the inputs that warms the page cache. Wall
+time (interpreter start-up included: every contender is a Python process), CPU time and peak RSS
+(the child's own ``ru_maxrss`` from ``os.wait4``) are taken by the small launcher ``measure.py``,
+whose docstring says why the harness cannot take them itself. After the first repetition the
+mean KL per model of DuckDB and pandas+scipy must agree with klrank's ``report.parquet`` to
+``--rtol``, or the run stops with exit code 1.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import bench_data
+import polars as pl
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PYTHON = sys.executable
+
+READ_FLOOR, KLRANK, DUCKDB, PANDAS = "read floor", "klrank", "duckdb", "pandas+scipy"
+CONTENDERS = (READ_FLOOR, KLRANK, DUCKDB, PANDAS)
+# The contenders that publish a report.parquet with `model` and `mean_kl` to check against klrank.
+CHECKED = (DUCKDB, PANDAS)
+
+
+class BenchmarkError(Exception):
+    """A contender failed or disagreed with klrank; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to run, parsed from the command line."""
+
+    sizes: list[str]
+    contenders: list[str]
+    repeat: int
+    data_dir: Path
+    klrank: str
+    rtol: float
+    timeout_s: int
+    out: Path | None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed subprocess."""
+
+    seconds: float
+    cpu_seconds: float  # user + system: steadier than wall time on a busy machine
+    peak_rss_mib: float
+    timed_out: bool
+
+
+@dataclass
+class Result:
+    """Every run of one contender on one data set."""
+
+    contender: str
+    runs: list[Run] = field(default_factory=list)
+    phases: list[dict[str, float]] = field(default_factory=list)  # klrank's timings_s per run
+    skipped: str | None = None
+
+    @property
+    def median_s(self) -> float:
+        """Median wall time."""
+        return statistics.median(r.seconds for r in self.runs)
+
+    @property
+    def min_s(self) -> float:
+        """Fastest wall time."""
+        return min(r.seconds for r in self.runs)
+
+    @property
+    def cpu_s(self) -> float:
+        """Median CPU time (user + system)."""
+        return statistics.median(r.cpu_seconds for r in self.runs)
+
+    @property
+    def peak_rss_mib(self) -> float:
+        """Largest peak RSS over the runs."""
+        return max(r.peak_rss_mib for r in self.runs)
+
+
+def default_klrank() -> str:
+    """The ``klrank`` console script of this interpreter's environment (else the one on PATH)."""
+    beside = Path(PYTHON).with_name("klrank")
+    return str(beside) if beside.exists() else shutil.which("klrank") or "klrank"
+
+
+def command(contender: str, folder: Path, out: Path, klrank: str) -> list[str]:
+    """The command line of ``contender`` on the data set in ``folder``, writing under ``out``."""
+    inputs = [
+        "--labels",
+        str(bench_data.labels_path(folder)),
+        "--predictions",
+        str(bench_data.predictions_path(folder)),
+    ]
+    if contender == READ_FLOOR:
+        return [PYTHON, str(HERE / "read_floor.py"), *inputs]
+    if contender == KLRANK:
+        return [klrank, "run", *inputs, "--out", str(out)]
+    script = {DUCKDB: "duckdb_job.py", PANDAS: "pandas_job.py"}[contender]
+    return [PYTHON, str(HERE / script), *inputs, "--out", str(out)]
+
+
+def timed(argv: Sequence[str], log: Path, timeout_s: int = 0) -> Run:
+    """Run ``argv`` under the measure.py launcher, its output to ``log``; raise if it fails.
+
+    A run killed after ``timeout_s`` seconds (0: never) comes back with ``timed_out`` set.
+    """
+    record = log.with_suffix(".json")
+    record.unlink(missing_ok=True)
+    launcher = [PYTHON, str(HERE / "measure.py"), str(record), str(log), str(timeout_s), "--"]
+    launched = subprocess.run([*launcher, *argv])
+    measured = json.loads(record.read_text()) if record.exists() else {}
+    if measured.get("timed_out"):
+        return Run(timeout_s, 0.0, 0.0, timed_out=True)
+    if launched.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+        raise BenchmarkError(f"{' '.join(argv)}\nexited {launched.returncode}:\n{tail}")
+    kib = measured["peak_rss_kib"]
+    return Run(measured["seconds"], measured["cpu_seconds"], kib / 1024, timed_out=False)
+
+
+def mean_kl(report: Path, contender: str) -> dict[str, float]:
+    """Model -> mean KL over all rows from a contender's report.parquet."""
+    frame = pl.read_parquet(report)
+    if contender == KLRANK:
+        frame = frame.filter(pl.col("slice") == "ALL")
+    return dict(frame.select("model", "mean_kl").iter_rows())
+
+
+def compare(reference: dict[str, float], other: dict[str, float], rtol: float) -> float:
+    """The largest relative difference of ``other`` from ``reference``; raise above ``rtol``."""
+    if set(reference) != set(other):
+        raise BenchmarkError(f"models differ: klrank {sorted(reference)}, other {sorted(other)}")
+    worst = 0.0
+    for model, expected in reference.items():
+        actual = other[model]
+        if actual == expected:  # also +inf == +inf
+            continue
+        difference = abs(actual - expected) / max(abs(expected), abs(actual))
+        if not difference <= rtol:  # NaN fails too
+            raise BenchmarkError(
+                f"model {model}: mean KL {actual!r} differs from klrank's {expected!r} "
+                f"by {difference:.3g} relative (> {rtol:g})"
+            )
+        worst = max(worst, difference)
+    return worst
+
+
+def bench(
+    spec: bench_data.DataSet, folder: Path, options: Options, progress: Callable[[str], None]
+) -> tuple[list[Result], list[str]]:
+    """Time every contender on one data set; return the results and the agreement notes."""
+    results = {c: Result(c) for c in options.contenders}
+    if PANDAS in results and not spec.run_pandas:
+        results[PANDAS].skipped = "skipped: would take many minutes or exceed memory at this size"
+    agreement: list[str] = []
+    with tempfile.TemporaryDirectory(prefix=f"klrank-bench-{spec.name}-") as scratch:
+        work = Path(scratch)
+        timed(command(READ_FLOOR, folder, work, options.klrank), work / "warm.log")
+        for rep in range(options.repeat):
+            reports: dict[str, dict[str, float]] = {}
+            for result in results.values():
+                if result.skipped:  # not run at this size, or timed out in an earlier repetition
+                    continue
+                report = run_once(result, folder, work, options)
+                done = result.skipped or (
+                    f"{result.runs[-1].seconds:.2f} s, {result.runs[-1].cpu_seconds:.2f} s CPU, "
+                    f"{result.runs[-1].peak_rss_mib:.0f} MiB"
+                )
+                progress(f"{spec.name} {rep + 1}/{options.repeat} {result.contender}: {done}")
+                if report is not None:
+                    reports[result.contender] = report
+            if rep == 0:  # once is enough, and a disagreement stops the run early
+                agreement = check_agreement(reports, options.rtol)
+    return list(results.values()), agreement
+
+
+def run_once(result: Result, folder: Path, work: Path, options: Options) -> dict[str, float] | None:
+    """Run ``result.contender`` once and record it; its mean KL per model where it has one."""
+    out = work / "out"
+    try:
+        argv = command(result.contender, folder, out, options.klrank)
+        run = timed(argv, work / "contender.log", options.timeout_s)
+        if run.timed_out:
+            result.skipped = f"timed out after {options.timeout_s} s"
+            return None
+        result.runs.append(run)
+        if result.contender == KLRANK:
+            manifest = json.loads((out / "manifest.json").read_text())
+            result.phases.append(manifest.get("timings_s", {}))
+        if result.contender in (KLRANK, *CHECKED):
+            return mean_kl(out / "report.parquet", result.contender)
+        return None
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def check_agreement(reports: dict[str, dict[str, float]], rtol: float) -> list[str]:
+    """Compare the checked contenders' mean KL per model with klrank's; raise on disagreement."""
+    others = [c for c in CHECKED if c in reports]
+    if KLRANK not in reports or not others:
+        return ["agreement: not checked (needs klrank and duckdb or pandas+scipy)"]
+    notes = []
+    for contender in others:
+        try:
+            worst = compare(reports[KLRANK], reports[contender], rtol)
+        except BenchmarkError as error:
+            raise BenchmarkError(f"{contender} disagrees with klrank: {error}") from None
+        notes.append(
+            f"{contender} mean KL per model agrees with klrank's report.parquet "
+            f"(largest relative difference {worst:.1e}, tolerance {rtol:g})"
+        )
+    return notes
+
+
+def _ratio(value: float, base: Result | None) -> str:
+    return f"{value / base.median_s:.2f}" if base is not None and base.runs else "–"
+
+
+def validation_share(klrank: Result) -> str:
+    """A line saying how much of klrank's wall time went to its ``validate`` phase."""
+    if not klrank.phases:
+        return ""
+    names = list(dict.fromkeys(name for phases in klrank.phases for name in phases))
+    medians = {n: statistics.median(p.get(n, 0.0) for p in klrank.phases) for n in names}
+    # Phases may nest (one can time a block inside another), so shares are of the wall time.
+    breakdown = ", ".join(f"{n} {s:.2f}" for n, s in medians.items())
+    if "validate" not in medians:
+        return f"klrank phases (median s): {breakdown}; no `validate` phase in its manifest"
+    validate = medians["validate"]
+    return (
+        f"klrank validation: {validate:.2f} s median = {validate / klrank.median_s:.0%} of its "
+        f"wall time (manifest `timings_s`, median s: {breakdown})"
+    )
+
+
+def table(
+    spec: bench_data.DataSet, folder: Path, results: list[Result], agreement: list[str]
+) -> str:
+    """The Markdown section of one data set."""
+    by_name = {r.contender: r for r in results}
+    duck, floor = by_name.get(DUCKDB), by_name.get(READ_FLOOR)
+    size_mib = sum(f.stat().st_size for f in folder.rglob("*.parquet")) / 2**20
+    lines = [
+        f"### {spec.name}: N={spec.n_rows:,} rows, K={spec.n_classes} classes, "
+        f"M={spec.n_models} models ({size_mib:,.0f} MiB of Parquet)",
+        "",
+        "| contender | median s | min s | × duckdb | × read floor | CPU s | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r.skipped:
+            lines.append(f"| {r.contender} | {r.skipped} | | | | | |")
+            continue
+        lines.append(
+            f"| {r.contender} | {r.median_s:.2f} | {r.min_s:.2f} | {_ratio(r.median_s, duck)} "
+            f"| {_ratio(r.median_s, floor)} | {r.cpu_s:.2f} | {r.peak_rss_mib:,.0f} |"
+        )
+    notes = [validation_share(by_name[KLRANK])] if KLRANK in by_name else []
+    return "\n".join([*lines, "", *(f"- {n}" for n in [*notes, *agreement] if n)])
+
+
+def machine(options: Options) -> str:
+    """Markdown lines describing the machine, the software and the klrank commit."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        meminfo = Path("/proc/meminfo").read_text().split()
+        ram = f"{int(meminfo[meminfo.index('MemTotal:') + 1]) / 2**20:.1f} GiB RAM"
+    except (OSError, ValueError):
+        ram = "unknown RAM"
+    packages = ("klrank", "polars", "duckdb", "pandas", "scipy", "numpy", "pyarrow")
+    return "\n".join(
+        [
+            "## klrank benchmark",
+            "",
+            f"- machine: {cpu}, {os.cpu_count()} cores, {ram}; {platform.platform()}",
+            f"- software: Python {platform.python_version()}, "
+            + ", ".join(f"{p} {_version(p)}" for p in packages),
+            f"- klrank: `{options.klrank}`"
+            + (f", source {_git_commit()}" if options.klrank == default_klrank() else ""),
+            f"- load average when it started: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+            f"- median and min of {options.repeat} repetition(s); wall time includes interpreter "
+            "start-up; CPU s is the median user + system time; peak RSS is each child's own",
+        ]
+    )
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _git_commit() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
+    dirty = git("status", "--porcelain", "--", "pipeline", "jobs", "schemas")
+    return f"{commit}{' with uncommitted changes' if dirty else ''}"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    """The command-line options."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes",
+        default="tiny,2m",
+        help=f"comma-separated data sets from {', '.join(bench_data.SIZES)} (default: tiny,2m)",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default: 3)")
+    parser.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help=f"comma-separated, from: {', '.join(CONTENDERS)} (default: all)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=HERE / "data", help="data set cache (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--klrank",
+        default=default_klrank(),
+        help="klrank executable, e.g. one installed from another commit (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        default=0,
+        help="kill a contender after this many seconds and show it as timed out (default: never)",
+    )
+    parser.add_argument("--out", type=Path, help="also write the Markdown to this file")
+    parser.add_argument(
+        "--rtol", type=float, default=1e-9, help="mean KL agreement tolerance (default: 1e-9)"
+    )
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if args.timeout < 0:
+        parser.error("--timeout must be 0 (never) or more")
+    chosen = _split(parser, "--contenders", args.contenders, CONTENDERS)
+    return Options(
+        sizes=_split(parser, "--sizes", args.sizes, list(bench_data.SIZES)),
+        contenders=[c for c in CONTENDERS if c in chosen],  # the table reads best in this order
+        repeat=args.repeat,
+        data_dir=args.data_dir,
+        klrank=args.klrank,
+        rtol=args.rtol,
+        timeout_s=args.timeout,
+        out=args.out,
+    )
+
+
+def _split(
+    parser: argparse.ArgumentParser, option: str, value: str, known: Sequence[str]
+) -> list[str]:
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in known]
+    if unknown or not chosen:
+        parser.error(f"{option}: unknown {unknown or value!r}; choose from {', '.join(known)}")
+    return chosen
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 on success, 1 if a contender failed or disagreed."""
+    options = parse_args(argv)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    sections = [machine(options)]
+    try:
+        for name in options.sizes:
+            spec = bench_data.SIZES[name]
+            folder = bench_data.ensure(spec, options.data_dir, progress)
+            results, agreement = bench(spec, folder, options, progress)
+            sections.append(table(spec, folder, results, agreement))
+    except BenchmarkError as error:
+        print(f"benchmark failed: {error}", file=sys.stderr)
+        return 1
+    markdown = "\n\n".join(sections) + "\n"
+    print(markdown, end="")
+    if options.out is not None:
+        options.out.write_text(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
