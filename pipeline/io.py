@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,34 +176,51 @@ def batches(frame: pl.LazyFrame, source: ParquetInput, size: int) -> Iterator[pl
             pending.append(chunk)
             held += chunk.height
             while held >= size:
-                joined = pl.concat(pending, rechunk=True)
+                joined = pending[0] if len(pending) == 1 else pl.concat(pending, rechunk=False)
                 yield joined.head(size)
                 rest = joined.slice(size)
-                pending, held = [rest], rest.height
+                pending, held = ([rest] if rest.height else []), rest.height
     except pl.exceptions.ComputeError as error:
         raise UsageError(f"cannot read the Parquet data of {source.path!r}: {error}") from None
     if held:
-        yield pl.concat(pending, rechunk=True)
+        yield pl.concat(pending, rechunk=False)
 
 
 class RowsWriter:
-    """Appends frames of one schema to a Parquet file, batch by batch."""
+    """Appends frames of one schema to a Parquet file, in a background thread.
 
-    def __init__(self, path: Path) -> None:
+    Encoding and writing overlap with the computation of the next batch (both release the
+    GIL); at most ``pending`` batches wait, so memory stays bounded.
+    """
+
+    def __init__(self, path: Path, pending: int = 2) -> None:
         self._path = path
         self._writer: pq.ParquetWriter | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="klrank-rows")
+        self._queue: deque[Future[None]] = deque()
+        self._pending = pending
 
-    def write(self, frame: pl.DataFrame) -> None:
-        """Append ``frame`` as one or more row groups."""
+    def _write(self, frame: pl.DataFrame) -> None:
         table = frame.to_arrow()
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._path, table.schema, compression="snappy")
         self._writer.write_table(table)
 
+    def write(self, frame: pl.DataFrame) -> None:
+        """Queue ``frame`` to be appended as one row group."""
+        while len(self._queue) >= self._pending:
+            self._queue.popleft().result()  # re-raises a failed write here
+        self._queue.append(self._pool.submit(self._write, frame))
+
     def close(self) -> None:
-        """Finish the file (none is made when nothing was written)."""
-        if self._writer is not None:
-            self._writer.close()
+        """Wait for every queued write and finish the file (none is made if nothing was written)."""
+        try:
+            while self._queue:
+                self._queue.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._writer is not None:
+                self._writer.close()
 
 
 def check_publishable(target: Path) -> None:
