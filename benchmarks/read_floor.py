@@ -18,7 +18,13 @@ def main() -> None:
     args = parser.parse_args()
     files = [args.labels, *sorted(args.predictions.rglob("*.parquet"))]
     for path in files:
-        pl.scan_parquet(path, hive_partitioning=False).select(pl.all().sum()).collect()
+        frame = pl.scan_parquet(path, hive_partitioning=False)
+        # An Array column (one distribution per row) is summed per row, then over the rows.
+        sums = [
+            pl.col(name).arr.sum().sum() if isinstance(dtype, pl.Array) else pl.col(name).sum()
+            for name, dtype in frame.collect_schema().items()
+        ]
+        frame.select(sums).collect()
 
 
 if __name__ == "__main__":

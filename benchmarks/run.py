@@ -40,6 +40,8 @@ READ_FLOOR, KLRANK, DUCKDB, PANDAS = "read floor", "klrank", "duckdb", "pandas+s
 CONTENDERS = (READ_FLOOR, KLRANK, DUCKDB, PANDAS)
 # The contenders that publish a report.parquet with `model` and `mean_kl` to check against klrank.
 CHECKED = (DUCKDB, PANDAS)
+# "<size>-array" runs the array-layout copy of a size that has one (a `prob` Array column).
+ARRAY_SUFFIX = "-array"
 
 
 class BenchmarkError(Exception):
@@ -175,6 +177,9 @@ def bench(
     results = {c: Result(c) for c in options.contenders}
     if PANDAS in results and not spec.run_pandas:
         results[PANDAS].skipped = "skipped: would take many minutes or exceed memory at this size"
+    if folder.name.endswith(ARRAY_SUFFIX):
+        for name in set(results) & {DUCKDB, PANDAS}:
+            results[name].skipped = "skipped: the job is written for one column per class"
     agreement: list[str] = []
     with tempfile.TemporaryDirectory(prefix=f"klrank-bench-{spec.name}-") as scratch:
         work = Path(scratch)
@@ -264,7 +269,7 @@ def table(
     duck, floor = by_name.get(DUCKDB), by_name.get(READ_FLOOR)
     size_mib = sum(f.stat().st_size for f in folder.rglob("*.parquet")) / 2**20
     lines = [
-        f"### {spec.name}: N={spec.n_rows:,} rows, K={spec.n_classes} classes, "
+        f"### {folder.name}: N={spec.n_rows:,} rows, K={spec.n_classes} classes, "
         f"M={spec.n_models} models ({size_mib:,.0f} MiB of Parquet)",
         "",
         "| contender | median s | min s | × duckdb | × read floor | CPU s | peak RSS MiB |",
@@ -336,7 +341,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--sizes",
         default="tiny,2m",
-        help=f"comma-separated data sets from {', '.join(bench_data.SIZES)} (default: tiny,2m)",
+        help=f"comma-separated data sets from {', '.join(bench_data.SIZES)}, wide-array (default: tiny,2m)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (default: 3)")
     parser.add_argument(
@@ -369,7 +374,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         parser.error("--timeout must be 0 (never) or more")
     chosen = _split(parser, "--contenders", args.contenders, CONTENDERS)
     return Options(
-        sizes=_split(parser, "--sizes", args.sizes, list(bench_data.SIZES)),
+        sizes=_split(
+            parser,
+            "--sizes",
+            args.sizes,
+            [
+                *bench_data.SIZES,
+                *(n + ARRAY_SUFFIX for n, s in bench_data.SIZES.items() if s.array_variant),
+            ],
+        ),
         contenders=[c for c in CONTENDERS if c in chosen],  # the table reads best in this order
         repeat=args.repeat,
         data_dir=args.data_dir,
@@ -400,8 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections = [machine(options)]
     try:
         for name in options.sizes:
-            spec = bench_data.SIZES[name]
+            spec = bench_data.SIZES[name.removesuffix(ARRAY_SUFFIX)]
             folder = bench_data.ensure(spec, options.data_dir, progress)
+            if name.endswith(ARRAY_SUFFIX):
+                folder = folder.with_name(name)
             results, agreement = bench(spec, folder, options, progress)
             sections.append(table(spec, folder, results, agreement))
     except BenchmarkError as error:

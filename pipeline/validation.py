@@ -59,6 +59,7 @@ _CHECK_DESCRIPTIONS = {
     "missing_ids": "label ids without a prediction",
     "known_label": "label is not a class of the predictions",
     "finite": "NaN or infinite logit",
+    "list_length": "the list does not hold one value per class",
     "column_not_in_schema": "unexpected column",
 }
 
