@@ -257,7 +257,7 @@ def prepare_labels(labels: pl.LazyFrame, layout: Layout, base: str) -> pl.LazyFr
 
 
 def prepare_predictions(predictions: pl.LazyFrame, layout: Layout, epsilon: float) -> pl.LazyFrame:
-    """q and log q per class, in Float64, smoothed only if ``epsilon`` > 0."""
+    """Q and log Q per class, in Float64, smoothed only if ``epsilon`` > 0."""
     columns = [pl.col(c).cast(pl.Float64) for c in layout.prediction_cols]
     if layout.prediction_kind == "logit":
         log_q = divergence.log_softmax(columns)

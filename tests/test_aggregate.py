@@ -207,7 +207,8 @@ def _synthetic_rows(n: int, seed: int) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "region": rng.choice(["x", "y"], size=n),
-            "kl": rng.exponential(1e3, size=n) + 1e6,  # a large offset makes naive variance lose digits
+            "kl": rng.exponential(1e3, size=n)
+            + 1e6,  # a large offset makes naive variance lose digits
             "reverse_kl": rng.exponential(size=n),
             "js": rng.uniform(size=n),
             "cross_entropy": rng.exponential(size=n),

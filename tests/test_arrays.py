@@ -222,23 +222,26 @@ def _bad(frame: pl.DataFrame, row: int, values: list[float | None]) -> pl.DataFr
 @pytest.mark.parametrize(
     ("change", "check"),
     [
-        (lambda l, p: (_bad(l, 2, [0.5, math.nan, 0.5, 0, 0, 0]), p), "[not_nullable]"),
-        (lambda l, p: (_bad(l, 2, [1.5, -0.5, 0, 0, 0, 0]), p), "[in_range(0.0, 1.0)]"),
-        (lambda l, p: (_bad(l, 2, [0.5, 0.6, 0, 0, 0, 0]), p), "[rows_sum_to_one]"),
-        (lambda l, p: (_bad(l, 2, [0.5, None, 0.5, 0, 0, 0]), p), "[not_nullable]"),
+        (lambda labels, p: (_bad(labels, 2, [0.5, math.nan, 0.5, 0, 0, 0]), p), "[not_nullable]"),
+        (lambda labels, p: (_bad(labels, 2, [1.5, -0.5, 0, 0, 0, 0]), p), "[in_range(0.0, 1.0)]"),
+        (lambda labels, p: (_bad(labels, 2, [0.5, 0.6, 0, 0, 0, 0]), p), "[rows_sum_to_one]"),
+        (lambda labels, p: (_bad(labels, 2, [0.5, None, 0.5, 0, 0, 0]), p), "[not_nullable]"),
         (
-            lambda l, p: (
-                l,
+            lambda labels, p: (
+                labels,
                 _bad(p.with_columns(pl.col("prob").cast(pl.List(pl.Float64))), 3, [0.5, 0.5]),
             ),
             "[list_length]",
         ),
         (
-            lambda l, p: (l, p.with_columns(pl.col("prob").cast(pl.Array(pl.Int64, N_CLASSES)))),
+            lambda labels, p: (
+                labels,
+                p.with_columns(pl.col("prob").cast(pl.Array(pl.Int64, N_CLASSES))),
+            ),
             "dtype(",
         ),
         (
-            lambda l, p: (l.with_columns(pl.col("prob").arr.head(5).list.to_array(5)), p),
+            lambda labels, p: (labels.with_columns(pl.col("prob").arr.head(5).list.to_array(5)), p),
             "[class_set]",
         ),
     ],

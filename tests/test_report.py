@@ -52,7 +52,9 @@ def test_report_follows_its_schema_and_records_version_and_options(example_repor
     metadata = io.read_parquet_metadata(example_report / "report.parquet")
     assert metadata["klrank.report_schema_version"] == REPORT_SCHEMA_VERSION
     options = json.loads(metadata["klrank.options"])
-    assert options["base"] == "2" and options["slice_by"] == ["region"] and options["epsilon"] == 0.0
+    assert (
+        options["base"] == "2" and options["slice_by"] == ["region"] and options["epsilon"] == 0.0
+    )
 
 
 def test_outputs_and_manifest(example_report: Path) -> None:
@@ -63,26 +65,51 @@ def test_outputs_and_manifest(example_report: Path) -> None:
     assert manifest["models"] == ["blurry", "sharp", "uniform"]
     assert manifest["classes"] == ["bird", "cat", "dog", "fish"]
     assert manifest["inputs"]["labels"]["rows"] == 300
-    assert manifest["inputs"]["predictions"] == {"path": str(EXAMPLES / "predictions"), "files": 3, "rows": 900}
+    assert manifest["inputs"]["predictions"] == {
+        "path": str(EXAMPLES / "predictions"),
+        "files": 3,
+        "rows": 900,
+    }
     assert set(manifest["timings_s"]) >= {"scan", "validate", "compute", "write"}
     assert {"polars", "pandera", "pyarrow", "python", "klrank"} <= set(manifest["versions"])
     rows = pl.read_parquet(example_report / "rows.parquet")
-    assert rows.columns == ["id", "model", "kl", "reverse_kl", "js", "cross_entropy", "entropy", "top1_match", "region"]
+    assert rows.columns == [
+        "id",
+        "model",
+        "kl",
+        "reverse_kl",
+        "js",
+        "cross_entropy",
+        "entropy",
+        "top1_match",
+        "region",
+    ]
     assert rows.height == 900
 
 
-def test_same_inputs_and_options_give_the_same_report_bytes(example_report: Path, tmp_path: Path) -> None:
+def test_same_inputs_and_options_give_the_same_report_bytes(
+    example_report: Path, tmp_path: Path
+) -> None:
     run(_example_options(tmp_path / "again"))
-    assert (tmp_path / "again" / "report.parquet").read_bytes() == (example_report / "report.parquet").read_bytes()
+    assert (tmp_path / "again" / "report.parquet").read_bytes() == (
+        example_report / "report.parquet"
+    ).read_bytes()
 
 
 def test_run_date_partitions_form_one_hive_dataset(tmp_path: Path) -> None:
     import datetime as dt
 
     for day in (1, 2):
-        run(_example_options(tmp_path / "nightly", run_date=dt.date(2026, 1, day), write_rows=False))
-    history = pl.read_parquet(tmp_path / "nightly" / "**" / "report.parquet", hive_partitioning=True)
-    assert sorted(history.get_column("run_date").cast(pl.String).unique()) == ["2026-01-01", "2026-01-02"]
+        run(
+            _example_options(tmp_path / "nightly", run_date=dt.date(2026, 1, day), write_rows=False)
+        )
+    history = pl.read_parquet(
+        tmp_path / "nightly" / "**" / "report.parquet", hive_partitioning=True
+    )
+    assert sorted(history.get_column("run_date").cast(pl.String).unique()) == [
+        "2026-01-01",
+        "2026-01-02",
+    ]
     assert not (tmp_path / "nightly" / "run_date=2026-01-01" / "rows.parquet").exists()
 
 
@@ -97,7 +124,9 @@ def test_run_date_partitions_form_one_hive_dataset(tmp_path: Path) -> None:
     ],
     ids=["rank-zero", "agreement-negative", "unknown-unit", "count-dtype", "nan-entropy"],
 )
-def test_report_schema_rejects_broken_reports(example_report: Path, change: pl.Expr, check: str) -> None:
+def test_report_schema_rejects_broken_reports(
+    example_report: Path, change: pl.Expr, check: str
+) -> None:
     report = pl.read_parquet(example_report / "report.parquet").with_columns(change)
     with pytest.raises(pandera.errors.SchemaErrors) as error:
         REPORT_SCHEMA.validate(report, lazy=True)
