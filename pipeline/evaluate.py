@@ -156,7 +156,9 @@ def evaluate(
     size = batch_rows(len(layout.classes))
     label_frame = labels.frame.select(*label_columns(layout), ROW)
     checked = _Stopwatch()
-    label_keys = _keys(io.collect(label_frame.select(layout.id_col, ROW), labels), layout)
+    # The labels are read whole, so a row's position is its index: no need to read ROW.
+    label_keys = _keys(io.collect(label_frame.select(layout.id_col), labels), layout)
+    label_keys = label_keys.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
     failures = [checked(check_label_keys, label_keys, layout)]
     if label_keys.height == 0:
         failures.append(failure("labels", "not_empty", value="zero rows"))
@@ -171,13 +173,15 @@ def evaluate(
         if source.name is None:
             validate_only.append(io.batches(source.frame, predictions, size))
             continue
-        keys = _keys(io.collect(source.frame.select(layout.id_col, ROW), predictions), layout)
-        if keys.get_column(layout.id_col).equals(
+        ids = _keys(io.collect(source.frame.select(layout.id_col), predictions), layout)
+        if ids.get_column(layout.id_col).equals(
             label_keys.get_column(layout.id_col), null_equal=True
         ):
             alignment[source.name] = "positional"
             aligned.append(_Model(source.name, io.batches(source.frame, predictions, size)))
             continue
+        del ids  # at 20M rows the ids weigh 160 MB a model
+        keys = _keys(io.collect(source.frame.select(layout.id_col, ROW), predictions), layout)
         coverage = checked(check_coverage, label_keys, source.name, keys, layout)
         failures.append(coverage)
         if coverage.height:
@@ -204,7 +208,8 @@ def evaluate(
             else:
                 prepared = prepare_labels(label_batch.lazy(), layout, measures.base).collect()
             prepared = prepared.with_columns(**slice_keys)
-            key_batches.append(prepared.select(ID, *slice_keys))
+            if slice_keys:
+                key_batches.append(prepared.select(*slice_keys))
         for model in aligned:
             batch = next(model.batches)
             failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))
@@ -276,9 +281,13 @@ def _report(
     n_classes = len(layout.classes)
     states = aggregate.merge_states(pl.concat(s for m in models for s in m.states), n_classes)
     kl_columns = {m.name: f"_kl{j}" for j, m in enumerate(models)}
-    kl = pl.concat(key_batches).with_columns(
-        pl.concat(m.kl).alias(kl_columns[m.name]) for m in models
-    )
+    columns = []
+    for m in models:
+        columns.append(pl.concat(m.kl).alias(kl_columns[m.name]))
+        m.kl.clear()  # the batches' copies, no longer needed
+    kl = pl.DataFrame(columns)
+    if key_batches:
+        kl = pl.concat([pl.concat(key_batches), kl], how="horizontal")
     parts = list(aggregate.slice_parts(kl, slice_keys))
     ranked = aggregate.finalize(
         states, aggregate.quantiles(parts, kl_columns), n_classes, measures.base, measures.rank_by
