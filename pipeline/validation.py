@@ -13,9 +13,11 @@ model, and the failing value as text. Three kinds of checks feed it:
 """
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pandera.errors
+from pandera.config import ValidationDepth, config_context
 import pandera.polars as pa
 import polars as pl
 
@@ -152,6 +154,11 @@ def _rules(dataset: str, layout: Layout, schema: pl.Schema, tolerance: float) ->
     return prediction_rules(schema, tolerance=tolerance, **_prediction_kwargs(layout))
 
 
+def _every_check() -> AbstractContextManager[object]:
+    """Pandera with data checks on, whatever PANDERA_VALIDATION_* says in the environment."""
+    return config_context(validation_enabled=True, validation_depth=ValidationDepth.SCHEMA_AND_DATA)
+
+
 def _structure_failures(error: pandera.errors.SchemaErrors, dataset: str) -> pl.DataFrame:
     cases: pl.DataFrame = error.failure_cases
     return cases.select(
@@ -182,7 +189,8 @@ def check_structure(
     }
     for dataset, (frame, schema_of) in frames.items():
         try:
-            schema_of(layout, frame.collect_schema(), 0.0).validate(frame, lazy=True)
+            with config_context(validation_enabled=True):  # a LazyFrame: dtypes and columns
+                schema_of(layout, frame.collect_schema(), 0.0).validate(frame, lazy=True)
         except pandera.errors.SchemaErrors as error:
             failures.append(_structure_failures(error, dataset))
     if layout.truth == "soft" and set(layout.label_classes) != set(layout.classes):
@@ -219,7 +227,8 @@ def check_rows(batch: pl.DataFrame, dataset: str, layout: Layout, tolerance: flo
     data = batch.drop(ROW)
     schema_of = _label_schema if dataset == "labels" else _prediction_schema
     try:
-        schema_of(layout, data.schema, tolerance).validate(data, lazy=False)
+        with _every_check():
+            schema_of(layout, data.schema, tolerance).validate(data, lazy=False)
     except (pandera.errors.SchemaError, pandera.errors.SchemaErrors):
         pass
     else:

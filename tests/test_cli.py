@@ -681,3 +681,12 @@ def test_folder_of_files_with_differing_schemas(tmp_path: Path, difference: str)
     assert "internal error" not in result.stderr
     if difference == "extra_column_in_later_file":
         expect(result, 0)
+
+
+def test_pandera_environment_cannot_switch_the_checks_off(tmp_path: Path) -> None:
+    # PANDERA_VALIDATION_DEPTH=SCHEMA_ONLY would skip Pandera's data checks on a DataFrame.
+    labels = set_value(soft_labels(), "prob_a", 1.5, id=2)
+    env = {"PANDERA_VALIDATION_DEPTH": "SCHEMA_ONLY", "PANDERA_VALIDATION_ENABLED": "False"}
+    result = klrank("validate", *_inputs(tmp_path, labels, prob_predictions()), env=env)
+    expect(result, 1)
+    assert "[in_range(0.0, 1.0)]" in result.stderr, str(result)
