@@ -16,7 +16,7 @@ from typing import Literal, get_args
 
 import polars as pl
 
-from pipeline.divergence import LOG_BASES
+from pipeline import divergence
 from pipeline.layout import MODEL, p_col, q_col
 from pipeline.stats import student_t_ppf, two_sided_p_value
 
@@ -69,7 +69,9 @@ def _merged_moments(prefix: str) -> list[pl.Expr]:
     ]
 
 
-ClassSums = Callable[[pl.DataFrame], pl.DataFrame]  # rows -> one row of p_sum_i, q_sum_i
+# rows -> per-class sums of P and Q, as two lists in class order
+ClassSums = Callable[[pl.DataFrame], tuple[Sequence[float], Sequence[float]]]
+CLASS = "class"
 
 
 def _aggregations() -> list[pl.Expr]:
@@ -85,34 +87,51 @@ def _aggregations() -> list[pl.Expr]:
 
 def column_class_sums(n_classes: int) -> ClassSums:
     """Per-class sums of P and Q (for marginal_kl) from one column per class."""
-    sums = [
-        *[pl.col(p_col(i)).sum().alias(f"p_sum_{i}") for i in range(n_classes)],
-        *[pl.col(q_col(i)).sum().alias(f"q_sum_{i}") for i in range(n_classes)],
-    ]
-    return lambda rows: rows.select(sums)
+    p = [pl.col(p_col(i)).sum() for i in range(n_classes)]
+    q = [pl.col(q_col(i)).sum() for i in range(n_classes)]
+
+    def sums(rows: pl.DataFrame) -> tuple[Sequence[float], Sequence[float]]:
+        values = rows.select(pl.concat_list(p).alias("p"), pl.concat_list(q).alias("q")).row(0)
+        return values[0], values[1]
+
+    return sums
 
 
 def partial_states(
     rows: pl.DataFrame, model: str, slice_keys: Sequence[str], class_sums: ClassSums
-) -> pl.DataFrame:
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """States per slice of one model's rows (measures, P and Q, and slice key columns).
 
     ``slice_keys`` name columns holding ``COL=value`` strings, one per ``--slice-by`` column;
     ``class_sums`` sums P and Q per class (:func:`column_class_sums`, ``arrays.class_sums``).
+    Returns the scalar states, one row per slice, and the class states, one row per slice and
+    class (``p_sum``, ``q_sum``: long, so a thousand classes are a thousand rows, not columns).
     """
-    states = [
-        pl.concat([part.select(_aggregations()), class_sums(part)], how="horizontal").select(
-            pl.lit(name).alias(SLICE), pl.lit(model).alias(MODEL), pl.all()
+    scalars, classes = [], []
+    for name, part in slice_parts(rows, slice_keys):
+        keys = [pl.lit(name).alias(SLICE), pl.lit(model).alias(MODEL)]
+        scalars.append(part.select(*keys, *_aggregations()))
+        p, q = class_sums(part)
+        sums = pl.DataFrame(
+            {CLASS: range(len(p)), "p_sum": p, "q_sum": q}, schema_overrides={CLASS: pl.Int32}
         )
-        for name, part in slice_parts(rows, slice_keys)
-    ]
-    return pl.concat(states)
+        classes.append(sums.select(*keys, pl.all()))
+    return pl.concat(scalars), pl.concat(classes)
 
 
-def merge_states(states: pl.DataFrame | pl.LazyFrame, n_classes: int) -> pl.DataFrame:
+def merge_class_states(states: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """Combine class states of disjoint shards into one row per (slice, model, class)."""
+    return (
+        states.lazy()
+        .group_by([*KEYS, CLASS], maintain_order=True)
+        .agg(pl.col("p_sum").sum(), pl.col("q_sum").sum())
+        .collect(engine="in-memory")
+    )
+
+
+def merge_states(states: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """Combine partial states of disjoint shards into one state per (slice, model)."""
     sums = [f"{m}_sum" for m in MEANS] + ["n_rows", "top1_sum"]
-    sums += [f"p_sum_{i}" for i in range(n_classes)] + [f"q_sum_{i}" for i in range(n_classes)]
     return (
         states.lazy()
         .group_by(KEYS, maintain_order=True)
@@ -180,21 +199,18 @@ def paired_states(
     return pl.concat(rows).select(*KEYS, pl.exclude(*KEYS))
 
 
-def _marginal_kl(states: pl.DataFrame, n_classes: int, base: str) -> pl.Series:
-    """D(mean P ‖ mean Q) per state row, with the conventions of the per-row divergence.
-
-    Computed per row in plain floats: with thousands of classes a per-class expression would
-    be thousands of terms deep.
-    """
-    values = []
-    for row in states.iter_rows(named=True):
-        n, total = row["n_rows"], 0.0
-        for i in range(n_classes):
-            p, q = row[f"p_sum_{i}"] / n, row[f"q_sum_{i}"] / n
-            if p > 0:
-                total += math.inf if q <= 0 else p * (math.log(p) - math.log(q))
-        values.append(total / math.log(LOG_BASES[base]))
-    return pl.Series("marginal_kl", values, dtype=pl.Float64)
+def marginal_kl(class_states: pl.DataFrame, states: pl.DataFrame, base: str) -> pl.DataFrame:
+    """D(mean P ‖ mean Q) per (slice, model), with the conventions of the per-row divergence."""
+    mean = class_states.join(states.select(*KEYS, "n_rows"), on=list(KEYS)).select(
+        *KEYS,
+        (pl.col("p_sum") / pl.col("n_rows")).alias("p"),
+        (pl.col("q_sum") / pl.col("n_rows")).alias("q"),
+    )
+    p, q = pl.col("p"), pl.col("q")
+    term = divergence.kl_divergence([p], [p.log()], [q.log()])  # one class a row: the term
+    return mean.group_by(KEYS, maintain_order=True).agg(
+        divergence.to_base(term.sum(), base).alias("marginal_kl")
+    )
 
 
 def _interval(m2: float, n: int) -> tuple[float | None, float | None, float | None]:
@@ -241,15 +257,17 @@ def _summary_stats(states: pl.DataFrame, prefix: str) -> pl.DataFrame:
 
 def finalize(
     states: pl.DataFrame,
+    class_states: pl.DataFrame,
     quantile_frame: pl.DataFrame,
-    n_classes: int,
     base: str,
     rank_by: str,
 ) -> pl.DataFrame:
     """Report rows (without the paired comparison) from merged states and quantiles, ranked."""
     stats = _summary_stats(states, "kl")
-    frame = pl.concat([states, stats], how="horizontal").join(
-        quantile_frame, on=list(KEYS), how="left"
+    frame = (
+        pl.concat([states, stats], how="horizontal")
+        .join(quantile_frame, on=list(KEYS), how="left")
+        .join(marginal_kl(class_states, states, base), on=list(KEYS), how="left")
     )
     report = frame.select(
         SLICE,
@@ -265,7 +283,7 @@ def finalize(
         pl.col("kl_max").alias("max_kl"),
         pl.col("kl_n_pos_inf").alias("n_infinite"),
         *[(pl.col(f"{m}_sum") / pl.col("n_rows")).alias(f"mean_{m}") for m in MEANS],
-        _marginal_kl(frame, n_classes, base),
+        "marginal_kl",
         (pl.col("top1_sum") / pl.col("n_rows")).alias("top1_agreement"),
     )
     descending = rank_by in HIGHER_IS_BETTER

@@ -164,12 +164,10 @@ def _column_sums(values: pl.Series, width: int) -> list[float]:
 def class_sums(n_classes: int) -> ClassSums:
     """Per-class sums of P and Q (for marginal_kl) from the arrays."""
 
-    def sums(rows: pl.DataFrame) -> pl.DataFrame:
-        p = _column_sums(rows.get_column(P), n_classes)
-        q = _column_sums(rows.get_column(Q), n_classes)
-        return pl.DataFrame(
-            {f"p_sum_{i}": [v] for i, v in enumerate(p)}
-            | {f"q_sum_{i}": [v] for i, v in enumerate(q)}
+    def sums(rows: pl.DataFrame) -> tuple[list[float], list[float]]:
+        return (
+            _column_sums(rows.get_column(P), n_classes),
+            _column_sums(rows.get_column(Q), n_classes),
         )
 
     return sums

@@ -141,6 +141,7 @@ class _Model:
     name: str
     batches: Iterator[pl.DataFrame]
     states: list[pl.DataFrame] = field(default_factory=list)
+    class_states: list[pl.DataFrame] = field(default_factory=list)
     kl: list[pl.Series] = field(default_factory=list)
 
 
@@ -253,7 +254,9 @@ def _measure(
             .collect()
         )
         class_sums = aggregate.column_class_sums(n_classes)
-    model.states.append(aggregate.partial_states(rows, model.name, slice_keys, class_sums))
+    states, class_states = aggregate.partial_states(rows, model.name, slice_keys, class_sums)
+    model.states.append(states)
+    model.class_states.append(class_states)
     model.kl.append(rows.get_column("kl"))
     if rows_sink is not None:
         rows_sink(
@@ -278,8 +281,10 @@ def _report(
     layout: Layout,
     measures: Measures,
 ) -> pl.DataFrame:
-    n_classes = len(layout.classes)
-    states = aggregate.merge_states(pl.concat(s for m in models for s in m.states), n_classes)
+    states = aggregate.merge_states(pl.concat(s for m in models for s in m.states))
+    class_states = aggregate.merge_class_states(
+        pl.concat(s for m in models for s in m.class_states)
+    )
     kl_columns = {m.name: f"_kl{j}" for j, m in enumerate(models)}
     columns = []
     for m in models:
@@ -289,8 +294,7 @@ def _report(
     if key_batches:
         kl = pl.concat([pl.concat(key_batches), kl], how="horizontal")
     parts = list(aggregate.slice_parts(kl, slice_keys))
-    ranked = aggregate.finalize(
-        states, aggregate.quantiles(parts, kl_columns), n_classes, measures.base, measures.rank_by
-    )
+    quantiles = aggregate.quantiles(parts, kl_columns)
+    ranked = aggregate.finalize(states, class_states, quantiles, measures.base, measures.rank_by)
     paired = aggregate.paired_states(parts, kl_columns, aggregate.best_models(ranked))
     return aggregate.with_paired_comparison(ranked, paired)

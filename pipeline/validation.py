@@ -17,9 +17,9 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import pandera.errors
-from pandera.config import ValidationDepth, config_context
 import pandera.polars as pa
 import polars as pl
+from pandera.config import ValidationDepth, config_context
 
 from pipeline.io import ROW
 from pipeline.layout import Layout

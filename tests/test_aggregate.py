@@ -225,11 +225,11 @@ def test_merged_shard_states_equal_the_states_of_all_rows() -> None:
     keys = list(aggregate.slice_key_columns(["region"]))
 
     def states(frame: pl.DataFrame) -> pl.DataFrame:
-        return aggregate.partial_states(frame, "m", keys, aggregate.column_class_sums(1))
+        return aggregate.partial_states(frame, "m", keys, aggregate.column_class_sums(1))[0]
 
-    whole = aggregate.merge_states(states(rows), 1)
+    whole = aggregate.merge_states(states(rows))
     shards = [rows.slice(0, 1234), rows.slice(1234, 1), rows.slice(1235, None)]
-    merged = aggregate.merge_states(pl.concat(states(s) for s in shards), 1)
+    merged = aggregate.merge_states(pl.concat(states(s) for s in shards))
     assert_frame_equal(
         merged.sort(aggregate.KEYS), whole.sort(aggregate.KEYS), check_exact=False, rel_tol=1e-12
     )
@@ -255,3 +255,17 @@ def test_merged_shard_states_equal_the_states_of_all_rows() -> None:
 def test_linear_quantile_by_hand(values: list[float], q: float, expected: float) -> None:
     ordered = pl.Series(values).sort()
     assert aggregate._linear_quantile(ordered, q) == pytest.approx(expected, rel=1e-15)
+
+
+def test_merged_shard_class_states_equal_the_class_sums_of_all_rows() -> None:
+    rows = _synthetic_rows(5000, seed=4)
+    keys = list(aggregate.slice_key_columns(["region"]))
+    shards = [rows.slice(0, 777), rows.slice(777, None)]
+    parts = [
+        aggregate.partial_states(s, "m", keys, aggregate.column_class_sums(1))[1] for s in shards
+    ]
+    merged = aggregate.merge_class_states(pl.concat(parts))
+    everything = merged.filter(pl.col("slice") == "ALL").row(0, named=True)
+    assert everything["p_sum"] == pytest.approx(rows.get_column(p_col(0)).sum(), rel=1e-12)
+    assert everything["q_sum"] == pytest.approx(rows.get_column(q_col(0)).sum(), rel=1e-12)
+    assert merged.height == 3  # ALL, region=x, region=y; one class
