@@ -45,7 +45,7 @@ from pipeline.validation import (
 
 # Values per batch (rows × classes): large enough to amortise per-batch work, small enough that
 # a batch of every model fits in a few hundred MB.
-BATCH_VALUES = 4_000_000
+BATCH_VALUES = 10_000_000
 RowsSink = Callable[[pl.DataFrame], None]
 
 

@@ -165,25 +165,23 @@ def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
 
 
 def batches(frame: pl.LazyFrame, source: ParquetInput, size: int) -> Iterator[pl.DataFrame]:
-    """Stream ``frame`` in batches of exactly ``size`` rows (the last may be shorter).
+    """Read ``frame`` in batches of exactly ``size`` rows (the last may be shorter), one at a time.
 
     Equal sizes let batches of different inputs in the same row order be paired one to one.
+    Each batch is its own sliced query, which reads only the row groups it needs: a streaming
+    reader would decode ahead of a slower consumer and hold gigabytes.
     """
-    pending: list[pl.DataFrame] = []
-    held = 0
-    try:
-        for chunk in frame.collect_batches(chunk_size=size):
-            pending.append(chunk)
-            held += chunk.height
-            while held >= size:
-                joined = pending[0] if len(pending) == 1 else pl.concat(pending, rechunk=False)
-                yield joined.head(size)
-                rest = joined.slice(size)
-                pending, held = ([rest] if rest.height else []), rest.height
-    except pl.exceptions.ComputeError as error:
-        raise UsageError(f"cannot read the Parquet data of {source.path!r}: {error}") from None
-    if held:
-        yield pl.concat(pending, rechunk=False)
+    start = 0
+    while True:
+        try:
+            batch = frame.slice(start, size).collect()
+        except pl.exceptions.ComputeError as error:
+            raise UsageError(f"cannot read the Parquet data of {source.path!r}: {error}") from None
+        if batch.height:
+            yield batch
+        if batch.height < size:
+            return
+        start += size
 
 
 class RowsWriter:
