@@ -30,6 +30,7 @@ from schemas.inputs import (
     labels_schema,
     prediction_rules,
     predictions_schema,
+    rows_only,
 )
 
 FAILURE_SCHEMA = pl.Schema(
@@ -228,7 +229,7 @@ def check_rows(batch: pl.DataFrame, dataset: str, layout: Layout, tolerance: flo
     schema_of = _label_schema if dataset == "labels" else _prediction_schema
     try:
         with _every_check():
-            schema_of(layout, data.schema, tolerance).validate(data, lazy=False)
+            rows_only(schema_of(layout, data.schema, tolerance)).validate(data, lazy=False)
     except (pandera.errors.SchemaError, pandera.errors.SchemaErrors):
         pass
     else:

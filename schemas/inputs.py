@@ -34,6 +34,8 @@ KNOWN_LABEL = "known_label"
 FINITE = "finite"
 LIST_LENGTH = "list_length"
 ROW_RULES = "row_rules"
+# Beyond this many per-class columns the fused check tests them as one array.
+MAX_RULE_COLUMNS = 64
 
 # A rule: (column or None for a whole-row rule, check name) -> expression true where rows pass.
 Rules = dict[tuple[str | None, str], pl.Expr]
@@ -71,8 +73,7 @@ def is_array(dtype: pl.DataType | None) -> bool:
 class _Elements:
     """Row-wise min, max, sum, null test and length of an Array or List column."""
 
-    def __init__(self, column: str, dtype: pl.DataType | None) -> None:
-        expr = pl.col(column)
+    def __init__(self, expr: pl.Expr, dtype: pl.DataType | None) -> None:
         self.namespace = expr.arr if isinstance(dtype, pl.Array) else expr.list
         self.column, self.is_list = expr, isinstance(dtype, pl.List)
         self.width = dtype.size if isinstance(dtype, pl.Array) else 0
@@ -92,11 +93,16 @@ class _Elements:
 
 
 def _array_rules(
-    column: str, dtype: pl.DataType | None, width: int, kind: str, tolerance: float
+    column: str,
+    dtype: pl.DataType | None,
+    width: int,
+    kind: str,
+    tolerance: float,
+    values: pl.Expr | None = None,
 ) -> Rules:
     # Per-row min, max and sum test every element at once; NaN shows in the sum (min and max
     # skip it). Nulls inside a row fail not_nullable; other rules pass on null rows.
-    elements = _Elements(column, dtype)
+    elements = _Elements(pl.col(column) if values is None else values, dtype)
     ns = elements.namespace
     total = ns.sum()
     rules: Rules = {
@@ -119,7 +125,7 @@ def _array_rules(
 def failing_value(column: str, dtype: pl.DataType | None) -> pl.Expr:
     """How a failing cell is shown: its value, or for a whole distribution its range and sum."""
     if is_array(dtype):
-        return _Elements(column, dtype).summary()
+        return _Elements(pl.col(column), dtype).summary()
     return pl.col(column).cast(pl.String)
 
 
@@ -197,6 +203,20 @@ def prediction_rules(
     return rules
 
 
+def _compact(rules: Rules, columns: Sequence[str], kind: str, tolerance: float) -> Rules:
+    """The same rules for many per-class columns, tested as one array (row min, max and sum).
+
+    Thousands of per-column rules make a fused check thousands of expressions wide; this one
+    passes exactly where they all pass. The per-column rules still name what failed.
+    """
+    if len(columns) <= MAX_RULE_COLUMNS:
+        return rules
+    values = pl.concat_arr([pl.col(c).cast(pl.Float64) for c in columns])
+    dtype = pl.Array(pl.Float64, len(columns))
+    kept = {k: v for k, v in rules.items() if k[0] is not None and k[0] not in columns}
+    return kept | _array_rules("classes", dtype, len(columns), kind, tolerance, values)
+
+
 def _fused(rules: Rules) -> pa.Check:
     passes = pl.all_horizontal(list(rules.values())).alias(ROW_RULES)
 
@@ -204,6 +224,15 @@ def _fused(rules: Rules) -> pa.Check:
         return data.lazyframe.select(passes)
 
     return pa.Check(check, name=ROW_RULES)
+
+
+def rows_only(schema: pa.DataFrameSchema) -> pa.DataFrameSchema:
+    """The row rules of ``schema`` without its column declarations.
+
+    For batches whose columns and dtypes were already checked: Pandera's per-column work on
+    every batch costs seconds with a thousand class columns.
+    """
+    return pa.DataFrameSchema(checks=schema.checks, coerce=False, name=schema.name)
 
 
 def _key_column(actual: pl.DataType | None) -> pa.Column:
@@ -268,9 +297,8 @@ def labels_schema(
         label_is_index=label_is_index,
         tolerance=tolerance,
     )
-    return pa.DataFrameSchema(
-        columns, checks=[_fused(rules)], strict=True, coerce=False, name="labels"
-    )
+    fused = _fused(_compact(rules, prob_cols if not whole else (), "prob", tolerance))
+    return pa.DataFrameSchema(columns, checks=[fused], strict=True, coerce=False, name="labels")
 
 
 def predictions_schema(
@@ -306,6 +334,8 @@ def predictions_schema(
         width=width,
         tolerance=tolerance,
     )
+    kind = "logit" if logit_cols else "prob"
+    fused = _fused(_compact(rules, distribution if not whole else (), kind, tolerance))
     return pa.DataFrameSchema(
-        columns, checks=[_fused(rules)], strict=True, coerce=False, name="predictions"
+        columns, checks=[fused], strict=True, coerce=False, name="predictions"
     )
