@@ -7,7 +7,8 @@ batch of each model's rows and no join is needed:
   batch inference usually writes): checked by comparing the id columns, then streamed;
 * **joined** — any other order: the model's rows are put in label order by a join, in memory.
 
-Each input is read once in batches (plus one read of the id columns). Every batch is validated
+Each input is read once in batches, plus once more for its id column (and, for a joined
+model, once whole). Every batch is validated
 (Pandera, one fused pass) before it is measured; after the first failure the remaining batches
 are only validated, so all failures are collected. Label-only quantities (log p, entropy, argmax)
 are computed once per label row, not once per model. Per batch and model, the measures feed
@@ -25,8 +26,8 @@ import polars as pl
 from pipeline import aggregate, arrays, io
 from pipeline.io import ROW, ParquetInput
 from pipeline.layout import (
-    ID,
     MODEL,
+    ROW_COLUMNS,
     Layout,
     cross_entropy,
     prepare_labels,
@@ -73,7 +74,6 @@ class Evaluation:
 
     failures: pl.DataFrame
     report: pl.DataFrame | None
-    n_label_rows: int
     alignment: dict[str, str]  # model -> "positional" or "joined"
     validation_seconds: float  # the share of the time spent in checks
 
@@ -222,9 +222,9 @@ def evaluate(
 
     all_failures = pl.concat([no_failures(), *failures])
     if all_failures.height or not compute:
-        return Evaluation(all_failures, None, label_keys.height, alignment, checked.seconds)
+        return Evaluation(all_failures, None, alignment, checked.seconds)
     report = _report(aligned, key_batches, list(slice_keys), layout, measures)
-    return Evaluation(all_failures, report, label_keys.height, alignment, checked.seconds)
+    return Evaluation(all_failures, report, alignment, checked.seconds)
 
 
 def _measure(
@@ -259,19 +259,8 @@ def _measure(
     model.class_states.append(class_states)
     model.kl.append(rows.get_column("kl"))
     if rows_sink is not None:
-        rows_sink(
-            rows.select(
-                ID,
-                pl.lit(model.name).alias(MODEL),
-                "kl",
-                "reverse_kl",
-                "js",
-                "cross_entropy",
-                "entropy",
-                "top1_match",
-                *layout.slice_cols,
-            )
-        )
+        output = rows.with_columns(pl.lit(model.name).alias(MODEL))
+        rows_sink(output.select(*ROW_COLUMNS, *layout.slice_cols))
 
 
 def _report(
