@@ -246,11 +246,13 @@ def run(options: RunOptions) -> RunSummary:
 
     def write(staging: Path) -> None:
         rows = io.RowsWriter(staging / ROWS_FILE) if options.write_rows else None
-        evaluation = _evaluate(inputs, measures, timings, options.failures_path, rows)
+        try:
+            evaluation = _evaluate(inputs, measures, timings, options.failures_path, rows)
+        finally:
+            if rows is not None:  # also on failure: no write may outlive the staging folder
+                rows.close()
         assert evaluation.report is not None
         with timings.phase("write"):
-            if rows is not None:
-                rows.close()
             report = _published_report(evaluation.report, options.base)
             summary = ranked_summary(report, unit, options.rank_by)
             io.write_parquet(
