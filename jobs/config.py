@@ -69,7 +69,12 @@ class RunOptions:
 
     @property
     def failures_path(self) -> Path:
-        """Where the full failure cases go when validation fails: never inside the report."""
+        """Where the full failure cases go when validation fails: never among the report's files.
+
+        ``OUT/_failures/`` (under ``run_date=...`` with a run date): outside every dated
+        partition; without a run date, a ``_failures`` folder in the output directory, which
+        Parquet readers skip.
+        """
         if self.failures is not None:
             return self.failures
         partition = [] if self.run_date is None else [f"run_date={self.run_date.isoformat()}"]

@@ -102,19 +102,16 @@ def _fail_if_any(failures: pl.DataFrame, failures_path: Path | None) -> None:
     )
 
 
-def _list_widths(
-    labels: io.ParquetInput, predictions: io.ParquetInput, options: InputOptions
-) -> dict[str, int]:
+def _list_widths(source: io.ParquetInput, options: InputOptions) -> dict[str, int]:
     """The length of the first row of each List distribution column (Arrays carry theirs)."""
     widths = {}
-    for source in (labels, predictions):
-        schema = source.frame.collect_schema()
-        for prefix in (options.prob_prefix, options.logit_prefix):
-            name = prefix.rstrip("_")
-            if isinstance(schema.get(name), pl.List):
-                first = source.frame.select(pl.col(name).list.len()).drop_nulls().head(1)
-                lengths = io.collect(first, source).get_column(name)
-                widths[name] = int(lengths[0]) if lengths.len() else 0
+    schema = source.frame.collect_schema()
+    for prefix in (options.prob_prefix, options.logit_prefix):
+        name = prefix.rstrip("_")
+        if isinstance(schema.get(name), pl.List):
+            first = source.frame.select(pl.col(name).list.len()).drop_nulls().head(1)
+            lengths = io.collect(first, source).get_column(name)
+            widths[name] = int(lengths[0]) if lengths.len() else 0
     return widths
 
 
@@ -146,7 +143,8 @@ def open_inputs(
             logit_prefix=options.logit_prefix,
             slice_by=options.slice_by,
             classes=options.classes,
-            list_width=_list_widths(labels, predictions, options),
+            label_list_width=_list_widths(labels, options),
+            prediction_list_width=_list_widths(predictions, options),
         )
         _fail_if_any(check_structure(labels.frame, predictions.frame, layout), failures_path)
     return OpenedInputs(layout, labels, predictions)

@@ -125,10 +125,13 @@ def batch_rows(n_classes: int) -> int:
 
 
 def _keys(frame: pl.DataFrame, layout: Layout) -> pl.DataFrame:
-    # Integer ids of any width compare as Int64; validation has matched string against string.
+    # Integer ids of any width compare as one type (Int128 holds every UInt64); validation has
+    # matched string against string.
     key = pl.col(layout.id_col)
     dtype = frame.schema[layout.id_col]
-    return frame.with_columns(key.cast(pl.Int64) if dtype.is_integer() else key)
+    if not dtype.is_integer():
+        return frame
+    return frame.with_columns(key.cast(pl.Int128 if dtype == pl.UInt64 else pl.Int64))
 
 
 def _slices(frame: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
@@ -185,7 +188,8 @@ def evaluate(
         keys = _keys(io.collect(source.frame.select(layout.id_col, ROW), predictions), layout)
         coverage = checked(check_coverage, label_keys, source.name, keys, layout)
         failures.append(coverage)
-        if coverage.height:
+        # A null id matches no label: only validating every row of the model reports it.
+        if coverage.height or keys.get_column(layout.id_col).null_count():
             validate_only.append(io.batches(source.frame, predictions, size))
             continue
         alignment[source.name] = "joined"

@@ -83,7 +83,12 @@ def _list_files(path: str) -> tuple[list[str], Path | None]:
     if _GLOB_CHARS & set(path):
         parts = Path(path).parts
         fixed = next(i for i, part in enumerate(parts) if _GLOB_CHARS & set(part))
-        return sorted(glob.glob(path, recursive=True)), Path(*parts[:fixed])
+        root = Path(*parts[:fixed])
+        matches = [Path(p) for p in sorted(glob.glob(path, recursive=True))]
+        files = [
+            p for p in matches if p.is_file() and p.suffix == ".parquet" and _is_visible(p, root)
+        ]
+        return [str(p) for p in files], root
     target = Path(path)
     if target.is_dir():
         files = [

@@ -136,14 +136,15 @@ def resolve_layout(
     logit_prefix: str,
     slice_by: Sequence[str],
     classes: Sequence[str] | None = None,
-    list_width: Mapping[str, int] | None = None,
+    label_list_width: Mapping[str, int] | None = None,
+    prediction_list_width: Mapping[str, int] | None = None,
 ) -> Layout:
     """Decide from the columns and dtypes what kind of truth and predictions the inputs hold.
 
     Distributions are either one column per class (``prob_<class>``, ``logit_<class>``) or one
     Array/List column named like the prefix without its ``_`` (``prob``, ``logit``), where a
-    class is a position, named by ``classes`` or ``"0"``..``"K-1"``. ``list_width`` gives the
-    length of a List column's first row (an Array's width is in its dtype).
+    class is a position, named by ``classes`` or ``"0"``..``"K-1"``. ``*_list_width`` give the
+    length of each List column's first row, per input (an Array's width is in its dtype).
 
     Raises
     ------
@@ -151,7 +152,6 @@ def resolve_layout(
         When no distribution columns are found, the predictions hold both probabilities and
         logits, or a slice column is missing or clashes with an output column.
     """
-    widths = list_width or {}
     label_columns, prediction_columns = list(label_schema), list(prediction_schema)
     prob_array = _array_column(prediction_schema, prob_prefix)
     logit_array = _array_column(prediction_schema, logit_prefix)
@@ -178,14 +178,19 @@ def resolve_layout(
     prediction_array = prob_array or logit_array
     if prediction_array is not None:
         prediction_classes = _array_classes(
-            prediction_schema[prediction_array], prediction_array, classes, widths
+            prediction_schema[prediction_array],
+            prediction_array,
+            classes,
+            prediction_list_width or {},
         )
     else:
         prediction_classes = prob_classes or logit_classes
 
     label_array = _array_column(label_schema, prob_prefix)
     if label_array is not None:
-        soft_classes = _array_classes(label_schema[label_array], label_array, classes, widths)
+        soft_classes = _array_classes(
+            label_schema[label_array], label_array, classes, label_list_width or {}
+        )
     else:
         soft_classes = classes_with_prefix(label_columns, prob_prefix)
     if truth == "auto":
@@ -205,6 +210,8 @@ def resolve_layout(
     for name in slice_by:
         if name not in label_columns:
             raise UsageError(f"--slice-by {name!r}: no such column in the labels")
+        if isinstance(label_schema[name], pl.List | pl.Array):
+            raise UsageError(f"--slice-by {name!r}: a list column cannot name a slice")
         if name in ROW_COLUMNS or name.startswith("_"):
             raise UsageError(f"--slice-by {name!r}: the name clashes with an output column")
 

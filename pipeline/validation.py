@@ -110,7 +110,7 @@ def failure(
 def label_columns(layout: Layout) -> list[str]:
     """The label columns klrank reads (and validates), in order."""
     truth = [layout.label_col] if layout.label_col is not None else layout.label_prob_cols
-    return [layout.id_col, *truth, *layout.slice_cols]
+    return list(dict.fromkeys([layout.id_col, *truth, *layout.slice_cols]))  # a slice may be one
 
 
 def prediction_columns(layout: Layout) -> list[str]:

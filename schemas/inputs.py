@@ -74,6 +74,11 @@ class _Elements:
     """Row-wise min, max, sum, null test and length of an Array or List column."""
 
     def __init__(self, expr: pl.Expr, dtype: pl.DataType | None) -> None:
+        # In Float64, like all arithmetic here: a Float32 sum of a thousand values drifts.
+        if isinstance(dtype, pl.Array):
+            expr = expr.cast(pl.Array(pl.Float64, dtype.size))
+        elif isinstance(dtype, pl.List):
+            expr = expr.cast(pl.List(pl.Float64))
         self.namespace = expr.arr if isinstance(dtype, pl.Array) else expr.list
         self.column, self.is_list = expr, isinstance(dtype, pl.List)
         self.width = dtype.size if isinstance(dtype, pl.Array) else 0
@@ -286,8 +291,8 @@ def labels_schema(
     whole = len(prob_cols) == 1 and is_array(schema.get(prob_cols[0]))
     for c in prob_cols:
         columns[c] = _distribution_column(schema.get(c), len(classes), whole)
-    for c in slice_cols:
-        columns[c] = pa.Column(schema.get(c), nullable=True)
+    for c in slice_cols:  # a slice may be a column declared above (the label, say)
+        columns.setdefault(c, pa.Column(schema.get(c), nullable=True))
     rules = label_rules(
         schema,
         id_col=id_col,
