@@ -170,23 +170,31 @@ def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
 
 
 def batches(frame: pl.LazyFrame, source: ParquetInput, size: int) -> Iterator[pl.DataFrame]:
-    """Read ``frame`` in batches of exactly ``size`` rows (the last may be shorter), one at a time.
+    """Read ``frame`` in batches of exactly ``size`` rows (the last may be shorter).
 
     Equal sizes let batches of different inputs in the same row order be paired one to one.
     Each batch is its own sliced query, which reads only the row groups it needs: a streaming
-    reader would decode ahead of a slower consumer and hold gigabytes.
+    reader would decode ahead of a slower consumer and hold gigabytes. The next batch is read
+    in a background thread while the caller works on this one (one batch ahead, no more).
     """
-    start = 0
-    while True:
+
+    def read(start: int) -> pl.DataFrame:
         try:
-            batch = frame.slice(start, size).collect()
+            return frame.slice(start, size).collect()
         except pl.exceptions.ComputeError as error:
             raise UsageError(f"cannot read the Parquet data of {source.path!r}: {error}") from None
-        if batch.height:
-            yield batch
-        if batch.height < size:
-            return
-        start += size
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="klrank-read") as pool:
+        start, ahead = 0, pool.submit(read, 0)
+        while True:
+            batch = ahead.result()
+            start += size
+            if batch.height == size:
+                ahead = pool.submit(read, start)
+            if batch.height:
+                yield batch
+            if batch.height < size:
+                return
 
 
 class RowsWriter:
