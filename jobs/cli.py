@@ -1,13 +1,15 @@
 """The ``klrank`` command line: options in, exit codes out.
 
 Exit codes: 0 success, 1 the data failed validation, 2 usage error (bad option, missing or
-unreadable path, corrupt Parquet, no distribution columns), 70 internal error (a bug: rerun with
-``--debug`` for the traceback). Every option can also be set as an environment variable, named in
+unreadable path, corrupt Parquet, no distribution columns), 3 a gate failed (``--max-mean-kl``,
+``--max-regression``, ``--expect-best``: the report is published all the same and the manifest
+says why), 70 internal error (a bug: rerun with ``--debug`` for the traceback). Every option can also be set as an environment variable, named in
 ``--help`` (``KLRANK_LABELS``, ``KLRANK_OUT``, ...).
 """
 
 import datetime as dt
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -16,12 +18,15 @@ import typer
 
 from jobs import __version__
 from jobs.config import InputOptions, RunOptions, TruthOption
+from jobs.nightly import HistoryOptions, history
 from jobs.run import Timings, run, validate
 from pipeline.aggregate import RankMetric
 from pipeline.divergence import Base
 from pipeline.errors import InvalidDataError, KlrankError, UsageError
+from pipeline.gates import Gates
+from pipeline.history import history_markdown
 
-EXIT_OK, EXIT_INVALID_DATA, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
+EXIT_OK, EXIT_INVALID_DATA, EXIT_USAGE, EXIT_GATE_FAILED, EXIT_INTERNAL = 0, 1, 2, 3, 70
 
 app = typer.Typer(
     name="klrank",
@@ -275,12 +280,62 @@ def run_command(
             show_default=False,
         ),
     ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
+            envvar="KLRANK_BASELINE",
+            help="Compare with an earlier report: auto (the latest earlier --run-date night "
+            "under OUT), a report.parquet or a run folder.",
+            show_default=False,
+        ),
+    ] = None,
+    max_mean_kl: Annotated[
+        float | None,
+        typer.Option(
+            "--max-mean-kl",
+            envvar="KLRANK_MAX_MEAN_KL",
+            help="Gate: every model's mean KL (ALL rows) must be at most this; else exit 3.",
+            show_default=False,
+        ),
+    ] = None,
+    max_regression: Annotated[
+        float | None,
+        typer.Option(
+            "--max-regression",
+            envvar="KLRANK_MAX_REGRESSION",
+            min=0.0,
+            help="Gate (needs --baseline): no model's mean KL may rise by more than this "
+            "percentage with p < --alpha; else exit 3.",
+            show_default=False,
+        ),
+    ] = None,
+    alpha: Annotated[
+        float,
+        typer.Option(
+            "--alpha",
+            envvar="KLRANK_ALPHA",
+            help="Significance level of --max-regression, in (0, 1).",
+        ),
+    ] = 0.05,
+    expect_best: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-best",
+            envvar="KLRANK_EXPECT_BEST",
+            help="Gate: this model must rank 1 on ALL rows; else exit 3.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOut = False,
     debug: Debug = False,
 ) -> None:
-    """Validate the inputs, compute the divergences and publish the ranked report atomically."""
+    """Validate the inputs, compute the divergences and publish the ranked report atomically.
 
-    def action() -> None:
+    Exits 3 when a gate failed: the report is published, and manifest.json lists every gate.
+    """
+
+    def action() -> Any:
         options = RunOptions(
             inputs=_inputs(
                 labels,
@@ -302,15 +357,26 @@ def run_command(
             run_date=run_date.date() if run_date else None,
             write_rows=rows,
             failures=failures,
+            baseline=baseline,
+            gates=Gates(max_mean_kl, max_regression, alpha, expect_best),
         )
         summary = run(options)
+        failed = summary.failed_gates
         if as_json:
-            typer.echo(json.dumps(summary.manifest | {"target": str(summary.target)}))
+            extra: dict[str, Any] = {"target": str(summary.target)}
+            if failed:
+                extra["exit_code"] = EXIT_GATE_FAILED
+            typer.echo(json.dumps(summary.manifest | extra))
         else:
             typer.echo(summary.summary, nl=False)
         typer.echo(f"klrank: published {summary.target}", err=True)
+        for gate in failed:
+            typer.echo(f"klrank: gate failed: {gate.message}", err=True)
+        return summary
 
-    _guarded(action, debug=debug, as_json=as_json)
+    # Exit outside the guard: typer.Exit is an exception the guard would call a crash.
+    if _guarded(action, debug=debug, as_json=as_json).failed_gates:
+        raise typer.Exit(EXIT_GATE_FAILED)
 
 
 @app.command("validate")
@@ -375,6 +441,62 @@ def validate_command(
                 f"{summary.inputs.predictions.n_rows} prediction rows, {len(summary.models)} models, "
                 f"{len(layout.classes)} classes ({layout.truth} truth, {layout.prediction_kind} predictions)"
             )
+
+    _guarded(action, debug=debug, as_json=as_json)
+
+
+@app.command("history")
+def history_command(
+    root: Annotated[
+        Path,
+        typer.Argument(
+            help="Output directory of nightly runs (holding run_date=YYYY-MM-DD/ folders).",
+            show_default=False,
+        ),
+    ],
+    slice_name: Annotated[
+        str,
+        typer.Option("--slice", envvar="KLRANK_SLICE", help="ALL, or COL=value."),
+    ] = "ALL",
+    chart: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            envvar="KLRANK_HISTORY_OUT",
+            help="Where the chart goes (self-contained HTML) [default: DIR/history.html].",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOut = False,
+    debug: Debug = False,
+) -> None:
+    """Every night's mean KL per model with its 95% CI, as a table and an HTML chart."""
+
+    def action() -> None:
+        summary = history(HistoryOptions(root, slice_name, chart))
+        if as_json:
+            rows = [
+                r | {"run_date": r["run_date"].isoformat()}
+                for r in summary.table.iter_rows(named=True)
+            ]
+            for row in rows:  # JSON has no infinity: null, and n_infinite says why
+                for key, value in row.items():
+                    if isinstance(value, float) and not math.isfinite(value):
+                        row[key] = None
+            document = {
+                "status": "success",
+                "root": str(root),
+                "slice": slice_name,
+                "unit": summary.unit,
+                "nights": summary.nights,
+                "chart": str(summary.chart),
+                "rows": rows,
+            }
+            typer.echo(json.dumps(document))
+        else:
+            typer.echo(history_markdown(summary.table, summary.unit, slice_name), nl=False)
+        typer.echo(f"klrank: chart written to {summary.chart}", err=True)
 
     _guarded(action, debug=debug, as_json=as_json)
 

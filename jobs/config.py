@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pipeline.aggregate import RANK_METRICS
 from pipeline.divergence import LOG_BASES
 from pipeline.errors import UsageError
+from pipeline.gates import Gates
 
 TruthOption = Literal["auto", "hard", "soft"]
 
@@ -49,8 +50,14 @@ class RunOptions:
     run_date: dt.date | None = None
     write_rows: bool = True
     failures: Path | None = None
+    baseline: str | None = None  # "auto", a report.parquet or a run folder
+    gates: Gates = Gates()
 
     def __post_init__(self) -> None:
+        if self.baseline == "auto" and self.run_date is None:
+            raise UsageError("--baseline auto needs --run-date (it picks the latest earlier night)")
+        if self.gates.max_regression_pct is not None and self.baseline is None:
+            raise UsageError("--max-regression needs --baseline (auto or a path)")
         if self.base not in LOG_BASES:
             raise UsageError(f"--base must be one of {', '.join(LOG_BASES)}, got {self.base!r}")
         if not (0.0 <= self.epsilon < 1.0):
@@ -88,6 +95,8 @@ class RunOptions:
             "rank_by": self.rank_by,
             "run_date": self.run_date.isoformat() if self.run_date else None,
             "write_rows": self.write_rows,
+            "baseline": self.baseline,
+            "gates": self.gates.recorded(),
         }
         options["slice_by"] = list(self.inputs.slice_by)
         options["classes"] = list(self.inputs.classes)

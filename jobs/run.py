@@ -19,17 +19,19 @@ import polars as pl
 
 from jobs import __version__
 from jobs.config import InputOptions, RunOptions
+from jobs.nightly import REPORT_FILE, Baseline, load_baseline
 from pipeline import aggregate, io
+from pipeline.baseline import compare_with_baseline
 from pipeline.divergence import UNITS
 from pipeline.errors import InvalidDataError
 from pipeline.evaluate import Evaluation, Measures, evaluate
+from pipeline.gates import GateResult, evaluate_gates
 from pipeline.layout import MODEL, Layout, resolve_layout
-from pipeline.summary import ranked_summary
+from pipeline.summary import baseline_section, gates_section, ranked_summary
 from pipeline.validation import check_structure, summarise
 from schemas.report import REPORT_COLUMNS, REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 
-REPORT_FILE, ROWS_FILE, SUMMARY_FILE, MANIFEST_FILE = (
-    "report.parquet",
+ROWS_FILE, SUMMARY_FILE, MANIFEST_FILE = (
     "rows.parquet",
     "summary.md",
     "manifest.json",
@@ -85,6 +87,12 @@ class RunSummary:
     report: pl.DataFrame
     summary: str
     manifest: dict[str, Any]
+    gates: tuple[GateResult, ...] = ()
+
+    @property
+    def failed_gates(self) -> list[GateResult]:
+        """The gates that failed; the report was published all the same."""
+        return [g for g in self.gates if g.failed]
 
 
 def _fail_if_any(failures: pl.DataFrame, failures_path: Path | None) -> None:
@@ -194,13 +202,14 @@ def validate(
     return ValidationSummary(inputs, sorted(evaluation.alignment), evaluation.alignment)
 
 
-def _published_report(report: pl.DataFrame, base: str) -> pl.DataFrame:
+def _published_report(
+    report: pl.DataFrame, base: str, baseline: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """The report in its published column and row order, checked against its schema."""
-    published = (
-        report.with_columns(pl.lit(UNITS[base]).alias("unit"))
-        .sort(pl.col(aggregate.SLICE) != aggregate.ALL_ROWS, aggregate.SLICE, "rank", MODEL)
-        .select(list(REPORT_COLUMNS))
+    ordered = report.with_columns(pl.lit(UNITS[base]).alias("unit")).sort(
+        pl.col(aggregate.SLICE) != aggregate.ALL_ROWS, aggregate.SLICE, "rank", MODEL
     )
+    published = compare_with_baseline(ordered, baseline).select(list(REPORT_COLUMNS))
     REPORT_SCHEMA.validate(published)
     return published
 
@@ -220,6 +229,9 @@ def run(options: RunOptions) -> RunSummary:
     inputs = open_inputs(options.inputs, options.failures_path, timings)
     measures = Measures(options.base, options.epsilon, options.rank_by, options.inputs.tolerance)
     unit = UNITS[options.base]
+    baseline: Baseline | None = None
+    if options.baseline is not None:  # read before publishing: the target may be the baseline
+        baseline = load_baseline(options.baseline, options.out, options.run_date, unit)
     recorded = options.recorded()
     manifest: dict[str, Any] = {
         "status": "success",
@@ -232,6 +244,7 @@ def run(options: RunOptions) -> RunSummary:
         "classes": list(inputs.layout.classes),
         "unit": unit,
         "options": recorded,
+        "baseline": baseline.recorded() if baseline is not None else None,
         "outputs": [
             REPORT_FILE,
             *([ROWS_FILE] if options.write_rows else []),
@@ -251,8 +264,16 @@ def run(options: RunOptions) -> RunSummary:
                 rows.close()
         assert evaluation.report is not None
         with timings.phase("write"):
-            report = _published_report(evaluation.report, options.base)
+            report = _published_report(
+                evaluation.report, options.base, baseline.report if baseline else None
+            )
+            gates = evaluate_gates(
+                report, options.gates, unit, baseline is not None and baseline.report is not None
+            )
             summary = ranked_summary(report, unit, options.rank_by)
+            if baseline is not None:
+                summary += baseline_section(report, unit, baseline.path, options.out)
+            summary += gates_section(gates)
             io.write_parquet(
                 report,
                 staging / REPORT_FILE,
@@ -263,13 +284,18 @@ def run(options: RunOptions) -> RunSummary:
                 },
             )
             io.write_text(summary, staging / SUMMARY_FILE)
+        manifest["gates"] = [g.recorded() for g in gates]
+        if any(g.failed for g in gates):
+            manifest["status"] = "gate_failed"
         manifest["models"] = sorted(evaluation.alignment)
         manifest["alignment"] = evaluation.alignment
         manifest["timings_s"] = timings.seconds
         manifest["finished_at"] = dt.datetime.now(dt.UTC).isoformat()
         io.write_json(manifest, staging / MANIFEST_FILE)
-        published.update(report=report, summary=summary)
+        published.update(report=report, summary=summary, gates=tuple(gates))
 
     io.publish(options.target, write)
     io.remove_file(options.failures_path)  # a stale record of an earlier failed run
-    return RunSummary(options.target, published["report"], published["summary"], manifest)
+    return RunSummary(
+        options.target, published["report"], published["summary"], manifest, published["gates"]
+    )

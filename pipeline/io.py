@@ -6,6 +6,7 @@ swapped with one ``renameat2(RENAME_EXCHANGE)`` (two renames where the kernel la
 """
 
 import ctypes
+import datetime as dt
 import glob
 import json
 import os
@@ -330,3 +331,42 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+RUN_DATE_KEY = "run_date"
+
+
+def run_partitions(root: Path, report_file: str) -> list[tuple[dt.date, Path]]:
+    """The ``root/run_date=YYYY-MM-DD/`` folders holding ``report_file``, oldest first.
+
+    Folders whose names start with ``.`` or ``_`` (staging folders, failure records) and
+    folders that are not a ``run_date=`` partition with an ISO date are skipped.
+    """
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        key, sep, value = folder.name.partition("=")
+        if not (sep and key == RUN_DATE_KEY) or not (folder / report_file).is_file():
+            continue
+        try:
+            found.append((dt.date.fromisoformat(unquote(value)), folder))
+        except ValueError:
+            continue
+    return sorted(found)
+
+
+def read_report(path: Path, columns: Sequence[str]) -> tuple[pl.DataFrame, dict[str, str]]:
+    """Read ``columns`` of a published report and its footer metadata.
+
+    Raises
+    ------
+    UsageError
+        The file is missing, not Parquet, or lacks one of ``columns``.
+    """
+    try:
+        metadata = read_parquet_metadata(path)
+        frame = pl.read_parquet(path, columns=list(columns))
+    except (OSError, ValueError, pl.exceptions.PolarsError) as error:
+        raise UsageError(f"cannot read the report {str(path)!r}: {error}") from None
+    return frame, metadata

@@ -1,10 +1,13 @@
 """The human-readable ranked table (``summary.md``, also printed by ``klrank run``)."""
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import polars as pl
 
 from pipeline.aggregate import ALL_ROWS, SLICE
+from pipeline.gates import GateResult
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -63,4 +66,43 @@ def ranked_summary(report: pl.DataFrame, unit: str, rank_by: str) -> str:
         SLICE, maintain_order=True
     ):
         lines += ["", f"## {name}", "", *_table(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def baseline_section(report: pl.DataFrame, unit: str, baseline: Path | None, out: Path) -> str:
+    """Markdown: how each model's mean KL (``ALL`` rows) changed since the baseline run."""
+    if baseline is None:
+        return (
+            f"\nNo earlier run under {out}: nothing to compare with, the change columns are null.\n"
+        )
+    lines = [
+        "",
+        f"## Change since {baseline}",
+        "",
+        f"| model | previous mean KL | mean KL | change ({unit}) | change % | p |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in report.filter(pl.col(SLICE) == ALL_ROWS).iter_rows(named=True):
+        if r["prev_mean_kl"] is None:
+            lines.append(f"| {r['model']} | – | {_number(r['mean_kl'])} | new | – | – |")
+            continue
+        lines.append(
+            f"| {r['model']} | {_number(r['prev_mean_kl'])} | {_number(r['mean_kl'])} | "
+            f"{_number(r['change_mean_kl'])} | {_number(r['change_mean_kl_pct'], 3)}% | "
+            f"{_p_value(r['p_value_change'])} |"
+        )
+    lines.append("")
+    lines.append("p is a two-sided Welch t-test of the two nights' mean KL being equal.")
+    return "\n".join(lines) + "\n"
+
+
+def gates_section(gates: Sequence[GateResult]) -> str:
+    """Markdown: every gate's outcome, failures first; empty when no gate was asked for."""
+    if not gates:
+        return ""
+    failed = [g for g in gates if g.failed]
+    title = f"{len(failed)} failed" if failed else "all passed"
+    lines = ["", f"## Gates: {title}", ""]
+    for gate in sorted(gates, key=lambda g: not g.failed):
+        lines.append(f"- {gate.outcome.upper()} {gate.message}")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ are never renormalised, so a divergence can honestly come out slightly below zer
 import pandera.polars as pa
 import polars as pl
 
-REPORT_SCHEMA_VERSION = "1"
+REPORT_SCHEMA_VERSION = "2"
 UNIT_NAMES = ("bits", "nats", "bans")
 
 _non_negative = [pa.Check.ge(0.0)]
@@ -50,6 +50,11 @@ REPORT_COLUMNS: dict[str, pa.Column] = {
     "delta_vs_best_sem": _float(nullable=True, checks=_non_negative),
     "p_value_vs_best": _float(nullable=True, checks=_probability),
     "unit": pa.Column(pl.String, checks=[pa.Check.isin(UNIT_NAMES)]),
+    # Version 2: the comparison with a baseline run (null without one, or for a new model).
+    "prev_mean_kl": _float(nullable=True),
+    "change_mean_kl": _float(nullable=True),
+    "change_mean_kl_pct": _float(nullable=True),
+    "p_value_change": _float(nullable=True, checks=_probability),
 }
 
 REPORT_SCHEMA = pa.DataFrameSchema(

@@ -1,0 +1,162 @@
+"""Nightly history: finding and reading earlier runs' reports (``--baseline``, ``klrank history``).
+
+Nightly runs publish to ``OUT/run_date=YYYY-MM-DD/report.parquet``. Nothing here prints or exits;
+errors are raised as :mod:`pipeline.errors` classes.
+"""
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline import io
+from pipeline.baseline import BASELINE_INPUT_COLUMNS, in_unit
+from pipeline.divergence import UNITS
+from pipeline.errors import UsageError
+from pipeline.history import HISTORY_INPUT_COLUMNS, history_chart_html, history_table
+from schemas.report import REPORT_SCHEMA_VERSION
+
+REPORT_FILE = "report.parquet"
+HISTORY_CHART = "history.html"
+AUTO = "auto"
+# Report schema versions whose columns this klrank can read back (every one so far).
+READABLE_SCHEMA_VERSIONS = tuple(str(v) for v in range(1, int(REPORT_SCHEMA_VERSION) + 1))
+
+
+def _read_report(path: Path, columns: tuple[str, ...]) -> tuple[pl.DataFrame, str]:
+    """A report's ``columns`` and its unit, after checking its schema version."""
+    frame, metadata = io.read_report(path, columns)
+    found = metadata.get("klrank.report_schema_version")
+    if found not in READABLE_SCHEMA_VERSIONS:
+        raise UsageError(
+            f"{str(path)!r} is not a klrank report this version can read: report schema version "
+            f"{found!r}, expected one of {', '.join(READABLE_SCHEMA_VERSIONS)}"
+        )
+    unit = metadata.get("klrank.unit", "")
+    if unit not in UNITS.values():
+        raise UsageError(f"{str(path)!r} records no known unit (klrank.unit = {unit!r})")
+    return frame, unit
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The report tonight's is compared with; ``report`` None when ``auto`` found no earlier run."""
+
+    spec: str
+    path: Path | None
+    run_date: str | None
+    unit: str | None
+    report: pl.DataFrame | None
+
+    def recorded(self) -> dict[str, Any]:
+        """Where the baseline came from, for the manifest (JSON-ready)."""
+        return {
+            "spec": self.spec,
+            "path": str(self.path) if self.path is not None else None,
+            "run_date": self.run_date,
+            "unit": self.unit,
+            "found": self.report is not None,
+        }
+
+
+def _baseline_file(
+    spec: str, out: Path, run_date: dt.date | None
+) -> tuple[Path | None, str | None]:
+    if spec != AUTO:
+        path = Path(spec)
+        file = path / REPORT_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise UsageError(f"--baseline: {spec!r} is neither a report.parquet nor a run folder")
+        key, sep, value = file.parent.name.partition("=")
+        return file, value if sep and key == io.RUN_DATE_KEY else None
+    if run_date is None:
+        raise UsageError("--baseline auto needs --run-date (it picks the latest earlier night)")
+    earlier = [(d, p) for d, p in io.run_partitions(out, REPORT_FILE) if d < run_date]
+    if not earlier:
+        return None, None
+    day, folder = earlier[-1]
+    return folder / REPORT_FILE, day.isoformat()
+
+
+def load_baseline(spec: str, out: Path, run_date: dt.date | None, unit: str) -> Baseline:
+    """Find and read the baseline report, converted to ``unit``.
+
+    Parameters
+    ----------
+    spec
+        ``auto`` (the latest ``out/run_date=D/report.parquet`` with D before ``run_date``), a
+        report.parquet, or a folder holding one.
+    out, run_date
+        Where this run publishes, and its date.
+    unit
+        This run's unit; a baseline in another unit is converted.
+
+    Raises
+    ------
+    UsageError
+        ``auto`` without a run date, a missing path, or a file that is not a readable report.
+    """
+    file, run_date_text = _baseline_file(spec, out, run_date)
+    if file is None:
+        return Baseline(spec, None, None, None, None)
+    frame, found_unit = _read_report(file, BASELINE_INPUT_COLUMNS)
+    return Baseline(spec, file, run_date_text, found_unit, in_unit(frame, found_unit, unit))
+
+
+@dataclass(frozen=True)
+class HistoryOptions:
+    """What ``klrank history`` reads and where it writes the chart."""
+
+    root: Path
+    slice: str = "ALL"
+    chart: Path | None = None
+
+    @property
+    def chart_path(self) -> Path:
+        """Where the chart goes: ``--out``, by default ``ROOT/history.html``."""
+        return self.chart if self.chart is not None else self.root / HISTORY_CHART
+
+
+@dataclass(frozen=True)
+class HistorySummary:
+    """Every night's mean KL per model, in one unit, and where the chart was written."""
+
+    table: pl.DataFrame
+    unit: str
+    nights: list[str]
+    chart: Path
+
+
+def history(options: HistoryOptions) -> HistorySummary:
+    """Read every night's report under ``options.root`` and write the chart.
+
+    Values are converted to the unit of the latest night.
+
+    Raises
+    ------
+    UsageError
+        ``root`` holds no ``run_date=*/report.parquet``, a report is unreadable, or no night
+        has the slice.
+    """
+    partitions = io.run_partitions(options.root, REPORT_FILE)
+    if not partitions:
+        raise UsageError(
+            f"{str(options.root)!r} holds no run_date=YYYY-MM-DD/{REPORT_FILE} (klrank run "
+            "--run-date publishes there)"
+        )
+    reports = [
+        (day, *_read_report(folder / REPORT_FILE, HISTORY_INPUT_COLUMNS))
+        for day, folder in partitions
+    ]
+    unit = reports[-1][2]
+    table = history_table(
+        [(day, in_unit(frame, found, unit)) for day, frame, found in reports], options.slice
+    )
+    if table.height == 0:
+        raise UsageError(f"no night's report has the slice {options.slice!r}")
+    html = history_chart_html(table, unit, options.slice)
+    io.write_atomically(options.chart_path, lambda path: io.write_text(html, path))
+    nights = [day.isoformat() for day, _ in partitions]
+    return HistorySummary(table, unit, nights, options.chart_path)

@@ -1,0 +1,112 @@
+"""Every night's mean KL per model, as a table, a text table and a chart (``klrank history``).
+
+Pure functions of frames; :mod:`jobs.nightly` finds and reads the reports.
+"""
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+
+import polars as pl
+
+from pipeline.aggregate import SLICE
+from pipeline.layout import MODEL
+
+RUN_DATE = "run_date"
+# What a night's report must have; all of them exist since report schema version 1.
+HISTORY_INPUT_COLUMNS = (
+    SLICE,
+    "rank",
+    MODEL,
+    "n_rows",
+    "mean_kl",
+    "sem_kl",
+    "ci95_low",
+    "ci95_high",
+    "n_infinite",
+)
+HISTORY_COLUMNS = (RUN_DATE, *(c for c in HISTORY_INPUT_COLUMNS if c != SLICE))
+
+
+def history_table(reports: Sequence[tuple[dt.date, pl.DataFrame]], slice_name: str) -> pl.DataFrame:
+    """One row per night and model of the slice ``slice_name``, by date, rank and model.
+
+    Parameters
+    ----------
+    reports
+        Each night's date and report (the :data:`HISTORY_INPUT_COLUMNS`), all in one unit.
+    slice_name
+        ``ALL`` or ``COL=value``; nights without it contribute no rows.
+    """
+    frames = [
+        frame.filter(pl.col(SLICE) == slice_name).with_columns(pl.lit(day).alias(RUN_DATE))
+        for day, frame in reports
+    ]
+    if not frames:
+        return pl.DataFrame(schema={RUN_DATE: pl.Date, "rank": pl.Int64, MODEL: pl.String})
+    return (
+        pl.concat(frames, how="vertical_relaxed")
+        .sort(RUN_DATE, "rank", MODEL)
+        .select(HISTORY_COLUMNS)
+    )
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.4g}"
+
+
+def history_markdown(table: pl.DataFrame, unit: str, slice_name: str) -> str:
+    """Markdown: one line per night and model with the mean KL and its 95% interval."""
+    lines = [
+        f"# klrank history: mean KL ({unit}) per night, slice {slice_name}",
+        "",
+        "| run_date | rank | model | mean KL [95% CI] | rows | n inf |",
+        "|---|---:|---|---|---:|---:|",
+    ]
+    for r in table.iter_rows(named=True):
+        interval = (
+            f" [{_number(r['ci95_low'])}, {_number(r['ci95_high'])}]"
+            if r["ci95_low"] is not None
+            else ""
+        )
+        lines.append(
+            f"| {r[RUN_DATE].isoformat()} | {r['rank']} | {r[MODEL]} | "
+            f"{_number(r['mean_kl'])}{interval} | {r['n_rows']} | {r['n_infinite']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def history_chart_html(table: pl.DataFrame, unit: str, slice_name: str) -> str:
+    """A self-contained HTML page (plotly.js inlined): mean KL ± 95% CI per model over nights.
+
+    An infinite mean is left out of its line (a gap), as plotly cannot draw it; the table says
+    so with ``n_infinite``.
+    """
+    # plotly takes a while to import: only this command pays for it, not ``klrank run``.
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for (model,), rows in table.sort(RUN_DATE).group_by(MODEL, maintain_order=True):
+        finite = rows.filter(pl.col("mean_kl").is_finite())
+        means = finite.get_column("mean_kl")
+        upper = (finite.get_column("ci95_high") - means).to_list()
+        lower = (means - finite.get_column("ci95_low")).to_list()
+        figure.add_trace(
+            go.Scatter(
+                x=[d.isoformat() for d in finite.get_column(RUN_DATE).to_list()],
+                y=means.to_list(),
+                error_y={"type": "data", "array": upper, "arrayminus": lower, "visible": True},
+                mode="lines+markers",
+                name=str(model),
+            )
+        )
+    figure.update_layout(
+        title=f"klrank: mean KL per night, slice {slice_name} (95% CI)",
+        xaxis_title="run date",
+        yaxis_title=f"mean KL ({unit})",
+    )
+    return str(figure.to_html(include_plotlyjs=True, full_html=True))
