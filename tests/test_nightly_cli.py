@@ -296,9 +296,7 @@ GATE_CASES = {
     "max_regression-fails": GateCase(
         ("--max-regression", "10"), 3, frozenset({("max_regression", "m")})
     ),
-    "max_regression-passes-a-large-limit": GateCase(
-        ("--max-regression", "100000"), 0, frozenset()
-    ),
+    "max_regression-passes-a-large-limit": GateCase(("--max-regression", "100000"), 0, frozenset()),
     "max_regression-passes-when-not-significant": GateCase(
         ("--max-regression", "10", "--alpha", "1e-300"), 0, frozenset()
     ),
@@ -333,16 +331,11 @@ def gate_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Resul
         for name, case in GATE_CASES.items()
     ]
     results = klrank_together(*commands)
-    return {
-        name: (result, root / name)
-        for name, result in zip(GATE_CASES, results, strict=True)
-    }
+    return {name: (result, root / name) for name, result in zip(GATE_CASES, results, strict=True)}
 
 
 @pytest.mark.parametrize("name", GATE_CASES)
-def test_each_gate_passes_or_fails(
-    gate_runs: dict[str, tuple[Result, Path]], name: str
-) -> None:
+def test_each_gate_passes_or_fails(gate_runs: dict[str, tuple[Result, Path]], name: str) -> None:
     case = GATE_CASES[name]
     result, out = gate_runs[name]
     expect(result, case.code)
@@ -381,9 +374,7 @@ def test_baseline_in_another_unit_is_converted(tmp_path: Path) -> None:
     out = tmp_path / "nats"
     tonight = _inputs(tmp_path / "n2", NIGHT1)
     expect(
-        klrank(
-            "run", *tonight, "--out", out, "--base", "e", "--baseline", bits / "report.parquet"
-        ),
+        klrank("run", *tonight, "--out", out, "--base", "e", "--baseline", bits / "report.parquet"),
         0,
     )
     before, now = _all_rows(_report(bits)), _all_rows(_report(out))

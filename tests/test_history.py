@@ -1,0 +1,48 @@
+"""The history table and chart from literal nightly reports."""
+
+import datetime as dt
+import math
+
+import polars as pl
+
+from pipeline.history import HISTORY_COLUMNS, history_chart_html, history_table
+
+
+def _night(mean_m: float, mean_n: float) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "slice": ["ALL", "ALL", "region=eu"],
+            "rank": [2, 1, 1],
+            "model": ["m", "n", "m"],
+            "n_rows": [4, 4, 2],
+            "mean_kl": [mean_m, mean_n, 0.5],
+            "sem_kl": [None, 0.1, 0.1],
+            "ci95_low": [None, mean_n - 0.2, 0.3],
+            "ci95_high": [None, mean_n + 0.2, 0.7],
+            "n_infinite": [1 if math.isinf(mean_m) else 0, 0, 0],
+        }
+    )
+
+
+NIGHTS = [(dt.date(2026, 1, 2), _night(math.inf, 0.25)), (dt.date(2026, 1, 1), _night(0.5, 0.75))]
+
+
+def test_history_table_keeps_one_slice_ordered_by_night_then_rank() -> None:
+    table = history_table(NIGHTS, "ALL")
+    assert table.columns == list(HISTORY_COLUMNS)
+    assert table.select("run_date", "model").rows() == [
+        (dt.date(2026, 1, 1), "n"),
+        (dt.date(2026, 1, 1), "m"),
+        (dt.date(2026, 1, 2), "n"),
+        (dt.date(2026, 1, 2), "m"),
+    ]
+    assert history_table(NIGHTS, "region=eu").height == 2
+    assert history_table(NIGHTS, "region=us").height == 0
+
+
+def test_chart_leaves_out_infinite_means() -> None:
+    html = history_chart_html(history_table(NIGHTS, "ALL"), "bits", "ALL")
+    assert '"name":"m"' in html and '"name":"n"' in html
+    # m's infinite night is a gap: its trace has one point, n's two.
+    assert '"x":["2026-01-01"],"y":[0.5]' in html
+    assert '"x":["2026-01-01","2026-01-02"],"y":[0.75,0.25]' in html
