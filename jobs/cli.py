@@ -464,7 +464,7 @@ def history_command(
             "--out",
             "-o",
             envvar="KLRANK_HISTORY_OUT",
-            help="Where the chart goes (self-contained HTML) [default: DIR/history.html].",
+            help="Where the chart goes (a self-contained HTML file); default DIR/history.html.",
             show_default=False,
         ),
     ] = None,
