@@ -346,6 +346,8 @@ def run_partitions(root: Path, report_file: str) -> list[tuple[dt.date, Path]]:
         return []
     found = []
     for folder in root.iterdir():
+        if folder.name.startswith((".", "_")):
+            continue
         key, sep, value = folder.name.partition("=")
         if not (sep and key == RUN_DATE_KEY) or not (folder / report_file).is_file():
             continue
