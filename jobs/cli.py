@@ -2,26 +2,32 @@
 
 Exit codes: 0 success, 1 the data failed validation, 2 usage error (bad option, missing or
 unreadable path, corrupt Parquet, no distribution columns), 70 internal error (a bug: rerun with
-``--debug`` for the traceback). Every option can also be set as an environment variable, named in
+``--debug`` for the traceback), 75 another run holds the output partition's lock
+(``--lock-timeout``), 130/143 stopped by SIGINT/SIGTERM (128 + the signal's number). Every option can also be set as an environment variable, named in
 ``--help`` (``KLRANK_LABELS``, ``KLRANK_OUT``, ...).
 """
 
 import datetime as dt
 import json
+import logging
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
-from jobs import __version__
+from jobs import __version__, cli_ops
 from jobs.config import InputOptions, RunOptions, TruthOption
 from jobs.run import Timings, run, validate
 from pipeline.aggregate import RankMetric
 from pipeline.divergence import Base
-from pipeline.errors import InvalidDataError, KlrankError, UsageError
+from pipeline import events
+from pipeline.errors import Interrupted, InvalidDataError, KlrankError, LockBusyError, UsageError
 
 EXIT_OK, EXIT_INVALID_DATA, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
+EXIT_LOCKED = cli_ops.EXIT_LOCKED
+EXIT_SIGNAL_BASE = 128  # + the signal's number, as a shell reports a process a signal ended
 
 app = typer.Typer(
     name="klrank",
@@ -143,12 +149,16 @@ def _root(
             "--version", callback=_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    config: cli_ops.ConfigOption = None,
 ) -> None:
     """Rank models by the KL divergence of their predicted distributions from the truth."""
 
 
 def _fail(code: int, status: str, message: str, as_json: bool) -> NoReturn:
-    typer.echo(f"klrank: {message}", err=True)
+    if cli_ops.logs.structured():  # stderr holds JSON lines only
+        events.emit("failed", logging.ERROR, status=status, exit_code=code, message=message)
+    else:
+        typer.echo(f"klrank: {message}", err=True)
     if as_json:
         typer.echo(json.dumps({"status": status, "exit_code": code, "message": message}))
     raise typer.Exit(code)
@@ -162,6 +172,16 @@ def _guarded(action: Callable[[], Any], *, debug: bool, as_json: bool) -> Any:
         _fail(EXIT_INVALID_DATA, "invalid_data", str(error), as_json)
     except UsageError as error:
         _fail(EXIT_USAGE, "usage_error", str(error), as_json)
+    except LockBusyError as error:
+        _fail(EXIT_LOCKED, "locked", str(error), as_json)
+    except Interrupted as stop:
+        name = signal.Signals(stop.signum).name
+        _fail(
+            EXIT_SIGNAL_BASE + stop.signum,
+            "interrupted",
+            f"stopped by {name} before the run finished; its temporary files were removed",
+            as_json,
+        )
     except KlrankError as error:  # a subclass without its own code is still not a crash
         _fail(EXIT_INTERNAL, "error", str(error), as_json)
     except Exception as error:
@@ -277,8 +297,13 @@ def run_command(
     ] = None,
     as_json: JsonOut = False,
     debug: Debug = False,
+    lock_timeout: cli_ops.LockTimeoutOption = 600.0,
+    log_format: cli_ops.LogFormatOption = "text",
+    quiet: cli_ops.QuietOption = False,
+    config: cli_ops.ConfigOption = None,
 ) -> None:
     """Validate the inputs, compute the divergences and publish the ranked report atomically."""
+    cli_ops.setup(log_format, quiet)
 
     def action() -> None:
         options = RunOptions(
@@ -302,13 +327,14 @@ def run_command(
             run_date=run_date.date() if run_date else None,
             write_rows=rows,
             failures=failures,
+            lock_timeout=lock_timeout,
         )
         summary = run(options)
         if as_json:
             typer.echo(json.dumps(summary.manifest | {"target": str(summary.target)}))
         else:
             typer.echo(summary.summary, nl=False)
-        typer.echo(f"klrank: published {summary.target}", err=True)
+        cli_ops.notice(f"published {summary.target}", quiet)
 
     _guarded(action, debug=debug, as_json=as_json)
 
@@ -337,8 +363,12 @@ def validate_command(
     ] = None,
     as_json: JsonOut = False,
     debug: Debug = False,
+    log_format: cli_ops.LogFormatOption = "text",
+    quiet: cli_ops.QuietOption = False,
+    config: cli_ops.ConfigOption = None,
 ) -> None:
     """Check the inputs against the contract without computing or publishing anything."""
+    cli_ops.setup(log_format, quiet)
 
     def action() -> None:
         options = _inputs(
@@ -379,8 +409,12 @@ def validate_command(
     _guarded(action, debug=debug, as_json=as_json)
 
 
+app.add_typer(cli_ops.config_app, name="config")
+
+
 def main() -> None:
     """Console-script entry point."""
+    cli_ops.handle_signals()
     app(prog_name="klrank")
 
 

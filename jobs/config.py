@@ -49,8 +49,11 @@ class RunOptions:
     run_date: dt.date | None = None
     write_rows: bool = True
     failures: Path | None = None
+    lock_timeout: float = 600.0  # seconds to wait for another run of the same partition
 
     def __post_init__(self) -> None:
+        if not self.lock_timeout >= 0:
+            raise UsageError(f"--lock-timeout must be >= 0, got {self.lock_timeout}")
         if self.base not in LOG_BASES:
             raise UsageError(f"--base must be one of {', '.join(LOG_BASES)}, got {self.base!r}")
         if not (0.0 <= self.epsilon < 1.0):
