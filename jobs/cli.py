@@ -17,12 +17,12 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from jobs import __version__, cli_ops
+from jobs import __version__, cli_ops, logs
 from jobs.config import InputOptions, RunOptions, TruthOption
 from jobs.run import Timings, run, validate
+from pipeline import events
 from pipeline.aggregate import RankMetric
 from pipeline.divergence import Base
-from pipeline import events
 from pipeline.errors import Interrupted, InvalidDataError, KlrankError, LockBusyError, UsageError
 
 EXIT_OK, EXIT_INVALID_DATA, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
@@ -155,7 +155,7 @@ def _root(
 
 
 def _fail(code: int, status: str, message: str, as_json: bool) -> NoReturn:
-    if cli_ops.logs.structured():  # stderr holds JSON lines only
+    if logs.structured():  # stderr holds JSON lines only
         events.emit("failed", logging.ERROR, status=status, exit_code=code, message=message)
     else:
         typer.echo(f"klrank: {message}", err=True)

@@ -11,6 +11,7 @@ Kept apart from :mod:`jobs.cli` so that its options apply to every command the s
 * ``klrank config show``: the merged options and where each came from.
 """
 
+import datetime as dt
 import json
 import sys
 from collections.abc import Mapping
@@ -149,19 +150,22 @@ def _toml(value: Any) -> str:
         return repr(value)  # inf and nan are TOML too
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if hasattr(value, "date") and hasattr(value, "hour"):  # a --run-date: a TOML local date
-        return str(value.date().isoformat())
+    if isinstance(value, dt.datetime):  # a --run-date: a TOML local date
+        return value.date().isoformat()
     return json.dumps(str(value))
 
 
 def _json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json(v) for v in value]
-    if hasattr(value, "date") and hasattr(value, "hour"):
+    if isinstance(value, dt.datetime):
         return value.date().isoformat()
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
+
+
+MISSING = object()  # the value of a required option that nothing sets
 
 
 def merged_options(
@@ -191,20 +195,17 @@ def merged_options(
     return merged
 
 
-MISSING = object()
-
-
 @config_app.command("show")
 def show(
     ctx: typer.Context,
     command: Annotated[
         str | None,
-        typer.Argument(help="The command whose options to show [default: every one].", show_default=False),
+        typer.Argument(
+            help="The command whose options to show [default: every one].", show_default=False
+        ),
     ] = None,
     config: ConfigOption = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print JSON instead of TOML.")
-    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of TOML.")] = False,
 ) -> None:
     """Print the options each command would run with: command line > env > file > defaults.
 

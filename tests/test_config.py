@@ -109,7 +109,13 @@ def test_command_table_beats_the_top_level_and_applies_to_its_command_only(
         ("[deploy]\nx = 1\n", ["[deploy]"]),
         ("labels = [1\n", ["not valid TOML"]),
     ],
-    ids=["unknown_key", "unknown_key_in_table", "key_of_another_command", "unknown_table", "bad_toml"],
+    ids=[
+        "unknown_key",
+        "unknown_key_in_table",
+        "key_of_another_command",
+        "unknown_table",
+        "bad_toml",
+    ],
 )
 def test_bad_config_file_is_a_usage_error_naming_file_and_key(
     tmp_path: Path, text: str, mentions: list[str]

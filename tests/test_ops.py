@@ -76,6 +76,25 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> list[str | Path]:
     ]
 
 
+@pytest.fixture(autouse=True)
+def _no_process_left(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Kill whatever a failed test left running (a stopped run, a cron command)."""
+    started: list[subprocess.Popen[Any]] = []
+    popen = subprocess.Popen
+
+    def tracked(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+        process = popen(*args, **kwargs)
+        started.append(process)
+        return process
+
+    monkeypatch.setattr(subprocess, "Popen", tracked)
+    yield
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def _staging(folder: Path) -> list[Path]:
     return sorted(folder.glob(f"{STAGING_PREFIX}*"))
 
@@ -391,7 +410,7 @@ def test_readme_cron_line_runs_once_when_started_twice(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KLRANK_")}
     log = tmp_path / "klrank.log"
 
-    def cron() -> subprocess.Popen[bytes]:
+    def cron() -> "subprocess.Popen[bytes]":  # a string: the fixture swaps Popen for a function
         return subprocess.Popen(["sh", "-c", command], env=env, stdin=subprocess.DEVNULL)
 
     assert cron().wait(timeout=TIMEOUT_S) == 0, log.read_text()
