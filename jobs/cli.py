@@ -10,7 +10,6 @@ unreadable path, corrupt Parquet, no distribution columns), 70 internal error (a
 import datetime as dt
 import json
 import logging
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -175,11 +174,10 @@ def _guarded(action: Callable[[], Any], *, debug: bool, as_json: bool) -> Any:
     except LockBusyError as error:
         _fail(EXIT_LOCKED, "locked", str(error), as_json)
     except Interrupted as stop:
-        name = signal.Signals(stop.signum).name
         _fail(
             EXIT_SIGNAL_BASE + stop.signum,
             "interrupted",
-            f"stopped by {name} before the run finished; its temporary files were removed",
+            cli_ops.stopped_message(stop.signum),
             as_json,
         )
     except KlrankError as error:  # a subclass without its own code is still not a crash
@@ -415,7 +413,11 @@ app.add_typer(cli_ops.config_app, name="config")
 def main() -> None:
     """Console-script entry point."""
     cli_ops.handle_signals()
-    app(prog_name="klrank")
+    try:
+        app(prog_name="klrank")
+    except Interrupted as stop:  # outside a command's work: while parsing options, say
+        typer.echo(f"klrank: {cli_ops.stopped_message(stop.signum)}", err=True)
+        raise SystemExit(EXIT_SIGNAL_BASE + stop.signum) from None
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Kept apart from :mod:`jobs.cli` so that its options apply to every command the s
 
 import datetime as dt
 import json
+import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,6 +64,8 @@ def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
     """Read ``--config`` and make its values the defaults of this command (or of every one)."""
     if value is None or ctx.resilient_parsing:
         return value
+    if ctx.get_parameter_source("config") == ParameterSource.ENVIRONMENT and _META_KEY in ctx.meta:
+        return value  # `klrank --config F run`: F, read by the root, beats KLRANK_CONFIG
     commands = _leaf_commands(ctx)
     try:
         maps = config_file.default_maps(
@@ -131,6 +134,12 @@ def notice(message: str, quiet: bool) -> None:
 def handle_signals() -> None:
     """Turn SIGTERM and SIGINT into :class:`~pipeline.errors.Interrupted` (see main)."""
     interrupts.install()
+
+
+def stopped_message(signum: int) -> str:
+    """The one line that says a signal stopped the run."""
+    name = signal.Signals(signum).name
+    return f"stopped by {name} before the run finished; its temporary files were removed"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -82,6 +82,16 @@ def test_config_from_environment_variable_and_before_the_command(tmp_path: Path)
     assert json.loads(result.stdout)["options"]["base"] == "e"
 
 
+def test_config_on_the_command_line_beats_klrank_config(tmp_path: Path) -> None:
+    config = _base_config(tmp_path)
+    other = _config(tmp_path, 'base = "10"\n', "other.toml")
+    env = {"KLRANK_CONFIG": str(other)}
+    result = klrank("--config", config, "run", "--json", env=env)
+    expect(result, 0)
+    assert json.loads(result.stdout)["options"]["base"] == "e"
+    assert _run_options("--config", config, env=env)["base"] == "e"
+
+
 def test_command_table_beats_the_top_level_and_applies_to_its_command_only(
     tmp_path: Path,
 ) -> None:
