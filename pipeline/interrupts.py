@@ -20,12 +20,16 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _depth = 0  # nesting depth of deferred() blocks
 _held: list[int] = []  # signals that arrived inside one
+_stopping = [False]  # Interrupted has been raised: the run is unwinding
 
 
 def _raise(signum: int, frame: FrameType | None) -> None:
+    if _stopping[0]:
+        return  # a second signal (Ctrl-C twice, a retried kill) must not cut the cleanup short
     if _depth:
         _held.append(signum)
         return
+    _stopping[0] = True
     raise Interrupted(signum)
 
 
@@ -49,4 +53,5 @@ def deferred() -> Iterator[None]:
     if not _depth and _held:
         signum = _held[0]
         _held.clear()
+        _stopping[0] = True
         raise Interrupted(signum)
