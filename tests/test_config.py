@@ -6,6 +6,7 @@ by ``--json``) or from what ``klrank config show`` prints.
 """
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,12 @@ def test_show_rejects_an_unknown_command() -> None:
     result = klrank("config", "show", "deploy")
     expect(result, 2)
     assert "deploy" in result.stderr
+
+
+def test_readme_example_config_is_accepted(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    (example,) = re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL)
+    shown = _shown("--config", _config(tmp_path, example))
+    assert shown["run"]["rows"] == {"value": False, "source": "config file"}
+    assert shown["run"]["lock-timeout"]["value"] == 1800
+    assert shown["validate"]["slice-by"] == {"value": ["region"], "source": "config file"}
