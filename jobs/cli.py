@@ -3,8 +3,9 @@
 Exit codes: 0 success, 1 the data failed validation, 2 usage error (bad option, missing or
 unreadable path, corrupt Parquet, no distribution columns), 70 internal error (a bug: rerun with
 ``--debug`` for the traceback), 75 another run holds the output partition's lock
-(``--lock-timeout``), 130/143 stopped by SIGINT/SIGTERM (128 + the signal's number). Every option can also be set as an environment variable, named in
-``--help`` (``KLRANK_LABELS``, ``KLRANK_OUT``, ...).
+(``--lock-timeout``), 130/143 stopped by SIGINT/SIGTERM (128 + the signal's number). Every
+option can also be set as an environment variable, named in ``--help`` (``KLRANK_LABELS``,
+``KLRANK_OUT``, ...), or in a ``--config`` TOML file (see :mod:`jobs.cli_ops`).
 """
 
 import datetime as dt
