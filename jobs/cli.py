@@ -3,12 +3,16 @@
 Exit codes: 0 success, 1 the data failed validation, 2 usage error (bad option, missing or
 unreadable path, corrupt Parquet, no distribution columns), 3 a gate failed (``--max-mean-kl``,
 ``--max-regression``, ``--expect-best``: the report is published all the same and the manifest
-says why), 70 internal error (a bug: rerun with ``--debug`` for the traceback). Every option can also be set as an environment variable, named in
-``--help`` (``KLRANK_LABELS``, ``KLRANK_OUT``, ...).
+says why), 70 internal error (a bug: rerun with ``--debug`` for the traceback), 75 another run
+holds the output partition's lock (``--lock-timeout``), 130/143 stopped by SIGINT/SIGTERM (128 +
+the signal's number). Every option can also be set as an environment variable, named in
+``--help`` (``KLRANK_LABELS``, ``KLRANK_OUT``, ...), or in a ``--config`` TOML file (see
+:mod:`jobs.cli_ops`).
 """
 
 import datetime as dt
 import json
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -16,17 +20,20 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from jobs import __version__
+from jobs import __version__, cli_ops, logs
 from jobs.config import InputOptions, RunOptions, TruthOption
 from jobs.nightly import HistoryOptions, history
 from jobs.run import Timings, run, validate
+from pipeline import events
 from pipeline.aggregate import RankMetric
 from pipeline.divergence import Base
-from pipeline.errors import InvalidDataError, KlrankError, UsageError
+from pipeline.errors import Interrupted, InvalidDataError, KlrankError, LockBusyError, UsageError
 from pipeline.gates import Gates
 from pipeline.history import history_markdown
 
 EXIT_OK, EXIT_INVALID_DATA, EXIT_USAGE, EXIT_GATE_FAILED, EXIT_INTERNAL = 0, 1, 2, 3, 70
+EXIT_LOCKED = cli_ops.EXIT_LOCKED
+EXIT_SIGNAL_BASE = 128  # + the signal's number, as a shell reports a process a signal ended
 
 app = typer.Typer(
     name="klrank",
@@ -148,12 +155,16 @@ def _root(
             "--version", callback=_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    config: cli_ops.ConfigOption = None,
 ) -> None:
     """Rank models by the KL divergence of their predicted distributions from the truth."""
 
 
 def _fail(code: int, status: str, message: str, as_json: bool) -> NoReturn:
-    typer.echo(f"klrank: {message}", err=True)
+    if logs.structured():  # stderr holds JSON lines only
+        events.emit("failed", logging.ERROR, status=status, exit_code=code, message=message)
+    else:
+        typer.echo(f"klrank: {message}", err=True)
     if as_json:
         typer.echo(json.dumps({"status": status, "exit_code": code, "message": message}))
     raise typer.Exit(code)
@@ -167,6 +178,15 @@ def _guarded(action: Callable[[], Any], *, debug: bool, as_json: bool) -> Any:
         _fail(EXIT_INVALID_DATA, "invalid_data", str(error), as_json)
     except UsageError as error:
         _fail(EXIT_USAGE, "usage_error", str(error), as_json)
+    except LockBusyError as error:
+        _fail(EXIT_LOCKED, "locked", str(error), as_json)
+    except Interrupted as stop:
+        _fail(
+            EXIT_SIGNAL_BASE + stop.signum,
+            "interrupted",
+            cli_ops.stopped_message(stop.signum),
+            as_json,
+        )
     except KlrankError as error:  # a subclass without its own code is still not a crash
         _fail(EXIT_INTERNAL, "error", str(error), as_json)
     except Exception as error:
@@ -329,11 +349,16 @@ def run_command(
     ] = None,
     as_json: JsonOut = False,
     debug: Debug = False,
+    lock_timeout: cli_ops.LockTimeoutOption = 600.0,
+    log_format: cli_ops.LogFormatOption = "text",
+    quiet: cli_ops.QuietOption = False,
+    config: cli_ops.ConfigOption = None,
 ) -> None:
     """Validate the inputs, compute the divergences and publish the ranked report atomically.
 
     Exits 3 when a gate failed: the report is published, and manifest.json lists every gate.
     """
+    cli_ops.setup(log_format, quiet)
 
     def action() -> Any:
         options = RunOptions(
@@ -359,6 +384,7 @@ def run_command(
             failures=failures,
             baseline=baseline,
             gates=Gates(max_mean_kl, max_regression, alpha, expect_best),
+            lock_timeout=lock_timeout,
         )
         summary = run(options)
         failed = summary.failed_gates
@@ -369,9 +395,18 @@ def run_command(
             typer.echo(json.dumps(summary.manifest | extra))
         else:
             typer.echo(summary.summary, nl=False)
-        typer.echo(f"klrank: published {summary.target}", err=True)
-        for gate in failed:
-            typer.echo(f"klrank: gate failed: {gate.message}", err=True)
+        cli_ops.notice(f"published {summary.target}", quiet)
+        for gate in failed:  # even with --quiet: a failed gate is the reason for exit 3
+            if logs.structured():
+                events.emit(
+                    "gate.failed",
+                    logging.ERROR,
+                    gate=gate.gate,
+                    model=gate.model,
+                    message=gate.message,
+                )
+            else:
+                typer.echo(f"klrank: gate failed: {gate.message}", err=True)
         return summary
 
     # Exit outside the guard: typer.Exit is an exception the guard would call a crash.
@@ -403,8 +438,12 @@ def validate_command(
     ] = None,
     as_json: JsonOut = False,
     debug: Debug = False,
+    log_format: cli_ops.LogFormatOption = "text",
+    quiet: cli_ops.QuietOption = False,
+    config: cli_ops.ConfigOption = None,
 ) -> None:
     """Check the inputs against the contract without computing or publishing anything."""
+    cli_ops.setup(log_format, quiet)
 
     def action() -> None:
         options = _inputs(
@@ -470,8 +509,12 @@ def history_command(
     ] = None,
     as_json: JsonOut = False,
     debug: Debug = False,
+    log_format: cli_ops.LogFormatOption = "text",
+    quiet: cli_ops.QuietOption = False,
+    config: cli_ops.ConfigOption = None,
 ) -> None:
     """Every night's mean KL per model with its 95% CI, as a table and an HTML chart."""
+    cli_ops.setup(log_format, quiet)
 
     def action() -> None:
         summary = history(HistoryOptions(root, slice_name, chart))
@@ -496,14 +539,22 @@ def history_command(
             typer.echo(json.dumps(document))
         else:
             typer.echo(history_markdown(summary.table, summary.unit, slice_name), nl=False)
-        typer.echo(f"klrank: chart written to {summary.chart}", err=True)
+        cli_ops.notice(f"chart written to {summary.chart}", quiet)
 
     _guarded(action, debug=debug, as_json=as_json)
 
 
+app.add_typer(cli_ops.config_app, name="config")
+
+
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="klrank")
+    cli_ops.handle_signals()
+    try:
+        app(prog_name="klrank")
+    except Interrupted as stop:  # outside a command's work: while parsing options, say
+        typer.echo(f"klrank: {cli_ops.stopped_message(stop.signum)}", err=True)
+        raise SystemExit(EXIT_SIGNAL_BASE + stop.signum) from None
 
 
 if __name__ == "__main__":

@@ -52,12 +52,15 @@ class RunOptions:
     failures: Path | None = None
     baseline: str | None = None  # "auto", a report.parquet or a run folder
     gates: Gates = Gates()
+    lock_timeout: float = 600.0  # seconds to wait for another run of the same partition
 
     def __post_init__(self) -> None:
         if self.baseline == "auto" and self.run_date is None:
             raise UsageError("--baseline auto needs --run-date (it picks the latest earlier night)")
         if self.gates.max_regression_pct is not None and self.baseline is None:
             raise UsageError("--max-regression needs --baseline (auto or a path)")
+        if not self.lock_timeout >= 0:
+            raise UsageError(f"--lock-timeout must be >= 0, got {self.lock_timeout}")
         if self.base not in LOG_BASES:
             raise UsageError(f"--base must be one of {', '.join(LOG_BASES)}, got {self.base!r}")
         if not (0.0 <= self.epsilon < 1.0):

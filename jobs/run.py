@@ -6,11 +6,12 @@ maps them to exit codes.
 
 import datetime as dt
 import json
+import logging
 import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,14 @@ import polars as pl
 from jobs import __version__
 from jobs.config import InputOptions, RunOptions
 from jobs.nightly import REPORT_FILE, Baseline, load_baseline
-from pipeline import aggregate, io
+from pipeline import aggregate, events, io
 from pipeline.baseline import compare_with_baseline
 from pipeline.divergence import UNITS
 from pipeline.errors import InvalidDataError
 from pipeline.evaluate import Evaluation, Measures, evaluate
 from pipeline.gates import GateResult, evaluate_gates
 from pipeline.layout import MODEL, Layout, resolve_layout
+from pipeline.lock import partition_lock
 from pipeline.summary import baseline_section, gates_section, ranked_summary
 from pipeline.validation import check_structure, summarise
 from schemas.report import REPORT_COLUMNS, REPORT_SCHEMA, REPORT_SCHEMA_VERSION
@@ -99,6 +101,8 @@ def _fail_if_any(failures: pl.DataFrame, failures_path: Path | None) -> None:
     if failures.height == 0:
         return
     lines = summarise(failures)
+    checks = sorted(set(failures.get_column("check").to_list()))
+    events.emit("validation.failed", logging.ERROR, checks=checks, cases=failures.height)
     if failures_path is not None:
         io.write_atomically(failures_path, lambda path: io.write_parquet(failures, path))
         lines.append(f"all {failures.height} failure cases: {failures_path}")
@@ -155,7 +159,9 @@ def open_inputs(
             prediction_list_width=_list_widths(predictions, options),
         )
         _fail_if_any(check_structure(labels.frame, predictions.frame, layout), failures_path)
-    return OpenedInputs(layout, labels, predictions)
+    opened = OpenedInputs(layout, labels, predictions)
+    events.emit("inputs.scanned", **opened.manifest(), seconds=timings.seconds["scan"])
+    return opened
 
 
 def _evaluate(
@@ -179,7 +185,19 @@ def _evaluate(
     timings.seconds["compute"] = round(
         timings.seconds["evaluate"] - evaluation.validation_seconds, 4
     )
+    events.emit(
+        "validation.done",
+        seconds=timings.seconds["validate"],
+        failures=evaluation.failures.height,
+    )
     _fail_if_any(evaluation.failures, failures_path)
+    if compute:
+        events.emit(
+            "evaluation.done",
+            rows=inputs.labels.n_rows * len(evaluation.alignment),
+            models=len(evaluation.alignment),
+            seconds=timings.seconds["evaluate"],
+        )
     return evaluation
 
 
@@ -196,6 +214,7 @@ def validate(
         Any check failed; the message has one line per failed check, and the full failure
         cases are written to ``failures_path`` (when given).
     """
+    events.emit("validate.started", options=asdict(options))
     inputs = open_inputs(options, failures_path, timings)
     measures = Measures(tolerance=options.tolerance)
     evaluation = _evaluate(inputs, measures, timings, failures_path, compute=False)
@@ -222,8 +241,24 @@ def _versions() -> dict[str, str]:
 
 
 def run(options: RunOptions) -> RunSummary:
-    """Validate, compute and publish the report atomically under ``options.target``."""
-    started = dt.datetime.now(dt.UTC)
+    """Validate, compute and publish the report atomically under ``options.target``.
+
+    The whole run holds the partition's lock (:mod:`pipeline.lock`), so two runs aimed at the
+    same target never interleave; the second waits up to ``options.lock_timeout`` seconds.
+
+    Raises
+    ------
+    LockBusyError
+        Another run still held the partition's lock after ``options.lock_timeout`` seconds.
+    """
+    io.check_publishable(options.target)
+    events.emit("run.started", target=str(options.target), options=options.recorded())
+    with partition_lock(options.target, options.lock_timeout):
+        return _run(options)
+
+
+def _run(options: RunOptions) -> RunSummary:
+    started, clock = dt.datetime.now(dt.UTC), time.perf_counter()
     io.check_publishable(options.target)
     timings = Timings()
     inputs = open_inputs(options.inputs, options.failures_path, timings)
@@ -295,6 +330,9 @@ def run(options: RunOptions) -> RunSummary:
         published.update(report=report, summary=summary, gates=tuple(gates))
 
     io.publish(options.target, write)
+    events.emit(
+        "published", target=str(options.target), seconds=round(time.perf_counter() - clock, 4)
+    )
     io.remove_file(options.failures_path)  # a stale record of an earlier failed run
     return RunSummary(
         options.target, published["report"], published["summary"], manifest, published["gates"]

@@ -17,3 +17,18 @@ class InvalidDataError(KlrankError):
     def __init__(self, message: str, failures: pl.DataFrame) -> None:
         super().__init__(message)
         self.failures = failures
+
+
+class LockBusyError(KlrankError):
+    """Another run holds the lock of the same output partition, past ``--lock-timeout``."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT stopped the run; a BaseException, so that no ``except Exception`` eats it.
+
+    Cleanup (``finally`` blocks, the staging folder) runs as the exception unwinds.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum

@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline import aggregate, arrays, io
+from pipeline import aggregate, arrays, events, io
 from pipeline.io import ROW, ParquetInput
 from pipeline.layout import (
     MODEL,
@@ -204,7 +204,8 @@ def evaluate(
 
     slice_keys = aggregate.slice_key_columns(layout.slice_cols)
     key_batches: list[pl.DataFrame] = []
-    for label_batch in io.batches(label_frame, labels, size):
+    n_batches = -(-labels.n_rows // size)
+    for done, label_batch in enumerate(io.batches(label_frame, labels, size), start=1):
         failures.append(checked(check_rows, label_batch, "labels", layout, measures.tolerance))
         prepared = None
         if compute and not failed():
@@ -220,6 +221,7 @@ def evaluate(
             failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))
             if prepared is not None and not failed():
                 _measure(model, prepared, batch, layout, measures, list(slice_keys), rows_sink)
+        events.progress("batches", done, n_batches)
     for stream in validate_only:
         for batch in stream:
             failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))

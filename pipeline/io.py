@@ -23,6 +23,7 @@ from urllib.parse import unquote
 import polars as pl
 import pyarrow.parquet as pq
 
+from pipeline import interrupts
 from pipeline.errors import UsageError
 
 _GLOB_CHARS = frozenset("*?[")
@@ -306,16 +307,18 @@ def publish(target: Path, write: Callable[[Path], None]) -> None:
         for file in staging.iterdir():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
-        if not target.exists():
-            staging.rename(target)
-        elif _exchange(staging, target):
-            shutil.rmtree(staging)  # now holds the previous report
-        else:
-            retired = target.parent / f"{STAGING_PREFIX}{target.name}-{uuid.uuid4().hex}-old"
-            target.rename(retired)
-            staging.rename(target)
-            shutil.rmtree(retired)
-        _fsync_dir(target.parent)
+        # A SIGTERM between the two renames of the fallback would leave no report at all.
+        with interrupts.deferred():
+            if not target.exists():
+                staging.rename(target)
+            elif _exchange(staging, target):
+                shutil.rmtree(staging)  # now holds the previous report
+            else:
+                retired = target.parent / f"{STAGING_PREFIX}{target.name}-{uuid.uuid4().hex}-old"
+                target.rename(retired)
+                staging.rename(target)
+                shutil.rmtree(retired)
+            _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
