@@ -4,12 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+# Airflow has an environment of its own, so that the main one stays light (see jobs/airflow/).
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint examples bench clean
+.PHONY: help demo test test-airflow lint examples bench clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +24,18 @@ demo: $(STAMP) ## Create the environment and rank the example models (prints the
 	$(BIN)/klrank run --labels examples/data/labels.parquet \
 	    --predictions examples/data/predictions --slice-by region --out demo-out
 
-test: $(STAMP) ## Create the environment and run the whole test suite
+test: $(STAMP) ## Create the environment and run the test suite (the Airflow tests: make test-airflow)
 	$(BIN)/pytest
+
+$(AIRFLOW_STAMP): jobs/airflow/constraints.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install --quiet apache-airflow --constraint jobs/airflow/constraints.txt
+	touch $(AIRFLOW_STAMP)
+
+test-airflow: $(STAMP) $(AIRFLOW_STAMP) ## Install Airflow in .venv-airflow, type-check the DAG and run it (airflow dags test)
+	MYPYPATH=jobs/airflow $(BIN)/mypy --python-executable $(AIRFLOW_VENV)/bin/python jobs/airflow/klrank_nightly.py
+	$(BIN)/pytest -m airflow
 
 lint: $(STAMP) ## ruff, ruff format --check and mypy --strict
 	$(BIN)/ruff check .
@@ -40,4 +53,4 @@ bench: $(BENCH_STAMP) ## Time klrank against a read floor, DuckDB and pandas (AR
 	$(BIN)/python benchmarks/run.py $(ARGS)
 
 clean: ## Remove the environment and demo output
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) $(AIRFLOW_VENV) demo-out

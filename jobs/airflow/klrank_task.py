@@ -1,0 +1,144 @@
+"""What the nightly Airflow task runs, and how it judges klrank's exit code.
+
+Pure standard library, so that it is unit tested without Airflow and deployed beside
+``klrank_nightly.py`` in the DAGs folder (which Airflow puts on ``sys.path``).
+"""
+
+import enum
+import shlex
+import signal
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+
+class Outcome(enum.Enum):
+    """What the task does with an exit code."""
+
+    SUCCESS = "success"
+    FAIL = "fail"
+    """Fail now, without the remaining retries: running again cannot help."""
+    RETRY = "retry"
+    """Fail this try; Airflow retries while retries are left."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """An outcome and the one-line reason the task log shows for it."""
+
+    outcome: Outcome
+    reason: str
+
+
+_FIX_THEN_CLEAR = "retrying cannot help: fix it, then clear the task to run this night again"
+_BY_CODE = {
+    0: Verdict(Outcome.SUCCESS, "klrank published the report"),
+    1: Verdict(
+        Outcome.FAIL,
+        "klrank exit 1: the input data failed validation and nothing was published; the log above "
+        f"lists the failed checks and where the failure cases were written; {_FIX_THEN_CLEAR}",
+    ),
+    2: Verdict(
+        Outcome.FAIL,
+        "klrank exit 2: usage error (bad option, missing or unreadable path, corrupt Parquet); "
+        + _FIX_THEN_CLEAR,
+    ),
+    3: Verdict(
+        Outcome.FAIL,
+        "klrank exit 3: a regression gate failed; the report WAS published, and this task fails "
+        "so that someone looks at it",
+    ),
+    75: Verdict(
+        Outcome.RETRY,
+        "klrank exit 75: another run still held this night's output partition after "
+        "--lock-timeout; retried later",
+    ),
+    70: Verdict(
+        Outcome.RETRY,
+        "klrank exit 70: internal error (a bug in klrank); retried in case it is transient, "
+        "rerun with --debug for the traceback",
+    ),
+}
+
+
+def judge(exit_code: int) -> Verdict:
+    """The outcome of the task for klrank's exit code.
+
+    Parameters
+    ----------
+    exit_code
+        ``Popen.returncode``: klrank's exit status, or minus the signal that killed it.
+
+    Returns
+    -------
+    Verdict
+        ``SUCCESS`` for 0; ``FAIL`` (no retry) for 1 invalid data, 2 usage error and 3 a failed
+        regression gate; ``RETRY`` for 70 internal error, 75 another run held the partition's lock, for a run killed by a signal (negative
+        code, or 128 + signal from a shell: SIGINT 130, SIGKILL 137, SIGTERM 143), and for any
+        other code, since retries are bounded and an unknown failure may be transient.
+
+    Examples
+    --------
+    >>> judge(1).outcome
+    <Outcome.FAIL: 'fail'>
+    >>> judge(-15).reason
+    'klrank was killed by SIGTERM; retried'
+    """
+    if exit_code in _BY_CODE:
+        return _BY_CODE[exit_code]
+    try:
+        # Popen reports a death by signal N as -N; a shell in between reports 128 + N.
+        killed_by = signal.Signals(-exit_code if exit_code < 0 else exit_code - 128)
+    except ValueError:
+        return Verdict(Outcome.RETRY, f"klrank exit {exit_code}: unexpected exit code; retried")
+    return Verdict(Outcome.RETRY, f"klrank was killed by {killed_by.name}; retried")
+
+
+def klrank_argv(
+    command: str, labels: str, predictions: str, out: str, run_date: str, options: str = ""
+) -> list[str]:
+    """The ``klrank run`` command line of one night.
+
+    Parameters
+    ----------
+    command
+        How to start klrank, as shell words (``/srv/klrank/.venv/bin/klrank``).
+    labels, predictions, out
+        Absolute paths, passed to ``--labels``, ``--predictions`` and ``--out``.
+    run_date
+        ``YYYY-MM-DD``; the report goes to ``OUT/run_date=YYYY-MM-DD/``.
+    options
+        More options as shell words (``--slice-by region --no-rows``), or empty.
+
+    Raises
+    ------
+    ValueError
+        ``command`` is empty or a path is relative (the task runs in a temporary folder).
+
+    Examples
+    --------
+    >>> klrank_argv("klrank", "/d/labels", "/d/predictions", "/d/out", "2026-11-25")[-4:]
+    ['/d/out', '--run-date', '2026-11-25', '--json']
+    """
+    words = shlex.split(command)
+    if not words:
+        raise ValueError("the klrank command is empty")
+    paths = {"labels": labels, "predictions": predictions, "out": out}
+    relative = [
+        f"{name}={path!r}" for name, path in paths.items() if not PurePosixPath(path).is_absolute()
+    ]
+    if relative:
+        raise ValueError(f"paths must be absolute: {', '.join(relative)}")
+    return [
+        *words,
+        "run",
+        *shlex.split(options),
+        "--labels",
+        labels,
+        "--predictions",
+        predictions,
+        "--out",
+        out,
+        "--run-date",
+        run_date,
+        "--json",
+    ]

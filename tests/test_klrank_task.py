@@ -1,0 +1,124 @@
+"""The Airflow task's exit-code mapping and command line (jobs/airflow/klrank_task.py), no Airflow.
+
+tests/test_airflow.py runs the DAG itself in real Airflow.
+"""
+
+import doctest
+import signal
+
+import pytest
+
+from jobs.airflow import klrank_task
+from jobs.airflow.klrank_task import Outcome, judge, klrank_argv
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "outcome"),
+    [
+        (0, Outcome.SUCCESS),
+        # Bad data, a bad command line and a failed regression gate give the same result on a rerun.
+        (1, Outcome.FAIL),
+        (2, Outcome.FAIL),
+        (3, Outcome.FAIL),
+        # A bug may be transient (memory, a flaky mount); retries are bounded.
+        (70, Outcome.RETRY),
+        # Another run of the same night held the partition's lock: the next try can take it.
+        (75, Outcome.RETRY),
+        # Killed: an Airflow timeout or a stopped worker, directly (-N) or through a shell (128 + N).
+        (-signal.SIGTERM, Outcome.RETRY),
+        (-signal.SIGKILL, Outcome.RETRY),
+        (130, Outcome.RETRY),
+        (137, Outcome.RETRY),
+        (143, Outcome.RETRY),
+        (4, Outcome.RETRY),
+        (255, Outcome.RETRY),
+    ],
+)
+def test_judge_maps_each_exit_code_to_an_outcome(exit_code: int, outcome: Outcome) -> None:
+    assert judge(exit_code).outcome is outcome
+
+
+def test_a_failed_regression_gate_says_the_report_was_published() -> None:
+    assert "report WAS published" in judge(3).reason
+
+
+def test_invalid_data_says_nothing_was_published_and_retrying_cannot_help() -> None:
+    reason = judge(1).reason
+    assert "nothing was published" in reason
+    assert "retrying cannot help" in reason
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "reason"),
+    [
+        (-signal.SIGTERM, "klrank was killed by SIGTERM; retried"),
+        (130, "klrank was killed by SIGINT; retried"),
+        (137, "klrank was killed by SIGKILL; retried"),
+        (4, "klrank exit 4: unexpected exit code; retried"),
+        (-1000, "klrank exit -1000: unexpected exit code; retried"),
+    ],
+)
+def test_judge_names_the_signal_or_the_unexpected_code(exit_code: int, reason: str) -> None:
+    assert judge(exit_code).reason == reason
+
+
+def test_klrank_argv_runs_one_night_with_a_json_summary() -> None:
+    argv = klrank_argv(
+        "/srv/klrank/.venv/bin/klrank",
+        "/data/labels",
+        "/data/predictions",
+        "/data/klrank",
+        "2026-11-25",
+    )
+    assert argv == [
+        "/srv/klrank/.venv/bin/klrank",
+        "run",
+        "--labels",
+        "/data/labels",
+        "--predictions",
+        "/data/predictions",
+        "--out",
+        "/data/klrank",
+        "--run-date",
+        "2026-11-25",
+        "--json",
+    ]
+
+
+def test_klrank_argv_splits_the_command_and_the_options_as_shell_words() -> None:
+    argv = klrank_argv(
+        "uv run --project '/srv/k rank' klrank",
+        "/l",
+        "/p",
+        "/o",
+        "2026-11-25",
+        options="--slice-by region --rank-by 'top1_agreement'",
+    )
+    assert argv[:9] == [
+        "uv",
+        "run",
+        "--project",
+        "/srv/k rank",
+        "klrank",
+        "run",
+        "--slice-by",
+        "region",
+        "--rank-by",
+    ]
+    assert argv[9] == "top1_agreement"
+    assert argv[-2:] == ["2026-11-25", "--json"]
+
+
+def test_klrank_argv_rejects_relative_paths() -> None:
+    # The task runs in a temporary folder, so a relative path would point nowhere useful.
+    with pytest.raises(ValueError, match=r"paths must be absolute: labels='labels', out='out'"):
+        klrank_argv("klrank", "labels", "/p", "out", "2026-11-25")
+
+
+def test_klrank_argv_rejects_an_empty_command() -> None:
+    with pytest.raises(ValueError, match="the klrank command is empty"):
+        klrank_argv("  ", "/l", "/p", "/o", "2026-11-25")
+
+
+def test_docstring_examples() -> None:
+    assert doctest.testmod(klrank_task).failed == 0
