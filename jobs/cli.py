@@ -275,6 +275,23 @@ def run_command(
             show_default=False,
         ),
     ] = None,
+    write_html: Annotated[
+        bool,
+        typer.Option(
+            "--html/--no-html",
+            envvar="KLRANK_HTML",
+            help="Write report.html, a self-contained page with the tables and plots.",
+        ),
+    ] = True,
+    worst: Annotated[
+        int,
+        typer.Option(
+            "--worst",
+            envvar="KLRANK_WORST",
+            min=0,
+            help="Rows per model in worst_rows.parquet, highest KL first; 0 = no file.",
+        ),
+    ] = 20,
     as_json: JsonOut = False,
     debug: Debug = False,
 ) -> None:
@@ -302,6 +319,8 @@ def run_command(
             run_date=run_date.date() if run_date else None,
             write_rows=rows,
             failures=failures,
+            write_html=write_html,
+            worst=worst,
         )
         summary = run(options)
         if as_json:

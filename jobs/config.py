@@ -49,12 +49,16 @@ class RunOptions:
     run_date: dt.date | None = None
     write_rows: bool = True
     failures: Path | None = None
+    write_html: bool = True
+    worst: int = 20  # rows of worst_rows.parquet per model; 0 writes no file
 
     def __post_init__(self) -> None:
         if self.base not in LOG_BASES:
             raise UsageError(f"--base must be one of {', '.join(LOG_BASES)}, got {self.base!r}")
         if not (0.0 <= self.epsilon < 1.0):
             raise UsageError(f"--epsilon must be in [0, 1), got {self.epsilon}")
+        if self.worst < 0:
+            raise UsageError(f"--worst must be >= 0, got {self.worst}")
         if self.rank_by not in RANK_METRICS:
             raise UsageError(
                 f"--rank-by must be one of {', '.join(RANK_METRICS)}, got {self.rank_by!r}"
@@ -88,6 +92,8 @@ class RunOptions:
             "rank_by": self.rank_by,
             "run_date": self.run_date.isoformat() if self.run_date else None,
             "write_rows": self.write_rows,
+            "write_html": self.write_html,
+            "worst": self.worst,
         }
         options["slice_by"] = list(self.inputs.slice_by)
         options["classes"] = list(self.inputs.classes)

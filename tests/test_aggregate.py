@@ -13,7 +13,7 @@ from polars.testing import assert_frame_equal
 from jobs.config import InputOptions, RunOptions
 from jobs.run import run
 from pipeline import aggregate
-from pipeline.layout import p_col, q_col
+from pipeline.layout import kl_term_col, p_col, q_col
 
 N_ROWS, CLASSES = 400, ("a", "b", "c")
 
@@ -216,6 +216,7 @@ def _synthetic_rows(n: int, seed: int) -> pl.DataFrame:
             "top1_match": rng.uniform(size=n) < 0.5,
             p_col(0): rng.uniform(size=n),
             q_col(0): rng.uniform(size=n),
+            kl_term_col(0): rng.normal(size=n),
         }
     ).with_columns(**aggregate.slice_key_columns(["region"]))
 
@@ -268,4 +269,6 @@ def test_merged_shard_class_states_equal_the_class_sums_of_all_rows() -> None:
     everything = merged.filter(pl.col("slice") == "ALL").row(0, named=True)
     assert everything["p_sum"] == pytest.approx(rows.get_column(p_col(0)).sum(), rel=1e-12)
     assert everything["q_sum"] == pytest.approx(rows.get_column(q_col(0)).sum(), rel=1e-12)
+    terms = rows.get_column(kl_term_col(0))
+    assert everything["kl_term_sum"] == pytest.approx(terms.sum(), rel=1e-9, abs=1e-9)
     assert merged.height == 3  # ALL, region=x, region=y; one class
