@@ -195,7 +195,9 @@ def ecdf_points(ordered: pl.Series, points: int) -> pl.DataFrame:
     if values[0] < 0 < values[-1]:
         values = pl.concat([values, pl.Series([0.0])]).sort()
     values = values.unique(maintain_order=True)
-    shares = ordered.search_sorted(values, side="right").cast(pl.Float64) / ordered.len()
+    counts = ordered.search_sorted(values, side="right").to_list()
+    # In Python: polars may divide by multiplying with 1/n, which is off in the last bit.
+    shares = [count / ordered.len() for count in counts]
     return pl.DataFrame({"kl": values, "ecdf": shares}, schema=schema)
 
 

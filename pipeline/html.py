@@ -40,6 +40,7 @@ p.meta, p.note { color: #555; font-size: 0.9rem; }
 table { border-collapse: collapse; font-size: 0.9rem; font-variant-numeric: tabular-nums; }
 th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #e5e5e5; text-align: right; }
 th { background: #f6f6f6; }
+td { white-space: nowrap; }
 td.model, th.model { text-align: left; font-weight: 600; }
 """
 
@@ -55,6 +56,11 @@ def _number(value: float | None, digits: int = 4) -> str:
 def _finite(value: float | None) -> float | None:
     """The value where JSON and a plot can hold it, else None (the text says what it was)."""
     return value if value is not None and math.isfinite(value) else None
+
+
+def _label(text: str) -> str:
+    """A model or class name for plotly, which reads a few HTML tags in labels: shown as typed."""
+    return html.escape(text)
 
 
 def _percent(share: float) -> str:
@@ -102,7 +108,7 @@ def _table(rows: pl.DataFrame, unit: str) -> str:
 
 
 def _mean_figure(go: Any, overall: pl.DataFrame, unit: str) -> Any:
-    models = overall.get_column(MODEL).to_list()
+    models = [_label(m) for m in overall.get_column(MODEL).to_list()]
     means = [_finite(v) for v in overall.get_column("mean_kl").to_list()]
     lows, highs = overall.get_column("ci95_low").to_list(), overall.get_column("ci95_high").to_list()
     plus = [h - m if m is not None and h is not None else None for m, h in zip(means, highs, strict=True)]
@@ -120,8 +126,8 @@ def _mean_figure(go: Any, overall: pl.DataFrame, unit: str) -> Any:
     for model, mean in zip(models, overall.get_column("mean_kl").to_list(), strict=True):
         if mean is not None and math.isinf(mean):
             figure.add_annotation(
-                x=0, xref="paper", y=model, text="mean = ∞ (rows with KL = ∞)",
-                showarrow=False, xanchor="left",
+                x=1, xref="paper", y=model, text="mean = ∞ (rows with KL = ∞)",
+                showarrow=False, xanchor="right",
             )  # fmt: skip
     figure.update_layout(
         template="plotly_white",
@@ -158,8 +164,8 @@ def _ecdf_figure(go: Any, overall: pl.DataFrame, ecdf: pl.DataFrame, unit: str) 
                 y=y,
                 mode="lines",
                 line_shape="hv",
-                name=f"{r[MODEL]} ({note})" if note else r[MODEL],
-                hovertemplate="KL ≤ %{x:.4g}: %{y:.2%}<extra>" + html.escape(r[MODEL]) + "</extra>",
+                name=f"{_label(r[MODEL])} ({note})" if note else _label(r[MODEL]),
+                hovertemplate="KL ≤ %{x:.4g}: %{y:.2%}<extra>" + _label(r[MODEL]) + "</extra>",
             )
         )
     figure.update_layout(
@@ -196,10 +202,10 @@ def _contribution_figure(go: Any, overall: pl.DataFrame, contributions: pl.DataF
         )
         figure.add_trace(
             go.Bar(
-                x=shown,
+                x=[_label(c) for c in shown],
                 y=[_finite(values.get(c)) for c in shown],
-                name=model,
-                hovertemplate="class %{x}: %{y:.4g}<extra>" + html.escape(model) + "</extra>",
+                name=_label(model),
+                hovertemplate="class %{x}: %{y:.4g}<extra>" + _label(model) + "</extra>",
             )
         )
     figure.update_layout(

@@ -272,3 +272,33 @@ def test_merged_shard_class_states_equal_the_class_sums_of_all_rows() -> None:
     terms = rows.get_column(kl_term_col(0))
     assert everything["kl_term_sum"] == pytest.approx(terms.sum(), rel=1e-9, abs=1e-9)
     assert merged.height == 3  # ALL, region=x, region=y; one class
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.0, 0.0, 1.0, 2.0, 2.0, 3.0, math.inf],
+        [-1e-9, 0.0, 0.0, 0.5, 0.5, 0.5, 4.0],  # slightly negative (within the tolerance)
+        [math.inf, math.inf],
+        [7.0],
+    ],
+    ids=["zeros-ties-inf", "negative", "all-inf", "one-row"],
+)
+def test_ecdf_points_are_the_exact_ecdf_at_each_point(values: list[float]) -> None:
+    curve = aggregate.ecdf_points(pl.Series(values).sort(), 500)
+    data = np.array(values)
+    for x, share in curve.iter_rows():
+        assert share == (data <= x).sum() / data.size  # numpy counts the rows at or below x
+    finite = data[np.isfinite(data)]
+    assert sorted(curve.get_column("kl").to_list()) == sorted(
+        set(finite) | ({0.0} if finite.size and finite.min() < 0 < finite.max() else set())
+    )
+
+
+def test_ecdf_points_are_bounded_and_keep_both_ends() -> None:
+    values = pl.Series(np.random.default_rng(5).exponential(size=100_000)).sort()
+    curve = aggregate.ecdf_points(values, 500)
+    assert curve.height <= 500
+    kl = curve.get_column("kl")
+    assert kl[0] == values[0] and kl[-1] == values[-1]
+    assert curve.get_column("ecdf")[-1] == 1.0
