@@ -261,7 +261,9 @@ def marginal_kl(class_states: pl.DataFrame, states: pl.DataFrame, base: str) -> 
     )
 
 
-def class_contributions(class_states: pl.DataFrame, states: pl.DataFrame, base: str) -> pl.DataFrame:
+def class_contributions(
+    class_states: pl.DataFrame, states: pl.DataFrame, base: str
+) -> pl.DataFrame:
     """How much each class adds to the mean KL, per (slice, model): Σ_rows p_c·log(p_c/q_c) / n.
 
     Returns ``slice``, ``model``, ``class`` (position), ``contribution`` in ``base`` units, and
@@ -274,7 +276,9 @@ def class_contributions(class_states: pl.DataFrame, states: pl.DataFrame, base: 
     p_c > 0 and q_c = 0; terms are never -inf or NaN.
     """
     n_rows = pl.col("n_rows")
-    return class_states.join(states.select(*KEYS, "n_rows"), on=list(KEYS), maintain_order="left").select(
+    return class_states.join(
+        states.select(*KEYS, "n_rows"), on=list(KEYS), maintain_order="left"
+    ).select(
         *KEYS,
         CLASS,
         divergence.to_base(pl.col("kl_term_sum") / n_rows, base).alias("contribution"),

@@ -244,9 +244,7 @@ def evaluate(
         return Evaluation(all_failures, None, alignment, checked.seconds)
     report, contributions, ecdf = _report(aligned, key_batches, list(slice_keys), layout, measures)
     worst = _worst_rows(aligned, layout) if measures.worst_rows else None
-    return Evaluation(
-        all_failures, report, alignment, checked.seconds, contributions, ecdf, worst
-    )
+    return Evaluation(all_failures, report, alignment, checked.seconds, contributions, ecdf, worst)
 
 
 def _measure(
@@ -298,8 +296,11 @@ def _keep_worst(model: _Model, rows: pl.DataFrame, layout: Layout, n: int) -> No
 
 
 def _worst_rows(models: Sequence[_Model], layout: Layout) -> pl.DataFrame:
-    """Every model's worst rows: ``model``, ``rank`` (1 = highest KL; ties by label row order),
-    ``id``, the measures, ``row`` (0-based position in the labels) and the slice columns."""
+    """Every model's worst rows, ordered by model and rank.
+
+    Columns: ``model``, ``rank`` (1 = highest KL; ties by label row order), ``id``, the
+    measures, ``row`` (0-based position in the labels) and the slice columns.
+    """
     frames = []
     for m in models:
         if m.worst is None:

@@ -110,9 +110,18 @@ def _table(rows: pl.DataFrame, unit: str) -> str:
 def _mean_figure(go: Any, overall: pl.DataFrame, unit: str) -> Any:
     models = [_label(m) for m in overall.get_column(MODEL).to_list()]
     means = [_finite(v) for v in overall.get_column("mean_kl").to_list()]
-    lows, highs = overall.get_column("ci95_low").to_list(), overall.get_column("ci95_high").to_list()
-    plus = [h - m if m is not None and h is not None else None for m, h in zip(means, highs, strict=True)]
-    minus = [m - lo if m is not None and lo is not None else None for m, lo in zip(means, lows, strict=True)]
+    lows, highs = (
+        overall.get_column("ci95_low").to_list(),
+        overall.get_column("ci95_high").to_list(),
+    )
+    plus = [
+        h - m if m is not None and h is not None else None
+        for m, h in zip(means, highs, strict=True)
+    ]
+    minus = [
+        m - lo if m is not None and lo is not None else None
+        for m, lo in zip(means, lows, strict=True)
+    ]
     figure = go.Figure(
         go.Scatter(
             x=means,
@@ -193,7 +202,9 @@ def _shown_classes(contributions: pl.DataFrame) -> list[str]:
     return [c for c in classes.to_list() if c in set(largest.to_list())]
 
 
-def _contribution_figure(go: Any, overall: pl.DataFrame, contributions: pl.DataFrame, unit: str) -> Any:
+def _contribution_figure(
+    go: Any, overall: pl.DataFrame, contributions: pl.DataFrame, unit: str
+) -> Any:
     shown = _shown_classes(contributions)
     figure = go.Figure()
     for model in overall.get_column(MODEL).to_list():
@@ -296,7 +307,7 @@ def report_html(
         "</head>",
         "<body>",
         f"<h1>klrank: models ranked by {html.escape(rank_by)} ({html.escape(unit)}), "
-        f"{n_rows} rows</h1>",
+        f"{n_rows!s} rows</h1>",
         *[f"<p class='meta'>{html.escape(line)}</p>" for line in details],
         "<h2 id='ranking'>Ranking</h2>",
         _table(overall, unit),

@@ -65,9 +65,7 @@ def _oracle_contributions(predictions: pl.DataFrame) -> dict[tuple[str, str], fl
 
 
 @pytest.mark.parametrize("layout", ["columns", "arrays"])
-def test_class_contributions_match_scipy_and_add_up_to_mean_kl(
-    tmp_path: Path, layout: str
-) -> None:
+def test_class_contributions_match_scipy_and_add_up_to_mean_kl(tmp_path: Path, layout: str) -> None:
     labels, predictions = soft_labels(), _with_infinite_term(prob_predictions())
     expected = _oracle_contributions(predictions)
     extra: list[str] = []
@@ -130,9 +128,9 @@ def _tied_inputs(n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     pattern = random_distributions(rng, 7, 3, zero_fraction=0.2)
     p = pattern[np.arange(n) % 7]
     ids = rng.permutation(np.arange(10 * n))[:n]
-    labels = pl.DataFrame({"id": ids, "region": np.where(np.arange(n) % 2, "eu", "us")}).with_columns(
-        pl.Series(f"prob_{c}", p[:, k]) for k, c in enumerate(CLASSES)
-    )
+    labels = pl.DataFrame(
+        {"id": ids, "region": np.where(np.arange(n) % 2, "eu", "us")}
+    ).with_columns(pl.Series(f"prob_{c}", p[:, k]) for k, c in enumerate(CLASSES))
     frames = []
     for model, zero_fraction in (("a", 0.0), ("b", 0.15)):
         q_pattern = random_distributions(rng, 7, 3, zero_fraction=zero_fraction)
@@ -209,9 +207,14 @@ def test_worst_rows_and_contributions_do_not_depend_on_the_batch_size(
     assert worst.filter(pl.col("model") == "a").row(0, named=True)["row"] == 2400
     one = pl.read_parquet(whole / "class_contributions.parquet")
     many = pl.read_parquet(batched / "class_contributions.parquet")
-    assert one.select("slice", "model", "class").rows() == many.select("slice", "model", "class").rows()
+    assert (
+        one.select("slice", "model", "class").rows()
+        == many.select("slice", "model", "class").rows()
+    )
     np.testing.assert_allclose(
-        many.get_column("contribution").to_numpy(), one.get_column("contribution").to_numpy(), rtol=1e-12
+        many.get_column("contribution").to_numpy(),
+        one.get_column("contribution").to_numpy(),
+        rtol=1e-12,
     )
 
 
@@ -239,7 +242,15 @@ def test_worst_zero_and_no_html_leave_those_files_out(tmp_path: Path) -> None:
 
 def test_negative_worst_is_a_usage_error(tmp_path: Path) -> None:
     result = klrank(
-        "run", "--labels", "x.parquet", "--predictions", "y.parquet", "--out", tmp_path, "--worst", "-1"
+        "run",
+        "--labels",
+        "x.parquet",
+        "--predictions",
+        "y.parquet",
+        "--out",
+        tmp_path,
+        "--worst",
+        "-1",
     )
     expect(result, 2)
     assert "--worst" in result.stderr
