@@ -186,8 +186,11 @@ def test_worst_rows_equal_a_full_sort_of_rows_parquet(tmp_path: Path) -> None:
     assert manifest["options"]["worst"] == 5
 
 
+# worst=5: ~140 rows of a batch tie at the threshold (more than 4·5, selected by top_k);
+# worst=worst: fewer than 4·50 do (sorted).
+@pytest.mark.parametrize("worst", [5, 50])
 def test_worst_rows_and_contributions_do_not_depend_on_the_batch_size(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worst: int
 ) -> None:
     labels, predictions = _tied_inputs(2500)  # 3 batches of 1000 rows (the minimum) below
     # One row of the last batch is model a's worst by far: it must survive the merge.
@@ -196,15 +199,20 @@ def test_worst_rows_and_contributions_do_not_depend_on_the_batch_size(
     for c in CLASSES:
         value = 1.0 - 2e-9 if c == weakest else 1e-9
         predictions = set_value(predictions, f"prob_{c}", value, model="a", id=spike["id"])
-    _, whole = run_job(tmp_path, labels, predictions, name="one-batch", worst=50, write_html=False)
+    _, whole = run_job(
+        tmp_path, labels, predictions, name="one-batch", worst=worst, write_html=False
+    )
     monkeypatch.setattr(pipeline.evaluate, "BATCH_VALUES", 3)
     assert pipeline.evaluate.batch_rows(3) == 1000
-    _, batched = run_job(tmp_path, labels, predictions, name="batched", worst=50, write_html=False)
-    worst = pl.read_parquet(batched / "worst_rows.parquet")
-    assert worst.rows() == pl.read_parquet(whole / "worst_rows.parquet").rows()
-    expected = _sorted_oracle(pl.read_parquet(batched / "rows.parquet"), labels, 50)
-    assert worst.drop("rank").rows() == expected.select(worst.drop("rank").columns).rows()
-    assert worst.filter(pl.col("model") == "a").row(0, named=True)["row"] == 2400
+    _, batched = run_job(
+        tmp_path, labels, predictions, name="batched", worst=worst, write_html=False
+    )
+    got = pl.read_parquet(batched / "worst_rows.parquet")
+    assert got.height == 2 * worst
+    assert got.rows() == pl.read_parquet(whole / "worst_rows.parquet").rows()
+    expected = _sorted_oracle(pl.read_parquet(batched / "rows.parquet"), labels, worst)
+    assert got.drop("rank").rows() == expected.select(got.drop("rank").columns).rows()
+    assert got.filter(pl.col("model") == "a").row(0, named=True)["row"] == 2400
     one = pl.read_parquet(whole / "class_contributions.parquet")
     many = pl.read_parquet(batched / "class_contributions.parquet")
     assert (
