@@ -347,6 +347,23 @@ def run_command(
             show_default=False,
         ),
     ] = None,
+    write_html: Annotated[
+        bool,
+        typer.Option(
+            "--html/--no-html",
+            envvar="KLRANK_HTML",
+            help="Write report.html, a self-contained page with the tables and plots.",
+        ),
+    ] = True,
+    worst: Annotated[
+        int,
+        typer.Option(
+            "--worst",
+            envvar="KLRANK_WORST",
+            min=0,
+            help="Rows per model in worst_rows.parquet, highest KL first; 0 = no file.",
+        ),
+    ] = 20,
     as_json: JsonOut = False,
     debug: Debug = False,
     lock_timeout: cli_ops.LockTimeoutOption = 600.0,
@@ -385,6 +402,8 @@ def run_command(
             baseline=baseline,
             gates=Gates(max_mean_kl, max_regression, alpha, expect_best),
             lock_timeout=lock_timeout,
+            write_html=write_html,
+            worst=worst,
         )
         summary = run(options)
         failed = summary.failed_gates

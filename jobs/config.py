@@ -53,6 +53,8 @@ class RunOptions:
     baseline: str | None = None  # "auto", a report.parquet or a run folder
     gates: Gates = Gates()
     lock_timeout: float = 600.0  # seconds to wait for another run of the same partition
+    write_html: bool = True
+    worst: int = 20  # rows of worst_rows.parquet per model; 0 writes no file
 
     def __post_init__(self) -> None:
         if self.baseline == "auto" and self.run_date is None:
@@ -65,6 +67,8 @@ class RunOptions:
             raise UsageError(f"--base must be one of {', '.join(LOG_BASES)}, got {self.base!r}")
         if not (0.0 <= self.epsilon < 1.0):
             raise UsageError(f"--epsilon must be in [0, 1), got {self.epsilon}")
+        if self.worst < 0:
+            raise UsageError(f"--worst must be >= 0, got {self.worst}")
         if self.rank_by not in RANK_METRICS:
             raise UsageError(
                 f"--rank-by must be one of {', '.join(RANK_METRICS)}, got {self.rank_by!r}"
@@ -100,6 +104,8 @@ class RunOptions:
             "write_rows": self.write_rows,
             "baseline": self.baseline,
             "gates": self.gates.recorded(),
+            "write_html": self.write_html,
+            "worst": self.worst,
         }
         options["slice_by"] = list(self.inputs.slice_by)
         options["classes"] = list(self.inputs.classes)

@@ -38,6 +38,11 @@ ROWS_FILE, SUMMARY_FILE, MANIFEST_FILE = (
     "summary.md",
     "manifest.json",
 )
+CONTRIBUTIONS_FILE, WORST_FILE, HTML_FILE = (
+    "class_contributions.parquet",
+    "worst_rows.parquet",
+    "report.html",
+)
 
 
 @dataclass
@@ -233,6 +238,39 @@ def _published_report(
     return published
 
 
+def _published_contributions(
+    contributions: pl.DataFrame, report: pl.DataFrame, unit: str
+) -> pl.DataFrame:
+    """Class contributions in the report's row order, classes in class order within each."""
+    order = report.select(aggregate.SLICE, MODEL).with_row_index("_order")
+    return (
+        contributions.with_row_index("_class_order")
+        .join(order, on=[aggregate.SLICE, MODEL], how="left")
+        .sort("_order", "_class_order")
+        .select(
+            aggregate.SLICE,
+            MODEL,
+            aggregate.CLASS,
+            "contribution",
+            "mean_p",
+            "mean_q",
+            pl.lit(unit).alias("unit"),
+        )
+    )
+
+
+def _html_details(inputs: OpenedInputs, options: RunOptions) -> list[str]:
+    # Nothing from the clock: the same inputs and options give the same page.
+    lines = [
+        f"labels: {inputs.labels.path} ({inputs.labels.n_rows} rows); "
+        f"predictions: {inputs.predictions.path} ({inputs.predictions.n_rows} rows); "
+        f"{len(inputs.layout.classes)} classes, {inputs.layout.truth} truth",
+        f"klrank {__version__}"
+        + (f", run date {options.run_date.isoformat()}" if options.run_date else ""),
+    ]
+    return lines
+
+
 def _versions() -> dict[str, str]:
     packages = ("polars", "pyarrow", "pandera", "typer")
     return {"klrank": __version__, "python": platform.python_version()} | {
@@ -262,7 +300,13 @@ def _run(options: RunOptions) -> RunSummary:
     io.check_publishable(options.target)
     timings = Timings()
     inputs = open_inputs(options.inputs, options.failures_path, timings)
-    measures = Measures(options.base, options.epsilon, options.rank_by, options.inputs.tolerance)
+    measures = Measures(
+        options.base,
+        options.epsilon,
+        options.rank_by,
+        options.inputs.tolerance,
+        worst_rows=options.worst,
+    )
     unit = UNITS[options.base]
     baseline: Baseline | None = None
     if options.baseline is not None:  # read before publishing: the target may be the baseline
@@ -283,6 +327,9 @@ def _run(options: RunOptions) -> RunSummary:
         "outputs": [
             REPORT_FILE,
             *([ROWS_FILE] if options.write_rows else []),
+            CONTRIBUTIONS_FILE,
+            *([WORST_FILE] if options.worst else []),
+            *([HTML_FILE] if options.write_html else []),
             SUMMARY_FILE,
             MANIFEST_FILE,
         ],
@@ -319,6 +366,24 @@ def _run(options: RunOptions) -> RunSummary:
                 },
             )
             io.write_text(summary, staging / SUMMARY_FILE)
+            assert evaluation.contributions is not None and evaluation.ecdf is not None
+            contributions = _published_contributions(evaluation.contributions, report, unit)
+            io.write_parquet(contributions, staging / CONTRIBUTIONS_FILE)
+            if evaluation.worst_rows is not None:
+                io.write_parquet(evaluation.worst_rows, staging / WORST_FILE)
+        if options.write_html:
+            with timings.phase("html"):
+                from pipeline.html import report_html  # imports plotly: only when asked for
+
+                page = report_html(
+                    report,
+                    contributions,
+                    evaluation.ecdf,
+                    unit=unit,
+                    rank_by=options.rank_by,
+                    details=_html_details(inputs, options),
+                )
+                io.write_text(page, staging / HTML_FILE)
         manifest["gates"] = [g.recorded() for g in gates]
         if any(g.failed for g in gates):
             manifest["status"] = "gate_failed"

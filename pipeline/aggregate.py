@@ -1,7 +1,7 @@
 """From per-row measures to the ranked report, through mergeable partial states.
 
 A partial state is one row per (slice, model) of counts, sums, centred second moments and
-per-class sums of P and Q. States of disjoint shards of the rows merge exactly (sums add, second
+per-class sums of P, Q and the KL terms p·(log p − log q). States of disjoint shards of the rows merge exactly (sums add, second
 moments combine by Chan's formula), so a later step can compute them elsewhere and call
 :func:`merge_states`. Quantiles are not mergeable and are computed from the rows, exactly.
 
@@ -17,7 +17,7 @@ from typing import Literal, get_args
 import polars as pl
 
 from pipeline import divergence
-from pipeline.layout import MODEL, p_col, q_col
+from pipeline.layout import MODEL, kl_term_col, p_col, q_col
 from pipeline.stats import student_t_ppf, two_sided_p_value
 
 SLICE = "slice"
@@ -69,8 +69,8 @@ def _merged_moments(prefix: str) -> list[pl.Expr]:
     ]
 
 
-# rows -> per-class sums of P and Q, as two lists in class order
-ClassSums = Callable[[pl.DataFrame], tuple[Sequence[float], Sequence[float]]]
+# rows -> per-class sums of P, Q and the KL terms (nats), as three lists in class order
+ClassSums = Callable[[pl.DataFrame], tuple[Sequence[float], Sequence[float], Sequence[float]]]
 CLASS = "class"
 
 
@@ -86,13 +86,16 @@ def _aggregations() -> list[pl.Expr]:
 
 
 def column_class_sums(n_classes: int) -> ClassSums:
-    """Per-class sums of P and Q (for marginal_kl) from one column per class."""
+    """Per-class sums of P, Q (for marginal_kl) and KL terms (contributions), one column a class."""
     p = [pl.col(p_col(i)).sum() for i in range(n_classes)]
     q = [pl.col(q_col(i)).sum() for i in range(n_classes)]
+    k = [pl.col(kl_term_col(i)).sum() for i in range(n_classes)]
 
-    def sums(rows: pl.DataFrame) -> tuple[Sequence[float], Sequence[float]]:
-        values = rows.select(pl.concat_list(p).alias("p"), pl.concat_list(q).alias("q")).row(0)
-        return values[0], values[1]
+    def sums(rows: pl.DataFrame) -> tuple[Sequence[float], Sequence[float], Sequence[float]]:
+        values = rows.select(
+            pl.concat_list(p).alias("p"), pl.concat_list(q).alias("q"), pl.concat_list(k)
+        ).row(0)
+        return values[0], values[1], values[2]
 
     return sums
 
@@ -105,15 +108,17 @@ def partial_states(
     ``slice_keys`` name columns holding ``COL=value`` strings, one per ``--slice-by`` column;
     ``class_sums`` sums P and Q per class (:func:`column_class_sums`, ``arrays.class_sums``).
     Returns the scalar states, one row per slice, and the class states, one row per slice and
-    class (``p_sum``, ``q_sum``: long, so a thousand classes are a thousand rows, not columns).
+    class (``p_sum``, ``q_sum``, ``kl_term_sum`` in nats: long, so a thousand classes are a
+    thousand rows, not columns).
     """
     scalars, classes = [], []
     for name, part in slice_parts(rows, slice_keys):
         keys = [pl.lit(name).alias(SLICE), pl.lit(model).alias(MODEL)]
         scalars.append(part.select(*keys, *_aggregations()))
-        p, q = class_sums(part)
+        p, q, k = class_sums(part)
         sums = pl.DataFrame(
-            {CLASS: range(len(p)), "p_sum": p, "q_sum": q}, schema_overrides={CLASS: pl.Int32}
+            {CLASS: range(len(p)), "p_sum": p, "q_sum": q, "kl_term_sum": k},
+            schema_overrides={CLASS: pl.Int32},
         )
         classes.append(sums.select(*keys, pl.all()))
     return pl.concat(scalars), pl.concat(classes)
@@ -124,7 +129,7 @@ def merge_class_states(states: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     return (
         states.lazy()
         .group_by([*KEYS, CLASS], maintain_order=True)
-        .agg(pl.col("p_sum").sum(), pl.col("q_sum").sum())
+        .agg(pl.col("p_sum").sum(), pl.col("q_sum").sum(), pl.col("kl_term_sum").sum())
         .collect(engine="in-memory")
     )
 
@@ -167,22 +172,65 @@ def _linear_quantile(ordered: pl.Series, q: float) -> float | None:
     return float(below + (position - low) * (above - below))
 
 
-def quantiles(
-    parts: Sequence[tuple[str, pl.DataFrame]], kl_columns: Mapping[str, str]
-) -> pl.DataFrame:
-    """Exact quantiles of each model's kl column (``kl_columns``: model -> column) per slice.
+def ecdf_points(ordered: pl.Series, points: int) -> pl.DataFrame:
+    """The exact empirical CDF of sorted kl values, at up to ``points`` of its finite values.
 
-    One sort per (slice, model) serves all the quantiles.
+    The values are order statistics at evenly spaced ranks of the finite values (the smallest
+    and the largest included), plus 0 when it lies within their range, so the share of rows
+    with KL <= 0 is read exactly; ``ecdf`` is the share of *all* rows at or below ``kl``, so
+    with infinite rows the curve ends below 1, at 1 − their share.
+
+    Examples
+    --------
+    >>> ecdf_points(pl.Series([0.0, 1.0, 2.0, float("inf")]), 500).rows()
+    [(0.0, 0.25), (1.0, 0.5), (2.0, 0.75)]
     """
-    rows = []
+    schema = {"kl": pl.Float64, "ecdf": pl.Float64}
+    n_finite = ordered.len() - int((ordered == math.inf).sum())
+    if n_finite == 0 or points < 1:
+        return pl.DataFrame(schema=schema)
+    steps = max(points - 1, 1)
+    ranks = (pl.int_range(0, steps + 1, eager=True) * (n_finite - 1) / steps).round().cast(pl.Int64)
+    values = ordered.gather(ranks.unique(maintain_order=True))
+    if values[0] < 0 < values[-1]:
+        values = pl.concat([values, pl.Series([0.0])]).sort()
+    values = values.unique(maintain_order=True)
+    counts = ordered.search_sorted(values, side="right").to_list()
+    # In Python: polars may divide by multiplying with 1/n, which is off in the last bit.
+    shares = [count / ordered.len() for count in counts]
+    return pl.DataFrame({"kl": values, "ecdf": shares}, schema=schema)
+
+
+def distributions(
+    parts: Sequence[tuple[str, pl.DataFrame]], kl_columns: Mapping[str, str], points: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Exact quantiles per (slice, model), and each model's ECDF over all rows (:func:`ecdf_points`).
+
+    ``kl_columns`` maps each model to its kl column. One sort per (slice, model) serves all the
+    quantiles and the ECDF. Returns the quantiles and the ECDF points (``model``, ``kl``,
+    ``ecdf``; empty when ``points`` is 0).
+    """
+    rows, ecdfs = [], []
     for name, part in parts:
         for model, column in kl_columns.items():
             ordered = part.get_column(column).sort()
             values = {label: _linear_quantile(ordered, q) for label, q in QUANTILES.items()}
             rows.append({SLICE: name, MODEL: model} | values)
-    return pl.DataFrame(
+            if name == ALL_ROWS and points:
+                curve = ecdf_points(ordered, points)
+                ecdfs.append(curve.select(pl.lit(model).alias(MODEL), pl.all()))
+    quantile_frame = pl.DataFrame(
         rows, schema={SLICE: pl.String, MODEL: pl.String} | dict.fromkeys(QUANTILES, pl.Float64)
     )
+    empty = pl.DataFrame(schema={MODEL: pl.String, "kl": pl.Float64, "ecdf": pl.Float64})
+    return quantile_frame, pl.concat([empty, *ecdfs])
+
+
+def quantiles(
+    parts: Sequence[tuple[str, pl.DataFrame]], kl_columns: Mapping[str, str]
+) -> pl.DataFrame:
+    """Exact quantiles of each model's kl column (``kl_columns``: model -> column) per slice."""
+    return distributions(parts, kl_columns, 0)[0]
 
 
 def paired_states(
@@ -210,6 +258,32 @@ def marginal_kl(class_states: pl.DataFrame, states: pl.DataFrame, base: str) -> 
     term = divergence.kl_divergence([p], [p.log()], [q.log()])  # one class a row: the term
     return mean.group_by(KEYS, maintain_order=True).agg(
         divergence.to_base(term.sum(), base).alias("marginal_kl")
+    )
+
+
+def class_contributions(
+    class_states: pl.DataFrame, states: pl.DataFrame, base: str
+) -> pl.DataFrame:
+    """How much each class adds to the mean KL, per (slice, model): Σ_rows p_c·log(p_c/q_c) / n.
+
+    Returns ``slice``, ``model``, ``class`` (position), ``contribution`` in ``base`` units, and
+    ``mean_p``, ``mean_q`` (the class's mean true and predicted probability).
+
+    Notes
+    -----
+    The contributions of a (slice, model) add up to its ``mean_kl`` (to rounding). One can be
+    negative (a class predicted more often than it occurs) and is +inf when some row has
+    p_c > 0 and q_c = 0; terms are never -inf or NaN.
+    """
+    n_rows = pl.col("n_rows")
+    return class_states.join(
+        states.select(*KEYS, "n_rows"), on=list(KEYS), maintain_order="left"
+    ).select(
+        *KEYS,
+        CLASS,
+        divergence.to_base(pl.col("kl_term_sum") / n_rows, base).alias("contribution"),
+        (pl.col("p_sum") / n_rows).alias("mean_p"),
+        (pl.col("q_sum") / n_rows).alias("mean_q"),
     )
 
 

@@ -15,6 +15,7 @@ from pipeline.aggregate import ClassSums
 from pipeline.layout import ARGMAX_P, ENTROPY, ID, Layout
 
 P, LOG_P, Q, LOG_Q = "_P", "_LP", "_Q", "_LQ"
+KL_TERMS = "_KT"  # each class's term p·(log p − log q) of D(P‖Q), in nats
 
 
 def _array(frame: pl.DataFrame, columns: list[str], width: int) -> pl.Series:
@@ -104,7 +105,10 @@ def prepare_predictions(batch: pl.DataFrame, layout: Layout, epsilon: float) -> 
 def row_measures(
     labels: pl.DataFrame, predictions: pl.DataFrame, layout: Layout, base: str
 ) -> pl.DataFrame:
-    """The label columns and arrays with kl, reverse_kl, js, cross_entropy and top1_match added."""
+    """The label columns and arrays with kl, reverse_kl, js, cross_entropy and top1_match added.
+
+    ``KL_TERMS`` keeps the per-class terms of kl (in nats) for the per-class contributions.
+    """
     width = len(layout.classes)
     flat = pl.DataFrame(
         {
@@ -135,6 +139,7 @@ def row_measures(
             divergence.to_base(reverse, base).alias("reverse_kl"),
             divergence.to_base(pl.lit(sums["js"]), base).alias("js"),
             (pl.col(LOG_Q).arr.arg_max().cast(pl.Int32) == pl.col(ARGMAX_P)).alias("top1_match"),
+            terms.get_column("kl").reshape((-1, width)).alias(KL_TERMS),
         )
         .with_columns((pl.col(ENTROPY) + pl.col("kl")).alias("cross_entropy"))
     )
@@ -162,12 +167,13 @@ def _column_sums(values: pl.Series, width: int) -> list[float]:
 
 
 def class_sums(n_classes: int) -> ClassSums:
-    """Per-class sums of P and Q (for marginal_kl) from the arrays."""
+    """Per-class sums of P, Q (for marginal_kl) and the KL terms (contributions) from the arrays."""
 
-    def sums(rows: pl.DataFrame) -> tuple[list[float], list[float]]:
+    def sums(rows: pl.DataFrame) -> tuple[list[float], list[float], list[float]]:
         return (
             _column_sums(rows.get_column(P), n_classes),
             _column_sums(rows.get_column(Q), n_classes),
+            _column_sums(rows.get_column(KL_TERMS), n_classes),
         )
 
     return sums

@@ -12,8 +12,9 @@ model, once whole). Every batch is validated
 (Pandera, one fused pass) before it is measured; after the first failure the remaining batches
 are only validated, so all failures are collected. Label-only quantities (log p, entropy, argmax)
 are computed once per label row, not once per model. Per batch and model, the measures feed
-mergeable states; each model's kl column is kept (8 bytes a row) for exact quantiles and the
-paired comparison at the end.
+mergeable states (per-class sums of the KL terms among them, for the class contributions) and a
+bounded top-N of the highest-KL rows; each model's kl column is kept (8 bytes a row) for exact
+quantiles, the ECDF and the paired comparison at the end.
 """
 
 import time
@@ -26,10 +27,12 @@ import polars as pl
 from pipeline import aggregate, arrays, events, io
 from pipeline.io import ROW, ParquetInput
 from pipeline.layout import (
+    ID,
     MODEL,
     ROW_COLUMNS,
     Layout,
     cross_entropy,
+    kl_terms,
     prepare_labels,
     prepare_predictions,
     row_measures,
@@ -47,6 +50,8 @@ from pipeline.validation import (
 # Values per batch (rows × classes): large enough to amortise per-batch work, small enough that
 # a batch of every model fits in a few hundred MB.
 BATCH_VALUES = 10_000_000
+# Points of each model's KL ECDF kept for the HTML report: a curve, not a copy of the rows.
+ECDF_POINTS = 500
 RowsSink = Callable[[pl.DataFrame], None]
 
 
@@ -58,6 +63,7 @@ class Measures:
     epsilon: float = 0.0
     rank_by: str = "mean_kl"
     tolerance: float = 1e-6
+    worst_rows: int = 20  # highest-KL rows kept per model (0: none)
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,12 @@ class Evaluation:
     report: pl.DataFrame | None
     alignment: dict[str, str]  # model -> "positional" or "joined"
     validation_seconds: float  # the share of the time spent in checks
+    # With the report: per (slice, model, class) contributions to the mean KL
+    # (aggregate.class_contributions, classes by name), each model's KL ECDF over all rows
+    # (aggregate.ecdf_points) and its worst rows (model, rank, id, measures, row, slices).
+    contributions: pl.DataFrame | None = None
+    ecdf: pl.DataFrame | None = None
+    worst_rows: pl.DataFrame | None = None
 
 
 class _Stopwatch:
@@ -146,6 +158,7 @@ class _Model:
     states: list[pl.DataFrame] = field(default_factory=list)
     class_states: list[pl.DataFrame] = field(default_factory=list)
     kl: list[pl.Series] = field(default_factory=list)
+    worst: pl.DataFrame | None = None  # the highest-KL rows so far, at most Measures.worst_rows
 
 
 def evaluate(
@@ -214,6 +227,8 @@ def evaluate(
             else:
                 prepared = prepare_labels(label_batch.lazy(), layout, measures.base).collect()
             prepared = prepared.with_columns(**slice_keys)
+            if measures.worst_rows:  # label row positions: the worst rows' tie-break and `row`
+                prepared = prepared.with_columns(label_batch.get_column(ROW))
             if slice_keys:
                 key_batches.append(prepared.select(*slice_keys))
         for model in aligned:
@@ -229,8 +244,9 @@ def evaluate(
     all_failures = pl.concat([no_failures(), *failures])
     if all_failures.height or not compute:
         return Evaluation(all_failures, None, alignment, checked.seconds)
-    report = _report(aligned, key_batches, list(slice_keys), layout, measures)
-    return Evaluation(all_failures, report, alignment, checked.seconds)
+    report, contributions, ecdf = _report(aligned, key_batches, list(slice_keys), layout, measures)
+    worst = _worst_rows(aligned, layout) if measures.worst_rows else None
+    return Evaluation(all_failures, report, alignment, checked.seconds, contributions, ecdf, worst)
 
 
 def _measure(
@@ -255,6 +271,7 @@ def _measure(
                 [labels.lazy(), prepare_predictions(batch.lazy(), layout, measures.epsilon)],
                 how="horizontal",
             )
+            .with_columns(kl_terms(layout))
             .with_columns(row_measures(layout, measures.base))
             .with_columns(cross_entropy())
             .collect()
@@ -264,9 +281,53 @@ def _measure(
     model.states.append(states)
     model.class_states.append(class_states)
     model.kl.append(rows.get_column("kl"))
+    if measures.worst_rows:
+        _keep_worst(model, rows, layout, measures.worst_rows)
     if rows_sink is not None:
         output = rows.with_columns(pl.lit(model.name).alias(MODEL))
         rows_sink(output.select(*ROW_COLUMNS, *layout.slice_cols))
+
+
+def _highest_kl(rows: pl.DataFrame, n: int) -> pl.DataFrame:
+    """The n rows with the highest kl, ties by label row order, sorted that way."""
+    if rows.height > n:
+        # A threshold from the kl column alone, then a filter: six times cheaper than top_k
+        # on two keys. Rows tied at the threshold all pass; if many do, select among them.
+        cut = rows.get_column("kl").top_k(n).min()
+        rows = rows.filter(pl.col("kl") >= cut)
+        if rows.height > 4 * n:
+            rows = rows.top_k(n, by=["kl", ROW], reverse=[False, True])
+    return rows.sort("kl", ROW, descending=[True, False]).head(n)
+
+
+def _keep_worst(model: _Model, rows: pl.DataFrame, layout: Layout, n: int) -> None:
+    """Merge this batch's n highest-KL rows into the model's: a selection, not a sort."""
+    worst = _highest_kl(rows.select(ID, *ROW_COLUMNS[2:], ROW, *layout.slice_cols), n)
+    if model.worst is not None:
+        worst = _highest_kl(pl.concat([model.worst, worst]), n)
+    model.worst = worst
+
+
+def _worst_rows(models: Sequence[_Model], layout: Layout) -> pl.DataFrame:
+    """Every model's worst rows, ordered by model and rank.
+
+    Columns: ``model``, ``rank`` (1 = highest KL; ties by label row order), ``id``, the
+    measures, ``row`` (0-based position in the labels) and the slice columns.
+    """
+    frames = []
+    for m in models:
+        if m.worst is None:
+            continue
+        frames.append(
+            m.worst.select(
+                pl.lit(m.name, pl.String).alias(MODEL),
+                pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("rank"),
+                pl.exclude(ROW, *layout.slice_cols),
+                pl.col(ROW).alias("row"),
+                *layout.slice_cols,
+            )
+        )
+    return pl.concat(frames).sort(MODEL, "rank")
 
 
 def _report(
@@ -275,7 +336,8 @@ def _report(
     slice_keys: Sequence[str],
     layout: Layout,
     measures: Measures,
-) -> pl.DataFrame:
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The ranked report, the class contributions and the KL ECDFs."""
     states = aggregate.merge_states(pl.concat(s for m in models for s in m.states))
     class_states = aggregate.merge_class_states(
         pl.concat(s for m in models for s in m.class_states)
@@ -289,7 +351,13 @@ def _report(
     if key_batches:
         kl = pl.concat([pl.concat(key_batches), kl], how="horizontal")
     parts = list(aggregate.slice_parts(kl, slice_keys))
-    quantiles = aggregate.quantiles(parts, kl_columns)
+    quantiles, ecdf = aggregate.distributions(parts, kl_columns, ECDF_POINTS)
     ranked = aggregate.finalize(states, class_states, quantiles, measures.base, measures.rank_by)
     paired = aggregate.paired_states(parts, kl_columns, aggregate.best_models(ranked))
-    return aggregate.with_paired_comparison(ranked, paired)
+    contributions = aggregate.class_contributions(class_states, states, measures.base)
+    contributions = contributions.with_columns(
+        pl.col(aggregate.CLASS).replace_strict(
+            range(len(layout.classes)), list(layout.classes), return_dtype=pl.String
+        )
+    )
+    return aggregate.with_paired_comparison(ranked, paired), contributions, ecdf

@@ -8,6 +8,7 @@ columns in the files never matters. Internally the class at position ``i`` lives
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import reduce
 from typing import Literal
 
 import polars as pl
@@ -22,6 +23,8 @@ ID, MODEL = "id", "model"
 # Above this many classes the measures run on arrays: one expression per class stops paying.
 MAX_CLASS_COLUMNS = 64
 ROW_COLUMNS = ("id", "model", "kl", "reverse_kl", "js", "cross_entropy", "entropy", "top1_match")
+# worst_rows.parquet adds these to the row columns; a slice column may not take their names.
+WORST_ROW_COLUMNS = ("rank", "row")
 
 
 def p_col(i: int) -> str:
@@ -42,6 +45,11 @@ def q_col(i: int) -> str:
 def log_q_col(i: int) -> str:
     """Internal column of log q for class ``i``."""
     return f"_lq{i}"
+
+
+def kl_term_col(i: int) -> str:
+    """Internal column of class ``i``'s term p·(log p − log q) of D(P‖Q), in nats."""
+    return f"_kt{i}"
 
 
 @dataclass(frozen=True)
@@ -212,7 +220,7 @@ def resolve_layout(
             raise UsageError(f"--slice-by {name!r}: no such column in the labels")
         if isinstance(label_schema[name], pl.List | pl.Array):
             raise UsageError(f"--slice-by {name!r}: a list column cannot name a slice")
-        if name in ROW_COLUMNS or name.startswith("_"):
+        if name in (*ROW_COLUMNS, *WORST_ROW_COLUMNS) or name.startswith("_"):
             raise UsageError(f"--slice-by {name!r}: the name clashes with an output column")
 
     return Layout(
@@ -280,21 +288,38 @@ def prepare_predictions(predictions: pl.LazyFrame, layout: Layout, epsilon: floa
     )
 
 
+def kl_terms(layout: Layout) -> list[pl.Expr]:
+    """Each class's term of D(P‖Q) in nats, as its own column (:func:`kl_term_col`).
+
+    :func:`row_measures` sums these into ``kl``, and the per-class sums over rows are the
+    classes' contributions to the mean KL, so the two agree to the last bit of each term.
+    """
+    return [
+        divergence.kl_divergence(
+            [pl.col(p_col(i))], [pl.col(log_p_col(i))], [pl.col(log_q_col(i))]
+        ).alias(kl_term_col(i))
+        for i in range(len(layout.classes))
+    ]
+
+
 def row_measures(layout: Layout, base: str) -> list[pl.Expr]:
     """The per-model measures of a row, in ``base`` units, from prepared label and prediction columns.
 
-    Cross-entropy follows from these (:func:`cross_entropy`).
+    ``kl`` is the sum of the :func:`kl_terms` columns, which must exist already; cross-entropy
+    follows from these (:func:`cross_entropy`).
     """
     n = len(layout.classes)
     p = [pl.col(p_col(i)) for i in range(n)]
     log_p = [pl.col(log_p_col(i)) for i in range(n)]
     q = [pl.col(q_col(i)) for i in range(n)]
     log_q = [pl.col(log_q_col(i)) for i in range(n)]
+    # The same left fold over the same terms as divergence.kl_divergence: the same floats.
+    kl = reduce(lambda total, term: total + term, [pl.col(kl_term_col(i)) for i in range(n)])
     reverse = divergence.reverse_kl_divergence(
         q, log_q, log_p, q_has_full_support=layout.prediction_kind == "logit"
     )
     return [
-        divergence.to_base(divergence.kl_divergence(p, log_p, log_q), base).alias("kl"),
+        divergence.to_base(kl, base).alias("kl"),
         divergence.to_base(reverse, base).alias("reverse_kl"),
         divergence.to_base(divergence.jensen_shannon_divergence(p, log_p, q, log_q), base).alias(
             "js"

@@ -30,7 +30,16 @@ PREDICTED = {
 LOGITS = {"m": (0.0, 1.0, 2.0), "n": (1.0, 0.5, -0.5)}
 
 FAILURE_COLUMNS = ["dataset", "check", "column", "row", "id", "model", "value"]
-PUBLISHED_FILES = {"report.parquet", "rows.parquet", "summary.md", "manifest.json", "_SUCCESS"}
+PUBLISHED_FILES = {
+    "report.parquet",
+    "rows.parquet",
+    "class_contributions.parquet",
+    "worst_rows.parquet",
+    "report.html",
+    "summary.md",
+    "manifest.json",
+    "_SUCCESS",
+}
 
 
 @dataclass(frozen=True)

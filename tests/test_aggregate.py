@@ -13,7 +13,7 @@ from polars.testing import assert_frame_equal
 from jobs.config import InputOptions, RunOptions
 from jobs.run import run
 from pipeline import aggregate
-from pipeline.layout import p_col, q_col
+from pipeline.layout import kl_term_col, p_col, q_col
 
 N_ROWS, CLASSES = 400, ("a", "b", "c")
 
@@ -216,6 +216,7 @@ def _synthetic_rows(n: int, seed: int) -> pl.DataFrame:
             "top1_match": rng.uniform(size=n) < 0.5,
             p_col(0): rng.uniform(size=n),
             q_col(0): rng.uniform(size=n),
+            kl_term_col(0): rng.normal(size=n),
         }
     ).with_columns(**aggregate.slice_key_columns(["region"]))
 
@@ -268,4 +269,36 @@ def test_merged_shard_class_states_equal_the_class_sums_of_all_rows() -> None:
     everything = merged.filter(pl.col("slice") == "ALL").row(0, named=True)
     assert everything["p_sum"] == pytest.approx(rows.get_column(p_col(0)).sum(), rel=1e-12)
     assert everything["q_sum"] == pytest.approx(rows.get_column(q_col(0)).sum(), rel=1e-12)
+    terms = rows.get_column(kl_term_col(0))
+    assert everything["kl_term_sum"] == pytest.approx(terms.sum(), rel=1e-9, abs=1e-9)
     assert merged.height == 3  # ALL, region=x, region=y; one class
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.0, 0.0, 1.0, 2.0, 2.0, 3.0, math.inf],
+        [-1e-9, 0.0, 0.0, 0.5, 0.5, 0.5, 4.0],  # slightly negative (within the tolerance)
+        [math.inf, math.inf],
+        [7.0],
+    ],
+    ids=["zeros-ties-inf", "negative", "all-inf", "one-row"],
+)
+def test_ecdf_points_are_the_exact_ecdf_at_each_point(values: list[float]) -> None:
+    curve = aggregate.ecdf_points(pl.Series(values).sort(), 500)
+    data = np.array(values)
+    for x, share in curve.iter_rows():
+        assert share == (data <= x).sum() / data.size  # numpy counts the rows at or below x
+    finite = data[np.isfinite(data)]
+    assert sorted(curve.get_column("kl").to_list()) == sorted(
+        set(finite) | ({0.0} if finite.size and finite.min() < 0 < finite.max() else set())
+    )
+
+
+def test_ecdf_points_are_bounded_and_keep_both_ends() -> None:
+    values = pl.Series(np.random.default_rng(5).exponential(size=100_000)).sort()
+    curve = aggregate.ecdf_points(values, 500)
+    assert curve.height <= 500
+    kl = curve.get_column("kl")
+    assert kl[0] == values[0] and kl[-1] == values[-1]
+    assert curve.get_column("ecdf")[-1] == 1.0

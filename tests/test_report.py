@@ -59,8 +59,18 @@ def test_report_follows_its_schema_and_records_version_and_options(example_repor
 
 def test_outputs_and_manifest(example_report: Path) -> None:
     names = sorted(p.name for p in example_report.iterdir())
-    assert names == ["_SUCCESS", "manifest.json", "report.parquet", "rows.parquet", "summary.md"]
+    assert names == [
+        "_SUCCESS",
+        "class_contributions.parquet",
+        "manifest.json",
+        "report.html",
+        "report.parquet",
+        "rows.parquet",
+        "summary.md",
+        "worst_rows.parquet",
+    ]
     manifest = json.loads((example_report / "manifest.json").read_text())
+    assert sorted(manifest["outputs"]) == [n for n in names if n != "_SUCCESS"]
     assert manifest["status"] == "success"
     assert manifest["models"] == ["blurry", "sharp", "uniform"]
     assert manifest["classes"] == ["bird", "cat", "dog", "fish"]
@@ -91,8 +101,11 @@ def test_same_inputs_and_options_give_the_same_report_bytes(
     example_report: Path, tmp_path: Path
 ) -> None:
     run(_example_options(tmp_path / "again"))
-    assert (tmp_path / "again" / "report.parquet").read_bytes() == (
-        example_report / "report.parquet"
+    for name in ("report.parquet", "class_contributions.parquet", "worst_rows.parquet"):
+        assert (tmp_path / "again" / name).read_bytes() == (example_report / name).read_bytes()
+    # The page names its inputs, which are the same paths here: the same bytes too.
+    assert (tmp_path / "again" / "report.html").read_bytes() == (
+        example_report / "report.html"
     ).read_bytes()
 
 

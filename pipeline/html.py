@@ -1,0 +1,342 @@
+"""``report.html``: the ranked report as one self-contained page, for people rather than programs.
+
+The page holds the ranked tables, each model's mean KL with its 95% interval, the distribution
+of per-row KL (an ECDF on a log axis) and each class's contribution to the mean KL. Figures are
+drawn by plotly, whose JavaScript bundle is inlined once, so the file opens without a network.
+plotly is imported inside :func:`report_html`: a run without the page does not pay for it.
+
+Notes
+-----
+* The ECDF is drawn from a bounded number of exact points per model
+  (:func:`pipeline.aggregate.ecdf_points`), never from the rows themselves.
+* A log axis has no place for KL <= 0 (0 for a perfect row; slightly below 0 within the row-sum
+  tolerance): each curve starts at the left edge at the share of such rows, which is the exact
+  ECDF there, and the legend states that share. Rows with KL = +inf are never reached: a curve
+  ends below 1 by their share, also stated in the legend.
+* Infinite values are not plotted as numbers (JSON has none); they are written out in the text.
+* The same frames give the same bytes: figure ids are fixed, nothing depends on the clock.
+"""
+
+import html
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import polars as pl
+
+from pipeline.aggregate import ALL_ROWS, CLASS, SLICE
+from pipeline.layout import MODEL
+
+MAX_CLASSES_SHOWN = 40  # more bars than this are unreadable; the largest contributions are shown
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;
+       max-width: 1100px; padding: 0 1rem; color: #222; }
+h1 { font-size: 1.5rem; margin-bottom: 0.2rem; }
+h2 { font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
+h3 { font-size: 1rem; }
+p.meta, p.note { color: #555; font-size: 0.9rem; }
+table { border-collapse: collapse; font-size: 0.9rem; font-variant-numeric: tabular-nums; }
+th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #e5e5e5; text-align: right; }
+th { background: #f6f6f6; }
+td { white-space: nowrap; }
+td.model, th.model { text-align: left; font-weight: 600; }
+"""
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    return f"{value:.{digits}g}"
+
+
+def _finite(value: float | None) -> float | None:
+    """The value where JSON and a plot can hold it, else None (the text says what it was)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _label(text: str) -> str:
+    """A model or class name for plotly, which reads a few HTML tags in labels: shown as typed."""
+    return html.escape(text)
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.3g}%"
+
+
+def _table(rows: pl.DataFrame, unit: str) -> str:
+    header = (
+        "<tr><th>rank</th><th class='model'>model</th><th>rows</th>"
+        f"<th>mean KL [95% CI] ({html.escape(unit)})</th><th>median</th><th>p90</th>"
+        "<th>p99</th><th>max</th><th>n ∞</th><th>marginal KL</th><th>top-1</th>"
+        "<th>Δ vs best (p)</th></tr>"
+    )
+    lines = ["<table class='ranking'>", f"<thead>{header}</thead>", "<tbody>"]
+    for r in rows.iter_rows(named=True):
+        interval = (
+            f" [{_number(r['ci95_low'])}, {_number(r['ci95_high'])}]"
+            if r["ci95_low"] is not None
+            else ""
+        )
+        if r["p_value_vs_best"] is None and r["delta_vs_best"] == 0:
+            delta = "best"
+        else:
+            p = r["p_value_vs_best"]
+            p_text = "–" if p is None else ("<1e-16" if p < 1e-16 else f"{p:.2g}")
+            delta = f"{_number(r['delta_vs_best'])} (p={p_text})"
+        cells = [
+            str(r["rank"]),
+            f"<td class='model'>{html.escape(r[MODEL])}</td>",
+            str(r["n_rows"]),
+            _number(r["mean_kl"]) + interval,
+            _number(r["median_kl"]),
+            _number(r["p90_kl"]),
+            _number(r["p99_kl"]),
+            _number(r["max_kl"]),
+            str(r["n_infinite"]),
+            _number(r["marginal_kl"]),
+            f"{r['top1_agreement']:.3f}",
+            html.escape(delta),
+        ]
+        row = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells)
+        lines.append(f"<tr>{row}</tr>")
+    lines += ["</tbody>", "</table>"]
+    return "\n".join(lines)
+
+
+def _mean_figure(go: Any, overall: pl.DataFrame, unit: str) -> Any:
+    models = [_label(m) for m in overall.get_column(MODEL).to_list()]
+    means = [_finite(v) for v in overall.get_column("mean_kl").to_list()]
+    lows, highs = (
+        overall.get_column("ci95_low").to_list(),
+        overall.get_column("ci95_high").to_list(),
+    )
+    plus = [
+        h - m if m is not None and h is not None else None
+        for m, h in zip(means, highs, strict=True)
+    ]
+    minus = [
+        m - lo if m is not None and lo is not None else None
+        for m, lo in zip(means, lows, strict=True)
+    ]
+    figure = go.Figure(
+        go.Scatter(
+            x=means,
+            y=models,
+            mode="markers",
+            marker={"size": 10},
+            error_x={"type": "data", "symmetric": False, "array": plus, "arrayminus": minus},
+            hovertemplate="%{y}: %{x:.4g}<extra></extra>",
+        )
+    )
+    for model, mean in zip(models, overall.get_column("mean_kl").to_list(), strict=True):
+        if mean is not None and math.isinf(mean):
+            figure.add_annotation(
+                x=1, xref="paper", y=model, text="mean = ∞ (rows with KL = ∞)",
+                showarrow=False, xanchor="right",
+            )  # fmt: skip
+    figure.update_layout(
+        template="plotly_white",
+        height=120 + 40 * len(models),
+        margin={"l": 10, "r": 10, "t": 10, "b": 40},
+        xaxis_title=f"mean KL ({unit}), 95% t-interval",
+        yaxis={"categoryorder": "array", "categoryarray": models, "autorange": "reversed"},
+    )
+    return figure
+
+
+def _ecdf_figure(go: Any, overall: pl.DataFrame, ecdf: pl.DataFrame, unit: str) -> Any:
+    positive = ecdf.filter(pl.col("kl") > 0).get_column("kl")
+    left = float(positive.min()) / 2 if positive.len() else 1e-6  # type: ignore[arg-type]
+    right = float(positive.max()) * 2 if positive.len() else 1.0  # type: ignore[arg-type]
+    figure = go.Figure()
+    for r in overall.iter_rows(named=True):
+        curve = ecdf.filter(pl.col(MODEL) == r[MODEL])
+        at_or_below_zero = curve.filter(pl.col("kl") <= 0).get_column("ecdf")
+        zero_share = float(at_or_below_zero.max()) if at_or_below_zero.len() else 0.0  # type: ignore[arg-type]
+        infinite_share = r["n_infinite"] / r["n_rows"]
+        above = curve.filter(pl.col("kl") > 0)
+        x = [left, *above.get_column("kl").to_list(), right]
+        last = above.get_column("ecdf").to_list()[-1:] or [zero_share]
+        y = [zero_share, *above.get_column("ecdf").to_list(), last[0]]
+        notes = [
+            f"KL≤0: {_percent(zero_share)}" if zero_share else "",
+            f"KL=∞: {_percent(infinite_share)}" if infinite_share else "",
+        ]
+        note = ", ".join(n for n in notes if n)
+        figure.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines",
+                line_shape="hv",
+                name=f"{_label(r[MODEL])} ({note})" if note else _label(r[MODEL]),
+                hovertemplate="KL ≤ %{x:.4g}: %{y:.2%}<extra>" + _label(r[MODEL]) + "</extra>",
+            )
+        )
+    figure.update_layout(
+        template="plotly_white",
+        height=420,
+        margin={"l": 10, "r": 10, "t": 10, "b": 40},
+        xaxis={"type": "log", "title": f"per-row KL ({unit}), log scale"},
+        yaxis={"title": "share of rows with KL ≤ x", "range": [0, 1.02], "tickformat": ".0%"},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return figure
+
+
+def _shown_classes(contributions: pl.DataFrame) -> list[str]:
+    """Classes in class order, or the MAX_CLASSES_SHOWN with the largest |contribution|."""
+    classes = contributions.get_column(CLASS).unique(maintain_order=True)
+    if classes.len() <= MAX_CLASSES_SHOWN:
+        return classes.to_list()
+    largest = (
+        contributions.group_by(CLASS, maintain_order=True)
+        .agg(pl.col("contribution").abs().max().alias("size"))
+        .top_k(MAX_CLASSES_SHOWN, by="size")
+        .get_column(CLASS)
+    )
+    return [c for c in classes.to_list() if c in set(largest.to_list())]
+
+
+def _contribution_figure(
+    go: Any, overall: pl.DataFrame, contributions: pl.DataFrame, unit: str
+) -> Any:
+    shown = _shown_classes(contributions)
+    figure = go.Figure()
+    for model in overall.get_column(MODEL).to_list():
+        values = dict(
+            contributions.filter(pl.col(MODEL) == model).select(CLASS, "contribution").iter_rows()
+        )
+        figure.add_trace(
+            go.Bar(
+                x=[_label(c) for c in shown],
+                y=[_finite(values.get(c)) for c in shown],
+                name=_label(model),
+                hovertemplate="class %{x}: %{y:.4g}<extra>" + _label(model) + "</extra>",
+            )
+        )
+    figure.update_layout(
+        template="plotly_white",
+        barmode="group",
+        height=420,
+        margin={"l": 10, "r": 10, "t": 10, "b": 40},
+        xaxis={"title": "class", "type": "category"},
+        yaxis={"title": f"contribution to mean KL ({unit})"},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return figure
+
+
+def _infinite_contributions(contributions: pl.DataFrame) -> str:
+    infinite = contributions.filter(pl.col("contribution") == math.inf)
+    if infinite.height == 0:
+        return ""
+    parts = [
+        f"{html.escape(model)}: {', '.join(html.escape(c) for c in group.get_column(CLASS).to_list())}"
+        for (model,), group in infinite.group_by(MODEL, maintain_order=True)
+    ]
+    return (
+        "<p class='note'>Infinite contributions (some row has p &gt; 0 where the model "
+        "predicted q = 0), not drawn: " + "; ".join(parts) + ".</p>"
+    )
+
+
+def report_html(
+    report: pl.DataFrame,
+    contributions: pl.DataFrame,
+    ecdf: pl.DataFrame,
+    *,
+    unit: str,
+    rank_by: str,
+    details: Sequence[str] = (),
+) -> str:
+    """The page: tables, mean KL with 95% CI, KL ECDF and per-class contributions (ALL rows).
+
+    Parameters
+    ----------
+    report
+        The published report (``report.parquet``), rows in published order.
+    contributions
+        The published class contributions (``class_contributions.parquet``).
+    ecdf
+        ``model``, ``kl``, ``ecdf``: each model's ECDF points over all rows.
+    unit, rank_by
+        For the titles.
+    details
+        Short lines shown under the title (inputs, run date, version).
+    """
+    import plotly.graph_objects as go  # lazily: only runs that write the page pay for it
+
+    overall = report.filter(pl.col(SLICE) == ALL_ROWS)
+    n_rows = overall.get_column("n_rows").max() if overall.height else 0
+    overall_contributions = contributions.filter(pl.col(SLICE) == ALL_ROWS)
+    figures = [
+        ("mean", _mean_figure(go, overall, unit)),
+        ("ecdf", _ecdf_figure(go, overall, ecdf, unit)),
+        ("contributions", _contribution_figure(go, overall, overall_contributions, unit)),
+    ]
+    divs = {
+        name: figure.to_html(
+            full_html=False,
+            include_plotlyjs=i == 0,  # the bundle once, inline: no network needed
+            div_id=f"klrank-{name}",
+            config=PLOT_CONFIG,
+        )
+        for i, (name, figure) in enumerate(figures)
+    }
+    n_classes = overall_contributions.get_column(CLASS).n_unique()
+    shown = min(n_classes, MAX_CLASSES_SHOWN)
+    class_note = (
+        f"The {shown} of {n_classes} classes with the largest contributions are shown; "
+        "class_contributions.parquet has them all. "
+        if shown < n_classes
+        else ""
+    )
+    sections = [
+        "<!DOCTYPE html>",
+        "<html lang='en'>",
+        "<head>",
+        "<meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>klrank: models ranked by {html.escape(rank_by)}</title>",
+        f"<style>{_STYLE}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>klrank: models ranked by {html.escape(rank_by)} ({html.escape(unit)}), "
+        f"{n_rows!s} rows</h1>",
+        *[f"<p class='meta'>{html.escape(line)}</p>" for line in details],
+        "<h2 id='ranking'>Ranking</h2>",
+        _table(overall, unit),
+        f"<p class='note'>KL divergence D(P‖Q) in {html.escape(unit)}: 0 means the predicted "
+        "distribution equals the truth on every row; lower is better, and ∞ means some true "
+        "class got probability 0. Δ vs best is the mean per-row KL difference from the rank-1 "
+        "model on the same rows; p is a paired two-sided t-test of that difference being 0.</p>",
+        "<h2 id='mean'>Mean KL with 95% confidence interval</h2>",
+        divs["mean"],
+        "<h2 id='distribution'>Distribution of per-row KL</h2>",
+        divs["ecdf"],
+        "<p class='note'>Empirical CDF of each model's per-row KL over all rows, drawn from up "
+        "to 500 exact points per model. The x axis is logarithmic, so rows with KL ≤ 0 (0 for "
+        "a perfect prediction, or slightly below 0 for rows summing to 1 only within the "
+        "tolerance) cannot be placed on it: each curve starts at the left edge at the share of "
+        "those rows. Rows with KL = ∞ are never reached: the curve ends below 100% by their "
+        "share. Both shares are in the legend when not 0.</p>",
+        "<h2 id='contributions'>Per-class contributions to the mean KL</h2>",
+        divs["contributions"],
+        f"<p class='note'>{class_note}A class's contribution is Σ over rows of "
+        "p<sub>c</sub>·log(p<sub>c</sub>/q<sub>c</sub>), divided by the number of rows; a "
+        "model's contributions add up to its mean KL. One can be negative: that class is "
+        "predicted more often than it occurs, and other classes pay for it.</p>",
+        _infinite_contributions(overall_contributions),
+    ]
+    sliced = report.filter(pl.col(SLICE) != ALL_ROWS)
+    if sliced.height:
+        sections.append("<h2 id='slices'>Slices</h2>")
+        for (name,), rows in sliced.group_by(SLICE, maintain_order=True):
+            sections += [f"<h3>{html.escape(str(name))}</h3>", _table(rows, unit)]
+    sections += ["</body>", "</html>", ""]
+    return "\n".join(s for s in sections if s)
