@@ -382,6 +382,7 @@ def _run(options: RunOptions) -> RunSummary:
                     unit=unit,
                     rank_by=options.rank_by,
                     details=_html_details(inputs, options),
+                    failed_gates=[g.message for g in gates if g.failed],
                 )
                 io.write_text(page, staging / HTML_FILE)
         manifest["gates"] = [g.recorded() for g in gates]

@@ -6,6 +6,7 @@ Pure functions of frames; :mod:`jobs.nightly` finds and reads the reports.
 import datetime as dt
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import polars as pl
 
@@ -80,6 +81,14 @@ def history_markdown(table: pl.DataFrame, unit: str, slice_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _date_axis(dates: list[dt.date]) -> dict[str, Any]:
+    # Ticks on whole days: plotly would label a few nights with hours (06:00, 12:00, ...).
+    axis: dict[str, Any] = {"title": "run date", "tickformat": "%Y-%m-%d"}
+    if dates and (max(dates) - min(dates)).days <= 31:
+        axis["dtick"] = 86_400_000  # one day, in milliseconds
+    return axis
+
+
 def history_chart_html(table: pl.DataFrame, unit: str, slice_name: str) -> str:
     """A self-contained HTML page (plotly.js inlined): mean KL ± 95% CI per model over nights.
 
@@ -106,7 +115,7 @@ def history_chart_html(table: pl.DataFrame, unit: str, slice_name: str) -> str:
         )
     figure.update_layout(
         title=f"klrank: mean KL per night, slice {slice_name} (95% CI)",
-        xaxis_title="run date",
+        xaxis=_date_axis(table.get_column(RUN_DATE).to_list()),
         yaxis_title=f"mean KL ({unit})",
     )
     return str(figure.to_html(include_plotlyjs=True, full_html=True))

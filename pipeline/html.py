@@ -67,12 +67,29 @@ def _percent(share: float) -> str:
     return f"{100 * share:.3g}%"
 
 
+def _change(r: dict[str, Any]) -> str:
+    """Tonight's mean KL against the baseline's, as the --max-regression gate sees it."""
+    if r["prev_mean_kl"] is None:
+        return "new"
+    pct, p = r["change_mean_kl_pct"], r["p_value_change"]
+    if pct is None:
+        change = "–"
+    elif math.isinf(pct):
+        change = "+∞%" if pct > 0 else "−∞%"
+    else:
+        change = f"{pct:+.3g}%"
+    p_text = "–" if p is None else ("<1e-16" if p < 1e-16 else f"{p:.2g}")
+    return f"{change} (p={p_text})"
+
+
 def _table(rows: pl.DataFrame, unit: str) -> str:
+    # The comparison with an earlier night, only when the run had one (--baseline).
+    with_baseline = "prev_mean_kl" in rows.columns and rows["prev_mean_kl"].is_not_null().any()
     header = (
         "<tr><th>rank</th><th class='model'>model</th><th>rows</th>"
         f"<th>mean KL [95% CI] ({html.escape(unit)})</th><th>median</th><th>p90</th>"
         "<th>p99</th><th>max</th><th>n ∞</th><th>marginal KL</th><th>top-1</th>"
-        "<th>Δ vs best (p)</th></tr>"
+        "<th>Δ vs best (p)</th>" + ("<th>vs baseline (p)</th>" if with_baseline else "") + "</tr>"
     )
     lines = ["<table class='ranking'>", f"<thead>{header}</thead>", "<tbody>"]
     for r in rows.iter_rows(named=True):
@@ -100,6 +117,7 @@ def _table(rows: pl.DataFrame, unit: str) -> str:
             _number(r["marginal_kl"]),
             f"{r['top1_agreement']:.3f}",
             html.escape(delta),
+            *([html.escape(_change(r))] if with_baseline else []),
         ]
         row = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells)
         lines.append(f"<tr>{row}</tr>")
@@ -253,6 +271,7 @@ def report_html(
     unit: str,
     rank_by: str,
     details: Sequence[str] = (),
+    failed_gates: Sequence[str] = (),
 ) -> str:
     """The page: tables, mean KL with 95% CI, KL ECDF and per-class contributions (ALL rows).
 
@@ -268,6 +287,8 @@ def report_html(
         For the titles.
     details
         Short lines shown under the title (inputs, run date, version).
+    failed_gates
+        The messages of the gates that failed, shown first.
     """
     import plotly.graph_objects as go  # lazily: only runs that write the page pay for it
 
@@ -309,6 +330,16 @@ def report_html(
         f"<h1>klrank: models ranked by {html.escape(rank_by)} ({html.escape(unit)}), "
         f"{n_rows!s} rows</h1>",
         *[f"<p class='meta'>{html.escape(line)}</p>" for line in details],
+        *(
+            [
+                "<h2 id='gates'>Failed gates</h2>",
+                "<ul class='gates'>",
+                *[f"<li>{html.escape(m)}</li>" for m in failed_gates],
+                "</ul>",
+            ]
+            if failed_gates
+            else []
+        ),
         "<h2 id='ranking'>Ranking</h2>",
         _table(overall, unit),
         f"<p class='note'>KL divergence D(P‖Q) in {html.escape(unit)}: 0 means the predicted "

@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 EXAMPLES = Path(__file__).parent.parent / "examples" / "data"
-FIGURES = ("klrank-mean", "klrank-ecdf", "klrank-contributions")
+FIGURES = ("#klrank-mean", "#klrank-ecdf", "#klrank-contributions")
 
 
 def _missing(reason: str) -> None:
@@ -56,7 +56,7 @@ def browser() -> Iterator[Any]:
 class Page:
     """report.html opened offline, with what the browser logged and tried to fetch."""
 
-    def __init__(self, browser: Any, path: Path) -> None:
+    def __init__(self, browser: Any, path: Path, figures: tuple[str, ...] = FIGURES) -> None:
         self.errors: list[str] = []
         self.blocked: list[str] = []
         self.page = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -68,8 +68,8 @@ class Page:
         self.page.on("dialog", lambda d: (self.errors.append(f"dialog: {d.message}"), d.dismiss()))
         self.page.route("**/*", self._route)
         self.page.goto(path.as_uri())
-        for figure in FIGURES:
-            self.page.wait_for_selector(f"#{figure} .main-svg")
+        for figure in figures:
+            self.page.wait_for_selector(f"{figure} .main-svg")
 
     def _route(self, route: Any) -> None:
         if route.request.url.startswith("file:"):
@@ -170,3 +170,36 @@ def test_zeros_infinities_and_markup_in_names_are_shown_as_they_are(
     mean_note = page.page.locator("#klrank-mean .annotation").all_text_contents()
     assert mean_note == ["mean = ∞ (rows with KL = ∞)"]
     page.screenshot("edge-cases.png", tmp_path)
+
+
+def test_history_chart_renders_offline_with_one_line_per_model(
+    browser: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "nightly"
+    for night in ("2026-11-23", "2026-11-24", "2026-11-25"):
+        result = klrank(
+            "run",
+            "--labels",
+            EXAMPLES / "labels.parquet",
+            "--predictions",
+            EXAMPLES / "predictions",
+            "--out",
+            out,
+            "--run-date",
+            night,
+            "--no-html",
+        )
+        expect(result, 0)
+    expect(klrank("history", out), 0)
+    page = Page(browser, out / "history.html", figures=(".plotly-graph-div",))
+    assert page.errors == [] and page.blocked == []
+    models = sorted(
+        pl.read_parquet(out / "run_date=2026-11-25" / "report.parquet").get_column("model")
+    )
+    legend = page.page.locator(".legendtext").all_text_contents()
+    assert sorted(legend) == models
+    # One line with error bars per model, each through the three nights.
+    assert page.page.locator(".main-svg .trace").count() == len(models)
+    assert page.page.locator(".main-svg .trace .point").count() == 3 * len(models)
+    screenshot = page.screenshot("history.png", tmp_path)
+    assert screenshot.stat().st_size > 20_000

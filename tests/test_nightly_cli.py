@@ -6,6 +6,7 @@ oracles are scipy's: per-row KL from ``scipy.special.rel_entr`` and Welch's test
 ``scipy.stats.ttest_ind`` on those rows, never klrank's own standard errors.
 """
 
+import html
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -478,3 +479,22 @@ def test_history_of_an_unknown_slice_exits_2(nights: Nights) -> None:
     result = klrank("history", nights.out, "--slice", "region=mars")
     expect(result, 2)
     assert "no night's report has the slice 'region=mars'" in result.stderr
+
+
+def test_page_of_a_regressed_night_shows_the_change_and_the_failed_gate(nights: Nights) -> None:
+    folder = nights.out / "run_date=2026-03-04"
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    manifest = _manifest(folder)
+    (message,) = [
+        g["message"]
+        for g in manifest["gates"]  # type: ignore[attr-defined]
+        if g["outcome"] == "failed"
+    ]
+    assert "<h2 id='gates'>Failed gates</h2>" in page
+    assert f"<li>{html.escape(message)}</li>" in page
+    assert "<th>vs baseline (p)</th>" in page
+    row = _all_rows(_report(folder))["m"]
+    assert f"{row['change_mean_kl_pct']:+.3g}% (p=" in page
+    # The first night had no baseline: no such column, and no gate failed.
+    first = (nights.out / "run_date=2026-03-01" / "report.html").read_text(encoding="utf-8")
+    assert "vs baseline" not in first and "Failed gates" not in first
