@@ -519,9 +519,9 @@ def history_command(
     chart: Annotated[
         Path | None,
         typer.Option(
-            "--out",
-            "-o",
-            envvar="KLRANK_HISTORY_OUT",
+            # Not --out: a config file's top-level `out` (the reports folder) must not land here.
+            "--chart",
+            envvar="KLRANK_HISTORY_CHART",
             help="Where the chart goes (a self-contained HTML file); default DIR/history.html.",
             show_default=False,
         ),

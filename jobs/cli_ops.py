@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 from typer import _click
 from typer._click.core import ParameterSource
-from typer._click.exceptions import MissingParameter
+from typer._click.exceptions import BadParameter, MissingParameter
 from typer.core import TyperGroup, TyperOption
 
 from jobs import config_file, logs
@@ -60,6 +60,32 @@ def _option_keys(command: _click.Command) -> dict[str, str]:
     return keys
 
 
+def _check_values(
+    ctx: typer.Context,
+    commands: Mapping[str, _click.Command],
+    maps: Mapping[str, Mapping[str, Any]],
+    path: Path,
+) -> None:
+    """Convert every value of the file as its option would, so a bad one names the file.
+
+    Left to click, a bad value from ``default_map`` is reported as if it came from the option's
+    environment variable, even when that is not set.
+    """
+    for name, values in maps.items():
+        params = {p.name: p for p in commands[name].params} if name in commands else {}
+        for key, raw in values.items():
+            param = params.get(key)
+            if not isinstance(param, TyperOption):
+                continue
+            try:
+                param.get_runtime_param().coerce(raw, param=param, ctx=ctx)
+            except BadParameter as error:
+                option = param.opts[0].removeprefix("--") if param.opts else key
+                raise typer.BadParameter(
+                    f"{path}: {option} = {raw!r} (for {name}): {error.message}"
+                ) from None
+
+
 def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
     """Read ``--config`` and make its values the defaults of this command (or of every one)."""
     if value is None or ctx.resilient_parsing:
@@ -75,6 +101,7 @@ def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
         )
     except UsageError as error:
         raise typer.BadParameter(str(error)) from None
+    _check_values(ctx, commands, maps, value)
     ctx.meta[_META_KEY] = (value, maps)
     if ctx.parent is None:  # the root: each command's context takes its own table
         ctx.default_map = dict(maps)

@@ -104,10 +104,11 @@ def configure(log_format: LogFormat, quiet: bool, stream: TextIO) -> None:
     """Send klrank's events to ``stream`` (stderr) in ``log_format``.
 
     ``quiet`` keeps warnings and errors only, and no progress line; progress is drawn only when
-    ``stream`` is a terminal.
+    ``stream`` is a terminal and the format is text.
     """
     formatter = JsonFormatter() if log_format == "json" else TextFormatter()
-    live = not quiet and stream.isatty()
+    # JSON logs promise one JSON object a line: no progress line to redraw in place.
+    live = not quiet and log_format == "text" and stream.isatty()
     threshold = logging.WARNING if quiet else logging.INFO
     for handler in list(LOGGER.handlers):
         if isinstance(handler, StderrHandler):

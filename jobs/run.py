@@ -289,7 +289,7 @@ def run(options: RunOptions) -> RunSummary:
     LockBusyError
         Another run still held the partition's lock after ``options.lock_timeout`` seconds.
     """
-    io.check_publishable(options.target)
+    io.check_publishable(options.target, dated=options.run_date is not None)
     events.emit("run.started", target=str(options.target), options=options.recorded())
     with partition_lock(options.target, options.lock_timeout):
         return _run(options)
@@ -297,7 +297,7 @@ def run(options: RunOptions) -> RunSummary:
 
 def _run(options: RunOptions) -> RunSummary:
     started, clock = dt.datetime.now(dt.UTC), time.perf_counter()
-    io.check_publishable(options.target)
+    io.check_publishable(options.target, dated=options.run_date is not None)
     timings = Timings()
     inputs = open_inputs(options.inputs, options.failures_path, timings)
     measures = Measures(

@@ -10,6 +10,7 @@ import datetime as dt
 import glob
 import json
 import os
+import re
 import shutil
 import uuid
 from collections import deque
@@ -236,11 +237,31 @@ class RowsWriter:
                 self._writer.close()
 
 
-def check_publishable(target: Path) -> None:
-    """Fail early, before any work, when ``target`` or a parent of it is an existing file."""
+def check_publishable(target: Path, dated: bool) -> None:
+    """Fail early, before any work, when publishing to ``target`` would replace what it must not.
+
+    Publishing swaps the whole ``target`` folder, so it may not be a file, the working directory
+    or one of its parents, and an undated ``target`` (no ``--run-date``) may not hold nightly
+    ``run_date=`` partitions: they, their locks and ``history.html`` would all be replaced.
+    """
     for folder in (target, *target.parents):
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"--out: {str(folder)!r} exists and is not a directory")
+    resolved = target.resolve()
+    if resolved == Path.cwd() or resolved in Path.cwd().parents:
+        raise UsageError(
+            f"--out: {str(target)!r} is the working directory or holds it; publishing replaces "
+            "the whole folder, so name a folder of its own (e.g. --out reports)"
+        )
+    if not dated and target.is_dir():
+        nights = sorted(
+            p.name for p in target.iterdir() if p.name.lstrip(".").startswith(f"{RUN_DATE_KEY}=")
+        )
+        if nights:
+            raise UsageError(
+                f"--out: {str(target)!r} holds nightly partitions ({nights[0]}, ...): a run "
+                "without --run-date would replace them all; give --run-date, or another --out"
+            )
 
 
 def remove_file(path: Path) -> None:
@@ -339,6 +360,9 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 RUN_DATE_KEY = "run_date"
 
 
+_RUN_DATE_FOLDER = re.compile(rf"{RUN_DATE_KEY}=(\d{{4}}-\d{{2}}-\d{{2}})")
+
+
 def run_partitions(root: Path, report_file: str) -> list[tuple[dt.date, Path]]:
     """The ``root/run_date=YYYY-MM-DD/`` folders holding ``report_file``, oldest first.
 
@@ -351,12 +375,13 @@ def run_partitions(root: Path, report_file: str) -> list[tuple[dt.date, Path]]:
     for folder in root.iterdir():
         if folder.name.startswith((".", "_")):
             continue
-        key, sep, value = folder.name.partition("=")
-        if not (sep and key == RUN_DATE_KEY) or not (folder / report_file).is_file():
+        # Only YYYY-MM-DD: Python's fromisoformat also reads 20260205 and 2026-W06-5.
+        match = _RUN_DATE_FOLDER.fullmatch(unquote(folder.name))
+        if match is None or not (folder / report_file).is_file():
             continue
         try:
-            found.append((dt.date.fromisoformat(unquote(value)), folder))
-        except ValueError:
+            found.append((dt.date.fromisoformat(match.group(1)), folder))
+        except ValueError:  # 2026-02-30
             continue
     return sorted(found)
 

@@ -250,7 +250,7 @@ def test_history_prints_every_night_and_writes_the_chart(nights: Nights) -> None
 
 def test_history_json_holds_each_reports_values(nights: Nights, tmp_path: Path) -> None:
     chart = tmp_path / "charts" / "kl.html"
-    result = klrank("history", nights.out, "--json", "--out", chart)
+    result = klrank("history", nights.out, "--json", "--chart", chart)
     expect(result, 0)
     document = json.loads(result.stdout)
     assert document["nights"] == sorted(NIGHT_DATES)

@@ -247,6 +247,16 @@ def test_no_progress_on_a_terminal_when_quiet(tmp_path: Path) -> None:
     assert shown == ""
 
 
+def test_json_logs_on_a_terminal_have_no_progress_line(tmp_path: Path) -> None:
+    # Regression: the progress line was drawn in JSON mode too, breaking "one JSON object a line".
+    code, shown = _stderr_on_a_terminal(
+        "run", *_small(tmp_path), "--out", tmp_path / "o", "--log-format", "json"
+    )
+    assert code == 0, shown
+    lines = [line for line in shown.replace("\r\n", "\n").split("\n") if line]
+    assert lines and all(json.loads(line)["event"] for line in lines), shown
+
+
 # ---------------------------------------------------------------------------------------------
 # One run per output partition
 

@@ -92,3 +92,73 @@ def test_list_slice_column_used_to_crash_with_exit_70(tmp_path: Path, dtype: pl.
     )  # fmt: skip
     expect(result, 2)
     assert "a list column cannot name a slice" in result.stderr
+
+
+def _examples_run(out: Path, *extra: str | Path) -> list[str | Path]:
+    examples = Path(__file__).parent.parent / "examples" / "data"
+    return ["run", "-l", examples / "labels.parquet", "-p", examples / "predictions", "-o", out, *extra]  # fmt: skip
+
+
+def test_a_run_without_run_date_used_to_replace_every_night(tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    expect(klrank(*_examples_run(out, "--run-date", "2026-01-01", "--no-html")), 0)
+    before = sorted(p.name for p in out.iterdir())
+    result = klrank(*_examples_run(out, "--no-html"))
+    expect(result, 2)
+    assert "holds nightly partitions" in result.stderr and "--run-date" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == before  # the night and its lock file stay
+    assert (out / "run_date=2026-01-01" / "report.parquet").is_file()
+
+
+def test_out_dot_used_to_fail_with_exit_70_after_all_the_work(tmp_path: Path) -> None:
+    examples = Path(__file__).parent.parent / "examples" / "data"
+    result = klrank(
+        "run", "-l", examples / "labels.parquet", "-p", examples / "predictions", "-o", ".",
+        cwd=tmp_path,
+    )  # fmt: skip
+    expect(result, 2)
+    assert "working directory" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_top_level_out_in_a_config_used_to_become_the_history_chart(tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    config = tmp_path / "klrank.toml"
+    config.write_text(f'out = "{out}"\n', encoding="utf-8")
+    expect(klrank(*_examples_run(out, "--run-date", "2026-01-01", "--no-html")), 0)
+    result = klrank("history", out, "--config", config)
+    expect(result, 0)
+    assert (out / "history.html").is_file()
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("lock-timeout = -1", "lock-timeout"),
+        ('worst = "lots"', "worst"),
+        ('run-date = "x"', "run-date"),
+    ],
+)
+def test_a_bad_config_value_used_to_be_blamed_on_an_unset_variable(
+    tmp_path: Path, line: str, key: str
+) -> None:
+    config = tmp_path / "klrank.toml"
+    config.write_text(f'labels = "a"\npredictions = "b"\n[run]\nout = "o"\n{line}\n', "utf-8")
+    result = klrank("run", "--config", config)
+    expect(result, 2)
+    message = " ".join(result.stderr.replace("│", " ").split())
+    assert f"klrank.toml: {key} =" in message, message
+
+
+def test_run_date_folders_not_in_iso_form_used_to_count_as_nights(tmp_path: Path) -> None:
+    for name in (
+        "run_date=2026-02-01",
+        "run_date=20260205",
+        "run_date=2026-W06-5",
+        "run_date=2026-02-30",
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.parquet").touch()
+    assert [d.isoformat() for d, _ in io.run_partitions(tmp_path, "report.parquet")] == [
+        "2026-02-01"
+    ]
