@@ -14,11 +14,15 @@ import datetime as dt
 import json
 import logging
 import math
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from typer._click.exceptions import ClickException
+from typer.exceptions import Abort
 
 from jobs import __version__, cli_ops, logs
 from jobs.config import InputOptions, RunOptions, TruthOption
@@ -566,14 +570,33 @@ def history_command(
 app.add_typer(cli_ops.config_app, name="config")
 
 
+def _wants_json(args: list[str]) -> bool:
+    """Whether the command line (or KLRANK_JSON) asked for a JSON summary on stdout."""
+    flag = os.environ.get("KLRANK_JSON", "").lower() in ("1", "true", "yes", "on")
+    return flag or "--json" in args
+
+
 def main() -> None:
     """Console-script entry point."""
     cli_ops.handle_signals()
     try:
-        app(prog_name="klrank")
+        code = app(prog_name="klrank", standalone_mode=False)
     except Interrupted as stop:  # outside a command's work: while parsing options, say
         typer.echo(f"klrank: {cli_ops.stopped_message(stop.signum)}", err=True)
         raise SystemExit(EXIT_SIGNAL_BASE + stop.signum) from None
+    except ClickException as error:  # the option parser's own errors, config-file values too
+        error.show()
+        if _wants_json(sys.argv[1:]):  # a scheduler reading stdout still gets one JSON object
+            message = error.format_message()
+            status = "usage_error" if error.exit_code == EXIT_USAGE else "error"
+            typer.echo(
+                json.dumps({"status": status, "exit_code": error.exit_code, "message": message})
+            )
+        raise SystemExit(error.exit_code) from None
+    except Abort:
+        typer.echo("Aborted!", err=True)
+        raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

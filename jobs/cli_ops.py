@@ -80,9 +80,10 @@ def _check_values(
             try:
                 param.get_runtime_param().coerce(raw, param=param, ctx=ctx)
             except BadParameter as error:
-                option = param.opts[0].removeprefix("--") if param.opts else key
+                option = param.opts[0] if param.opts else key
                 raise typer.BadParameter(
-                    f"{path}: {option} = {raw!r} (for {name}): {error.message}"
+                    f"{path}: {option.removeprefix('--')} = {raw!r} ({option} of {name}): "
+                    f"{error.message}"
                 ) from None
 
 

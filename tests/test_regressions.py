@@ -1,5 +1,6 @@
 """Regressions found by review, each named after what broke."""
 
+import json
 import math
 from pathlib import Path
 
@@ -162,3 +163,22 @@ def test_run_date_folders_not_in_iso_form_used_to_count_as_nights(tmp_path: Path
     assert [d.isoformat() for d, _ in io.run_partitions(tmp_path, "report.parquet")] == [
         "2026-02-01"
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["run", "-l", "a", "-p", "b", "-o", "o", "--base", "3"], "--base"),
+        (["run", "-l", "a", "-p", "b", "-o", "o", "--no-such-option"], "--no-such-option"),
+        (["validate", "-l", "a"], "--predictions"),
+    ],
+)
+def test_json_used_to_print_nothing_for_errors_the_option_parser_finds(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    result = klrank(*args, "--json", cwd=tmp_path)
+    expect(result, 2)
+    (line,) = result.stdout.splitlines()
+    summary = json.loads(line)
+    assert summary["status"] == "usage_error" and summary["exit_code"] == 2
+    assert named in summary["message"]
