@@ -28,7 +28,7 @@ from jobs import __version__, cli_ops, logs
 from jobs.config import InputOptions, RunOptions, TruthOption
 from jobs.nightly import HistoryOptions, history
 from jobs.run import Timings, run, validate
-from pipeline import events
+from pipeline import events, interrupts
 from pipeline.aggregate import RankMetric
 from pipeline.divergence import Base
 from pipeline.errors import Interrupted, InvalidDataError, KlrankError, LockBusyError, UsageError
@@ -596,6 +596,8 @@ def main() -> None:
     except Abort:
         typer.echo("Aborted!", err=True)
         raise SystemExit(1) from None
+    finally:
+        interrupts.ignore()  # a signal during interpreter shutdown must not replace the code
     raise SystemExit(code if isinstance(code, int) else EXIT_OK)
 
 

@@ -41,6 +41,16 @@ def install() -> None:
             signal.signal(signum, _raise)
 
 
+def ignore() -> None:
+    """Ignore SIGTERM and SIGINT from now on: the outcome is decided and the process is exiting.
+
+    Python restores the default handlers while it shuts down (thread pools, modules), and the
+    default for SIGTERM would then end a finished run with -15 instead of its exit code.
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 @contextmanager
 def deferred() -> Iterator[None]:
     """Hold SIGTERM and SIGINT until the block has finished, then raise the first one held."""
