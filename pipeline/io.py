@@ -403,6 +403,12 @@ def read_report(path: Path, columns: Sequence[str]) -> tuple[pl.DataFrame, dict[
     """
     try:
         metadata = read_parquet_metadata(path)
+        missing = [c for c in columns if c not in pq.read_schema(path).names]
+        if missing:  # say so plainly, rather than with Polars' query plan
+            raise UsageError(
+                f"cannot read the report {str(path)!r}: no column {missing[0]!r} (is it a "
+                "klrank report.parquet?)"
+            )
         frame = pl.read_parquet(path, columns=list(columns))
     except (OSError, ValueError, pl.exceptions.PolarsError) as error:
         raise UsageError(f"cannot read the report {str(path)!r}: {error}") from None
