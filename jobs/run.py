@@ -291,15 +291,16 @@ def run(options: RunOptions) -> RunSummary:
     """
     io.check_publishable(options.target, dated=options.run_date is not None)
     events.emit("run.started", target=str(options.target), options=options.recorded())
-    with partition_lock(options.target, options.lock_timeout):
-        return _run(options)
-
-
-def _run(options: RunOptions) -> RunSummary:
-    started, clock = dt.datetime.now(dt.UTC), time.perf_counter()
-    io.check_publishable(options.target, dated=options.run_date is not None)
+    # Missing inputs, wrong columns or dtypes fail here, before any folder or lock file is made.
     timings = Timings()
     inputs = open_inputs(options.inputs, options.failures_path, timings)
+    with partition_lock(options.target, options.lock_timeout):
+        return _run(options, inputs, timings)
+
+
+def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSummary:
+    started, clock = dt.datetime.now(dt.UTC), time.perf_counter()
+    io.check_publishable(options.target, dated=options.run_date is not None)
     measures = Measures(
         options.base,
         options.epsilon,

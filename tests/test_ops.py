@@ -142,8 +142,8 @@ def test_json_logs_are_one_object_a_line_with_the_run_events(tmp_path: Path) -> 
     events = {r["event"]: r for r in records}
     assert list(events) == [
         "run.started",
-        "lock.acquired",
         "inputs.scanned",
+        "lock.acquired",
         "validation.done",
         "evaluation.done",
         "published",

@@ -190,3 +190,14 @@ def test_a_baseline_that_is_no_report_used_to_print_a_query_plan(tmp_path: Path)
     expect(result, 2)
     assert "no column 'slice' (is it a klrank report.parquet?)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_missing_input_used_to_leave_folders_and_a_lock_file_behind(tmp_path: Path) -> None:
+    out = tmp_path / "deep" / "reports"
+    result = klrank(
+        "run", "-l", tmp_path / "nope.parquet", "-p", tmp_path / "nope", "-o", out,
+        "--run-date", "2026-05-01",
+    )  # fmt: skip
+    expect(result, 2)
+    assert "does not exist" in result.stderr
+    assert list(tmp_path.iterdir()) == []
