@@ -593,9 +593,9 @@ def run_cli() -> int:
                 json.dumps({"status": status, "exit_code": error.exit_code, "message": message})
             )
         return error.exit_code
-    except Abort:
+    except Abort:  # not 1: that means invalid data, which a scheduler does not retry
         typer.echo("Aborted!", err=True)
-        return 1
+        return EXIT_INTERNAL
     return code if isinstance(code, int) else EXIT_OK
 
 
@@ -606,7 +606,7 @@ def main() -> NoReturn:
     the frames, joining idle reader threads, unloading modules) would add about 0.3 s to every
     run and could let a late SIGTERM replace the exit code.
     """
-    cli_ops.handle_signals()
+    interrupts.install()  # SIGTERM/SIGINT unwind the run through its cleanup
     try:
         code = run_cli()
     except SystemExit as stop:

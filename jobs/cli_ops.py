@@ -27,7 +27,6 @@ from typer.core import TyperGroup, TyperOption
 
 from jobs import config_file, logs
 from jobs.logs import LogFormat
-from pipeline import interrupts
 from pipeline.errors import UsageError
 
 EXIT_LOCKED = 75  # EX_TEMPFAIL (sysexits.h): another run holds the partition; retry later
@@ -157,11 +156,6 @@ def notice(message: str, quiet: bool) -> None:
     """``klrank: message`` on stderr for a person reading text; JSON logs carry it as an event."""
     if not quiet and not logs.structured():
         typer.echo(f"klrank: {message}", err=True)
-
-
-def handle_signals() -> None:
-    """Turn SIGTERM and SIGINT into :class:`~pipeline.errors.Interrupted` (see main)."""
-    interrupts.install()
 
 
 def stopped_message(signum: int) -> str:

@@ -9,6 +9,7 @@ from pipeline.aggregate import RANK_METRICS
 from pipeline.divergence import LOG_BASES
 from pipeline.errors import UsageError
 from pipeline.gates import Gates
+from pipeline.io import RUN_DATE_KEY
 
 TruthOption = Literal["auto", "hard", "soft"]
 
@@ -79,7 +80,7 @@ class RunOptions:
         """The directory the report is published to."""
         if self.run_date is None:
             return self.out
-        return self.out / f"run_date={self.run_date.isoformat()}"
+        return self.out / f"{RUN_DATE_KEY}={self.run_date.isoformat()}"
 
     @property
     def failures_path(self) -> Path:
@@ -91,7 +92,7 @@ class RunOptions:
         """
         if self.failures is not None:
             return self.failures
-        partition = [] if self.run_date is None else [f"run_date={self.run_date.isoformat()}"]
+        partition = [] if self.run_date is None else [f"{RUN_DATE_KEY}={self.run_date.isoformat()}"]
         return self.out.joinpath("_failures", *partition, "failures.parquet")
 
     def recorded(self) -> dict[str, Any]:

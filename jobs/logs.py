@@ -14,7 +14,6 @@ from typing import Any, Literal, TextIO
 from pipeline.events import FIELDS, LOGGER, PROGRESS
 
 LogFormat = Literal["text", "json"]
-LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
 
 def _timestamp(record: logging.LogRecord) -> str:

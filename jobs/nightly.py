@@ -71,8 +71,7 @@ def _baseline_file(
             raise UsageError(f"--baseline: {spec!r} is neither a report.parquet nor a run folder")
         key, sep, value = file.parent.name.partition("=")
         return file, value if sep and key == io.RUN_DATE_KEY else None
-    if run_date is None:
-        raise UsageError("--baseline auto needs --run-date (it picks the latest earlier night)")
+    assert run_date is not None, "RunOptions requires --run-date with --baseline auto"
     earlier = [(d, p) for d, p in io.run_partitions(out, REPORT_FILE) if d < run_date]
     if not earlier:
         return None, None
@@ -115,7 +114,7 @@ class HistoryOptions:
 
     @property
     def chart_path(self) -> Path:
-        """Where the chart goes: ``--out``, by default ``ROOT/history.html``."""
+        """Where the chart goes: ``--chart``, by default ``ROOT/history.html``."""
         return self.chart if self.chart is not None else self.root / HISTORY_CHART
 
 

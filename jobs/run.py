@@ -300,7 +300,6 @@ def run(options: RunOptions) -> RunSummary:
 
 def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSummary:
     started, clock = dt.datetime.now(dt.UTC), time.perf_counter()
-    io.check_publishable(options.target, dated=options.run_date is not None)
     measures = Measures(
         options.base,
         options.epsilon,
@@ -353,6 +352,7 @@ def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSumm
             gates = evaluate_gates(
                 report, options.gates, unit, baseline is not None and baseline.report is not None
             )
+            failed = [g for g in gates if g.failed]
             summary = ranked_summary(report, unit, options.rank_by)
             if baseline is not None:
                 summary += baseline_section(report, unit, baseline.path, options.out)
@@ -383,11 +383,11 @@ def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSumm
                     unit=unit,
                     rank_by=options.rank_by,
                     details=_html_details(inputs, options),
-                    failed_gates=[g.message for g in gates if g.failed],
+                    failed_gates=[g.message for g in failed],
                 )
                 io.write_text(page, staging / HTML_FILE)
         manifest["gates"] = [g.recorded() for g in gates]
-        if any(g.failed for g in gates):
+        if failed:
             manifest["status"] = "gate_failed"
         manifest["models"] = sorted(evaluation.alignment)
         manifest["alignment"] = evaluation.alignment

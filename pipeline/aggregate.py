@@ -33,6 +33,8 @@ RankMetric = Literal[
 ]  # fmt: skip
 RANK_METRICS: tuple[str, ...] = get_args(RankMetric)
 HIGHER_IS_BETTER = frozenset({"top1_agreement"})
+# Points of each model's KL ECDF kept for the HTML report: a curve, not a copy of the rows.
+ECDF_POINTS = 500
 
 
 def slice_key_columns(slice_cols: Sequence[str]) -> dict[str, pl.Expr]:
@@ -103,10 +105,11 @@ def column_class_sums(n_classes: int) -> ClassSums:
 def partial_states(
     rows: pl.DataFrame, model: str, slice_keys: Sequence[str], class_sums: ClassSums
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """States per slice of one model's rows (measures, P and Q, and slice key columns).
+    """States per slice of one model's rows (measures, P, Q and KL terms, and slice key columns).
 
     ``slice_keys`` name columns holding ``COL=value`` strings, one per ``--slice-by`` column;
-    ``class_sums`` sums P and Q per class (:func:`column_class_sums`, ``arrays.class_sums``).
+    ``class_sums`` sums P, Q and the KL terms per class (:func:`column_class_sums`,
+    ``arrays.class_sums``).
     Returns the scalar states, one row per slice, and the class states, one row per slice and
     class (``p_sum``, ``q_sum``, ``kl_term_sum`` in nats: long, so a thousand classes are a
     thousand rows, not columns).
@@ -224,13 +227,6 @@ def distributions(
     )
     empty = pl.DataFrame(schema={MODEL: pl.String, "kl": pl.Float64, "ecdf": pl.Float64})
     return quantile_frame, pl.concat([empty, *ecdfs])
-
-
-def quantiles(
-    parts: Sequence[tuple[str, pl.DataFrame]], kl_columns: Mapping[str, str]
-) -> pl.DataFrame:
-    """Exact quantiles of each model's kl column (``kl_columns``: model -> column) per slice."""
-    return distributions(parts, kl_columns, 0)[0]
 
 
 def paired_states(

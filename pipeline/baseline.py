@@ -19,6 +19,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.aggregate import KEYS
+from pipeline.divergence import LOG_BASES, UNITS
 from pipeline.stats import two_sided_p_value
 
 BASELINE_COLUMNS = ("prev_mean_kl", "change_mean_kl", "change_mean_kl_pct", "p_value_change")
@@ -26,7 +27,7 @@ BASELINE_COLUMNS = ("prev_mean_kl", "change_mean_kl", "change_mean_kl_pct", "p_v
 BASELINE_INPUT_COLUMNS = (*KEYS, "n_rows", "mean_kl", "sem_kl")
 # Columns in the report's unit, each scaled by the same factor when the unit changes.
 KL_VALUE_COLUMNS = ("mean_kl", "sem_kl", "ci95_low", "ci95_high")
-_LOG_OF_BASE = {"bits": math.log(2.0), "nats": 1.0, "bans": math.log(10.0)}
+_LOG_OF_BASE = {UNITS[base]: math.log(value) for base, value in LOG_BASES.items()}
 
 
 def in_unit(report: pl.DataFrame, unit: str, to: str) -> pl.DataFrame:

@@ -31,8 +31,8 @@ LOG_BASES: dict[str, float] = {"2": 2.0, "e": math.e, "10": 10.0}
 UNITS: dict[str, str] = {"2": "bits", "e": "nats", "10": "bans"}
 
 
-def _sum(terms: Sequence[pl.Expr]) -> pl.Expr:
-    # A left fold keeps the summation order fixed (class order), so results are reproducible.
+def sum_terms(terms: Sequence[pl.Expr]) -> pl.Expr:
+    """The terms added left to right: a fixed (class) order, so results are reproducible."""
     return reduce(lambda total, term: total + term, terms)
 
 
@@ -56,9 +56,14 @@ def kl_divergence(
     >>> round(df.select(kl_divergence(p, [e.log() for e in p], [e.log() for e in q])).item(), 6)
     0.143841
     """
-    return _sum(
-        [_xlogy_difference(pi, lpi, lqi) for pi, lpi, lqi in zip(p, log_p, log_q, strict=True)]
-    )
+    return sum_terms(kl_terms(p, log_p, log_q))
+
+
+def kl_terms(
+    p: Sequence[pl.Expr], log_p: Sequence[pl.Expr], log_q: Sequence[pl.Expr]
+) -> list[pl.Expr]:
+    """Each class's term p·(log p − log q) of D(P‖Q), in nats (0 where p = 0)."""
+    return [_xlogy_difference(pi, lpi, lqi) for pi, lpi, lqi in zip(p, log_p, log_q, strict=True)]
 
 
 def reverse_kl_divergence(
@@ -82,7 +87,7 @@ def reverse_kl_divergence(
 
 def cross_entropy(p: Sequence[pl.Expr], log_q: Sequence[pl.Expr]) -> pl.Expr:
     """H(P,Q) = −Σ p·log q in nats; +inf when some p > 0 has q = 0."""
-    return _sum([(pi * -lqi).fill_nan(0.0) for pi, lqi in zip(p, log_q, strict=True)])
+    return sum_terms([(pi * -lqi).fill_nan(0.0) for pi, lqi in zip(p, log_q, strict=True)])
 
 
 def entropy(p: Sequence[pl.Expr], log_p: Sequence[pl.Expr]) -> pl.Expr:
@@ -104,7 +109,7 @@ def jensen_shannon_divergence(
     for pi, lpi, qi, lqi in zip(p, log_p, q, log_q, strict=True):
         log_m = (pi + qi).log() - math.log(2.0)
         terms.append(_xlogy_difference(pi, lpi, log_m) + _xlogy_difference(qi, lqi, log_m))
-    return _sum(terms) * 0.5
+    return sum_terms(terms) * 0.5
 
 
 def log_softmax(logits: Sequence[pl.Expr]) -> list[pl.Expr]:
@@ -113,7 +118,7 @@ def log_softmax(logits: Sequence[pl.Expr]) -> list[pl.Expr]:
     log q_i = z_i − m − log Σ_j exp(z_j − m), with m = max_j z_j.
     """
     row_max = pl.max_horizontal(logits)
-    log_normaliser = row_max + _sum([(z - row_max).exp() for z in logits]).log()
+    log_normaliser = row_max + sum_terms([(z - row_max).exp() for z in logits]).log()
     return [z - log_normaliser for z in logits]
 
 

@@ -28,6 +28,7 @@ from pipeline import aggregate, arrays, events, io
 from pipeline.io import ROW, ParquetInput
 from pipeline.layout import (
     ID,
+    MEASURE_COLUMNS,
     MODEL,
     ROW_COLUMNS,
     Layout,
@@ -50,8 +51,6 @@ from pipeline.validation import (
 # Values per batch (rows × classes): large enough to amortise per-batch work, small enough that
 # a batch of every model fits in a few hundred MB.
 BATCH_VALUES = 10_000_000
-# Points of each model's KL ECDF kept for the HTML report: a curve, not a copy of the rows.
-ECDF_POINTS = 500
 RowsSink = Callable[[pl.DataFrame], None]
 
 
@@ -302,7 +301,7 @@ def _highest_kl(rows: pl.DataFrame, n: int) -> pl.DataFrame:
 
 def _keep_worst(model: _Model, rows: pl.DataFrame, layout: Layout, n: int) -> None:
     """Merge this batch's n highest-KL rows into the model's: a selection, not a sort."""
-    worst = _highest_kl(rows.select(ID, *ROW_COLUMNS[2:], ROW, *layout.slice_cols), n)
+    worst = _highest_kl(rows.select(ID, *MEASURE_COLUMNS, ROW, *layout.slice_cols), n)
     if model.worst is not None:
         worst = _highest_kl(pl.concat([model.worst, worst]), n)
     model.worst = worst
@@ -351,7 +350,7 @@ def _report(
     if key_batches:
         kl = pl.concat([pl.concat(key_batches), kl], how="horizontal")
     parts = list(aggregate.slice_parts(kl, slice_keys))
-    quantiles, ecdf = aggregate.distributions(parts, kl_columns, ECDF_POINTS)
+    quantiles, ecdf = aggregate.distributions(parts, kl_columns, aggregate.ECDF_POINTS)
     ranked = aggregate.finalize(states, class_states, quantiles, measures.base, measures.rank_by)
     paired = aggregate.paired_states(parts, kl_columns, aggregate.best_models(ranked))
     contributions = aggregate.class_contributions(class_states, states, measures.base)

@@ -4,16 +4,17 @@ Pure functions of frames; :mod:`jobs.nightly` finds and reads the reports.
 """
 
 import datetime as dt
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
 
 from pipeline.aggregate import SLICE
+from pipeline.io import RUN_DATE_KEY
 from pipeline.layout import MODEL
+from pipeline.summary import number
 
-RUN_DATE = "run_date"
+RUN_DATE = RUN_DATE_KEY
 # What a night's report must have; all of them exist since report schema version 1.
 HISTORY_INPUT_COLUMNS = (
     SLICE,
@@ -52,14 +53,6 @@ def history_table(reports: Sequence[tuple[dt.date, pl.DataFrame]], slice_name: s
     )
 
 
-def _number(value: float | None) -> str:
-    if value is None:
-        return "–"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.4g}"
-
-
 def history_markdown(table: pl.DataFrame, unit: str, slice_name: str) -> str:
     """Markdown: one line per night and model with the mean KL and its 95% interval."""
     lines = [
@@ -70,13 +63,13 @@ def history_markdown(table: pl.DataFrame, unit: str, slice_name: str) -> str:
     ]
     for r in table.iter_rows(named=True):
         interval = (
-            f" [{_number(r['ci95_low'])}, {_number(r['ci95_high'])}]"
+            f" [{number(r['ci95_low'])}, {number(r['ci95_high'])}]"
             if r["ci95_low"] is not None
             else ""
         )
         lines.append(
             f"| {r[RUN_DATE].isoformat()} | {r['rank']} | {r[MODEL]} | "
-            f"{_number(r['mean_kl'])}{interval} | {r['n_rows']} | {r['n_infinite']} |"
+            f"{number(r['mean_kl'])}{interval} | {r['n_rows']} | {r['n_infinite']} |"
         )
     return "\n".join(lines) + "\n"
 

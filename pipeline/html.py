@@ -24,7 +24,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.aggregate import ALL_ROWS, CLASS, SLICE
+from pipeline.aggregate import ALL_ROWS, CLASS, ECDF_POINTS, SLICE
 from pipeline.layout import MODEL
 
 MAX_CLASSES_SHOWN = 40  # more bars than this are unreadable; the largest contributions are shown
@@ -217,7 +217,8 @@ def _shown_classes(contributions: pl.DataFrame) -> list[str]:
         .top_k(MAX_CLASSES_SHOWN, by="size")
         .get_column(CLASS)
     )
-    return [c for c in classes.to_list() if c in set(largest.to_list())]
+    shown = set(largest.to_list())
+    return [c for c in classes.to_list() if c in shown]
 
 
 def _contribution_figure(
@@ -351,7 +352,7 @@ def report_html(
         "<h2 id='distribution'>Distribution of per-row KL</h2>",
         divs["ecdf"],
         "<p class='note'>Empirical CDF of each model's per-row KL over all rows, drawn from up "
-        "to 500 exact points per model. The x axis is logarithmic, so rows with KL ≤ 0 (0 for "
+        f"to {ECDF_POINTS} exact points per model. The x axis is logarithmic, so rows with KL ≤ 0 (0 for "
         "a perfect prediction, or slightly below 0 for rows summing to 1 only within the "
         "tolerance) cannot be placed on it: each curve starts at the left edge at the share of "
         "those rows. Rows with KL = ∞ are never reached: the curve ends below 100% by their "

@@ -31,6 +31,7 @@ from pipeline.errors import UsageError
 _GLOB_CHARS = frozenset("*?[")
 STAGING_PREFIX = ".klrank-staging-"
 ROW = "__klrank_row"  # 0-based position of a row in its input
+RUN_DATE_KEY = "run_date"  # nightly partitions: OUT/run_date=YYYY-MM-DD/
 
 
 @dataclass(frozen=True)
@@ -364,9 +365,6 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-RUN_DATE_KEY = "run_date"
-
-
 _RUN_DATE_FOLDER = re.compile(rf"{RUN_DATE_KEY}=(\d{{4}}-\d{{2}}-\d{{2}})")
 
 
@@ -402,8 +400,9 @@ def read_report(path: Path, columns: Sequence[str]) -> tuple[pl.DataFrame, dict[
         The file is missing, not Parquet, or lacks one of ``columns``.
     """
     try:
-        metadata = read_parquet_metadata(path)
-        missing = [c for c in columns if c not in pq.read_schema(path).names]
+        footer = pq.read_metadata(path)
+        metadata = {k.decode(): v.decode() for k, v in (footer.metadata or {}).items()}
+        missing = [c for c in columns if c not in footer.schema.to_arrow_schema().names]
         if missing:  # say so plainly, rather than with Polars' query plan
             raise UsageError(
                 f"cannot read the report {str(path)!r}: no column {missing[0]!r} (is it a "

@@ -8,7 +8,6 @@ columns in the files never matters. Internally the class at position ``i`` lives
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import reduce
 from typing import Literal
 
 import polars as pl
@@ -22,7 +21,8 @@ PredictionKind = Literal["prob", "logit"]
 ID, MODEL = "id", "model"
 # Above this many classes the measures run on arrays: one expression per class stops paying.
 MAX_CLASS_COLUMNS = 64
-ROW_COLUMNS = ("id", "model", "kl", "reverse_kl", "js", "cross_entropy", "entropy", "top1_match")
+MEASURE_COLUMNS = ("kl", "reverse_kl", "js", "cross_entropy", "entropy", "top1_match")
+ROW_COLUMNS = ("id", "model", *MEASURE_COLUMNS)
 # worst_rows.parquet adds these to the row columns; a slice column may not take their names.
 WORST_ROW_COLUMNS = ("rank", "row")
 
@@ -294,12 +294,13 @@ def kl_terms(layout: Layout) -> list[pl.Expr]:
     :func:`row_measures` sums these into ``kl``, and the per-class sums over rows are the
     classes' contributions to the mean KL, so the two agree to the last bit of each term.
     """
-    return [
-        divergence.kl_divergence(
-            [pl.col(p_col(i))], [pl.col(log_p_col(i))], [pl.col(log_q_col(i))]
-        ).alias(kl_term_col(i))
-        for i in range(len(layout.classes))
-    ]
+    n = len(layout.classes)
+    terms = divergence.kl_terms(
+        [pl.col(p_col(i)) for i in range(n)],
+        [pl.col(log_p_col(i)) for i in range(n)],
+        [pl.col(log_q_col(i)) for i in range(n)],
+    )
+    return [term.alias(kl_term_col(i)) for i, term in enumerate(terms)]
 
 
 def row_measures(layout: Layout, base: str) -> list[pl.Expr]:
@@ -313,8 +314,8 @@ def row_measures(layout: Layout, base: str) -> list[pl.Expr]:
     log_p = [pl.col(log_p_col(i)) for i in range(n)]
     q = [pl.col(q_col(i)) for i in range(n)]
     log_q = [pl.col(log_q_col(i)) for i in range(n)]
-    # The same left fold over the same terms as divergence.kl_divergence: the same floats.
-    kl = reduce(lambda total, term: total + term, [pl.col(kl_term_col(i)) for i in range(n)])
+    # The same fold over the same terms as divergence.kl_divergence: the same floats.
+    kl = divergence.sum_terms([pl.col(kl_term_col(i)) for i in range(n)])
     reverse = divergence.reverse_kl_divergence(
         q, log_q, log_p, q_has_full_support=layout.prediction_kind == "logit"
     )

@@ -10,7 +10,8 @@ from pipeline.aggregate import ALL_ROWS, SLICE
 from pipeline.gates import GateResult
 
 
-def _number(value: float | None, digits: int = 4) -> str:
+def number(value: float | None, digits: int = 4) -> str:
+    """A table cell: ``digits`` significant digits, ``inf``, or ``–`` for a null."""
     if value is None:
         return "–"
     if math.isinf(value):
@@ -31,18 +32,18 @@ def _table(rows: pl.DataFrame) -> list[str]:
     lines = [header, "|---:|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows.iter_rows(named=True):
         interval = (
-            f" [{_number(r['ci95_low'])}, {_number(r['ci95_high'])}]"
+            f" [{number(r['ci95_low'])}, {number(r['ci95_high'])}]"
             if r["ci95_low"] is not None
             else ""
         )
         delta = (
             "best"
             if r["p_value_vs_best"] is None and r["delta_vs_best"] == 0
-            else (f"{_number(r['delta_vs_best'])} (p={_p_value(r['p_value_vs_best'])})")
+            else (f"{number(r['delta_vs_best'])} (p={_p_value(r['p_value_vs_best'])})")
         )
         lines.append(
-            f"| {r['rank']} | {r['model']} | {_number(r['mean_kl'])}{interval} | "
-            f"{_number(r['median_kl'])} | {_number(r['p99_kl'])} | {_number(r['max_kl'])} | "
+            f"| {r['rank']} | {r['model']} | {number(r['mean_kl'])}{interval} | "
+            f"{number(r['median_kl'])} | {number(r['p99_kl'])} | {number(r['max_kl'])} | "
             f"{r['n_infinite']} | {r['top1_agreement']:.3f} | {delta} |"
         )
     return lines
@@ -84,11 +85,11 @@ def baseline_section(report: pl.DataFrame, unit: str, baseline: Path | None, out
     ]
     for r in report.filter(pl.col(SLICE) == ALL_ROWS).iter_rows(named=True):
         if r["prev_mean_kl"] is None:
-            lines.append(f"| {r['model']} | – | {_number(r['mean_kl'])} | new | – | – |")
+            lines.append(f"| {r['model']} | – | {number(r['mean_kl'])} | new | – | – |")
             continue
         lines.append(
-            f"| {r['model']} | {_number(r['prev_mean_kl'])} | {_number(r['mean_kl'])} | "
-            f"{_number(r['change_mean_kl'])} | {_number(r['change_mean_kl_pct'], 3)}% | "
+            f"| {r['model']} | {number(r['prev_mean_kl'])} | {number(r['mean_kl'])} | "
+            f"{number(r['change_mean_kl'])} | {number(r['change_mean_kl_pct'], 3)}% | "
             f"{_p_value(r['p_value_change'])} |"
         )
     lines.append("")
