@@ -176,6 +176,16 @@ def write(frame: pl.DataFrame, path: Path) -> Path:
     return path
 
 
+def inputs(tmp_path: Path, labels: pl.DataFrame, predictions: pl.DataFrame) -> list[str | Path]:
+    """``--labels L --predictions P`` for the two frames, written as Parquet under ``tmp_path``."""
+    return [
+        "--labels",
+        write(labels, tmp_path / "labels.parquet"),
+        "--predictions",
+        write(predictions, tmp_path / "predictions.parquet"),
+    ]
+
+
 def write_hive(predictions: pl.DataFrame, root: Path) -> Path:
     """Write predictions as ``root/model=<name>/part-0.parquet`` without a model column."""
     for (model,), part in predictions.group_by("model"):

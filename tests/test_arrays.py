@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import scipy.special
 import scipy.stats
-from cli_helpers import expect, klrank, write
+from cli_helpers import expect, inputs, klrank
 from helpers import class_frame, random_distributions, run_job
 from polars.testing import assert_frame_equal
 
@@ -264,8 +264,7 @@ def test_bad_array_input_is_reported_by_the_cli(tmp_path: Path, change: object, 
     labels, predictions = change(labels, predictions)  # type: ignore[operator]
     result = klrank(
         "run",
-        "--labels", write(labels, tmp_path / "labels.parquet"),
-        "--predictions", write(predictions, tmp_path / "predictions.parquet"),
+        *inputs(tmp_path, labels, predictions),
         "--out", tmp_path / "out",
     )  # fmt: skip
     expect(result, 1)
@@ -282,8 +281,7 @@ def test_logit_array_with_infinity_is_reported(tmp_path: Path) -> None:
     )
     result = klrank(
         "validate",
-        "--labels", write(labels, tmp_path / "labels.parquet"),
-        "--predictions", write(predictions, tmp_path / "predictions.parquet"),
+        *inputs(tmp_path, labels, predictions),
         "--json",
     )  # fmt: skip
     expect(result, 1)

@@ -15,11 +15,11 @@ from cli_helpers import (
     PREDICTED,
     TRUTH,
     expect,
+    inputs,
     klrank,
     prob_predictions,
     set_value,
     soft_labels,
-    write,
 )
 from helpers import random_distributions, run_job
 
@@ -75,10 +75,7 @@ def test_class_contributions_match_scipy_and_add_up_to_mean_kl(tmp_path: Path, l
     out = tmp_path / "out"
     result = klrank(
         "run",
-        "--labels",
-        write(labels, tmp_path / "labels.parquet"),
-        "--predictions",
-        write(predictions, tmp_path / "predictions.parquet"),
+        *inputs(tmp_path, labels, predictions),
         "--slice-by",
         "region",
         "--out",
@@ -158,10 +155,7 @@ def test_worst_rows_equal_a_full_sort_of_rows_parquet(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = klrank(
         "run",
-        "--labels",
-        write(labels, tmp_path / "labels.parquet"),
-        "--predictions",
-        write(predictions, tmp_path / "predictions.parquet"),
+        *inputs(tmp_path, labels, predictions),
         "--slice-by",
         "region",
         "--worst",
@@ -230,10 +224,7 @@ def test_worst_zero_and_no_html_leave_those_files_out(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = klrank(
         "run",
-        "--labels",
-        write(soft_labels(), tmp_path / "labels.parquet"),
-        "--predictions",
-        write(prob_predictions(), tmp_path / "predictions.parquet"),
+        *inputs(tmp_path, soft_labels(), prob_predictions()),
         "--out",
         out,
         "--worst",
@@ -268,10 +259,7 @@ def test_slice_column_named_like_a_worst_rows_column_is_a_usage_error(tmp_path: 
     labels = soft_labels().rename({"region": "rank"})
     result = klrank(
         "run",
-        "--labels",
-        write(labels, tmp_path / "labels.parquet"),
-        "--predictions",
-        write(prob_predictions(), tmp_path / "predictions.parquet"),
+        *inputs(tmp_path, labels, prob_predictions()),
         "--slice-by",
         "rank",
         "--out",

@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from cli_helpers import expect, klrank, prob_predictions, set_value, soft_labels, write
+from cli_helpers import expect, inputs, klrank, prob_predictions, set_value, soft_labels
 
 pytestmark = pytest.mark.browser
 
@@ -150,10 +150,7 @@ def test_zeros_infinities_and_markup_in_names_are_shown_as_they_are(
     out = tmp_path / "out"
     result = klrank(
         "run",
-        "--labels",
-        write(labels, tmp_path / "labels.parquet"),
-        "--predictions",
-        write(predictions, tmp_path / "predictions.parquet"),
+        *inputs(tmp_path, labels, predictions),
         "--out",
         out,
     )

@@ -27,13 +27,13 @@ from cli_helpers import (
     TIMEOUT_S,
     Running,
     expect,
+    inputs,
     klrank,
     prob_predictions,
     set_value,
     snapshot,
     soft_labels,
     start,
-    write,
 )
 
 from pipeline.io import STAGING_PREFIX
@@ -45,12 +45,7 @@ BIG_ROWS = 1_000_000  # enough that a run is still measuring well after its stag
 
 
 def _small(root: Path) -> list[str | Path]:
-    return [
-        "--labels",
-        write(soft_labels(), root / "labels.parquet"),
-        "--predictions",
-        write(prob_predictions(), root / "predictions.parquet"),
-    ]
+    return inputs(root, soft_labels(), prob_predictions())
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +63,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> list[str | Path]:
         return pl.DataFrame({**extra, "id": np.arange(BIG_ROWS), **columns})
 
     predictions = pl.concat(frame(distributions(), model=[m] * BIG_ROWS) for m in ("m", "n"))
-    return [
-        "--labels",
-        write(frame(distributions()), root / "labels.parquet"),
-        "--predictions",
-        write(predictions, root / "predictions.parquet"),
-    ]
+    return inputs(root, frame(distributions()), predictions)
 
 
 @pytest.fixture(autouse=True)
@@ -168,13 +158,8 @@ def test_json_logs_are_one_object_a_line_with_the_run_events(tmp_path: Path) -> 
 
 def test_json_logs_of_a_failed_run_name_the_checks_and_stay_json(tmp_path: Path) -> None:
     labels = set_value(set_value(soft_labels(), "prob_a", -0.1, id=3), "prob_b", 0.3, id=3)
-    inputs = [
-        "--labels",
-        write(labels, tmp_path / "labels.parquet"),
-        "--predictions",
-        write(prob_predictions(), tmp_path / "predictions.parquet"),
-    ]
-    result = klrank("run", *inputs, "--out", tmp_path / "out", "--log-format", "json")
+    given = inputs(tmp_path, labels, prob_predictions())
+    result = klrank("run", *given, "--out", tmp_path / "out", "--log-format", "json")
     expect(result, 1)
     records = _json_lines(result.stderr)
     failed = [r for r in records if r["event"] == "validation.failed"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from cli_helpers import expect, klrank, write
+from cli_helpers import expect, inputs, klrank
 from helpers import random_distributions, run_job
 
 from pipeline import io
@@ -25,8 +25,7 @@ def test_null_id_in_a_joined_model_used_to_pass_validation(tmp_path: Path) -> No
     )
     result = klrank(
         "run",
-        "--labels", write(labels, tmp_path / "labels.parquet"),
-        "--predictions", write(predictions, tmp_path / "predictions.parquet"),
+        *inputs(tmp_path, labels, predictions),
         "--out", tmp_path / "out",
     )  # fmt: skip
     expect(result, 1)
@@ -86,8 +85,7 @@ def test_list_slice_column_used_to_crash_with_exit_70(tmp_path: Path, dtype: pl.
     predictions = labels.select("id", "prob_a", "prob_b").with_columns(model=pl.lit("m"))
     result = klrank(
         "run",
-        "--labels", write(labels, tmp_path / "labels.parquet"),
-        "--predictions", write(predictions, tmp_path / "predictions.parquet"),
+        *inputs(tmp_path, labels, predictions),
         "--out", tmp_path / "out",
         "--slice-by", "s",
     )  # fmt: skip
