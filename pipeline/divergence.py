@@ -37,10 +37,10 @@ def sum_terms(terms: Sequence[pl.Expr]) -> pl.Expr:
 
 
 def _xlogy_difference(x: pl.Expr, log_x: pl.Expr, log_y: pl.Expr) -> pl.Expr:
-    # x · (log x − log y): where x = 0, log x = -inf and the product is 0·(-inf) or 0·NaN = NaN,
-    # which is the 0 of the convention; where x > 0 and y = 0 it is x·(+inf) = +inf. Inputs are
-    # validated free of NaN, so NaN can come from nowhere else.
-    return (x * (log_x - log_y)).fill_nan(0.0)
+    # x · (log x − log y), and 0 where x = 0 (0 · log 0 = 0), whatever y is; where x > 0 and
+    # y = 0 it is x·(+inf) = +inf. The choice is made before multiplying: 0·(-inf) would be NaN,
+    # and filling NaN afterwards (fill_nan) costs polars about four times as much as the product.
+    return pl.when(x > 0).then(x * (log_x - log_y)).otherwise(0.0)
 
 
 def kl_divergence(
@@ -87,7 +87,9 @@ def reverse_kl_divergence(
 
 def cross_entropy(p: Sequence[pl.Expr], log_q: Sequence[pl.Expr]) -> pl.Expr:
     """H(P,Q) = −Σ p·log q in nats; +inf when some p > 0 has q = 0."""
-    return sum_terms([(pi * -lqi).fill_nan(0.0) for pi, lqi in zip(p, log_q, strict=True)])
+    return sum_terms(
+        [pl.when(pi > 0).then(pi * -lqi).otherwise(0.0) for pi, lqi in zip(p, log_q, strict=True)]
+    )
 
 
 def entropy(p: Sequence[pl.Expr], log_p: Sequence[pl.Expr]) -> pl.Expr:
