@@ -34,6 +34,8 @@ from pipeline.layout import (
     Layout,
     cross_entropy,
     kl_terms,
+    log_p_col,
+    log_q_col,
     prepare_labels,
     prepare_predictions,
     row_measures,
@@ -179,6 +181,7 @@ def evaluate(
     if label_keys.height == 0:
         failures.append(failure("labels", "not_empty", value="zero rows"))
 
+    label_batches = io.batches(label_frame, labels, size)  # starts reading now
     aligned: list[_Model] = []
     validate_only: list[Iterator[pl.DataFrame]] = []
     alignment: dict[str, str] = {}
@@ -217,7 +220,7 @@ def evaluate(
     slice_keys = aggregate.slice_key_columns(layout.slice_cols)
     key_batches: list[pl.DataFrame] = []
     n_batches = -(-labels.n_rows // size)
-    for done, label_batch in enumerate(io.batches(label_frame, labels, size), start=1):
+    for done, label_batch in enumerate(label_batches, start=1):
         failures.append(checked(check_rows, label_batch, "labels", layout, measures.tolerance))
         prepared = None
         if compute and not failed():
@@ -273,6 +276,11 @@ def _measure(
             .with_columns(kl_terms(layout))
             .with_columns(row_measures(layout, measures.base))
             .with_columns(cross_entropy())
+            # Only what the states, the kept kl and rows.parquet read: the logs stay per morsel
+            # instead of filling a batch-sized column each (a fifth less time at K = 10).
+            .drop(
+                *[log_p_col(i) for i in range(n_classes)], *[log_q_col(i) for i in range(n_classes)]
+            )
             .collect()
         )
         class_sums = aggregate.column_class_sums(n_classes)

@@ -179,8 +179,9 @@ def batches(frame: pl.LazyFrame, source: ParquetInput, size: int) -> Iterator[pl
 
     Equal sizes let batches of different inputs in the same row order be paired one to one.
     Each batch is its own sliced query, which reads only the row groups it needs: a streaming
-    reader would decode ahead of a slower consumer and hold gigabytes. The next batch is read
-    in a background thread while the caller works on this one (one batch ahead, no more).
+    reader would decode ahead of a slower consumer and hold gigabytes. Each batch is read in a
+    background thread, one ahead of the caller and no more; the first starts at once, so the
+    first batches of all inputs load side by side while the caller checks the ids.
     """
 
     def read(start: int) -> pl.DataFrame:
@@ -189,8 +190,18 @@ def batches(frame: pl.LazyFrame, source: ParquetInput, size: int) -> Iterator[pl
         except pl.exceptions.ComputeError as error:
             raise UsageError(f"cannot read the Parquet data of {source.path!r}: {error}") from None
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="klrank-read") as pool:
-        start, ahead = 0, pool.submit(read, 0)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="klrank-read")
+    return _read_ahead(pool, pool.submit(read, 0), read, size)
+
+
+def _read_ahead(
+    pool: ThreadPoolExecutor,
+    ahead: Future[pl.DataFrame],
+    read: Callable[[int], pl.DataFrame],
+    size: int,
+) -> Iterator[pl.DataFrame]:
+    with pool:
+        start = 0
         while True:
             batch = ahead.result()
             start += size
