@@ -13,7 +13,7 @@ import polars as pl
 from pipeline.aggregate import SLICE
 from pipeline.io import RUN_DATE_KEY
 from pipeline.layout import MODEL
-from pipeline.plotlyjs import axis, figure_html, finite, label, layout, plotly_js_script
+from pipeline.plotlyjs import axis, figure_html, finite, label, layout, plotly_js_lines
 from pipeline.summary import number
 
 RUN_DATE = RUN_DATE_KEY
@@ -132,7 +132,7 @@ def history_chart_html(table: pl.DataFrame, unit: str, slice_name: str) -> str:
             "<style>html, body { height: 100%; margin: 0; }</style>",
             "</head>",
             "<body>",
-            plotly_js_script(),
+            *plotly_js_lines(),
             figure_html("history", figure),
             "</body>",
             "</html>",

@@ -30,7 +30,7 @@ import polars as pl
 
 from pipeline.aggregate import ALL_ROWS, CLASS, ECDF_POINTS, SLICE
 from pipeline.layout import MODEL
-from pipeline.plotlyjs import Figure, axis, figure_html, finite, label, layout, plotly_js_script
+from pipeline.plotlyjs import Figure, axis, figure_html, finite, label, layout, plotly_js_lines
 
 MAX_CLASSES_SHOWN = 40  # more bars than this are unreadable; the largest contributions are shown
 
@@ -348,7 +348,7 @@ def report_html(
         "class got probability 0. Δ vs best is the mean per-row KL difference from the rank-1 "
         "model on the same rows; p is a paired two-sided t-test of that difference being 0.</p>",
         "<h2 id='mean'>Mean KL with 95% confidence interval</h2>",
-        plotly_js_script(),  # once, before the first figure
+        *plotly_js_lines(),  # once, before the first figure
         divs["mean"],
         "<h2 id='distribution'>Distribution of per-row KL</h2>",
         divs["ecdf"],
