@@ -116,7 +116,7 @@ def history_chart_html(table: pl.DataFrame, unit: str, slice_name: str) -> str:
     figure = {
         "data": traces,
         "layout": layout(
-            title={"text": label(title), "x": 0.05},
+            title={"text": label(title)},
             xaxis=axis("run date", **_date_axis(table.get_column(RUN_DATE).to_list())),
             yaxis=axis(f"mean KL ({unit})"),
         ),
