@@ -27,6 +27,7 @@ from pipeline.divergence import UNITS
 from pipeline.errors import InvalidDataError
 from pipeline.evaluate import Evaluation, Measures, evaluate
 from pipeline.gates import GateResult, evaluate_gates
+from pipeline.html import report_html
 from pipeline.layout import MODEL, Layout, resolve_layout
 from pipeline.lock import partition_lock
 from pipeline.summary import baseline_section, gates_section, ranked_summary
@@ -374,8 +375,6 @@ def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSumm
                 io.write_parquet(evaluation.worst_rows, staging / WORST_FILE)
         if options.write_html:
             with timings.phase("html"):
-                from pipeline.html import report_html  # imports plotly: only when asked for
-
                 page = report_html(
                     report,
                     contributions,

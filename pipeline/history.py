@@ -4,6 +4,7 @@ Pure functions of frames; :mod:`jobs.nightly` finds and reads the reports.
 """
 
 import datetime as dt
+import html
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ import polars as pl
 from pipeline.aggregate import SLICE
 from pipeline.io import RUN_DATE_KEY
 from pipeline.layout import MODEL
+from pipeline.plotlyjs import axis, figure_html, finite, label, layout, plotly_js_lines
 from pipeline.summary import number
 
 RUN_DATE = RUN_DATE_KEY
@@ -76,39 +78,64 @@ def history_markdown(table: pl.DataFrame, unit: str, slice_name: str) -> str:
 
 def _date_axis(dates: list[dt.date]) -> dict[str, Any]:
     # Ticks on whole days: plotly would label a few nights with hours (06:00, 12:00, ...).
-    axis: dict[str, Any] = {"title": "run date", "tickformat": "%Y-%m-%d"}
+    settings: dict[str, Any] = {"tickformat": "%Y-%m-%d"}
     if dates and (max(dates) - min(dates)).days <= 31:
-        axis["dtick"] = 86_400_000  # one day, in milliseconds
-    return axis
+        settings["dtick"] = 86_400_000  # one day, in milliseconds
+    return settings
 
 
 def history_chart_html(table: pl.DataFrame, unit: str, slice_name: str) -> str:
     """A self-contained HTML page (plotly.js inlined): mean KL ± 95% CI per model over nights.
 
     An infinite mean is left out of its line (a gap), as plotly cannot draw it; the table says
-    so with ``n_infinite``.
+    so with ``n_infinite``. The figure is a plain dict (:mod:`pipeline.plotlyjs`): plotly's
+    Python side is not imported.
     """
-    # plotly takes a while to import: only this command pays for it, not ``klrank run``.
-    import plotly.graph_objects as go
-
-    figure = go.Figure()
+    traces = []
     for (model,), rows in table.sort(RUN_DATE).group_by(MODEL, maintain_order=True):
-        finite = rows.filter(pl.col("mean_kl").is_finite())
-        means = finite.get_column("mean_kl")
-        upper = (finite.get_column("ci95_high") - means).to_list()
-        lower = (means - finite.get_column("ci95_low")).to_list()
-        figure.add_trace(
-            go.Scatter(
-                x=[d.isoformat() for d in finite.get_column(RUN_DATE).to_list()],
-                y=means.to_list(),
-                error_y={"type": "data", "array": upper, "arrayminus": lower, "visible": True},
-                mode="lines+markers",
-                name=str(model),
-            )
+        finite_rows = rows.filter(pl.col("mean_kl").is_finite())
+        means = finite_rows.get_column("mean_kl")
+        upper = (finite_rows.get_column("ci95_high") - means).to_list()
+        lower = (means - finite_rows.get_column("ci95_low")).to_list()
+        traces.append(
+            {
+                "type": "scatter",
+                "x": [d.isoformat() for d in finite_rows.get_column(RUN_DATE).to_list()],
+                "y": means.to_list(),
+                "error_y": {
+                    "type": "data",
+                    "array": [finite(v) for v in upper],
+                    "arrayminus": [finite(v) for v in lower],
+                    "visible": True,
+                },
+                "mode": "lines+markers",
+                "name": label(str(model)),
+            }
         )
-    figure.update_layout(
-        title=f"klrank: mean KL per night, slice {slice_name} (95% CI)",
-        xaxis=_date_axis(table.get_column(RUN_DATE).to_list()),
-        yaxis_title=f"mean KL ({unit})",
+    title = f"klrank: mean KL per night, slice {slice_name} (95% CI)"
+    figure = {
+        "data": traces,
+        "layout": layout(
+            title={"text": label(title)},
+            xaxis=axis("run date", **_date_axis(table.get_column(RUN_DATE).to_list())),
+            yaxis=axis(f"mean KL ({unit})"),
+        ),
+    }
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            "<html lang='en'>",
+            "<head>",
+            "<meta charset='utf-8'>",
+            f"<title>{html.escape(title)}</title>",
+            # The figure fills the window: it has no height of its own.
+            "<style>html, body { height: 100%; margin: 0; }</style>",
+            "</head>",
+            "<body>",
+            *plotly_js_lines(),
+            figure_html("history", figure),
+            "</body>",
+            "</html>",
+            "",
+        ]
     )
-    return str(figure.to_html(include_plotlyjs=True, full_html=True))

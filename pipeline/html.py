@@ -2,8 +2,9 @@
 
 The page holds the ranked tables, each model's mean KL with its 95% interval, the distribution
 of per-row KL (an ECDF on a log axis) and each class's contribution to the mean KL. Figures are
-drawn by plotly, whose JavaScript bundle is inlined once, so the file opens without a network.
-plotly is imported inside :func:`report_html`: a run without the page does not pay for it.
+drawn by plotly.js, whose bundle (the one in the ``plotly`` package) is inlined once, so the file
+opens without a network. The figures are plain dicts (:mod:`pipeline.plotlyjs`): plotly's Python
+side, which cost 0.2 s a page, is never imported.
 
 Notes
 -----
@@ -15,6 +16,9 @@ Notes
   ends below 1 by their share, also stated in the legend.
 * Infinite values are not plotted as numbers (JSON has none); they are written out in the text.
 * The same frames give the same bytes: figure ids are fixed, nothing depends on the clock.
+* Names are data, not markup: plotly.js reads a few HTML tags in labels, so names are escaped
+  for it (:func:`pipeline.plotlyjs.label`), and the JSON in the page's scripts cannot end them
+  (:func:`pipeline.plotlyjs.script_json`).
 """
 
 import html
@@ -26,9 +30,9 @@ import polars as pl
 
 from pipeline.aggregate import ALL_ROWS, CLASS, ECDF_POINTS, SLICE
 from pipeline.layout import MODEL
+from pipeline.plotlyjs import Figure, axis, figure_html, finite, label, layout, plotly_js_lines
 
 MAX_CLASSES_SHOWN = 40  # more bars than this are unreadable; the largest contributions are shown
-PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;
@@ -51,16 +55,6 @@ def _number(value: float | None, digits: int = 4) -> str:
     if math.isinf(value):
         return "∞" if value > 0 else "−∞"
     return f"{value:.{digits}g}"
-
-
-def _finite(value: float | None) -> float | None:
-    """The value where JSON and a plot can hold it, else None (the text says what it was)."""
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _label(text: str) -> str:
-    """A model or class name for plotly, which reads a few HTML tags in labels: shown as typed."""
-    return html.escape(text)
 
 
 def _percent(share: float) -> str:
@@ -125,52 +119,64 @@ def _table(rows: pl.DataFrame, unit: str) -> str:
     return "\n".join(lines)
 
 
-def _mean_figure(go: Any, overall: pl.DataFrame, unit: str) -> Any:
-    models = [_label(m) for m in overall.get_column(MODEL).to_list()]
-    means = [_finite(v) for v in overall.get_column("mean_kl").to_list()]
+def _mean_figure(overall: pl.DataFrame, unit: str) -> Figure:
+    models = [label(m) for m in overall.get_column(MODEL).to_list()]
+    means = [finite(v) for v in overall.get_column("mean_kl").to_list()]
     lows, highs = (
         overall.get_column("ci95_low").to_list(),
         overall.get_column("ci95_high").to_list(),
     )
     plus = [
-        h - m if m is not None and h is not None else None
+        finite(h - m) if m is not None and h is not None else None
         for m, h in zip(means, highs, strict=True)
     ]
     minus = [
-        m - lo if m is not None and lo is not None else None
+        finite(m - lo) if m is not None and lo is not None else None
         for m, lo in zip(means, lows, strict=True)
     ]
-    figure = go.Figure(
-        go.Scatter(
-            x=means,
-            y=models,
-            mode="markers",
-            marker={"size": 10},
-            error_x={"type": "data", "symmetric": False, "array": plus, "arrayminus": minus},
-            hovertemplate="%{y}: %{x:.4g}<extra></extra>",
-        )
-    )
-    for model, mean in zip(models, overall.get_column("mean_kl").to_list(), strict=True):
-        if mean is not None and math.isinf(mean):
-            figure.add_annotation(
-                x=1, xref="paper", y=model, text="mean = ∞ (rows with KL = ∞)",
-                showarrow=False, xanchor="right",
-            )  # fmt: skip
-    figure.update_layout(
-        template="plotly_white",
-        height=120 + 40 * len(models),
-        margin={"l": 10, "r": 10, "t": 10, "b": 40},
-        xaxis_title=f"mean KL ({unit}), 95% t-interval",
-        yaxis={"categoryorder": "array", "categoryarray": models, "autorange": "reversed"},
-    )
-    return figure
+    trace = {
+        "type": "scatter",
+        "x": means,
+        "y": models,
+        "mode": "markers",
+        "marker": {"size": 10},
+        "error_x": {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus},
+        "hovertemplate": "%{y}: %{x:.4g}<extra></extra>",
+    }
+    annotations = [
+        {
+            "x": 1,
+            "xref": "paper",
+            "y": model,
+            "text": "mean = ∞ (rows with KL = ∞)",
+            "showarrow": False,
+            "xanchor": "right",
+        }
+        for model, mean in zip(models, overall.get_column("mean_kl").to_list(), strict=True)
+        if mean is not None and math.isinf(mean)
+    ]
+    return {
+        "data": [trace],
+        "layout": layout(
+            height=120 + 40 * len(models),
+            margin={"l": 10, "r": 10, "t": 10, "b": 40},
+            xaxis=axis(f"mean KL ({unit}), 95% t-interval"),
+            yaxis={
+                "type": "category",
+                "categoryorder": "array",
+                "categoryarray": models,
+                "autorange": "reversed",
+            },
+            annotations=annotations,
+        ),
+    }
 
 
-def _ecdf_figure(go: Any, overall: pl.DataFrame, ecdf: pl.DataFrame, unit: str) -> Any:
+def _ecdf_figure(overall: pl.DataFrame, ecdf: pl.DataFrame, unit: str) -> Figure:
     positive = ecdf.filter(pl.col("kl") > 0).get_column("kl")
     left = float(positive.min()) / 2 if positive.len() else 1e-6  # type: ignore[arg-type]
     right = float(positive.max()) * 2 if positive.len() else 1.0  # type: ignore[arg-type]
-    figure = go.Figure()
+    traces = []
     for r in overall.iter_rows(named=True):
         curve = ecdf.filter(pl.col(MODEL) == r[MODEL])
         at_or_below_zero = curve.filter(pl.col("kl") <= 0).get_column("ecdf")
@@ -185,25 +191,27 @@ def _ecdf_figure(go: Any, overall: pl.DataFrame, ecdf: pl.DataFrame, unit: str) 
             f"KL=∞: {_percent(infinite_share)}" if infinite_share else "",
         ]
         note = ", ".join(n for n in notes if n)
-        figure.add_trace(
-            go.Scatter(
-                x=x,
-                y=y,
-                mode="lines",
-                line_shape="hv",
-                name=f"{_label(r[MODEL])} ({note})" if note else _label(r[MODEL]),
-                hovertemplate="KL ≤ %{x:.4g}: %{y:.2%}<extra>" + _label(r[MODEL]) + "</extra>",
-            )
+        traces.append(
+            {
+                "type": "scatter",
+                "x": x,
+                "y": y,
+                "mode": "lines",
+                "line": {"shape": "hv"},
+                "name": f"{label(r[MODEL])} ({note})" if note else label(r[MODEL]),
+                "hovertemplate": "KL ≤ %{x:.4g}: %{y:.2%}<extra>" + label(r[MODEL]) + "</extra>",
+            }
         )
-    figure.update_layout(
-        template="plotly_white",
-        height=420,
-        margin={"l": 10, "r": 10, "t": 10, "b": 40},
-        xaxis={"type": "log", "title": f"per-row KL ({unit}), log scale"},
-        yaxis={"title": "share of rows with KL ≤ x", "range": [0, 1.02], "tickformat": ".0%"},
-        legend={"orientation": "h", "y": -0.2},
-    )
-    return figure
+    return {
+        "data": traces,
+        "layout": layout(
+            height=420,
+            margin={"l": 10, "r": 10, "t": 10, "b": 40},
+            xaxis=axis(f"per-row KL ({unit}), log scale", type="log"),
+            yaxis=axis("share of rows with KL ≤ x", range=[0, 1.02], tickformat=".0%"),
+            legend={"orientation": "h", "y": -0.2},
+        ),
+    }
 
 
 def _shown_classes(contributions: pl.DataFrame) -> list[str]:
@@ -221,33 +229,34 @@ def _shown_classes(contributions: pl.DataFrame) -> list[str]:
     return [c for c in classes.to_list() if c in shown]
 
 
-def _contribution_figure(
-    go: Any, overall: pl.DataFrame, contributions: pl.DataFrame, unit: str
-) -> Any:
+def _contribution_figure(overall: pl.DataFrame, contributions: pl.DataFrame, unit: str) -> Figure:
     shown = _shown_classes(contributions)
-    figure = go.Figure()
+    traces = []
     for model in overall.get_column(MODEL).to_list():
         values = dict(
             contributions.filter(pl.col(MODEL) == model).select(CLASS, "contribution").iter_rows()
         )
-        figure.add_trace(
-            go.Bar(
-                x=[_label(c) for c in shown],
-                y=[_finite(values.get(c)) for c in shown],
-                name=_label(model),
-                hovertemplate="class %{x}: %{y:.4g}<extra>" + _label(model) + "</extra>",
-            )
+        traces.append(
+            {
+                "type": "bar",
+                "x": [label(c) for c in shown],
+                "y": [finite(values.get(c)) for c in shown],
+                "name": label(model),
+                "hovertemplate": "class %{x}: %{y:.4g}<extra>" + label(model) + "</extra>",
+                "marker": {"line": {"color": "white", "width": 0.5}},
+            }
         )
-    figure.update_layout(
-        template="plotly_white",
-        barmode="group",
-        height=420,
-        margin={"l": 10, "r": 10, "t": 10, "b": 40},
-        xaxis={"title": "class", "type": "category"},
-        yaxis={"title": f"contribution to mean KL ({unit})"},
-        legend={"orientation": "h", "y": -0.2},
-    )
-    return figure
+    return {
+        "data": traces,
+        "layout": layout(
+            barmode="group",
+            height=420,
+            margin={"l": 10, "r": 10, "t": 10, "b": 40},
+            xaxis=axis("class", type="category"),
+            yaxis=axis(f"contribution to mean KL ({unit})"),
+            legend={"orientation": "h", "y": -0.2},
+        ),
+    }
 
 
 def _infinite_contributions(contributions: pl.DataFrame) -> str:
@@ -291,24 +300,15 @@ def report_html(
     failed_gates
         The messages of the gates that failed, shown first.
     """
-    import plotly.graph_objects as go  # lazily: only runs that write the page pay for it
-
     overall = report.filter(pl.col(SLICE) == ALL_ROWS)
     n_rows = overall.get_column("n_rows").max() if overall.height else 0
     overall_contributions = contributions.filter(pl.col(SLICE) == ALL_ROWS)
-    figures = [
-        ("mean", _mean_figure(go, overall, unit)),
-        ("ecdf", _ecdf_figure(go, overall, ecdf, unit)),
-        ("contributions", _contribution_figure(go, overall, overall_contributions, unit)),
-    ]
     divs = {
-        name: figure.to_html(
-            full_html=False,
-            include_plotlyjs=i == 0,  # the bundle once, inline: no network needed
-            div_id=f"klrank-{name}",
-            config=PLOT_CONFIG,
-        )
-        for i, (name, figure) in enumerate(figures)
+        "mean": figure_html("mean", _mean_figure(overall, unit)),
+        "ecdf": figure_html("ecdf", _ecdf_figure(overall, ecdf, unit)),
+        "contributions": figure_html(
+            "contributions", _contribution_figure(overall, overall_contributions, unit)
+        ),
     }
     n_classes = overall_contributions.get_column(CLASS).n_unique()
     shown = min(n_classes, MAX_CLASSES_SHOWN)
@@ -348,6 +348,7 @@ def report_html(
         "class got probability 0. Δ vs best is the mean per-row KL difference from the rank-1 "
         "model on the same rows; p is a paired two-sided t-test of that difference being 0.</p>",
         "<h2 id='mean'>Mean KL with 95% confidence interval</h2>",
+        *plotly_js_lines(),  # once, before the first figure
         divs["mean"],
         "<h2 id='distribution'>Distribution of per-row KL</h2>",
         divs["ecdf"],

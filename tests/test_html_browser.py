@@ -188,7 +188,7 @@ def test_history_chart_renders_offline_with_one_line_per_model(
         )
         expect(result, 0)
     expect(klrank("history", out), 0)
-    page = Page(browser, out / "history.html", figures=(".plotly-graph-div",))
+    page = Page(browser, out / "history.html", figures=("#klrank-history",))
     assert page.errors == [] and page.blocked == []
     models = sorted(
         pl.read_parquet(out / "run_date=2026-11-25" / "report.parquet").get_column("model")
