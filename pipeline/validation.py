@@ -12,6 +12,7 @@ model, and the failing value as text. Three kinds of checks feed it:
   every model predicting each label id exactly once.
 """
 
+import functools
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -219,6 +220,18 @@ def check_structure(
     return pl.concat([no_failures(), *failures])
 
 
+@functools.lru_cache(maxsize=16)
+def _batch_schema(
+    dataset: str, layout: Layout, columns: tuple[tuple[str, pl.DataType], ...], tolerance: float
+) -> pa.DataFrameSchema:
+    """The row rules of one input's batches, built once a run.
+
+    With a thousand class columns, building them took as long as checking a batch.
+    """
+    schema_of = _label_schema if dataset == "labels" else _prediction_schema
+    return rows_only(schema_of(layout, pl.Schema(columns), tolerance))
+
+
 def check_rows(batch: pl.DataFrame, dataset: str, layout: Layout, tolerance: float) -> pl.DataFrame:
     """Every row rule on one in-memory batch (with its ``ROW`` positions): Pandera, then detail.
 
@@ -226,10 +239,11 @@ def check_rows(batch: pl.DataFrame, dataset: str, layout: Layout, tolerance: flo
     by one to name each failing (rule, row).
     """
     data = batch.drop(ROW)
-    schema_of = _label_schema if dataset == "labels" else _prediction_schema
     try:
         with _every_check():
-            rows_only(schema_of(layout, data.schema, tolerance)).validate(data, lazy=False)
+            _batch_schema(dataset, layout, tuple(data.schema.items()), tolerance).validate(
+                data, lazy=False
+            )
     except (pandera.errors.SchemaError, pandera.errors.SchemaErrors):
         pass
     else:
