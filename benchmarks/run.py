@@ -308,12 +308,19 @@ def machine(options: Options) -> str:
             f"- software: Python {platform.python_version()}, "
             + ", ".join(f"{p} {_version(p)}" for p in packages),
             f"- klrank: `{options.klrank}`"
-            + (f", source {_git_commit()}" if options.klrank == default_klrank() else ""),
+            + (f", source {_git_commit()}" if _from_this_checkout(options.klrank) else ""),
             f"- load average when it started: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
             f"- median and min of {options.repeat} repetition(s); wall time includes interpreter "
             "start-up; CPU s is the median user + system time; peak RSS is each child's own",
         ]
     )
+
+
+def _from_this_checkout(klrank: str) -> bool:
+    """Whether ``klrank`` is installed from this checkout (.venv, or .venv-user of make bench)."""
+    if klrank == default_klrank():
+        return True
+    return Path(klrank).absolute().is_relative_to(REPO.absolute())
 
 
 def _version(package: str) -> str:
