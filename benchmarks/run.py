@@ -245,7 +245,11 @@ def _ratio(value: float, base: Result | None) -> str:
 
 
 def validation_share(klrank: Result) -> str:
-    """A line saying how much of klrank's wall time went to its ``validate`` phase."""
+    """A line saying how much of klrank's wall time went to validation.
+
+    That is the ``validate`` phase (the row checks, inside ``evaluate``) plus, where the manifest
+    has it, ``validate_structure`` (columns and dtypes, inside ``scan``).
+    """
     if not klrank.phases:
         return ""
     names = list(dict.fromkeys(name for phases in klrank.phases for name in phases))
@@ -254,7 +258,7 @@ def validation_share(klrank: Result) -> str:
     breakdown = ", ".join(f"{n} {s:.2f}" for n, s in medians.items())
     if "validate" not in medians:
         return f"klrank phases (median s): {breakdown}; no `validate` phase in its manifest"
-    validate = medians["validate"]
+    validate = medians["validate"] + medians.get("validate_structure", 0.0)
     return (
         f"klrank validation: {validate:.2f} s median = {validate / klrank.median_s:.0%} of its "
         f"wall time (manifest `timings_s`, median s: {breakdown})"

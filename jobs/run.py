@@ -164,7 +164,9 @@ def open_inputs(
             label_list_width=_list_widths(labels, options),
             prediction_list_width=_list_widths(predictions, options),
         )
-        _fail_if_any(check_structure(labels.frame, predictions.frame, layout), failures_path)
+        with timings.phase("validate_structure"):  # inside scan: columns and dtypes
+            structure = check_structure(labels.frame, predictions.frame, layout)
+        _fail_if_any(structure, failures_path)
     opened = OpenedInputs(layout, labels, predictions)
     events.emit("inputs.scanned", **opened.manifest(), seconds=timings.seconds["scan"])
     return opened

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.io import ROW
 from pipeline.layout import resolve_layout
-from pipeline.validation import check_rows
+from pipeline.validation import STRUCTURE_COLUMNS, check_rows, check_structure
 from schemas.inputs import FINITE, IN_RANGE, MAX_RULE_COLUMNS, NOT_NULLABLE, ROWS_SUM_TO_ONE
 
 N_CLASSES = MAX_RULE_COLUMNS + 36  # past the point where the rules are fused by row reductions
@@ -106,3 +106,30 @@ def test_wide_logit_rows_fail_exactly_where_a_cell_does(
         )
     found = _check("predictions", frame, kind="logit")
     assert found == {(check, BAD_ROW) for check in expected}
+
+
+def test_wide_structure_failures_are_found_in_every_group_of_columns() -> None:
+    # Pandera checks the columns a hundred at a time: a wrong dtype in the first hundred and in
+    # the second must both be reported, and nothing else.
+    n = STRUCTURE_COLUMNS + 50
+    good = {f"prob_{k}": [1.0 / n] for k in range(n)}
+    labels = pl.DataFrame({"id": [0], **good}).with_columns(
+        pl.col("prob_3").cast(pl.String), pl.col(f"prob_{n - 2}").cast(pl.String)
+    )
+    predictions = pl.DataFrame({"id": [0], "model": ["m"], **good})
+    layout = resolve_layout(
+        labels.schema,
+        predictions.schema,
+        id_col="id",
+        model_col="model",
+        label_col="label",
+        truth="soft",
+        prob_prefix="prob_",
+        logit_prefix="logit_",
+        slice_by=(),
+    )
+    failures = check_structure(labels.lazy(), predictions.lazy(), layout)
+    assert set(failures.select("dataset", "column").iter_rows()) == {
+        ("labels", "prob_3"),
+        ("labels", f"prob_{n - 2}"),
+    }
