@@ -19,6 +19,7 @@ quantiles, the ECDF and the paired comparison at the end.
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,6 +172,22 @@ def evaluate(
     compute: bool = True,
 ) -> Evaluation:
     """Validate everything and, if it is all valid and ``compute``, build the ranked report."""
+    with ExitStack() as streams:  # every reader thread ends with the evaluation
+        return _evaluate(labels, predictions, layout, measures, rows_sink, compute, streams)
+
+
+def _evaluate(
+    labels: ParquetInput,
+    predictions: ParquetInput,
+    layout: Layout,
+    measures: Measures,
+    rows_sink: RowsSink | None,
+    compute: bool,
+    streams: ExitStack,
+) -> Evaluation:
+    def read(frame: pl.LazyFrame, source: ParquetInput) -> io.Batches:
+        return streams.enter_context(closing(io.batches(frame, source, size)))
+
     size = batch_rows(len(layout.classes))
     label_frame = labels.frame.select(*label_columns(layout), ROW)
     checked = _Stopwatch()
@@ -181,23 +198,24 @@ def evaluate(
     if label_keys.height == 0:
         failures.append(failure("labels", "not_empty", value="zero rows"))
 
-    label_batches = io.batches(label_frame, labels, size)  # starts reading now
+    label_batches = read(label_frame, labels)  # starts reading now
     aligned: list[_Model] = []
-    validate_only: list[Iterator[pl.DataFrame]] = []
+    # Read only after the paired loop, so they do not each hold a batch through it.
+    validate_only: list[pl.LazyFrame] = []
     alignment: dict[str, str] = {}
     inputs = model_inputs(predictions, layout)
     if not inputs:
         failures.append(failure("predictions", "not_empty", value="zero rows"))
     for source in inputs:
         if source.name is None:
-            validate_only.append(io.batches(source.frame, predictions, size))
+            validate_only.append(source.frame)
             continue
         ids = _keys(io.collect(source.frame.select(layout.id_col), predictions), layout)
         if ids.get_column(layout.id_col).equals(
             label_keys.get_column(layout.id_col), null_equal=True
         ):
             alignment[source.name] = "positional"
-            aligned.append(_Model(source.name, io.batches(source.frame, predictions, size)))
+            aligned.append(_Model(source.name, read(source.frame, predictions)))
             continue
         del ids  # at 20M rows the ids weigh 160 MB a model
         keys = _keys(io.collect(source.frame.select(layout.id_col, ROW), predictions), layout)
@@ -205,7 +223,7 @@ def evaluate(
         failures.append(coverage)
         # A null id matches no label: only validating every row of the model reports it.
         if coverage.height or keys.get_column(layout.id_col).null_count():
-            validate_only.append(io.batches(source.frame, predictions, size))
+            validate_only.append(source.frame)
             continue
         alignment[source.name] = "joined"
         rows = _keys(io.collect(source.frame, predictions), layout)
@@ -239,8 +257,8 @@ def evaluate(
             if prepared is not None and not failed():
                 _measure(model, prepared, batch, layout, measures, list(slice_keys), rows_sink)
         events.progress("batches", done, n_batches)
-    for stream in validate_only:
-        for batch in stream:
+    for frame in validate_only:
+        for batch in read(frame, predictions):
             failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))
 
     all_failures = pl.concat([no_failures(), *failures])

@@ -174,43 +174,56 @@ def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
         raise UsageError(f"cannot read the Parquet data of {source.path!r}: {error}") from None
 
 
-def batches(frame: pl.LazyFrame, source: ParquetInput, size: int) -> Iterator[pl.DataFrame]:
-    """Read ``frame`` in batches of exactly ``size`` rows (the last may be shorter).
+class Batches(Iterator[pl.DataFrame]):
+    """``frame`` in batches of exactly ``size`` rows (the last may be shorter), read one ahead.
 
     Equal sizes let batches of different inputs in the same row order be paired one to one.
     Each batch is its own sliced query, which reads only the row groups it needs: a streaming
     reader would decode ahead of a slower consumer and hold gigabytes. Each batch is read in a
     background thread, one ahead of the caller and no more; the first starts at once, so the
-    first batches of all inputs load side by side while the caller checks the ids.
+    first batches of all inputs load side by side while the caller checks the ids. Call
+    :meth:`close` when done early: it drops the batch read ahead and ends the thread.
     """
 
-    def read(start: int) -> pl.DataFrame:
+    def __init__(self, frame: pl.LazyFrame, source: ParquetInput, size: int) -> None:
+        self._frame, self._source, self._size = frame, source, size
+        self._start = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="klrank-read")
+        self._ahead: Future[pl.DataFrame] | None = self._pool.submit(self._read, 0)
+
+    def _read(self, start: int) -> pl.DataFrame:
         try:
-            return frame.slice(start, size).collect()
+            return self._frame.slice(start, self._size).collect()
         except pl.exceptions.ComputeError as error:
-            raise UsageError(f"cannot read the Parquet data of {source.path!r}: {error}") from None
+            path = self._source.path
+            raise UsageError(f"cannot read the Parquet data of {path!r}: {error}") from None
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="klrank-read")
-    return _read_ahead(pool, pool.submit(read, 0), read, size)
+    def __next__(self) -> pl.DataFrame:
+        if self._ahead is None:
+            raise StopIteration
+        try:
+            batch = self._ahead.result()
+        except BaseException:
+            self.close()
+            raise
+        self._start += self._size
+        if batch.height == self._size:
+            self._ahead = self._pool.submit(self._read, self._start)
+        else:
+            self.close()
+        if batch.height == 0:
+            raise StopIteration
+        return batch
+
+    def close(self) -> None:
+        """Stop reading: the batch read ahead, if any, is dropped and the thread ends."""
+        self._ahead = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _read_ahead(
-    pool: ThreadPoolExecutor,
-    ahead: Future[pl.DataFrame],
-    read: Callable[[int], pl.DataFrame],
-    size: int,
-) -> Iterator[pl.DataFrame]:
-    with pool:
-        start = 0
-        while True:
-            batch = ahead.result()
-            start += size
-            if batch.height == size:
-                ahead = pool.submit(read, start)
-            if batch.height:
-                yield batch
-            if batch.height < size:
-                return
+def batches(frame: pl.LazyFrame, source: ParquetInput, size: int) -> Batches:
+    """Read ``frame`` in batches of ``size`` rows, starting now (see :class:`Batches`)."""
+    return Batches(frame, source, size)
 
 
 class RowsWriter:

@@ -199,3 +199,41 @@ def test_a_missing_input_used_to_leave_folders_and_a_lock_file_behind(tmp_path: 
     expect(result, 2)
     assert "does not exist" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_models_failing_coverage_used_to_each_hold_a_batch_through_the_paired_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every input's reader used to start at once, also for models that are only validated
+    # after the paired loop: each held a thread and a batch (80-90 MB at full size) through it.
+    import threading
+
+    from pipeline import evaluate
+    from pipeline.errors import InvalidDataError
+
+    def readers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("klrank-read")]
+
+    seen: list[int] = []
+    check_rows = evaluate.check_rows
+
+    def counting(batch: pl.DataFrame, dataset: str, *args: object) -> pl.DataFrame:
+        if dataset == "labels" and not seen:
+            seen.append(len(readers()))
+        return check_rows(batch, dataset, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(evaluate, "check_rows", counting)
+    rng = np.random.default_rng(5)
+    n = 50
+    p = random_distributions(rng, n, 3)
+    labels = pl.DataFrame({"id": np.arange(n), **{f"prob_{k}": p[:, k] for k in range(3)}})
+    models = [labels.with_columns(model=pl.lit("good"))]
+    for j in range(6):  # each misses one id: validated only, after the loop
+        models.append(labels.filter(pl.col("id") != j).with_columns(model=pl.lit(f"short{j}")))
+    predictions = pl.concat(models, how="vertical").select("id", "model", pl.exclude("id", "model"))
+    with pytest.raises(InvalidDataError):
+        run_job(tmp_path, labels, predictions)
+    assert seen and seen[0] <= 2  # the labels' reader and the one good model's, at most
+    for thread in readers():  # and every reader ends with the evaluation
+        thread.join(timeout=30)
+        assert not thread.is_alive()
