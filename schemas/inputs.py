@@ -209,7 +209,7 @@ def prediction_rules(
 
 
 def _compact(rules: Rules, columns: Sequence[str], kind: str, tolerance: float) -> Rules:
-    """The same rules for many per-class columns, tested by the row's min, max and sum.
+    """The same rules for many per-class columns, tested by row reductions.
 
     Thousands of per-column rules make a fused check thousands of expressions wide; this one
     passes exactly where they all pass. The per-column rules still name what failed.
@@ -219,16 +219,18 @@ def _compact(rules: Rules, columns: Sequence[str], kind: str, tolerance: float) 
     if len(columns) <= MAX_RULE_COLUMNS:
         return rules
     cells = [pl.col(c).cast(pl.Float64) for c in columns]
-    lowest, highest = pl.min_horizontal(cells), pl.max_horizontal(cells)
-    # min and max skip NaN and nulls; the sum shows both, as NaN or (not skipping them) null.
-    total = pl.sum_horizontal(cells, ignore_nulls=False)
-    present = total.is_not_null() & total.is_not_nan()
+    # Σ 0·x is 0 exactly when every cell is a number (not null, NaN or ±inf); a plain sum of
+    # finite values could overflow, and min and max skip NaN and nulls.
+    all_finite = (pl.sum_horizontal([c * 0.0 for c in cells], ignore_nulls=False) == 0.0).fill_null(
+        False
+    )
     kept = {k: v for k, v in rules.items() if k[0] is not None and k[0] not in columns}
     if kind == "logit":
-        finite = present & (lowest > -math.inf) & (highest < math.inf)
-        return kept | {("classes", FINITE): finite}
-    within = (lowest >= 0.0) & (highest <= 1.0) & ((total - 1.0).abs() <= tolerance)
-    return kept | {("classes", IN_RANGE): present & within}
+        return kept | {("classes", FINITE): all_finite}
+    total = pl.sum_horizontal(cells)  # as the per-row rule sums them
+    in_range = (pl.min_horizontal(cells) >= 0.0) & (pl.max_horizontal(cells) <= 1.0)
+    sums_to_one = (total - 1.0).abs() <= tolerance
+    return kept | {("classes", IN_RANGE): all_finite & in_range & sums_to_one}
 
 
 def _fused(rules: Rules) -> pa.Check:
