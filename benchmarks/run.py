@@ -303,14 +303,17 @@ def machine(options: Options) -> str:
         ram = f"{int(meminfo[meminfo.index('MemTotal:') + 1]) / 2**20:.1f} GiB RAM"
     except (OSError, ValueError):
         ram = "unknown RAM"
-    packages = ("klrank", "polars", "duckdb", "pandas", "scipy", "numpy", "pyarrow")
+    packages = ("polars", "duckdb", "pandas", "scipy", "numpy", "pyarrow")
+    runtime = ("klrank", "polars", "pyarrow", "pandera")
     return "\n".join(
         [
             "## klrank benchmark",
             "",
             f"- machine: {cpu}, {os.cpu_count()} cores, {ram}; {platform.platform()}",
             f"- software: Python {platform.python_version()}, "
-            + ", ".join(f"{p} {_version(p)}" for p in packages),
+            + ", ".join(f"{p} {_version(p)}" for p in packages)
+            + " (the harness and the other contenders)",
+            "- klrank's environment: " + _versions_of(options.klrank, runtime),
             f"- klrank: `{options.klrank}`"
             + (f", source {_git_commit()}" if _from_this_checkout(options.klrank) else ""),
             f"- load average when it started: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
@@ -321,10 +324,30 @@ def machine(options: Options) -> str:
 
 
 def _from_this_checkout(klrank: str) -> bool:
-    """Whether ``klrank`` is installed from this checkout (.venv, or .venv-user of make bench)."""
-    if klrank == default_klrank():
-        return True
-    return Path(klrank).absolute().is_relative_to(REPO.absolute())
+    """Whether ``klrank`` is this checkout's, from .venv or the .venv-user of ``make bench``."""
+    found = shutil.which(klrank)
+    if found is None:
+        return False
+    environment = Path(found).resolve().parent.parent
+    return environment in {(REPO / ".venv").resolve(), (REPO / ".venv-user").resolve()}
+
+
+def _versions_of(klrank: str, packages: Sequence[str]) -> str:
+    """The versions of ``packages`` in the environment ``klrank`` runs in, as one line."""
+    found = shutil.which(klrank)
+    python = Path(found).resolve().parent / "python" if found else None
+    if python is None or not python.exists():
+        return "unknown (no python beside the klrank script)"
+    code = (
+        "import importlib.metadata as m, sys\n"
+        "for p in sys.argv[1:]:\n"
+        "    try: print(p, m.version(p))\n"
+        "    except m.PackageNotFoundError: print(p, 'not installed')\n"
+    )
+    done = subprocess.run([str(python), "-c", code, *packages], capture_output=True, text=True)
+    if done.returncode != 0:
+        return "unknown (its python failed)"
+    return ", ".join(done.stdout.split("\n")[:-1])
 
 
 def _version(package: str) -> str:
