@@ -219,18 +219,18 @@ def _compact(rules: Rules, columns: Sequence[str], kind: str, tolerance: float) 
     if len(columns) <= MAX_RULE_COLUMNS:
         return rules
     cells = [pl.col(c).cast(pl.Float64) for c in columns]
-    # Σ 0·x is 0 exactly when every cell is a number (not null, NaN or ±inf); a plain sum of
-    # finite values could overflow, and min and max skip NaN and nulls.
-    all_finite = (pl.sum_horizontal([c * 0.0 for c in cells], ignore_nulls=False) == 0.0).fill_null(
-        False
-    )
     kept = {k: v for k, v in rules.items() if k[0] is not None and k[0] not in columns}
     if kind == "logit":
-        return kept | {("classes", FINITE): all_finite}
-    total = pl.sum_horizontal(cells)  # as the per-row rule sums them
+        # Huge finite logits can overflow a row sum (even to NaN, polars not adding left to
+        # right): Σ 0·x is 0 exactly when every cell is a number, not null, NaN or ±inf.
+        zero = pl.sum_horizontal([c * 0.0 for c in cells], ignore_nulls=False) == 0.0
+        return kept | {("classes", FINITE): zero.fill_null(False)}
+    # Probabilities cannot overflow a sum: it is null or NaN where a cell is (min and max skip
+    # both), and without nulls it is the per-row rule's sum, the same fold.
+    total = pl.sum_horizontal(cells, ignore_nulls=False)
     in_range = (pl.min_horizontal(cells) >= 0.0) & (pl.max_horizontal(cells) <= 1.0)
     sums_to_one = (total - 1.0).abs() <= tolerance
-    return kept | {("classes", IN_RANGE): all_finite & in_range & sums_to_one}
+    return kept | {("classes", IN_RANGE): (in_range & sums_to_one).fill_null(False)}
 
 
 def _fused(rules: Rules) -> pa.Check:
