@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from pipeline.io import ROW
-from pipeline.layout import resolve_layout
+from pipeline.layout import Layout, resolve_layout
 from pipeline.validation import STRUCTURE_COLUMNS, _batch_schema, check_rows, check_structure
 from schemas.inputs import FINITE, IN_RANGE, MAX_RULE_COLUMNS, NOT_NULLABLE, ROWS_SUM_TO_ONE
 
@@ -36,14 +36,10 @@ def _frame(
     return pl.DataFrame(ids).hstack(pl.DataFrame(columns)).with_row_index(ROW)
 
 
-def _check(dataset: str, frame: pl.DataFrame, kind: str = "prob") -> set[tuple[str, int]]:
-    labels = _frame("prob_", 1.0 / N_CLASSES).drop(ROW)
-    predictions = (
-        frame.drop(ROW) if dataset == "predictions" else _frame(f"{kind}_", 0.0, model="m")
-    )
-    layout = resolve_layout(
-        labels.schema if dataset == "predictions" else frame.drop(ROW).schema,
-        predictions.schema,
+def _soft_layout(labels: pl.Schema, predictions: pl.Schema) -> Layout:
+    return resolve_layout(
+        labels,
+        predictions,
         id_col="id",
         model_col="model",
         label_col="label",
@@ -51,6 +47,16 @@ def _check(dataset: str, frame: pl.DataFrame, kind: str = "prob") -> set[tuple[s
         prob_prefix="prob_",
         logit_prefix="logit_",
         slice_by=(),
+    )
+
+
+def _check(dataset: str, frame: pl.DataFrame, kind: str = "prob") -> set[tuple[str, int]]:
+    labels = _frame("prob_", 1.0 / N_CLASSES).drop(ROW)
+    predictions = (
+        frame.drop(ROW) if dataset == "predictions" else _frame(f"{kind}_", 0.0, model="m")
+    )
+    layout = _soft_layout(
+        labels.schema if dataset == "predictions" else frame.drop(ROW).schema, predictions.schema
     )
     failures = set(check_rows(frame, dataset, layout, 1e-6).select("check", "row").iter_rows())
     data = frame.drop(ROW)
@@ -136,17 +142,7 @@ def test_wide_structure_failures_are_found_in_every_group_of_columns() -> None:
         pl.col("prob_3").cast(pl.String), pl.col(f"prob_{n - 2}").cast(pl.String)
     )
     predictions = pl.DataFrame({"id": [0], "model": ["m"], **good})
-    layout = resolve_layout(
-        labels.schema,
-        predictions.schema,
-        id_col="id",
-        model_col="model",
-        label_col="label",
-        truth="soft",
-        prob_prefix="prob_",
-        logit_prefix="logit_",
-        slice_by=(),
-    )
+    layout = _soft_layout(labels.schema, predictions.schema)
     failures = check_structure(labels.lazy(), predictions.lazy(), layout)
     assert set(failures.select("dataset", "column").iter_rows()) == {
         ("labels", "prob_3"),
