@@ -295,7 +295,7 @@ def _measure(
             .with_columns(row_measures(layout, measures.base))
             .with_columns(cross_entropy())
             # Only what the states, the kept kl and rows.parquet read: the logs stay per morsel
-            # instead of filling a batch-sized column each (a fifth less time at K = 10).
+            # instead of filling a batch-sized column each.
             .drop(
                 *[log_p_col(i) for i in range(n_classes)], *[log_q_col(i) for i in range(n_classes)]
             )

@@ -191,7 +191,7 @@ def check_structure(
         actual = frame.collect_schema()
         schema = schema_of(layout, actual, 0.0)
         # Pandera asks a LazyFrame for its whole schema once per declared column, which grows
-        # with the square of the columns (3.5 s at 1,000 classes, most of it re-planning the
+        # with the square of the columns (4 s at 1,000 classes, most of it re-planning the
         # scan): it gets an empty frame of the same columns and dtypes, a few columns at a time.
         for start in range(0, len(columns), STRUCTURE_COLUMNS):
             group = columns[start : start + STRUCTURE_COLUMNS]

@@ -103,11 +103,10 @@ def _array_rules(
     width: int,
     kind: str,
     tolerance: float,
-    values: pl.Expr | None = None,
 ) -> Rules:
     # Per-row min, max and sum test every element at once; NaN shows in the sum (min and max
     # skip it). Nulls inside a row fail not_nullable; other rules pass on null rows.
-    elements = _Elements(pl.col(column) if values is None else values, dtype)
+    elements = _Elements(pl.col(column), dtype)
     ns = elements.namespace
     total = ns.sum()
     rules: Rules = {
@@ -226,7 +225,8 @@ def _compact(rules: Rules, columns: Sequence[str], kind: str, tolerance: float) 
         zero = pl.sum_horizontal([c * 0.0 for c in cells], ignore_nulls=False) == 0.0
         return kept | {("classes", FINITE): zero.fill_null(False)}
     # Probabilities cannot overflow a sum: it is null or NaN where a cell is (min and max skip
-    # both), and without nulls it is the per-row rule's sum, the same fold.
+    # both), and without nulls it is the per-row rule's sum (polars may add in another order,
+    # so a sum within an ulp or two of the tolerance could be judged differently).
     total = pl.sum_horizontal(cells, ignore_nulls=False)
     in_range = (pl.min_horizontal(cells) >= 0.0) & (pl.max_horizontal(cells) <= 1.0)
     sums_to_one = (total - 1.0).abs() <= tolerance
