@@ -31,23 +31,17 @@ from cli_helpers import (
     write,
     write_hive,
 )
+from cli_helpers import (
+    inputs as input_options,
+)
 
 from pipeline.aggregate import ALL_ROWS
 
 RUN_DATE = "2026-01-02"
 
 
-def _inputs(root: Path, labels: pl.DataFrame, predictions: pl.DataFrame) -> list[str | Path]:
-    return [
-        "--labels",
-        write(labels, root / "labels.parquet"),
-        "--predictions",
-        write(predictions, root / "predictions.parquet"),
-    ]
-
-
 def _good_inputs(root: Path) -> list[str | Path]:
-    return _inputs(root, soft_labels(), prob_predictions())
+    return input_options(root, soft_labels(), prob_predictions())
 
 
 def _failures(path: Path) -> pl.DataFrame:
@@ -180,7 +174,7 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
 def test_bad_input_exits_1_naming_check_and_example(tmp_path: Path, case: BadInput) -> None:
-    inputs = _inputs(tmp_path, case.labels, case.predictions)
+    inputs = input_options(tmp_path, case.labels, case.predictions)
     out = tmp_path / "out"
     validated, ran = klrank_together(["validate", *inputs], ["run", *inputs, "--out", out])
     for result in (validated, ran):
@@ -202,7 +196,7 @@ def test_validation_reports_every_failed_check_in_one_run(tmp_path: Path) -> Non
     labels = _duplicate(labels, id=3)
     predictions = _duplicate(prob_predictions(), id=1, model="m")
     predictions = predictions.filter(~((pl.col("id") == 4) & (pl.col("model") == "n")))
-    inputs = _inputs(tmp_path, labels, predictions)
+    inputs = input_options(tmp_path, labels, predictions)
     out = tmp_path / "out"
     expected = {
         "in_range(0.0, 1.0)",
@@ -228,7 +222,7 @@ def test_column_failures_are_reported_before_row_checks_run(tmp_path: Path) -> N
     labels = _duplicate(soft_labels(), id=3).with_columns(pl.col("prob_a").cast(pl.String))
     predictions = prob_predictions().with_columns(pl.col("prob_b").cast(pl.String))
 
-    result = klrank("validate", *_inputs(tmp_path, labels, predictions))
+    result = klrank("validate", *input_options(tmp_path, labels, predictions))
 
     expect(result, 1)
     assert "labels column 'prob_a': wrong dtype" in result.stderr, str(result)
@@ -259,7 +253,7 @@ def _three_negative_probabilities() -> pl.DataFrame:
     ids=["default", "run_date", "override"],
 )
 def test_run_writes_every_failure_case(tmp_path: Path, options: list[str], location: str) -> None:
-    inputs = _inputs(tmp_path, _three_negative_probabilities(), prob_predictions())
+    inputs = input_options(tmp_path, _three_negative_probabilities(), prob_predictions())
     options = [str(tmp_path / o) if o.endswith(".parquet") else o for o in options]
 
     result = klrank("run", *inputs, "--out", tmp_path / "out", *options)
@@ -277,7 +271,7 @@ def test_run_writes_every_failure_case(tmp_path: Path, options: list[str], locat
 
 
 def test_validate_writes_failure_cases_where_asked(tmp_path: Path) -> None:
-    inputs = _inputs(tmp_path, _three_negative_probabilities(), prob_predictions())
+    inputs = input_options(tmp_path, _three_negative_probabilities(), prob_predictions())
     path = tmp_path / "cases.parquet"
 
     result = klrank("validate", *inputs, "--failures", path)
@@ -300,7 +294,7 @@ def test_failed_run_leaves_published_report_byte_identical(
     assert PUBLISHED_FILES <= {Path(p).name for p in before}
     bad = tmp_path / "bad"
     if broken == "invalid_data":
-        inputs, code = _inputs(bad, _three_negative_probabilities(), prob_predictions()), 1
+        inputs, code = input_options(bad, _three_negative_probabilities(), prob_predictions()), 1
     else:
         inputs, code = _good_inputs(bad), 2
         (bad / "predictions.parquet").write_bytes(b"PAR1 this is not Parquet")
@@ -342,11 +336,11 @@ def _empty_file(root: Path) -> list[str | Path]:
 
 def _no_prediction_distribution(root: Path) -> list[str | Path]:
     predictions = prob_predictions().rename({"prob_a": "a", "prob_b": "b", "prob_c": "c"})
-    return _inputs(root, soft_labels(), predictions)
+    return input_options(root, soft_labels(), predictions)
 
 
 def _labels_without_truth(root: Path) -> list[str | Path]:
-    return _inputs(root, soft_labels().select("id", "region"), prob_predictions())
+    return input_options(root, soft_labels().select("id", "region"), prob_predictions())
 
 
 def _glob_matching_nothing(root: Path) -> list[str | Path]:
@@ -457,7 +451,7 @@ def successes(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     root = tmp_path_factory.mktemp("success")
     inputs = _good_inputs(root)
     _, labels, _, predictions = inputs
-    hard = _inputs(root / "hard_inputs", hard_labels(), logit_predictions())
+    hard = input_options(root / "hard_inputs", hard_labels(), logit_predictions())
     env = {
         "KLRANK_LABELS": str(labels),
         "KLRANK_PREDICTIONS": str(predictions),
@@ -688,6 +682,6 @@ def test_pandera_environment_cannot_switch_the_checks_off(tmp_path: Path) -> Non
     # PANDERA_VALIDATION_DEPTH=SCHEMA_ONLY would skip Pandera's data checks on a DataFrame.
     labels = set_value(soft_labels(), "prob_a", 1.5, id=2)
     env = {"PANDERA_VALIDATION_DEPTH": "SCHEMA_ONLY", "PANDERA_VALIDATION_ENABLED": "False"}
-    result = klrank("validate", *_inputs(tmp_path, labels, prob_predictions()), env=env)
+    result = klrank("validate", *input_options(tmp_path, labels, prob_predictions()), env=env)
     expect(result, 1)
     assert "[in_range(0.0, 1.0)]" in result.stderr, str(result)
