@@ -106,29 +106,40 @@ class _Stopwatch:
             self.seconds += time.perf_counter() - start
 
 
-def model_inputs(predictions: ParquetInput, layout: Layout) -> list[ModelInput]:
-    """Split the predictions by model: by file where each file holds one model, else by filter."""
+def model_inputs(
+    predictions: ParquetInput, layout: Layout, names: Sequence[str] | None = None
+) -> list[ModelInput]:
+    """Split the predictions by model: by file where each file holds one model, else by filter.
+
+    ``names``: the models to expect (a partition of the rows lists every model of the whole
+    input, also those with no rows in it, whose coverage must still be checked).
+    """
     selected = [*prediction_columns(layout), ROW]
-    by_file: dict[str, list[io.ParquetFile]] = {}
-    for file in predictions.files:
-        model = file.constant(layout.model_col)
-        if model is None:
-            break
-        by_file.setdefault(model, []).append(file)
-    else:
-        return [
-            ModelInput(name, predictions.subset(files).select(selected))
-            for name, files in sorted(by_file.items())
-        ]
     column = pl.col(layout.model_col)
-    names = io.collect(predictions.frame.select(column.unique()), predictions).get_column(
-        layout.model_col
-    )
+    if names is None:
+        by_file: dict[str, list[io.ParquetFile]] = {}
+        for file in predictions.files:
+            model = file.constant(layout.model_col)
+            if model is None:
+                break
+            by_file.setdefault(model, []).append(file)
+        else:
+            if by_file:
+                return [
+                    ModelInput(name, predictions.subset(files).select(selected))
+                    for name, files in sorted(by_file.items())
+                ]
+        found = io.collect(predictions.frame.select(column.unique()), predictions)
+        names = sorted(found.get_column(layout.model_col).drop_nulls().to_list())
+        has_null = bool(found.get_column(layout.model_col).null_count())
+    else:
+        nulls = predictions.frame.select(column.is_null().any())
+        has_null = bool(io.collect(nulls, predictions).item())
     inputs = [
         ModelInput(name, predictions.frame.filter(column == name).select(selected))
-        for name in sorted(names.drop_nulls().to_list())
+        for name in sorted(names)
     ]
-    if names.null_count():
+    if has_null:
         inputs.append(ModelInput(None, predictions.frame.filter(column.is_null()).select(selected)))
     return inputs
 
@@ -163,6 +174,21 @@ class _Model:
     worst: pl.DataFrame | None = None  # the highest-KL rows so far, at most Measures.worst_rows
 
 
+@dataclass
+class Partition:
+    """What validating and measuring some label rows (all, or one partition) with every model found.
+
+    The failure cases, and for each model measured (in name order): its partial states, its kl
+    column and its worst rows; the slice key columns of the label rows, batch by batch.
+    """
+
+    failures: pl.DataFrame
+    models: list[_Model]
+    alignment: dict[str, str]  # model -> "positional" or "joined"
+    key_batches: list[pl.DataFrame]
+    validation_seconds: float
+
+
 def evaluate(
     labels: ParquetInput,
     predictions: ParquetInput,
@@ -172,8 +198,64 @@ def evaluate(
     compute: bool = True,
 ) -> Evaluation:
     """Validate everything and, if it is all valid and ``compute``, build the ranked report."""
+    part = evaluate_partition(labels, predictions, layout, measures, rows_sink, compute)
+    failures = [part.failures, *empty_inputs(labels.n_rows, predictions.n_rows)]
+    all_failures = sorted_failures(pl.concat(failures))
+    if all_failures.height or not compute:
+        return Evaluation(all_failures, None, part.alignment, part.validation_seconds)
+    slice_keys = list(aggregate.slice_key_columns(layout.slice_cols))
+    report, contributions, ecdf = _report(
+        part.models, part.key_batches, slice_keys, layout, measures
+    )
+    worst = _worst_rows(part.models, layout) if measures.worst_rows else None
+    return Evaluation(
+        all_failures, report, part.alignment, part.validation_seconds, contributions, ecdf, worst
+    )
+
+
+def empty_inputs(n_label_rows: int, n_prediction_rows: int) -> list[pl.DataFrame]:
+    """The failures of inputs without rows."""
+    failures = []
+    if n_label_rows == 0:
+        failures.append(failure("labels", "not_empty", value="zero rows"))
+    if n_prediction_rows == 0:
+        failures.append(failure("predictions", "not_empty", value="zero rows"))
+    return failures
+
+
+def sorted_failures(failures: pl.DataFrame) -> pl.DataFrame:
+    """Failure cases in one order whatever found them first: by dataset, model, check, row, id."""
+    return failures.sort(
+        pl.col("dataset") != "labels", "model", "check", "column", "row", "id", nulls_last=True
+    )
+
+
+def evaluate_partition(
+    labels: ParquetInput,
+    predictions: ParquetInput,
+    layout: Layout,
+    measures: Measures,
+    rows_sink: RowsSink | None = None,
+    compute: bool = True,
+    models: Sequence[str] | None = None,
+) -> Partition:
+    """Validate the label rows and every model's rows for them, and measure them if all is valid.
+
+    ``labels`` and ``predictions`` may be the whole inputs or one partition of their rows (the
+    rows of some ids, carrying their ``ROW`` positions in the whole inputs); a partition names
+    ``models``, all the models of the whole input. Empty inputs are left to the caller
+    (:func:`empty_inputs`): a partition may hold no rows.
+    """
     with ExitStack() as streams:  # every reader thread ends with the evaluation
-        return _evaluate(labels, predictions, layout, measures, rows_sink, compute, streams)
+        return _evaluate(labels, predictions, layout, measures, rows_sink, compute, streams, models)
+
+
+def _label_keys(labels: ParquetInput, frame: pl.LazyFrame, layout: Layout) -> pl.DataFrame:
+    if not labels.files:  # a partition of the rows: each carries its position
+        return _keys(io.collect(frame.select(layout.id_col, ROW), labels), layout)
+    # Read whole from the files, so a row's position is its index: no need to read ROW.
+    keys = _keys(io.collect(frame.select(layout.id_col), labels), layout)
+    return keys.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
 
 
 def _evaluate(
@@ -184,29 +266,23 @@ def _evaluate(
     rows_sink: RowsSink | None,
     compute: bool,
     streams: ExitStack,
-) -> Evaluation:
+    names: Sequence[str] | None,
+) -> Partition:
     def read(frame: pl.LazyFrame, source: ParquetInput) -> io.Batches:
         return streams.enter_context(closing(io.batches(frame, source, size)))
 
     size = batch_rows(len(layout.classes))
     label_frame = labels.frame.select(*label_columns(layout), ROW)
     checked = _Stopwatch()
-    # The labels are read whole, so a row's position is its index: no need to read ROW.
-    label_keys = _keys(io.collect(label_frame.select(layout.id_col), labels), layout)
-    label_keys = label_keys.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
+    label_keys = _label_keys(labels, label_frame, layout)
     failures = [checked(check_label_keys, label_keys, layout)]
-    if label_keys.height == 0:
-        failures.append(failure("labels", "not_empty", value="zero rows"))
 
     label_batches = read(label_frame, labels)  # starts reading now
     aligned: list[_Model] = []
     # Read only after the paired loop, so they do not each hold a batch through it.
     validate_only: list[pl.LazyFrame] = []
     alignment: dict[str, str] = {}
-    inputs = model_inputs(predictions, layout)
-    if not inputs:
-        failures.append(failure("predictions", "not_empty", value="zero rows"))
-    for source in inputs:
+    for source in model_inputs(predictions, layout, names):
         if source.name is None:
             validate_only.append(source.frame)
             continue
@@ -261,12 +337,13 @@ def _evaluate(
         for batch in read(frame, predictions):
             failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))
 
-    all_failures = pl.concat([no_failures(), *failures])
-    if all_failures.height or not compute:
-        return Evaluation(all_failures, None, alignment, checked.seconds)
-    report, contributions, ecdf = _report(aligned, key_batches, list(slice_keys), layout, measures)
-    worst = _worst_rows(aligned, layout) if measures.worst_rows else None
-    return Evaluation(all_failures, report, alignment, checked.seconds, contributions, ecdf, worst)
+    return Partition(
+        pl.concat([no_failures(), *failures]),
+        aligned,
+        alignment,
+        key_batches,
+        checked.seconds,
+    )
 
 
 def _measure(
