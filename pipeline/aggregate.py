@@ -243,6 +243,45 @@ def paired_states(
     return pl.concat(rows).select(*KEYS, pl.exclude(*KEYS))
 
 
+VERSUS = "versus"  # the other model of a pair, in paired_states_all
+
+
+def paired_states_all(
+    parts: Sequence[tuple[str, pl.DataFrame]], kl_columns: Mapping[str, str]
+) -> pl.DataFrame:
+    """States of d = kl − kl_other per (slice, model, other) for every pair of models.
+
+    What :func:`paired_states` computes for the best model, for each model that may turn out
+    best once partitions are merged (:func:`merge_paired_states`). M models: M² states a slice.
+    """
+    rows = []
+    for name, part in parts:
+        for other, other_column in kl_columns.items():
+            for model, column in kl_columns.items():
+                state = part.select(_moments(pl.col(column) - pl.col(other_column), "delta"))
+                rows.append(
+                    state.with_columns(
+                        pl.lit(name).alias(SLICE),
+                        pl.lit(model).alias(MODEL),
+                        pl.lit(other).alias(VERSUS),
+                    )
+                )
+    return pl.concat(rows).select(*KEYS, VERSUS, pl.exclude(*KEYS, VERSUS))
+
+
+def merge_paired_states(states: pl.DataFrame, best: pl.DataFrame) -> pl.DataFrame:
+    """The merged :func:`paired_states_all` of disjoint partitions, against each slice's best."""
+    against_best = states.join(best.rename({MODEL: VERSUS}), on=[SLICE, VERSUS], how="semi").drop(
+        VERSUS
+    )
+    return (
+        against_best.lazy()
+        .group_by(KEYS, maintain_order=True)
+        .agg(*_merged_moments("delta"))
+        .collect(engine="in-memory")
+    )
+
+
 def marginal_kl(class_states: pl.DataFrame, states: pl.DataFrame, base: str) -> pl.DataFrame:
     """D(mean P ‖ mean Q) per (slice, model), with the conventions of the per-row divergence."""
     mean = class_states.join(states.select(*KEYS, "n_rows"), on=list(KEYS)).select(

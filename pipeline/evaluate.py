@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline import aggregate, arrays, events, io
+from pipeline import aggregate, arrays, events, io, sketch
 from pipeline.io import ROW, ParquetInput
 from pipeline.layout import (
     ID,
@@ -432,6 +432,22 @@ def _worst_rows(models: Sequence[_Model], layout: Layout) -> pl.DataFrame:
     return pl.concat(frames).sort(MODEL, "rank")
 
 
+def _kl_parts(
+    models: Sequence[_Model], key_batches: Sequence[pl.DataFrame], slice_keys: Sequence[str]
+) -> tuple[dict[str, str], list[tuple[str, pl.DataFrame]]]:
+    """Each model's kl column (its name in the parts), and the rows of every slice."""
+    kl_columns = {m.name: f"_kl{j}" for j, m in enumerate(models)}
+    columns = []
+    for m in models:
+        kl = pl.concat(m.kl) if m.kl else pl.Series(dtype=pl.Float64)
+        columns.append(kl.alias(kl_columns[m.name]))
+        m.kl.clear()  # the batches' copies, no longer needed
+    frame = pl.DataFrame(columns)
+    if key_batches:
+        frame = pl.concat([pl.concat(key_batches), frame], how="horizontal")
+    return kl_columns, list(aggregate.slice_parts(frame, slice_keys))
+
+
 def _report(
     models: Sequence[_Model],
     key_batches: Sequence[pl.DataFrame],
@@ -439,27 +455,140 @@ def _report(
     layout: Layout,
     measures: Measures,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """The ranked report, the class contributions and the KL ECDFs."""
+    """The ranked report, the class contributions and the KL ECDFs (exact quantiles)."""
     states = aggregate.merge_states(pl.concat(s for m in models for s in m.states))
     class_states = aggregate.merge_class_states(
         pl.concat(s for m in models for s in m.class_states)
     )
-    kl_columns = {m.name: f"_kl{j}" for j, m in enumerate(models)}
-    columns = []
-    for m in models:
-        columns.append(pl.concat(m.kl).alias(kl_columns[m.name]))
-        m.kl.clear()  # the batches' copies, no longer needed
-    kl = pl.DataFrame(columns)
-    if key_batches:
-        kl = pl.concat([pl.concat(key_batches), kl], how="horizontal")
-    parts = list(aggregate.slice_parts(kl, slice_keys))
+    kl_columns, parts = _kl_parts(models, key_batches, slice_keys)
     quantiles, ecdf = aggregate.distributions(parts, kl_columns, aggregate.ECDF_POINTS)
     ranked = aggregate.finalize(states, class_states, quantiles, measures.base, measures.rank_by)
     paired = aggregate.paired_states(parts, kl_columns, aggregate.best_models(ranked))
+    report = aggregate.with_paired_comparison(ranked, paired)
+    return report, _contributions(class_states, states, layout, measures), ecdf
+
+
+def _contributions(
+    class_states: pl.DataFrame, states: pl.DataFrame, layout: Layout, measures: Measures
+) -> pl.DataFrame:
     contributions = aggregate.class_contributions(class_states, states, measures.base)
-    contributions = contributions.with_columns(
+    return contributions.with_columns(
         pl.col(aggregate.CLASS).replace_strict(
             range(len(layout.classes)), list(layout.classes), return_dtype=pl.String
         )
     )
-    return aggregate.with_paired_comparison(ranked, paired), contributions, ecdf
+
+
+@dataclass
+class Partial:
+    """What one partition of the rows adds to a report: mergeable states, no rows.
+
+    Failure cases, alignment and validation time; with no failures, per (slice, model) the
+    scalar and class states, the kl sketch's bin counts (:mod:`pipeline.sketch`) and the states
+    of kl differences against every other model (the best one is known only after merging),
+    and each model's worst rows.
+    """
+
+    failures: pl.DataFrame
+    alignment: dict[str, str]
+    validation_seconds: float
+    states: pl.DataFrame | None = None
+    class_states: pl.DataFrame | None = None
+    sketches: pl.DataFrame | None = None
+    paired: pl.DataFrame | None = None
+    worst: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+
+def partial(part: Partition, layout: Layout) -> Partial:
+    """The mergeable summary of a :class:`Partition` (:func:`merge_partials` combines them)."""
+    result = Partial(part.failures, part.alignment, part.validation_seconds)
+    measured = [m for m in part.models if m.states]
+    if part.failures.height or not measured:
+        return result
+    result.states = pl.concat(s for m in measured for s in m.states)
+    result.class_states = pl.concat(s for m in measured for s in m.class_states)
+    result.worst = {m.name: m.worst for m in measured if m.worst is not None}
+    slice_keys = list(aggregate.slice_key_columns(layout.slice_cols))
+    kl_columns, parts = _kl_parts(measured, part.key_batches, slice_keys)
+    counts = []
+    for name, rows in parts:
+        for model, column in kl_columns.items():
+            keys = [pl.lit(name).alias(aggregate.SLICE), pl.lit(model).alias(MODEL)]
+            counts.append(
+                sketch.bin_counts(rows.select(*keys, column), column, list(aggregate.KEYS))
+            )
+    result.sketches = pl.concat(counts)
+    result.paired = aggregate.paired_states_all(parts, kl_columns)
+    return result
+
+
+def merge_partials(
+    partials: Sequence[Partial],
+    layout: Layout,
+    measures: Measures,
+    n_label_rows: int,
+    n_prediction_rows: int,
+) -> Evaluation:
+    """One evaluation from the partials of disjoint partitions that together hold every row.
+
+    Everything but the quantiles and the ECDF is what :func:`evaluate` gives, up to the order
+    of floating-point additions; those two come from the merged sketches, within
+    ``sketch.RELATIVE_ACCURACY`` of the exact values.
+    """
+    failures = [p.failures for p in partials] + empty_inputs(n_label_rows, n_prediction_rows)
+    all_failures = sorted_failures(pl.concat([no_failures(), *failures]))
+    alignment: dict[str, str] = {}
+    for p in partials:
+        for model, how in p.alignment.items():
+            alignment[model] = "joined" if "joined" in (how, alignment.get(model)) else how
+    seconds = sum(p.validation_seconds for p in partials)
+    if all_failures.height:
+        return Evaluation(all_failures, None, dict(sorted(alignment.items())), seconds)
+    measured = [p for p in partials if p.states is not None]
+    states = aggregate.merge_states(pl.concat(p.states for p in measured if p.states is not None))
+    class_states = aggregate.merge_class_states(
+        pl.concat(p.class_states for p in measured if p.class_states is not None)
+    )
+    keys = list(aggregate.KEYS)
+    counts = sketch.merge(pl.concat(p.sketches for p in measured if p.sketches is not None), keys)
+    quantiles, ecdfs = [], []
+    for row in states.select(*keys, "kl_min", "kl_max").iter_rows(named=True):
+        bins = counts.filter(
+            (pl.col(aggregate.SLICE) == row[aggregate.SLICE]) & (pl.col(MODEL) == row[MODEL])
+        )
+        values = sketch.Sketch(bins, row["kl_min"], row["kl_max"])
+        quantiles.append(
+            {k: row[k] for k in keys}
+            | {label: values.quantile(q) for label, q in aggregate.QUANTILES.items()}
+        )
+        if row[aggregate.SLICE] == aggregate.ALL_ROWS:
+            curve = values.ecdf(aggregate.ECDF_POINTS)
+            ecdfs.append(curve.select(pl.lit(row[MODEL]).alias(MODEL), pl.all()))
+    quantile_frame = pl.DataFrame(
+        quantiles,
+        schema={aggregate.SLICE: pl.String, MODEL: pl.String}
+        | dict.fromkeys(aggregate.QUANTILES, pl.Float64),
+    )
+    ranked = aggregate.finalize(
+        states, class_states, quantile_frame, measures.base, measures.rank_by
+    )
+    paired = aggregate.merge_paired_states(
+        pl.concat(p.paired for p in measured if p.paired is not None),
+        aggregate.best_models(ranked),
+    )
+    report = aggregate.with_paired_comparison(ranked, paired)
+    worst_of = []
+    for name in sorted(alignment):
+        frames = [p.worst[name] for p in measured if name in p.worst]
+        merged = _Model(name, iter(()))
+        if frames:
+            merged.worst = _highest_kl(pl.concat(frames), measures.worst_rows)
+        worst_of.append(merged)
+    worst = _worst_rows(worst_of, layout) if measures.worst_rows else None
+    ecdf = pl.concat(
+        [pl.DataFrame(schema={MODEL: pl.String, "kl": pl.Float64, "ecdf": pl.Float64}), *ecdfs]
+    )
+    contributions = _contributions(class_states, states, layout, measures)
+    return Evaluation(
+        all_failures, report, dict(sorted(alignment.items())), seconds, contributions, ecdf, worst
+    )

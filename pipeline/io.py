@@ -166,6 +166,27 @@ def scan_parquet(path: str) -> ParquetInput:
     return ParquetInput(path=path, files=tuple(files), n_rows=offset, frame=frame)
 
 
+def in_memory(frame: pl.DataFrame, path: str) -> ParquetInput:
+    """Rows already read (a partition of an input, with their ``ROW`` positions) as an input."""
+    return ParquetInput(path=path, files=(), n_rows=frame.height, frame=frame.lazy())
+
+
+def read_rows(file: ParquetFile, columns: list[str], start: int, length: int) -> pl.DataFrame:
+    """``length`` rows of ``file`` from its row ``start``: ``columns`` (hive keys too) and ``ROW``.
+
+    Raises
+    ------
+    UsageError
+        The file is damaged past its footer.
+    """
+    frame = _scan(file).slice(start, length)
+    present = frame.collect_schema().names()
+    try:
+        return frame.select(*[c for c in columns if c in present], ROW).collect()
+    except pl.exceptions.ComputeError as error:
+        raise UsageError(f"cannot read the Parquet data of {file.path!r}: {error}") from None
+
+
 def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
     """Read the columns selected from ``source``; a file damaged past its footer is a usage error."""
     try:
