@@ -22,7 +22,7 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/pip install --quiet -e '.[test,dev,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP) ## Create the environment and rank the example models (prints the table)

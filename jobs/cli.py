@@ -4,7 +4,8 @@ Exit codes: 0 success, 1 the data failed validation, 2 usage error (bad option, 
 unreadable path, corrupt Parquet, no distribution columns), 3 a gate failed (``--max-mean-kl``,
 ``--max-regression``, ``--expect-best``: the report is published all the same and the manifest
 says why), 70 internal error (a bug: rerun with ``--debug`` for the traceback), 75 another run
-holds the output partition's lock (``--lock-timeout``), 130/143 stopped by SIGINT/SIGTERM (128 +
+holds the output partition's lock (``--lock-timeout``), 69 the Ray engine failed (cluster unreachable,
+a task still failing after its retries; nothing published), 130/143 stopped by SIGINT/SIGTERM (128 +
 the signal's number). Every option can also be set as an environment variable, named in
 ``--help`` (``KLRANK_LABELS``, ``KLRANK_OUT``, ...), or in a ``--config`` TOML file (see
 :mod:`jobs.cli_ops`).
@@ -26,18 +27,26 @@ from typer._click.exceptions import ClickException
 from typer.exceptions import Abort
 
 from jobs import __version__, cli_ops, logs
-from jobs.config import InputOptions, RunOptions, TruthOption
+from jobs.config import Engine, InputOptions, RunOptions, TruthOption
 from jobs.nightly import HistoryOptions, history
 from jobs.run import Timings, run, validate
 from pipeline import events, interrupts
 from pipeline.aggregate import RankMetric
 from pipeline.divergence import Base
-from pipeline.errors import Interrupted, InvalidDataError, KlrankError, LockBusyError, UsageError
+from pipeline.errors import (
+    EngineError,
+    Interrupted,
+    InvalidDataError,
+    KlrankError,
+    LockBusyError,
+    UsageError,
+)
 from pipeline.gates import Gates
 from pipeline.history import history_markdown
 
 EXIT_OK, EXIT_INVALID_DATA, EXIT_USAGE, EXIT_GATE_FAILED, EXIT_INTERNAL = 0, 1, 2, 3, 70
 EXIT_LOCKED = cli_ops.EXIT_LOCKED
+EXIT_ENGINE = 69  # sysexits' EX_UNAVAILABLE: the cluster, not the data or the command
 EXIT_SIGNAL_BASE = 128  # + the signal's number, as a shell reports a process a signal ended
 
 app = typer.Typer(
@@ -185,6 +194,8 @@ def _guarded(action: Callable[[], Any], *, debug: bool, as_json: bool) -> Any:
         _fail(EXIT_USAGE, "usage_error", str(error), as_json)
     except LockBusyError as error:
         _fail(EXIT_LOCKED, "locked", str(error), as_json)
+    except EngineError as error:
+        _fail(EXIT_ENGINE, "engine_failed", str(error), as_json)
     except Interrupted as stop:
         _fail(
             EXIT_SIGNAL_BASE + stop.signum,
@@ -369,6 +380,34 @@ def run_command(
             help="Rows per model in worst_rows.parquet, highest KL first; 0 = no file.",
         ),
     ] = 20,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            envvar="KLRANK_ENGINE",
+            help="local: this machine. ray: a Ray cluster (pip install 'klrank[ray]'); "
+            "quantiles then come from a sketch within 0.1 %.",
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            envvar="RAY_ADDRESS",
+            help="--engine ray: the cluster to join (host:port); without it a local Ray "
+            "instance is started on 127.0.0.1.",
+        ),
+    ] = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            "--partitions",
+            envvar="KLRANK_PARTITIONS",
+            min=1,
+            help="--engine ray: parts the rows are split into by id (default: 2 per CPU, "
+            "at least 250,000 label rows each).",
+        ),
+    ] = None,
     as_json: JsonOut = False,
     debug: Debug = False,
     lock_timeout: cli_ops.LockTimeoutOption = 600.0,
@@ -409,6 +448,9 @@ def run_command(
             lock_timeout=lock_timeout,
             write_html=write_html,
             worst=worst,
+            engine=engine,
+            ray_address=ray_address if engine == "ray" else None,
+            partitions=partitions,
         )
         summary = run(options)
         failed = summary.failed_gates

@@ -12,6 +12,7 @@ from pipeline.gates import Gates
 from pipeline.io import RUN_DATE_KEY
 
 TruthOption = Literal["auto", "hard", "soft"]
+Engine = Literal["local", "ray"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,17 @@ class RunOptions:
     lock_timeout: float = 600.0  # seconds to wait for another run of the same partition
     write_html: bool = True
     worst: int = 20  # rows of worst_rows.parquet per model; 0 writes no file
+    engine: Engine = "local"
+    ray_address: str | None = None  # engine "ray": a cluster to join; None starts a local one
+    partitions: int | None = None  # engine "ray": parts the rows are split into; None: automatic
 
     def __post_init__(self) -> None:
+        if self.engine not in ("local", "ray"):
+            raise UsageError(f"--engine must be local or ray, got {self.engine!r}")
+        if self.engine == "local" and (self.ray_address or self.partitions is not None):
+            raise UsageError("--ray-address and --partitions need --engine ray")
+        if self.partitions is not None and self.partitions < 1:
+            raise UsageError(f"--partitions must be >= 1, got {self.partitions}")
         if self.baseline == "auto" and self.run_date is None:
             raise UsageError("--baseline auto needs --run-date (it picks the latest earlier night)")
         if self.gates.max_regression_pct is not None and self.baseline is None:
@@ -107,6 +117,8 @@ class RunOptions:
             "gates": self.gates.recorded(),
             "write_html": self.write_html,
             "worst": self.worst,
+            "engine": self.engine,
+            "partitions": self.partitions,
         }
         options["slice_by"] = list(self.inputs.slice_by)
         options["classes"] = list(self.inputs.classes)

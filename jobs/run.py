@@ -21,7 +21,7 @@ import polars as pl
 from jobs import __version__
 from jobs.config import InputOptions, RunOptions
 from jobs.nightly import REPORT_FILE, Baseline, load_baseline
-from pipeline import aggregate, events, io
+from pipeline import aggregate, events, io, sketch
 from pipeline.baseline import compare_with_baseline
 from pipeline.divergence import UNITS
 from pipeline.errors import InvalidDataError
@@ -60,6 +60,15 @@ class Timings:
             yield
         finally:
             self.seconds[name] = round(time.perf_counter() - start, 4)
+
+
+@dataclass(frozen=True)
+class RayRun:
+    """How to run on Ray (jobs.ray_engine): the cluster, the parts, where rows' parts go."""
+
+    address: str | None
+    partitions: int | None
+    rows_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -179,16 +188,30 @@ def _evaluate(
     failures_path: Path | None,
     rows: io.RowsWriter | None = None,
     compute: bool = True,
+    ray: RayRun | None = None,
 ) -> Evaluation:
     with timings.phase("evaluate"):
-        evaluation = evaluate(
-            inputs.labels,
-            inputs.predictions,
-            inputs.layout,
-            measures,
-            rows_sink=rows.write if rows is not None else None,
-            compute=compute,
-        )
+        if ray is not None:
+            from jobs import ray_engine  # Ray itself is imported only when this engine runs
+
+            evaluation = ray_engine.evaluate_on_ray(
+                inputs.labels,
+                inputs.predictions,
+                inputs.layout,
+                measures,
+                ray_engine.RayOptions(ray.address, ray.partitions),
+                rows_dir=ray.rows_dir,
+                compute=compute,
+            )
+        else:
+            evaluation = evaluate(
+                inputs.labels,
+                inputs.predictions,
+                inputs.layout,
+                measures,
+                rows_sink=rows.write if rows is not None else None,
+                compute=compute,
+            )
     timings.seconds["validate"] = round(evaluation.validation_seconds, 4)
     timings.seconds["compute"] = round(
         timings.seconds["evaluate"] - evaluation.validation_seconds, 4
@@ -311,6 +334,7 @@ def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSumm
         worst_rows=options.worst,
     )
     unit = UNITS[options.base]
+    quantile_method = sketch.METHOD if options.engine == "ray" else "exact"
     baseline: Baseline | None = None
     if options.baseline is not None:  # read before publishing: the target may be the baseline
         baseline = load_baseline(options.baseline, options.out, options.run_date, unit)
@@ -325,6 +349,8 @@ def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSumm
         "prediction_kind": inputs.layout.prediction_kind,
         "classes": list(inputs.layout.classes),
         "unit": unit,
+        "engine": options.engine,
+        "quantiles": quantile_method,
         "options": recorded,
         "baseline": baseline.recorded() if baseline is not None else None,
         "outputs": [
@@ -341,12 +367,17 @@ def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSumm
     published: dict[str, Any] = {}
 
     def write(staging: Path) -> None:
-        rows = io.RowsWriter(staging / ROWS_FILE) if options.write_rows else None
-        try:
-            evaluation = _evaluate(inputs, measures, timings, options.failures_path, rows)
-        finally:
-            if rows is not None:  # also on failure: no write may outlive the staging folder
-                rows.close()
+        if options.engine == "ray":  # the parts write rows.parquet/part-*.parquet themselves
+            rows_dir = staging / ROWS_FILE if options.write_rows else None
+            ray = RayRun(options.ray_address, options.partitions, rows_dir)
+            evaluation = _evaluate(inputs, measures, timings, options.failures_path, ray=ray)
+        else:
+            rows = io.RowsWriter(staging / ROWS_FILE) if options.write_rows else None
+            try:
+                evaluation = _evaluate(inputs, measures, timings, options.failures_path, rows)
+            finally:
+                if rows is not None:  # also on failure: no write may outlive the staging folder
+                    rows.close()
         assert evaluation.report is not None
         with timings.phase("write"):
             report = _published_report(
@@ -367,6 +398,7 @@ def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSumm
                     "klrank.report_schema_version": REPORT_SCHEMA_VERSION,
                     "klrank.options": json.dumps(recorded, sort_keys=True),
                     "klrank.unit": unit,
+                    "klrank.quantiles": quantile_method,
                 },
             )
             io.write_text(summary, staging / SUMMARY_FILE)

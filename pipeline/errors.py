@@ -23,6 +23,10 @@ class LockBusyError(KlrankError):
     """Another run holds the lock of the same output partition, past ``--lock-timeout``."""
 
 
+class EngineError(KlrankError):
+    """The distributed engine failed: its cluster was unreachable or a task kept failing."""
+
+
 class Interrupted(BaseException):
     """SIGTERM or SIGINT stopped the run; a BaseException, so that no ``except Exception`` eats it.
 

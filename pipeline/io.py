@@ -378,7 +378,10 @@ def publish(target: Path, write: Callable[[Path], None]) -> None:
     try:
         write(staging)
         write_text("", staging / "_SUCCESS")
-        for file in staging.iterdir():
+        for file in staging.rglob("*"):  # a folder too: the Ray engine's rows.parquet/
+            if file.is_dir():
+                _fsync_dir(file)
+                continue
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
         # A SIGTERM between the two renames of the fallback would leave no report at all.
