@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -37,9 +38,11 @@ REPO = HERE.parent
 PYTHON = sys.executable
 
 READ_FLOOR, KLRANK, DUCKDB, PANDAS = "read floor", "klrank", "duckdb", "pandas+scipy"
-CONTENDERS = (READ_FLOOR, KLRANK, DUCKDB, PANDAS)
+# klrank run --engine ray, starting a local Ray instance on this machine as a user's run would.
+KLRANK_RAY = "klrank ray"
+CONTENDERS = (READ_FLOOR, KLRANK, KLRANK_RAY, DUCKDB, PANDAS)
 # The contenders that publish a report.parquet with `model` and `mean_kl` to check against klrank.
-CHECKED = (DUCKDB, PANDAS)
+CHECKED = (KLRANK_RAY, DUCKDB, PANDAS)
 # "<size>-array" runs the array-layout copy of a size that has one (a `prob` Array column).
 ARRAY_SUFFIX = "-array"
 
@@ -120,6 +123,8 @@ def command(contender: str, folder: Path, out: Path, klrank: str) -> list[str]:
         return [PYTHON, str(HERE / "read_floor.py"), *inputs]
     if contender == KLRANK:
         return [klrank, "run", *inputs, "--out", str(out)]
+    if contender == KLRANK_RAY:
+        return [klrank, "run", *inputs, "--out", str(out), "--engine", "ray"]
     script = {DUCKDB: "duckdb_job.py", PANDAS: "pandas_job.py"}[contender]
     return [PYTHON, str(HERE / script), *inputs, "--out", str(out)]
 
@@ -146,7 +151,7 @@ def timed(argv: Sequence[str], log: Path, timeout_s: int = 0) -> Run:
 def mean_kl(report: Path, contender: str) -> dict[str, float]:
     """Model -> mean KL over all rows from a contender's report.parquet."""
     frame = pl.read_parquet(report)
-    if contender == KLRANK:
+    if contender in (KLRANK, KLRANK_RAY):
         frame = frame.filter(pl.col("slice") == "ALL")
     return dict(frame.select("model", "mean_kl").iter_rows())
 
@@ -288,6 +293,12 @@ def table(
             f"| {_ratio(r.median_s, floor)} | {r.cpu_s:.2f} | {r.peak_rss_mib:,.0f} |"
         )
     notes = [validation_share(by_name[KLRANK])] if KLRANK in by_name else []
+    if KLRANK_RAY in by_name and not by_name[KLRANK_RAY].skipped:
+        notes.append(
+            "klrank ray: `--engine ray`, starting a local Ray instance on this machine each run "
+            "(its start and stop included); CPU s and peak RSS are those of the klrank process "
+            "and the Ray processes it waited for"
+        )
     return "\n".join([*lines, "", *(f"- {n}" for n in [*notes, *agreement] if n)])
 
 
@@ -437,9 +448,22 @@ def _split(
     return chosen
 
 
+def _ray_token() -> None:
+    """Token authentication for the local Ray instances, with a token of this run's own.
+
+    Ray 2.59 and later turn token authentication on for local clusters; an explicit token
+    (``RAY_AUTH_TOKEN``) works whatever the default of the installed version is.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] == "token":
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 on success, 1 if a contender failed or disagreed."""
     options = parse_args(argv)
+    if KLRANK_RAY in options.contenders:
+        _ray_token()
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

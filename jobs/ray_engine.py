@@ -82,6 +82,7 @@ def import_ray() -> ModuleType:
 
 
 def _split(
+    source: str,
     file: io.ParquetFile,
     columns: list[str],
     start: int,
@@ -91,7 +92,7 @@ def _split(
     model_col: str | None,
 ) -> tuple[Any, ...]:
     """One chunk of a file, split into parts; last, the model names it holds (predictions)."""
-    rows = io.read_rows(file, columns, start, length)
+    rows = io.read_rows(source, file, columns, start, length)
     names: list[str] = []
     if model_col is not None and model_col in rows.columns:
         names = rows.get_column(model_col).drop_nulls().unique().cast(pl.String).to_list()
@@ -149,7 +150,7 @@ def _evaluate_part(
             writer.close()
         result.append(partial(evaluated, spec.layout))
 
-    io.write_atomically(target, write)
+    io.write_atomically(target, write, optional=True)  # no rows when validation failed
     return result[0]
 
 
@@ -161,7 +162,12 @@ def _connect(ray: ModuleType, options: RayOptions) -> bool:
         if options.address:
             ray.init(address=options.address, log_to_driver=False)
         else:
-            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+            ray.init(
+                address="local",  # a new instance, even where `ray start` left a cluster file
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                log_to_driver=False,
+            )
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = options.address or "a local instance"
         raise EngineError(f"cannot start or join the Ray cluster ({where}): {error}") from None
@@ -228,7 +234,7 @@ def _evaluate(
         for file in source.files:
             for start in range(0, max(file.n_rows, 1), chunk):
                 refs = split.options(num_returns=n_parts + 1).remote(
-                    file, columns, start, chunk, layout.id_col, n_parts, model_col
+                    source.path, file, columns, start, chunk, layout.id_col, n_parts, model_col
                 )
                 for part in range(n_parts):
                     pieces[part].append(refs[part])

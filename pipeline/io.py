@@ -171,20 +171,23 @@ def in_memory(frame: pl.DataFrame, path: str) -> ParquetInput:
     return ParquetInput(path=path, files=(), n_rows=frame.height, frame=frame.lazy())
 
 
-def read_rows(file: ParquetFile, columns: list[str], start: int, length: int) -> pl.DataFrame:
+def read_rows(
+    source: str, file: ParquetFile, columns: list[str], start: int, length: int
+) -> pl.DataFrame:
     """``length`` rows of ``file`` from its row ``start``: ``columns`` (hive keys too) and ``ROW``.
 
     Raises
     ------
     UsageError
-        The file is damaged past its footer.
+        The file is damaged past its footer (the message names the input, ``source``, as
+        :func:`collect` does).
     """
     frame = _scan(file).slice(start, length)
     present = frame.collect_schema().names()
     try:
         return frame.select(*[c for c in columns if c in present], ROW).collect()
     except pl.exceptions.ComputeError as error:
-        raise UsageError(f"cannot read the Parquet data of {file.path!r}: {error}") from None
+        raise UsageError(f"cannot read the Parquet data of {source!r}: {error}") from None
 
 
 def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
@@ -401,12 +404,17 @@ def publish(target: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write one file through a temporary sibling and an atomic rename."""
+def write_atomically(path: Path, write: Callable[[Path], None], optional: bool = False) -> None:
+    """Write one file through a temporary sibling and an atomic rename.
+
+    With ``optional``, a ``write`` that made no file (a writer given no rows) makes none.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         write(temporary)
+        if optional and not temporary.exists():
+            return
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

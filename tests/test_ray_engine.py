@@ -1,0 +1,344 @@
+"""The Ray engine against the local one: the same report, failures, exit codes, on a real Ray.
+
+A local Ray instance (2 CPUs, token authentication on, with a token the fixture sets) serves
+the in-process runs; one test starts a separate head node on loopback and runs the real CLI
+against it with --ray-address.
+"""
+
+import json
+import math
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from cli_helpers import KLRANK, corrupt_first_page, expect, klrank
+from helpers import class_frame, random_distributions
+from polars.testing import assert_frame_equal
+
+from jobs.config import InputOptions, RunOptions
+from jobs.run import run
+from pipeline import sketch
+from pipeline.errors import EngineError, InvalidDataError, UsageError
+
+QUANTILE_COLUMNS = ("median_kl", "p90_kl", "p95_kl", "p99_kl")
+QUANTILES = {"median_kl": 0.5, "p90_kl": 0.9, "p95_kl": 0.95, "p99_kl": 0.99}
+RELATIVE = 1e-12
+# D(mean P ‖ mean Q) of close means cancels: the class sums' last bits, which depend on the
+# order of additions, move it by ~1e-16 absolute; relative to a small value that is more.
+MARGINAL_ABSOLUTE = 1e-14
+
+
+@pytest.fixture(scope="session")
+def ray_token() -> Iterator[str]:
+    """Token authentication on, with a token of the tests' own, for every Ray process."""
+    token = secrets.token_hex(16)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "token")
+        patch.setenv("RAY_AUTH_TOKEN", token)
+        yield token
+
+
+@pytest.fixture(scope="session")
+def local_ray(ray_token: str) -> Iterator[None]:
+    """A local Ray instance of 2 CPUs for the whole session (the engine joins it)."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()
+
+
+def _inputs(folder: Path, rng: np.random.Generator, n: int = 2_000) -> tuple[Path, Path]:
+    """Soft labels with a region; model 'sharp' in label order, 'blurry' and 'zeros' shuffled.
+
+    'zeros' gives probability 0 to a true class on some rows (infinite KL there).
+    """
+    classes = ["a", "b", "c", "d"]
+    ids = rng.permutation(np.arange(10 * n))[:n]
+    truth = random_distributions(rng, n, len(classes), zero_fraction=0.2)
+    labels = pl.DataFrame(
+        {"id": ids, "region": rng.choice(["eu", "us", "apac"], n)}
+        | class_frame(truth, classes, "prob_")
+    )
+    predictions = []
+    for model, noise in (("sharp", 0.05), ("blurry", 0.8), ("zeros", 0.3)):
+        q = random_distributions(rng, n, len(classes))
+        q = (1 - noise) * truth + noise * q
+        if model == "zeros":
+            hit = rng.random(n) < 0.02
+            q[hit, 0] = 0.0
+            q[hit] = q[hit] / q[hit].sum(axis=1, keepdims=True)
+        frame = pl.DataFrame({"id": ids, "model": model} | class_frame(q, classes, "prob_"))
+        predictions.append(frame if model == "sharp" else frame.sample(fraction=1.0, shuffle=True))
+    labels_path, predictions_path = folder / "labels.parquet", folder / "predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    labels.write_parquet(labels_path, row_group_size=500)
+    for frame in predictions:
+        model = frame.get_column("model")[0]
+        target = predictions_path / f"model={model}" / "part-0.parquet"
+        target.parent.mkdir(parents=True)
+        frame.drop("model").write_parquet(target, row_group_size=700)
+    return labels_path, predictions_path
+
+
+def _run(labels: Path, predictions: Path, out: Path, **options: Any) -> Path:
+    slice_by = options.pop("slice_by", ("region",))
+    run(
+        RunOptions(
+            inputs=InputOptions(str(labels), str(predictions), slice_by=slice_by),
+            out=out,
+            **options,
+        )
+    )
+    return out
+
+
+def _close(a: float | None, b: float | None, relative: float, absolute: float = 0.0) -> bool:
+    if a is None or b is None or math.isinf(a) or math.isinf(b):
+        return a == b
+    return math.isclose(a, b, rel_tol=relative, abs_tol=absolute)
+
+
+def _assert_equivalent(local: Path, distributed: Path) -> None:
+    expected, got = (
+        pl.read_parquet(local / "report.parquet"),
+        pl.read_parquet(distributed / "report.parquet"),
+    )
+    assert got.columns == expected.columns
+    assert got.select("slice", "model", "rank").equals(expected.select("slice", "model", "rank"))
+    rows = pl.read_parquet(local / "rows.parquet")
+    for column, dtype in expected.schema.items():
+        pairs = zip(expected.get_column(column), got.get_column(column), strict=True)
+        if column in QUANTILE_COLUMNS:
+            for row, (want, have) in zip(expected.iter_rows(named=True), pairs, strict=True):
+                _assert_quantile_bound(rows, row["slice"], row["model"], column, want, have)
+        elif dtype == pl.Float64:
+            absolute = MARGINAL_ABSOLUTE if column == "marginal_kl" else 0.0
+            for want, have in pairs:
+                assert _close(want, have, RELATIVE, absolute), (column, want, have)
+        else:
+            assert got.get_column(column).equals(expected.get_column(column)), column
+    order = ["model", "id"]
+    assert_frame_equal(pl.read_parquet(distributed / "rows.parquet").sort(order), rows.sort(order))
+    assert_frame_equal(
+        pl.read_parquet(distributed / "worst_rows.parquet"),
+        pl.read_parquet(local / "worst_rows.parquet"),
+    )
+    assert_frame_equal(
+        pl.read_parquet(distributed / "class_contributions.parquet"),
+        pl.read_parquet(local / "class_contributions.parquet"),
+        check_exact=False,
+        rel_tol=RELATIVE,
+        abs_tol=1e-15,
+    )
+
+
+def _assert_quantile_bound(
+    rows: pl.DataFrame, slice_: str, model: str, column: str, want: float, have: float
+) -> None:
+    """Within α of the exact value, α times the larger of the two order statistics around it."""
+    part = rows.filter(pl.col("model") == model)
+    if slice_ != "ALL":
+        key, value = slice_.split("=", 1)
+        part = part.filter(pl.col(key) == value)
+    ordered = np.sort(part.get_column("kl").to_numpy())
+    position = (len(ordered) - 1) * QUANTILES[column]
+    below, above = ordered[math.floor(position)], ordered[math.ceil(position)]
+    if math.isinf(want):
+        assert have == want
+        return
+    bound = sketch.RELATIVE_ACCURACY * 1.000001 * max(abs(below), abs(above))
+    assert abs(have - want) <= bound, (slice_, model, column, want, have, bound)
+
+
+def test_the_ray_report_equals_the_local_one(tmp_path: Path, local_ray: None) -> None:
+    labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(1))
+    local = _run(labels, predictions, tmp_path / "local")
+    distributed = _run(labels, predictions, tmp_path / "ray", engine="ray", partitions=5)
+    _assert_equivalent(local, distributed)
+    assert sorted(p.name for p in (distributed / "rows.parquet").iterdir()) == [
+        f"part-{i:05d}.parquet" for i in range(5)
+    ]
+    manifest = json.loads((distributed / "manifest.json").read_text())
+    assert manifest["engine"] == "ray" and manifest["quantiles"] == sketch.METHOD
+    assert manifest["alignment"] == {"blurry": "joined", "sharp": "positional", "zeros": "joined"}
+    local_manifest = json.loads((local / "manifest.json").read_text())
+    assert local_manifest["quantiles"] == "exact"
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 16])
+def test_the_number_of_parts_changes_nothing(
+    tmp_path: Path, local_ray: None, partitions: int
+) -> None:
+    labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(2), n=600)
+    local = _run(labels, predictions, tmp_path / "local")
+    distributed = _run(labels, predictions, tmp_path / "ray", engine="ray", partitions=partitions)
+    _assert_equivalent(local, distributed)
+
+
+def test_the_rows_dataset_reads_as_one_table_in_polars_and_duckdb(
+    tmp_path: Path, local_ray: None
+) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(3), n=500)
+    out = _run(labels, predictions, tmp_path / "ray", engine="ray", partitions=4)
+    in_polars = pl.scan_parquet(out / "rows.parquet").select(pl.len()).collect().item()
+    query = f"SELECT count(*) FROM read_parquet('{out}/rows.parquet/*.parquet')"
+    in_duckdb = duckdb.sql(query).fetchall()[0][0]
+    assert in_polars == in_duckdb == 3 * 500
+
+
+def _bad_inputs(folder: Path) -> tuple[Path, Path]:
+    labels, predictions = _inputs(folder, np.random.default_rng(4), n=400)
+    frame = pl.read_parquet(labels)
+    duplicate = frame.head(1)
+    broken = pl.concat([frame.with_columns(pl.col("prob_a").cast(pl.Float64)), duplicate])
+    broken = broken.with_columns(
+        pl.when(pl.int_range(pl.len()) == 7).then(1.5).otherwise(pl.col("prob_b")).alias("prob_b")
+    )
+    broken.write_parquet(labels)
+    blurry = predictions / "model=blurry" / "part-0.parquet"
+    pl.read_parquet(blurry).slice(3).write_parquet(blurry)  # three label ids without a prediction
+    return labels, predictions
+
+
+def test_bad_input_fails_with_the_local_engines_message_and_failure_cases(
+    tmp_path: Path, local_ray: None
+) -> None:
+    labels, predictions = _bad_inputs(tmp_path / "in")
+    errors = {}
+    for engine in ("local", "ray"):
+        with pytest.raises(InvalidDataError) as raised:
+            _run(labels, predictions, tmp_path / engine, engine=engine)
+        errors[engine] = raised.value
+        assert not (tmp_path / engine / "report.parquet").exists()
+    messages = {e: str(error).replace(str(tmp_path / e), "OUT") for e, error in errors.items()}
+    assert messages["ray"] == messages["local"]
+    assert_frame_equal(errors["ray"].failures, errors["local"].failures)
+    checks = set(errors["local"].failures.get_column("check"))
+    assert {"field_uniqueness", "missing_ids", "in_range(0.0, 1.0)"} <= checks
+
+
+def test_a_corrupt_file_is_the_same_usage_error(tmp_path: Path, local_ray: None) -> None:
+    labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(5), n=300)
+    corrupt_first_page(predictions / "model=sharp" / "part-0.parquet")
+    messages = {}
+    for engine in ("local", "ray"):
+        with pytest.raises(UsageError) as raised:
+            _run(labels, predictions, tmp_path / engine, engine=engine)
+        messages[engine] = str(raised.value)
+    assert messages["ray"].split(":")[0] == messages["local"].split(":")[0]
+    assert "cannot read the Parquet data of" in messages["ray"]
+
+
+def test_a_task_whose_worker_dies_once_is_retried_and_the_report_is_exact(
+    tmp_path: Path, local_ray: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(6), n=500)
+    clean = _run(labels, predictions, tmp_path / "clean", engine="ray", partitions=3)
+    marker = tmp_path / "fault"
+    marker.mkdir()
+    monkeypatch.setenv("KLRANK_RAY_FAULT", f"once:{marker}")
+    retried = _run(labels, predictions, tmp_path / "retried", engine="ray", partitions=3)
+    assert (marker / "failed-part-0").exists()  # the worker really died once
+    for name in ("report.parquet", "worst_rows.parquet", "class_contributions.parquet"):
+        assert_frame_equal(pl.read_parquet(retried / name), pl.read_parquet(clean / name))
+    order = ["model", "id"]
+    assert_frame_equal(
+        pl.read_parquet(retried / "rows.parquet").sort(order),
+        pl.read_parquet(clean / "rows.parquet").sort(order),
+    )
+    assert not list((retried / "rows.parquet").glob(".*"))  # no leftover of the dead attempt
+
+
+def test_a_task_that_keeps_failing_ends_the_run_and_publishes_nothing(
+    tmp_path: Path, local_ray: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(7), n=300)
+    monkeypatch.setenv("KLRANK_RAY_FAULT", "always")
+    with pytest.raises(EngineError, match="still failed after 3 retries"):
+        _run(labels, predictions, tmp_path / "out", engine="ray", partitions=2)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".klrank-staging")]
+
+
+def test_without_ray_installed_the_engine_is_a_usage_error_saying_how_to_install(
+    tmp_path: Path,
+) -> None:
+    shim = tmp_path / "no-ray" / "ray"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(8), n=50)
+    result = klrank(
+        "run", "--labels", labels, "--predictions", predictions, "--out", tmp_path / "out",
+        "--engine", "ray",
+        env={"PYTHONPATH": str(tmp_path / "no-ray")},
+    )  # fmt: skip
+    expect(result, 2)
+    assert "pip install 'klrank[ray]'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_options_without_the_ray_engine_are_a_usage_error(tmp_path: Path) -> None:
+    labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(9), n=50)
+    result = klrank(
+        "run", "--labels", labels, "--predictions", predictions, "--out", tmp_path / "out",
+        "--partitions", "4",
+    )  # fmt: skip
+    expect(result, 2)
+    assert "--engine ray" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_the_cli_joins_a_separately_started_head_node(tmp_path: Path, ray_token: str) -> None:
+    port = _free_port()
+    ray_cli = Path(sys.executable).with_name("ray")
+    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_token}
+    head = subprocess.Popen(
+        [
+            str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+            "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
+        ],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(10), n=800)
+        local = _run(labels, predictions, tmp_path / "local")
+        address = f"127.0.0.1:{port}"
+        for _ in range(60):  # the head needs a few seconds to listen
+            result = klrank(
+                "run", "--labels", labels, "--predictions", predictions, "--slice-by", "region",
+                "--out", tmp_path / "ray", "--engine", "ray", "--ray-address", address, "--json",
+                env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_token},
+            )  # fmt: skip
+            if result.returncode != 69:
+                break
+            time.sleep(1)
+        expect(result, 0)
+        assert json.loads(result.stdout)["status"] == "success"
+        _assert_equivalent(local, tmp_path / "ray")
+    finally:
+        os.killpg(head.pid, 15)
+        head.wait(timeout=60)
+    assert KLRANK.exists()
