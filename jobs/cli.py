@@ -404,7 +404,7 @@ def run_command(
             "--partitions",
             envvar="KLRANK_PARTITIONS",
             min=1,
-            help="--engine ray: parts the rows are split into by id (default: 2 per CPU, "
+            help="--engine ray: parts the rows are split into by id (default: 4 per CPU, "
             "at least 250,000 label rows each).",
         ),
     ] = None,

@@ -19,7 +19,7 @@ run with :class:`pipeline.errors.EngineError` and nothing is published.
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -42,7 +42,9 @@ from pipeline.layout import Layout
 from pipeline.validation import label_columns, prediction_columns
 
 TASK_RETRIES = 3
-# Default parts: two per CPU of the cluster, each with at least this many label rows.
+# Default parts: PARTS_PER_CPU per CPU of the cluster, each with at least MIN_PART_ROWS label
+# rows (at 2M rows × 10 classes on 2 cores, 8 parts ran in 3.5 s against 3.9 s for 4).
+PARTS_PER_CPU = 4
 MIN_PART_ROWS = 250_000
 # Fault injection for tests (KLRANK_RAY_FAULT): "once:DIR" kills the worker of part 0 the first
 # time (DIR records that it did), "always" every time.
@@ -55,7 +57,7 @@ class RayOptions:
     """Where the cluster is (None: start a local instance on 127.0.0.1) and how many parts."""
 
     address: str | None = None
-    partitions: int | None = None  # None: MIN_PART_ROWS label rows a part, at most 2 per CPU
+    partitions: int | None = None  # None: MIN_PART_ROWS label rows a part, PARTS_PER_CPU a CPU
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,8 @@ def _split(
     names: list[str] = []
     if model_col is not None and model_col in rows.columns:
         names = rows.get_column(model_col).drop_nulls().unique().cast(pl.String).to_list()
-    return (*partitions.split(rows, id_col, n_parts), names)
+    # Arrow tables travel through Ray's object store without a copy; polars frames are pickled.
+    return (*[part.to_arrow() for part in partitions.split(rows, id_col, n_parts)], names)
 
 
 def _inject_fault(fault: str | None, part: int) -> None:
@@ -110,12 +113,48 @@ def _inject_fault(fault: str | None, part: int) -> None:
         os._exit(1)
 
 
-def _evaluate_part(
-    spec: _PartSpec, part: int, n_label_pieces: int, *pieces: pl.DataFrame
-) -> Partial:
-    """Validate and measure one part: the local engine's code on the rows of some ids."""
+def _evaluate_part(spec: _PartSpec, part: int, n_label_pieces: int, *pieces: Any) -> Partial:
+    """Validate and measure one part from the split's pieces (Arrow tables) of every chunk."""
     _inject_fault(spec.fault, part)
-    label_pieces, prediction_pieces = pieces[:n_label_pieces], pieces[n_label_pieces:]
+    frames = [pl.DataFrame(piece) for piece in pieces]
+    return _evaluate_frames(spec, part, frames[:n_label_pieces], frames[n_label_pieces:])
+
+
+def _evaluate_bucket(
+    spec: _PartSpec,
+    part: int,
+    labels: tuple[str, list[io.ParquetFile]],
+    predictions: tuple[str, list[io.ParquetFile]],
+) -> Partial:
+    """Validate and measure one bucket of inputs bucketed already: its files, read whole."""
+    _inject_fault(spec.fault, part)
+
+    def read(source: tuple[str, list[io.ParquetFile]], columns: list[str]) -> list[pl.DataFrame]:
+        path, files = source
+        return [io.read_rows(path, file, columns, 0, file.n_rows) for file in files]
+
+    layout = spec.layout
+    return _evaluate_frames(
+        spec,
+        part,
+        read(labels, label_columns(layout)),
+        read(predictions, prediction_columns(layout)),
+    )
+
+
+def _model_names(source: str, file: io.ParquetFile, model_col: str) -> list[str]:
+    """The model names in one predictions file."""
+    names = io.read_rows(source, file, [model_col], 0, file.n_rows).get_column(model_col)
+    return names.drop_nulls().unique().cast(pl.String).to_list()
+
+
+def _evaluate_frames(
+    spec: _PartSpec,
+    part: int,
+    label_pieces: Sequence[pl.DataFrame],
+    prediction_pieces: Sequence[pl.DataFrame],
+) -> Partial:
+    """The local engine's code on the rows of some ids: validate, measure, write the rows' part."""
 
     def combined(
         frames: Sequence[pl.DataFrame], columns: list[str], schema: pl.Schema
@@ -178,7 +217,7 @@ def _n_parts(ray: ModuleType, options: RayOptions, n_label_rows: int) -> int:
     if options.partitions is not None:
         return options.partitions
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, min(2 * cpus, math.ceil(n_label_rows / MIN_PART_ROWS)))
+    return max(1, min(PARTS_PER_CPU * cpus, math.ceil(n_label_rows / MIN_PART_ROWS)))
 
 
 def evaluate_on_ray(
@@ -212,6 +251,33 @@ def evaluate_on_ray(
             ray.shutdown()
 
 
+BUCKET_KEY = "bucket"
+
+
+def buckets(
+    labels: io.ParquetInput, predictions: io.ParquetInput
+) -> list[tuple[list[io.ParquetFile], list[io.ParquetFile]]] | None:
+    """The files of each ``bucket=`` folder, when both inputs are bucketed alike; else None.
+
+    Both inputs must have every file under a ``bucket=VALUE`` folder and the same set of
+    values: the bucketing (whatever hash made it) is then trusted to put all rows of an id in
+    one bucket, in both inputs, and the split is skipped.
+    """
+
+    def by_bucket(source: io.ParquetInput) -> dict[str, list[io.ParquetFile]] | None:
+        found: dict[str, list[io.ParquetFile]] = {}
+        for file in source.files:
+            if BUCKET_KEY not in file.hive:
+                return None
+            found.setdefault(file.hive[BUCKET_KEY], []).append(file)
+        return found
+
+    label_buckets, prediction_buckets = by_bucket(labels), by_bucket(predictions)
+    if not label_buckets or not prediction_buckets or set(label_buckets) != set(prediction_buckets):
+        return None
+    return [(label_buckets[b], prediction_buckets[b]) for b in sorted(label_buckets)]
+
+
 def _evaluate(
     ray: ModuleType,
     labels: io.ParquetInput,
@@ -222,6 +288,52 @@ def _evaluate(
     rows_dir: Path | None,
     compute: bool,
 ) -> Evaluation:
+    def spec(models: Iterable[str]) -> Any:
+        return ray.put(
+            _PartSpec(
+                layout,
+                measures,
+                tuple(sorted(models)),
+                labels.frame.collect_schema(),
+                predictions.frame.collect_schema(),
+                str(rows_dir) if rows_dir is not None and compute else None,
+                compute,
+                os.environ.get(FAULT_ENV) or None,
+            )
+        )
+
+    if rows_dir is not None:
+        rows_dir.mkdir(parents=True, exist_ok=True)
+    bucketed = buckets(labels, predictions)
+    if bucketed is not None:
+        names = ray.remote(max_retries=TASK_RETRIES)(_model_names)
+        name_refs = [names.remote(predictions.path, f, layout.model_col) for f in predictions.files]
+        spec_ref = spec({name for found in _get(ray, name_refs) for name in found})
+        evaluate_bucket = ray.remote(max_retries=TASK_RETRIES)(_evaluate_bucket)
+        refs = [
+            evaluate_bucket.remote(
+                spec_ref, part, (labels.path, label_files), (predictions.path, prediction_files)
+            )
+            for part, (label_files, prediction_files) in enumerate(bucketed)
+        ]
+    else:
+        refs = _split_and_evaluate(ray, labels, predictions, layout, options, spec)
+    partials: list[Partial] = _get(ray, refs)
+    if rows_dir is not None:
+        for leftover in rows_dir.glob(".*.tmp"):  # from attempts whose worker died
+            leftover.unlink(missing_ok=True)
+    return merge_partials(partials, layout, measures, labels.n_rows, predictions.n_rows)
+
+
+def _split_and_evaluate(
+    ray: ModuleType,
+    labels: io.ParquetInput,
+    predictions: io.ParquetInput,
+    layout: Layout,
+    options: RayOptions,
+    spec: Callable[[Iterable[str]], Any],
+) -> list[Any]:
+    """Split every input by id into parts, then start one evaluation task a part."""
     n_parts = _n_parts(ray, options, labels.n_rows)
     chunk = batch_rows(len(layout.classes))
     split = ray.remote(max_retries=TASK_RETRIES)(_split)
@@ -245,32 +357,14 @@ def _evaluate(
     prediction_pieces, name_refs = split_input(
         predictions, prediction_columns(layout), layout.model_col
     )
-    models = sorted({name for names in _get(ray, name_refs) for name in names})
-    if rows_dir is not None:
-        rows_dir.mkdir(parents=True, exist_ok=True)
-    spec = _PartSpec(
-        layout,
-        measures,
-        tuple(models),
-        labels.frame.collect_schema(),
-        predictions.frame.collect_schema(),
-        str(rows_dir) if rows_dir is not None and compute else None,
-        compute,
-        os.environ.get(FAULT_ENV) or None,
-    )
+    spec_ref = spec({name for names in _get(ray, name_refs) for name in names})
     evaluate_part = ray.remote(max_retries=TASK_RETRIES)(_evaluate_part)
-    spec_ref = ray.put(spec)
-    refs = [
+    return [
         evaluate_part.remote(
             spec_ref, part, len(label_pieces[part]), *label_pieces[part], *prediction_pieces[part]
         )
         for part in range(n_parts)
     ]
-    partials: list[Partial] = _get(ray, refs)
-    if rows_dir is not None:
-        for leftover in rows_dir.glob(".*.tmp"):  # from attempts whose worker died
-            leftover.unlink(missing_ok=True)
-    return merge_partials(partials, layout, measures, labels.n_rows, predictions.n_rows)
 
 
 def _get(ray: ModuleType, refs: list[Any]) -> list[Any]:

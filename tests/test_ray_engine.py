@@ -342,3 +342,43 @@ def test_the_cli_joins_a_separately_started_head_node(tmp_path: Path, ray_token:
         os.killpg(head.pid, 15)
         head.wait(timeout=60)
     assert KLRANK.exists()
+
+
+def _bucketed(labels: Path, predictions: Path, root: Path, n_buckets: int) -> tuple[Path, Path]:
+    """The same inputs under ``bucket=k`` folders (k = id mod n_buckets), as Spark might write."""
+    label_frame = pl.read_parquet(labels)
+    for (bucket,), part in label_frame.group_by(pl.col("id") % n_buckets):
+        target = root / "labels" / f"bucket={bucket}" / "part-0.parquet"
+        target.parent.mkdir(parents=True)
+        part.write_parquet(target)
+    for model_dir in sorted(predictions.iterdir()):
+        frame = pl.read_parquet(model_dir / "part-0.parquet")
+        for (bucket,), part in frame.group_by(pl.col("id") % n_buckets):
+            target = root / "predictions" / f"bucket={bucket}" / model_dir.name / "part-0.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            part.write_parquet(target)
+    return root / "labels", root / "predictions"
+
+
+def test_inputs_bucketed_alike_skip_the_split_and_give_the_same_report(
+    tmp_path: Path, local_ray: None
+) -> None:
+    labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(11), n=900)
+    labels, predictions = _bucketed(labels, predictions, tmp_path / "bucketed", 3)
+    local = _run(labels, predictions, tmp_path / "local")
+    distributed = _run(labels, predictions, tmp_path / "ray", engine="ray")
+    _assert_equivalent(local, distributed)
+    # One part a bucket: the split would have made one part of 900 rows.
+    assert len(list((distributed / "rows.parquet").iterdir())) == 3
+
+
+def test_buckets_that_differ_between_the_inputs_are_split_again(
+    tmp_path: Path, local_ray: None
+) -> None:
+    plain_labels, plain_predictions = _inputs(tmp_path / "in", np.random.default_rng(12), n=600)
+    labels, _ = _bucketed(plain_labels, plain_predictions, tmp_path / "in-3", 3)
+    _, predictions = _bucketed(plain_labels, plain_predictions, tmp_path / "in-2", 2)
+    local = _run(labels, predictions, tmp_path / "local")
+    distributed = _run(labels, predictions, tmp_path / "ray", engine="ray", partitions=5)
+    _assert_equivalent(local, distributed)
+    assert len(list((distributed / "rows.parquet").iterdir())) == 5
