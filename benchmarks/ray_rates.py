@@ -1,0 +1,79 @@
+"""Per-core rates of the Ray engine's two kinds of task, for docs/scaling.md.
+
+Runs the split of one 1M-row chunk of each input of the ``2m`` data set, then one part's
+validation and measures (with its ``rows.parquet`` part), in this process with Polars on one
+thread, and prints rows per CPU second and the size of a part's mergeable states. No Ray needed:
+the tasks' functions are called directly. Generate the data first (``make bench``).
+"""
+
+import os
+
+os.environ["POLARS_MAX_THREADS"] = "1"  # before polars is imported: one core's rate
+
+import pickle
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+from jobs import ray_engine
+from pipeline import io, partitions
+from pipeline.evaluate import Measures
+from pipeline.layout import resolve_layout
+from pipeline.validation import label_columns, prediction_columns
+
+DATA = Path(__file__).resolve().parent / "data" / "2m"
+PARTS = 8
+
+
+def _cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def main() -> None:
+    """Print the split and part rates and the pickled size of one part's states."""
+    labels = io.scan_parquet(str(DATA / "labels.parquet"))
+    predictions = io.scan_parquet(str(DATA / "predictions"))
+    layout = resolve_layout(
+        labels.frame.collect_schema(),
+        predictions.frame.collect_schema(),
+        id_col="id", model_col="model", label_col="label", truth="auto",
+        prob_prefix="prob_", logit_prefix="logit_", slice_by=(),
+    )  # fmt: skip
+    start, pieces, n_rows = _cpu(), [], 0
+    for source, columns in (
+        (labels, label_columns(layout)),
+        (predictions, prediction_columns(layout)),
+    ):
+        for file in source.files:
+            rows = io.read_rows(source.path, file, columns, 0, 1_000_000)
+            n_rows += rows.height
+            pieces.append([p.to_arrow() for p in partitions.split(rows, "id", PARTS)])
+    seconds = _cpu() - start
+    print(f"split: {n_rows:,} rows in {seconds:.2f} CPU s = {n_rows / seconds / 1e6:.2f} M/s")
+    frames = [pl.DataFrame(piece[0]) for piece in pieces]
+    models = tuple(f"m{j}" for j in range(len(frames) - 1))
+    with tempfile.TemporaryDirectory() as rows_dir:
+        spec = ray_engine._PartSpec(
+            layout, Measures(), models, labels.frame.collect_schema(),
+            predictions.frame.collect_schema(), rows_dir, True, None,
+        )  # fmt: skip
+        for attempt in range(2):
+            start = _cpu()
+            partial = ray_engine._evaluate_frames(spec, attempt, frames[:1], frames[1:])
+            seconds = _cpu() - start
+            model_rows = frames[0].height * len(models)
+            print(
+                f"part: {model_rows:,} model-rows in {seconds:.2f} CPU s = "
+                f"{model_rows / seconds / 1e6:.2f} M/s"
+            )
+    assert partial.sketches is not None
+    print(
+        f"partial states: {len(pickle.dumps(partial)) / 1024:.0f} KiB pickled, "
+        f"{partial.sketches.height:,} sketch bins"
+    )
+
+
+if __name__ == "__main__":
+    main()
