@@ -19,7 +19,7 @@ run with :class:`pipeline.errors.EngineError` and nothing is published.
 
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -28,8 +28,9 @@ from typing import Any
 import polars as pl
 
 from pipeline import io, partitions
-from pipeline.errors import EngineError, KlrankError, UsageError
+from pipeline.errors import EngineError, UsageError
 from pipeline.evaluate import (
+    MODEL_RANK,
     Evaluation,
     Measures,
     Partial,
@@ -67,8 +68,9 @@ class _PartSpec:
     layout: Layout
     measures: Measures
     models: tuple[str, ...]
-    label_schema: pl.Schema
+    label_schema: pl.Schema  # the columns read, with ROW, in the whole input's dtypes
     prediction_schema: pl.Schema
+    offsets: list[dict[str, int]]  # per chunk (or file) of the predictions: rows per model before
     rows_dir: str | None
     compute: bool
     fault: str | None
@@ -83,23 +85,63 @@ def import_ray() -> ModuleType:
     return ray
 
 
+def _read(
+    source: str, file: io.ParquetFile, schema: pl.Schema, start: int, length: int
+) -> pl.DataFrame:
+    """Rows of one file in the columns and dtypes of the whole input (``schema``).
+
+    A file may lack a column (nulls there) or hold a narrower type, as the local engine's
+    combined scan allows; ids must hash alike in every file, so they take the input's type.
+    """
+    rows = io.read_rows(source, file, [c for c in schema if c != io.ROW], start, length)
+    return pl.concat([pl.DataFrame(schema=schema), rows], how="diagonal_relaxed").select(
+        [pl.col(c).cast(dtype) for c, dtype in schema.items()]
+    )
+
+
+def _ranked(rows: pl.DataFrame, model_col: str) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Each row's position among its model's rows in ``rows``, and the rows per model."""
+    model = pl.col(model_col)
+    ranked = rows.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over(model).alias(MODEL_RANK))
+    counts = rows.group_by(model_col).len().drop_nulls(model_col)
+    return ranked, dict(counts.select(model.cast(pl.String), "len").iter_rows())
+
+
 def _split(
     source: str,
     file: io.ParquetFile,
-    columns: list[str],
+    schema: pl.Schema,
     start: int,
     length: int,
     id_col: str,
     n_parts: int,
     model_col: str | None,
 ) -> tuple[Any, ...]:
-    """One chunk of a file, split into parts; last, the model names it holds (predictions)."""
-    rows = io.read_rows(source, file, columns, start, length)
-    names: list[str] = []
-    if model_col is not None and model_col in rows.columns:
-        names = rows.get_column(model_col).drop_nulls().unique().cast(pl.String).to_list()
+    """One chunk of a file split into parts; last, its rows per model (predictions)."""
+    rows = _read(source, file, schema, start, length)
+    counts: dict[str, int] = {}
+    if model_col is not None:
+        rows, counts = _ranked(rows, model_col)
     # Arrow tables travel through Ray's object store without a copy; polars frames are pickled.
-    return (*[part.to_arrow() for part in partitions.split(rows, id_col, n_parts)], names)
+    return (*[part.to_arrow() for part in partitions.split(rows, id_col, n_parts)], counts)
+
+
+def _offsets(counts: Sequence[dict[str, int]]) -> list[dict[str, int]]:
+    """Per chunk (in input order), each model's rows in the chunks before it."""
+    offsets, seen = [], dict[str, int]()
+    for chunk in counts:
+        offsets.append(dict(seen))
+        for model, n in chunk.items():
+            seen[model] = seen.get(model, 0) + n
+    return offsets
+
+
+def _with_offsets(piece: pl.DataFrame, offsets: dict[str, int], model_col: str) -> pl.DataFrame:
+    """A chunk's model ranks made ranks in the whole input."""
+    before = (
+        pl.col(model_col).cast(pl.String).replace_strict(offsets, default=0, return_dtype=pl.Int64)
+    )
+    return piece.with_columns(pl.col(MODEL_RANK) + before)
 
 
 def _inject_fault(fault: str | None, part: int) -> None:
@@ -117,35 +159,42 @@ def _evaluate_part(spec: _PartSpec, part: int, n_label_pieces: int, *pieces: Any
     """Validate and measure one part from the split's pieces (Arrow tables) of every chunk."""
     _inject_fault(spec.fault, part)
     frames = [pl.DataFrame(piece) for piece in pieces]
-    return _evaluate_frames(spec, part, frames[:n_label_pieces], frames[n_label_pieces:])
+    model_col = spec.layout.model_col
+    predictions = [
+        _with_offsets(piece, offsets, model_col)
+        for piece, offsets in zip(frames[n_label_pieces:], spec.offsets, strict=True)
+    ]
+    return _evaluate_frames(spec, part, frames[:n_label_pieces], predictions)
 
 
 def _evaluate_bucket(
     spec: _PartSpec,
     part: int,
     labels: tuple[str, list[io.ParquetFile]],
-    predictions: tuple[str, list[io.ParquetFile]],
+    predictions: tuple[str, list[io.ParquetFile], list[int]],
 ) -> Partial:
-    """Validate and measure one bucket of inputs bucketed already: its files, read whole."""
+    """Validate and measure one bucket of inputs bucketed already: its files, read whole.
+
+    ``predictions``: the input's path, the bucket's files, and each file's index in the input.
+    """
     _inject_fault(spec.fault, part)
+    label_path, label_files = labels
+    prediction_path, prediction_files, indexes = predictions
+    label_rows = [
+        _read(label_path, file, spec.label_schema, 0, file.n_rows) for file in label_files
+    ]
+    prediction_rows = []
+    for file, index in zip(prediction_files, indexes, strict=True):
+        rows = _read(prediction_path, file, spec.prediction_schema, 0, file.n_rows)
+        ranked, _ = _ranked(rows, spec.layout.model_col)
+        prediction_rows.append(_with_offsets(ranked, spec.offsets[index], spec.layout.model_col))
+    return _evaluate_frames(spec, part, label_rows, prediction_rows)
 
-    def read(source: tuple[str, list[io.ParquetFile]], columns: list[str]) -> list[pl.DataFrame]:
-        path, files = source
-        return [io.read_rows(path, file, columns, 0, file.n_rows) for file in files]
 
-    layout = spec.layout
-    return _evaluate_frames(
-        spec,
-        part,
-        read(labels, label_columns(layout)),
-        read(predictions, prediction_columns(layout)),
-    )
-
-
-def _model_names(source: str, file: io.ParquetFile, model_col: str) -> list[str]:
-    """The model names in one predictions file."""
-    names = io.read_rows(source, file, [model_col], 0, file.n_rows).get_column(model_col)
-    return names.drop_nulls().unique().cast(pl.String).to_list()
+def _model_counts(source: str, file: io.ParquetFile, model_col: str) -> dict[str, int]:
+    """The rows per model in one predictions file."""
+    rows = io.read_rows(source, file, [model_col], 0, file.n_rows)
+    return _ranked(rows, model_col)[1]
 
 
 def _evaluate_frames(
@@ -156,21 +205,12 @@ def _evaluate_frames(
 ) -> Partial:
     """The local engine's code on the rows of some ids: validate, measure, write the rows' part."""
 
-    def combined(
-        frames: Sequence[pl.DataFrame], columns: list[str], schema: pl.Schema
-    ) -> pl.DataFrame:
-        # The columns and dtypes of the whole input, whichever files this part's rows came from.
-        empty = pl.DataFrame(schema={c: schema[c] for c in [*columns, io.ROW]})
-        return pl.concat([empty, *frames], how="diagonal_relaxed").sort(io.ROW)
+    def combined(frames: Sequence[pl.DataFrame], schema: pl.Schema) -> pl.DataFrame:
+        return pl.concat([pl.DataFrame(schema=schema), *frames]).sort(io.ROW)
 
-    layout = spec.layout
-    labels = io.in_memory(
-        combined(label_pieces, label_columns(layout), spec.label_schema), "labels"
-    )
-    predictions = io.in_memory(
-        combined(prediction_pieces, prediction_columns(layout), spec.prediction_schema),
-        "predictions",
-    )
+    ranked = pl.Schema([*spec.prediction_schema.items(), (MODEL_RANK, pl.Int64())])
+    labels = io.in_memory(combined(label_pieces, spec.label_schema), "labels")
+    predictions = io.in_memory(combined(prediction_pieces, ranked), "predictions")
     if spec.rows_dir is None or not spec.compute:
         evaluated = evaluate_partition(
             labels, predictions, spec.layout, spec.measures, None, spec.compute, spec.models
@@ -189,7 +229,9 @@ def _evaluate_frames(
             writer.close()
         result.append(partial(evaluated, spec.layout))
 
-    io.write_atomically(target, write, optional=True)  # no rows when validation failed
+    # No rows when validation failed; no folder made: once a run fails, its staging folder is
+    # removed, and a task still running then must not make it again.
+    io.write_atomically(target, write, optional=True, make_parent=False)
     return result[0]
 
 
@@ -278,6 +320,41 @@ def buckets(
     return [(label_buckets[b], prediction_buckets[b]) for b in sorted(label_buckets)]
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One evaluation's inputs and settings, as the driver's steps share them."""
+
+    labels: io.ParquetInput
+    predictions: io.ParquetInput
+    layout: Layout
+    measures: Measures
+    rows_dir: Path | None
+    compute: bool
+
+    def schema(self, source: io.ParquetInput, columns: list[str]) -> pl.Schema:
+        """The columns read from ``source``, with ROW, in the whole input's dtypes."""
+        whole = source.frame.collect_schema()
+        return pl.Schema([(c, whole[c]) for c in [*columns, io.ROW]])
+
+    def spec(self, counts: Sequence[dict[str, int]]) -> _PartSpec:
+        """What every task needs, from the rows per model of each chunk (or file)."""
+        found = {model for chunk in counts for model in chunk}
+        constants = [f.constant(self.layout.model_col) for f in self.predictions.files]
+        if all(c is not None for c in constants):  # as the local engine: model=NAME folders
+            found |= {c for c in constants if c is not None}
+        return _PartSpec(
+            self.layout,
+            self.measures,
+            tuple(sorted(found)),
+            self.schema(self.labels, label_columns(self.layout)),
+            self.schema(self.predictions, prediction_columns(self.layout)),
+            _offsets(counts),
+            str(self.rows_dir) if self.rows_dir is not None and self.compute else None,
+            self.compute,
+            os.environ.get(FAULT_ENV) or None,
+        )
+
+
 def _evaluate(
     ray: ModuleType,
     labels: io.ParquetInput,
@@ -288,95 +365,101 @@ def _evaluate(
     rows_dir: Path | None,
     compute: bool,
 ) -> Evaluation:
-    def spec(models: Iterable[str]) -> Any:
-        return ray.put(
-            _PartSpec(
-                layout,
-                measures,
-                tuple(sorted(models)),
-                labels.frame.collect_schema(),
-                predictions.frame.collect_schema(),
-                str(rows_dir) if rows_dir is not None and compute else None,
-                compute,
-                os.environ.get(FAULT_ENV) or None,
-            )
-        )
-
+    run = _Run(labels, predictions, layout, measures, rows_dir, compute)
     if rows_dir is not None:
         rows_dir.mkdir(parents=True, exist_ok=True)
     bucketed = buckets(labels, predictions)
     if bucketed is not None:
-        names = ray.remote(max_retries=TASK_RETRIES)(_model_names)
-        name_refs = [names.remote(predictions.path, f, layout.model_col) for f in predictions.files]
-        spec_ref = spec({name for found in _get(ray, name_refs) for name in found})
-        evaluate_bucket = ray.remote(max_retries=TASK_RETRIES)(_evaluate_bucket)
-        refs = [
-            evaluate_bucket.remote(
-                spec_ref, part, (labels.path, label_files), (predictions.path, prediction_files)
-            )
-            for part, (label_files, prediction_files) in enumerate(bucketed)
-        ]
+        spec, refs = _evaluate_buckets(ray, run, bucketed)
     else:
-        refs = _split_and_evaluate(ray, labels, predictions, layout, options, spec)
+        spec, refs = _split_and_evaluate(ray, run, options)
     partials: list[Partial] = _get(ray, refs)
     if rows_dir is not None:
         for leftover in rows_dir.glob(".*.tmp"):  # from attempts whose worker died
             leftover.unlink(missing_ok=True)
-    return merge_partials(partials, layout, measures, labels.n_rows, predictions.n_rows)
+    models_found = len(spec.models) or int(predictions.n_rows > 0)  # > 0: null model rows
+    return merge_partials(partials, layout, measures, labels.n_rows, models_found)
+
+
+def _evaluate_buckets(
+    ray: ModuleType, run: _Run, bucketed: list[tuple[list[io.ParquetFile], list[io.ParquetFile]]]
+) -> tuple[_PartSpec, list[Any]]:
+    """One evaluation task a bucket, reading the bucket's files."""
+    files = run.predictions.files
+    count = ray.remote(max_retries=TASK_RETRIES)(_model_counts)
+    counts = _get(ray, [count.remote(run.predictions.path, f, run.layout.model_col) for f in files])
+    spec = run.spec(counts)
+    spec_ref = ray.put(spec)
+    index = {file.path: i for i, file in enumerate(files)}
+    evaluate_bucket = ray.remote(max_retries=TASK_RETRIES)(_evaluate_bucket)
+    refs = [
+        evaluate_bucket.remote(
+            spec_ref,
+            part,
+            (run.labels.path, label_files),
+            (run.predictions.path, prediction_files, [index[f.path] for f in prediction_files]),
+        )
+        for part, (label_files, prediction_files) in enumerate(bucketed)
+    ]
+    return spec, refs
 
 
 def _split_and_evaluate(
-    ray: ModuleType,
-    labels: io.ParquetInput,
-    predictions: io.ParquetInput,
-    layout: Layout,
-    options: RayOptions,
-    spec: Callable[[Iterable[str]], Any],
-) -> list[Any]:
+    ray: ModuleType, run: _Run, options: RayOptions
+) -> tuple[_PartSpec, list[Any]]:
     """Split every input by id into parts, then start one evaluation task a part."""
-    n_parts = _n_parts(ray, options, labels.n_rows)
+    layout = run.layout
+    n_parts = _n_parts(ray, options, run.labels.n_rows)
     chunk = batch_rows(len(layout.classes))
     split = ray.remote(max_retries=TASK_RETRIES)(_split)
 
     def split_input(
         source: io.ParquetInput, columns: list[str], model_col: str | None
     ) -> tuple[list[list[Any]], list[Any]]:
+        schema = run.schema(source, columns)
         pieces: list[list[Any]] = [[] for _ in range(n_parts)]
-        names = []
+        counts = []
         for file in source.files:
             for start in range(0, max(file.n_rows, 1), chunk):
                 refs = split.options(num_returns=n_parts + 1).remote(
-                    source.path, file, columns, start, chunk, layout.id_col, n_parts, model_col
+                    source.path, file, schema, start, chunk, layout.id_col, n_parts, model_col
                 )
                 for part in range(n_parts):
                     pieces[part].append(refs[part])
-                names.append(refs[n_parts])
-        return pieces, names
+                counts.append(refs[n_parts])
+        return pieces, counts
 
-    label_pieces, _ = split_input(labels, label_columns(layout), None)
-    prediction_pieces, name_refs = split_input(
-        predictions, prediction_columns(layout), layout.model_col
+    label_pieces, _ = split_input(run.labels, label_columns(layout), None)
+    prediction_pieces, count_refs = split_input(
+        run.predictions, prediction_columns(layout), layout.model_col
     )
-    spec_ref = spec({name for names in _get(ray, name_refs) for name in names})
+    spec = run.spec(_get(ray, count_refs))
+    spec_ref = ray.put(spec)
     evaluate_part = ray.remote(max_retries=TASK_RETRIES)(_evaluate_part)
-    return [
+    refs = [
         evaluate_part.remote(
             spec_ref, part, len(label_pieces[part]), *label_pieces[part], *prediction_pieces[part]
         )
         for part in range(n_parts)
     ]
+    return spec, refs
 
 
 def _get(ray: ModuleType, refs: list[Any]) -> list[Any]:
-    """The tasks' results; klrank's own errors pass through, Ray's become EngineError."""
+    """The tasks' results, or the first failure once every other task is cancelled.
+
+    klrank's own errors (a damaged file) and bugs pass through as the local engine would raise
+    them; Ray's own failures (a worker that kept dying, a lost node) become EngineError.
+    """
     try:
         return list(ray.get(refs))
-    except ray.exceptions.RayTaskError as error:
-        cause = error.cause
-        if isinstance(cause, KlrankError):
-            raise cause from None
-        raise EngineError(f"a Ray task failed: {cause!r}") from None
     except ray.exceptions.RayError as error:
+        for ref in refs:  # nothing may write into the staging folder once it is removed
+            ray.cancel(ref, force=True)
+        if isinstance(error, ray.exceptions.RayTaskError):
+            cause = error.cause
+            if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
+                raise cause from None
         raise EngineError(
             f"a Ray task still failed after {TASK_RETRIES} retries: {type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}"

@@ -42,6 +42,7 @@ from pipeline.layout import (
     row_measures,
 )
 from pipeline.validation import (
+    PAIR_UNIQUENESS,
     check_coverage,
     check_label_keys,
     check_rows,
@@ -51,6 +52,9 @@ from pipeline.validation import (
     prediction_columns,
 )
 
+# In a partition's predictions: each row's 0-based position among its model's rows, in the whole
+# input (see evaluate_partition).
+MODEL_RANK = "__klrank_model_rank"
 # Values per batch (rows × classes): large enough to amortise per-batch work, small enough that
 # a batch of every model fits in a few hundred MB.
 BATCH_VALUES = 10_000_000
@@ -114,7 +118,7 @@ def model_inputs(
     ``names``: the models to expect (a partition of the rows lists every model of the whole
     input, also those with no rows in it, whose coverage must still be checked).
     """
-    selected = [*prediction_columns(layout), ROW]
+    selected = [*prediction_columns(layout), ROW, *([MODEL_RANK] if names is not None else [])]
     column = pl.col(layout.model_col)
     if names is None:
         by_file: dict[str, list[io.ParquetFile]] = {}
@@ -187,6 +191,7 @@ class Partition:
     alignment: dict[str, str]  # model -> "positional" or "joined"
     key_batches: list[pl.DataFrame]
     validation_seconds: float
+    models_found: int = 0  # models in the predictions, a null model counted
 
 
 def evaluate(
@@ -199,7 +204,7 @@ def evaluate(
 ) -> Evaluation:
     """Validate everything and, if it is all valid and ``compute``, build the ranked report."""
     part = evaluate_partition(labels, predictions, layout, measures, rows_sink, compute)
-    failures = [part.failures, *empty_inputs(labels.n_rows, predictions.n_rows)]
+    failures = [part.failures, *empty_inputs(labels.n_rows, part.models_found)]
     all_failures = sorted_failures(pl.concat(failures))
     if all_failures.height or not compute:
         return Evaluation(all_failures, None, part.alignment, part.validation_seconds)
@@ -213,12 +218,16 @@ def evaluate(
     )
 
 
-def empty_inputs(n_label_rows: int, n_prediction_rows: int) -> list[pl.DataFrame]:
-    """The failures of inputs without rows."""
+def empty_inputs(n_label_rows: int, models_found: int) -> list[pl.DataFrame]:
+    """The failures of labels without rows and of predictions without a model.
+
+    A model named by its folders (``model=NAME``) counts even when its files hold no rows: its
+    coverage check then reports every label id it misses.
+    """
     failures = []
     if n_label_rows == 0:
         failures.append(failure("labels", "not_empty", value="zero rows"))
-    if n_prediction_rows == 0:
+    if models_found == 0:
         failures.append(failure("predictions", "not_empty", value="zero rows"))
     return failures
 
@@ -242,9 +251,15 @@ def evaluate_partition(
     """Validate the label rows and every model's rows for them, and measure them if all is valid.
 
     ``labels`` and ``predictions`` may be the whole inputs or one partition of their rows (the
-    rows of some ids, carrying their ``ROW`` positions in the whole inputs); a partition names
+    rows of some ids, carrying their ``ROW`` positions in the whole inputs, and predictions a
+    ``MODEL_RANK`` column, each row's position among its model's rows); a partition names
     ``models``, all the models of the whole input. Empty inputs are left to the caller
     (:func:`empty_inputs`): a partition may hold no rows.
+
+    In a partition a model is "positional" when its rows sit at the same positions as their
+    labels in the whole inputs, which this partition's rows can only confirm for themselves: so
+    its coverage is checked all the same, and :func:`merge_partials` drops those cases for a
+    model positional in every partition, as the whole-input check would never have made them.
     """
     with ExitStack() as streams:  # every reader thread ends with the evaluation
         return _evaluate(labels, predictions, layout, measures, rows_sink, compute, streams, models)
@@ -282,27 +297,36 @@ def _evaluate(
     # Read only after the paired loop, so they do not each hold a batch through it.
     validate_only: list[pl.LazyFrame] = []
     alignment: dict[str, str] = {}
-    for source in model_inputs(predictions, layout, names):
+    inputs = model_inputs(predictions, layout, names)
+    partition = names is not None
+    for source in inputs:
+        frame = source.frame.drop(MODEL_RANK) if partition else source.frame
         if source.name is None:
-            validate_only.append(source.frame)
+            validate_only.append(frame)
             continue
-        ids = _keys(io.collect(source.frame.select(layout.id_col), predictions), layout)
-        if ids.get_column(layout.id_col).equals(
+        ranks = [MODEL_RANK] if partition else []
+        ids = _keys(io.collect(source.frame.select(layout.id_col, *ranks), predictions), layout)
+        positional = ids.get_column(layout.id_col).equals(
             label_keys.get_column(layout.id_col), null_equal=True
-        ):
+        ) and (not partition or ids.get_column(MODEL_RANK).equals(label_keys.get_column(ROW)))
+        if positional and not partition:
             alignment[source.name] = "positional"
-            aligned.append(_Model(source.name, read(source.frame, predictions)))
+            aligned.append(_Model(source.name, read(frame, predictions)))
             continue
         del ids  # at 20M rows the ids weigh 160 MB a model
-        keys = _keys(io.collect(source.frame.select(layout.id_col, ROW), predictions), layout)
+        keys = _keys(io.collect(frame.select(layout.id_col, ROW), predictions), layout)
         coverage = checked(check_coverage, label_keys, source.name, keys, layout)
         failures.append(coverage)
+        if positional:  # in a partition: see the docstring of evaluate_partition
+            alignment[source.name] = "positional"
+            aligned.append(_Model(source.name, read(frame, predictions)))
+            continue
         # A null id matches no label: only validating every row of the model reports it.
         if coverage.height or keys.get_column(layout.id_col).null_count():
-            validate_only.append(source.frame)
+            validate_only.append(frame)
             continue
         alignment[source.name] = "joined"
-        rows = _keys(io.collect(source.frame, predictions), layout)
+        rows = _keys(io.collect(frame, predictions), layout)
         in_label_order = label_keys.select(layout.id_col).join(
             rows, on=layout.id_col, how="left", maintain_order="left"
         )
@@ -343,6 +367,7 @@ def _evaluate(
         alignment,
         key_batches,
         checked.seconds,
+        len(inputs),
     )
 
 
@@ -527,20 +552,34 @@ def merge_partials(
     layout: Layout,
     measures: Measures,
     n_label_rows: int,
-    n_prediction_rows: int,
+    models_found: int,
 ) -> Evaluation:
     """One evaluation from the partials of disjoint partitions that together hold every row.
+
+    ``models_found``: the models of the whole predictions (a null model counted).
 
     Everything but the quantiles and the ECDF is what :func:`evaluate` gives, up to the order
     of floating-point additions; those two come from the merged sketches, within
     ``sketch.RELATIVE_ACCURACY`` of the exact values.
     """
-    failures = [p.failures for p in partials] + empty_inputs(n_label_rows, n_prediction_rows)
-    all_failures = sorted_failures(pl.concat([no_failures(), *failures]))
     alignment: dict[str, str] = {}
+    aligned_everywhere = (
+        set.intersection(*[set(p.alignment) for p in partials]) if partials else set()
+    )
     for p in partials:
         for model, how in p.alignment.items():
-            alignment[model] = "joined" if "joined" in (how, alignment.get(model)) else how
+            if model in aligned_everywhere:
+                alignment[model] = "joined" if "joined" in (how, alignment.get(model)) else how
+    # The whole-input check of a positional model checks no coverage (see evaluate_partition).
+    positional = [m for m, how in alignment.items() if how == "positional"]
+    coverage_of_positional = (
+        (pl.col("dataset") == "predictions")
+        & pl.col("model").is_in(positional)
+        & pl.col("check").is_in([PAIR_UNIQUENESS, "extra_ids", "missing_ids"])
+    )
+    failures = [p.failures.filter(~coverage_of_positional) for p in partials]
+    failures += empty_inputs(n_label_rows, models_found)
+    all_failures = sorted_failures(pl.concat([no_failures(), *failures]))
     seconds = sum(p.validation_seconds for p in partials)
     if all_failures.height:
         return Evaluation(all_failures, None, dict(sorted(alignment.items())), seconds)

@@ -404,12 +404,16 @@ def publish(target: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def write_atomically(path: Path, write: Callable[[Path], None], optional: bool = False) -> None:
+def write_atomically(
+    path: Path, write: Callable[[Path], None], optional: bool = False, make_parent: bool = True
+) -> None:
     """Write one file through a temporary sibling and an atomic rename.
 
-    With ``optional``, a ``write`` that made no file (a writer given no rows) makes none.
+    With ``optional``, a ``write`` that made no file (a writer given no rows) makes none; without
+    ``make_parent``, a missing folder is an error (FileNotFoundError) instead of being made.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         write(temporary)

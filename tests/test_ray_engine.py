@@ -382,3 +382,125 @@ def test_buckets_that_differ_between_the_inputs_are_split_again(
     distributed = _run(labels, predictions, tmp_path / "ray", engine="ray", partitions=5)
     _assert_equivalent(local, distributed)
     assert len(list((distributed / "rows.parquet").iterdir())) == 5
+
+
+# Regressions found in review: each ran differently on Ray than on the local engine.
+
+
+def _both_fail_alike(
+    labels: Path, predictions: Path, tmp_path: Path, **options: Any
+) -> pl.DataFrame:
+    """Both engines reject the inputs with the same message and failure cases; those cases."""
+    errors = {}
+    for engine in ("local", "ray"):
+        with pytest.raises(InvalidDataError) as raised:
+            ray_options = options if engine == "ray" else {}
+            _run(labels, predictions, tmp_path / engine, engine=engine, slice_by=(), **ray_options)
+        errors[engine] = raised.value
+    messages = {e: str(error).replace(str(tmp_path / e), "OUT") for e, error in errors.items()}
+    assert messages["ray"] == messages["local"]
+    assert_frame_equal(errors["ray"].failures, errors["local"].failures)
+    return errors["local"].failures
+
+
+def _two_class_labels(ids: list[int]) -> pl.DataFrame:
+    return pl.DataFrame({"id": ids, "prob_x": [0.3] * len(ids), "prob_y": [0.7] * len(ids)})
+
+
+def _predicting(ids: list[object], model: str = "m") -> pl.DataFrame:
+    return pl.DataFrame(
+        {"id": ids, "model": model, "prob_x": [0.4] * len(ids), "prob_y": [0.6] * len(ids)},
+        schema_overrides={"id": pl.Int64} if not ids else None,
+    )
+
+
+def test_regression_a_model_folder_of_empty_files_is_still_a_model(
+    tmp_path: Path, local_ray: None
+) -> None:
+    # Ray took model names from the rows only, so model=b/ with a zero-row file vanished and
+    # the run passed; the local engine reads the folder name and reports b's missing ids.
+    labels = tmp_path / "labels.parquet"
+    _two_class_labels(list(range(20))).write_parquet(labels)
+    (tmp_path / "p" / "model=a").mkdir(parents=True)
+    (tmp_path / "p" / "model=b").mkdir(parents=True)
+    _predicting(list(range(20))).drop("model").write_parquet(tmp_path / "p/model=a/part-0.parquet")
+    _predicting([]).drop("model").write_parquet(tmp_path / "p/model=b/part-0.parquet")
+    failures = _both_fail_alike(labels, tmp_path / "p", tmp_path, partitions=3)
+    assert set(failures.get_column("check")) == {"missing_ids"}
+    assert failures.height == 20
+
+
+def test_regression_a_labels_file_without_the_id_column(tmp_path: Path, local_ray: None) -> None:
+    # The split looked the id up in each file's own columns: KeyError, exit 69.
+    (tmp_path / "l").mkdir()
+    _two_class_labels(list(range(10))).write_parquet(tmp_path / "l/a.parquet")
+    _two_class_labels(list(range(10, 15))).drop("id").write_parquet(tmp_path / "l/b.parquet")
+    predictions = tmp_path / "p.parquet"
+    _predicting(list(range(15))).write_parquet(predictions)
+    failures = _both_fail_alike(tmp_path / "l", predictions, tmp_path, partitions=3)
+    assert {"not_nullable", "extra_ids"} <= set(failures.get_column("check"))
+
+
+def test_regression_integer_and_string_ids_in_different_files_meet(
+    tmp_path: Path, local_ray: None
+) -> None:
+    # Each file's ids were hashed in that file's own type, so "7" and 7 went to different parts.
+    (tmp_path / "l").mkdir()
+    _two_class_labels(list(range(10))).write_parquet(tmp_path / "l/a.parquet")
+    strings = _two_class_labels(list(range(10, 20))).with_columns(pl.col("id").cast(pl.String))
+    strings.write_parquet(tmp_path / "l/b.parquet")
+    predictions = tmp_path / "p.parquet"
+    _predicting([str(i) for i in range(20)]).write_parquet(predictions)
+    local = _run(tmp_path / "l", predictions, tmp_path / "local", slice_by=())
+    distributed = _run(
+        tmp_path / "l", predictions, tmp_path / "ray", engine="ray", partitions=3, slice_by=()
+    )
+    _assert_equivalent(local, distributed)
+
+
+def test_regression_order_is_judged_over_the_whole_input_not_per_part(
+    tmp_path: Path, local_ray: None
+) -> None:
+    # A model in label order within each part, but not overall, was "positional" in every part:
+    # its coverage went unchecked and its duplicate (id, model) pairs unreported.
+    from pipeline import partitions
+
+    labels_frame = _two_class_labels([*range(12), 5])  # id 5 twice
+    labels = tmp_path / "labels.parquet"
+    labels_frame.write_parquet(labels)
+    by_part = partitions.split(labels_frame.with_row_index("at"), "id", 3)
+    order = pl.concat(by_part).get_column("at").to_list()
+    assert order != sorted(order)
+    predictions = tmp_path / "p.parquet"
+    _predicting([labels_frame.get_column("id")[i] for i in order]).write_parquet(predictions)
+    failures = _both_fail_alike(labels, predictions, tmp_path, partitions=3)
+    assert set(failures.get_column("check")) == {"field_uniqueness", "multiple_fields_uniqueness"}
+    # Without the duplicate, both engines call the same model "joined".
+    unique = tmp_path / "unique"
+    unique.mkdir()
+    _two_class_labels(list(range(12))).write_parquet(unique / "labels.parquet")
+    split = partitions.split(_two_class_labels(list(range(12))).with_row_index("at"), "id", 3)
+    ids = pl.concat(split).get_column("id").to_list()
+    _predicting(ids).write_parquet(unique / "p.parquet")
+    manifests = {}
+    for engine in ("local", "ray"):
+        out = _run(
+            unique / "labels.parquet", unique / "p.parquet", unique / engine,
+            engine=engine, slice_by=(), **({"partitions": 3} if engine == "ray" else {}),
+        )  # fmt: skip
+        manifests[engine] = json.loads((out / "manifest.json").read_text())
+    assert manifests["ray"]["alignment"] == manifests["local"]["alignment"] == {"m": "joined"}
+
+
+def test_regression_a_failed_run_leaves_no_staging_folder_behind(
+    tmp_path: Path, local_ray: None
+) -> None:
+    # The first failure reached the driver while other tasks still ran; they made the removed
+    # staging folder again and left their part files in it.
+    labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(13), n=3000)
+    labels, predictions = _bucketed(labels, predictions, tmp_path / "bucketed", 8)
+    corrupt_first_page(predictions / "bucket=0" / "model=sharp" / "part-0.parquet")
+    with pytest.raises(UsageError, match="cannot read the Parquet data"):
+        _run(labels, predictions, tmp_path / "out" / "report", engine="ray")
+    time.sleep(3)  # time for any task still running to write
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".report.klrank.lock"]
