@@ -290,7 +290,7 @@ def _evaluate(
     label_frame = labels.frame.select(*label_columns(layout), ROW)
     checked = _Stopwatch()
     label_keys = _label_keys(labels, label_frame, layout)
-    failures = [checked(check_label_keys, label_keys, layout)]
+    failures = [checked(check_label_keys, label_keys, layout)]  # failures[0]: duplicate ids
 
     label_batches = read(label_frame, labels)  # starts reading now
     aligned: list[_Model] = []
@@ -309,7 +309,9 @@ def _evaluate(
         positional = ids.get_column(layout.id_col).equals(
             label_keys.get_column(layout.id_col), null_equal=True
         ) and (not partition or ids.get_column(MODEL_RANK).equals(label_keys.get_column(ROW)))
-        if positional and not partition:
+        # In a partition, a model positional here has duplicate pairs only where the labels
+        # have duplicate ids; with none, its coverage check would find nothing.
+        if positional and (not partition or not failures[0].height):
             alignment[source.name] = "positional"
             aligned.append(_Model(source.name, read(frame, predictions)))
             continue
