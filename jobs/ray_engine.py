@@ -1,8 +1,10 @@
 """The Ray engine: the local engine's validation and measures, run on co-partitions of the rows.
 
-1. **Split** (one Ray task per chunk of each input file): read the chunk's columns with their row
-   positions and split the rows into ``n`` parts by a hash of the id
-   (:func:`pipeline.partitions.split`); the parts stay in Ray's object store.
+1. **Split** (one Ray task per chunk of each input file): read the chunk's columns, in the whole
+   input's dtypes, with each row's position in its input and among its model's rows, and split
+   the rows into ``n`` parts by a hash of the id (:func:`pipeline.partitions.split`); the
+   pieces stay in Ray's object store. Inputs already bucketed alike (``bucket=`` folders, see
+   :func:`buckets`) skip this step: each bucket is a part and reads its own files.
 2. **Evaluate** (one task per part): the part's label rows and every model's rows for the same
    ids go through :func:`pipeline.evaluate.evaluate_partition`, the same Pandera checks and
    Polars expressions as the local engine; all rows of an id are in one part, so duplicate ids

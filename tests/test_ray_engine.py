@@ -27,6 +27,7 @@ from polars.testing import assert_frame_equal
 from jobs.config import InputOptions, RunOptions
 from jobs.run import run
 from pipeline import sketch
+from pipeline.aggregate import NULL_SLICE_VALUE
 from pipeline.errors import EngineError, InvalidDataError, UsageError
 
 QUANTILE_COLUMNS = ("median_kl", "p90_kl", "p95_kl", "p99_kl")
@@ -64,7 +65,7 @@ def local_ray(ray_token: str) -> Iterator[None]:
 
 
 def _inputs(folder: Path, rng: np.random.Generator, n: int = 2_000) -> tuple[Path, Path]:
-    """Soft labels with a region; model 'sharp' in label order, 'blurry' and 'zeros' shuffled.
+    """Soft labels with a region (some null); 'sharp' in label order, 'blurry' and 'zeros' not.
 
     'zeros' gives probability 0 to a true class on some rows (infinite KL there).
     """
@@ -72,7 +73,7 @@ def _inputs(folder: Path, rng: np.random.Generator, n: int = 2_000) -> tuple[Pat
     ids = rng.permutation(np.arange(10 * n))[:n]
     truth = random_distributions(rng, n, len(classes), zero_fraction=0.2)
     labels = pl.DataFrame(
-        {"id": ids, "region": rng.choice(["eu", "us", "apac"], n)}
+        {"id": ids, "region": rng.choice(["eu", "us", "apac", None], n)}
         | class_frame(truth, classes, "prob_")
     )
     predictions = []
@@ -155,7 +156,8 @@ def _assert_quantile_bound(
     part = rows.filter(pl.col("model") == model)
     if slice_ != "ALL":
         key, value = slice_.split("=", 1)
-        part = part.filter(pl.col(key) == value)
+        is_null = value == NULL_SLICE_VALUE
+        part = part.filter(pl.col(key).is_null() if is_null else pl.col(key) == value)
     ordered = np.sort(part.get_column("kl").to_numpy())
     position = (len(ordered) - 1) * QUANTILES[column]
     below, above = ordered[math.floor(position)], ordered[math.ceil(position)]
