@@ -592,11 +592,10 @@ def merge_partials(
     )
     keys = list(aggregate.KEYS)
     counts = sketch.merge(pl.concat(p.sketches for p in measured if p.sketches is not None), keys)
+    bins_of = counts.partition_by(keys, as_dict=True)
     quantiles, ecdfs = [], []
     for row in states.select(*keys, "kl_min", "kl_max").iter_rows(named=True):
-        bins = counts.filter(
-            (pl.col(aggregate.SLICE) == row[aggregate.SLICE]) & (pl.col(MODEL) == row[MODEL])
-        )
+        bins = bins_of[(row[aggregate.SLICE], row[MODEL])]
         values = sketch.Sketch(bins, row["kl_min"], row["kl_max"])
         quantiles.append(
             {k: row[k] for k in keys}
