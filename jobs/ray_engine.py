@@ -21,6 +21,9 @@ run with :class:`pipeline.errors.EngineError` and nothing is published.
 
 import math
 import os
+import signal
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline import io, partitions
+from pipeline import interrupts, io, partitions
 from pipeline.errors import EngineError, UsageError
 from pipeline.evaluate import (
     MODEL_RANK,
@@ -50,7 +53,7 @@ TASK_RETRIES = 3
 PARTS_PER_CPU = 4
 MIN_PART_ROWS = 250_000
 # Fault injection for tests (KLRANK_RAY_FAULT): "once:DIR" kills the worker of part 0 the first
-# time (DIR records that it did), "always" every time.
+# time (DIR records that it did), "always" every time, "hang" makes part 0 sleep for 10 minutes.
 FAULT_ENV = "KLRANK_RAY_FAULT"
 INSTALL_HINT = "the Ray engine needs Ray: pip install 'klrank[ray]'"
 
@@ -151,6 +154,9 @@ def _inject_fault(fault: str | None, part: int) -> None:
         return
     if fault == "always":
         os._exit(1)
+    if fault == "hang":
+        time.sleep(600)
+        return
     marker = Path(fault.removeprefix("once:")) / "failed-part-0"
     if not marker.exists():
         marker.touch()
@@ -241,6 +247,9 @@ def _connect(ray: ModuleType, options: RayOptions) -> bool:
     """Join the cluster or start a local instance; True when this call started Ray."""
     if ray.is_initialized():
         return False
+    # ray.init installs its own SIGTERM handler, which would end the run with exit 1 and skip
+    # the cleanup: klrank's (pipeline.interrupts) is put back.
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         if options.address:
             ray.init(address=options.address, log_to_driver=False)
@@ -254,6 +263,10 @@ def _connect(ray: ModuleType, options: RayOptions) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = options.address or "a local instance"
         raise EngineError(f"cannot start or join the Ray cluster ({where}): {error}") from None
+    if threading.current_thread() is threading.main_thread():
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
     return True
 
 
@@ -448,16 +461,26 @@ def _split_and_evaluate(
 
 
 def _get(ray: ModuleType, refs: list[Any]) -> list[Any]:
-    """The tasks' results, or the first failure once every other task is cancelled.
+    """The tasks' results, or the first failure (or a stop signal) once every task is cancelled.
 
     klrank's own errors (a damaged file) and bugs pass through as the local engine would raise
     them; Ray's own failures (a worker that kept dying, a lost node) become EngineError.
     """
     try:
+        pending = list(refs)
+        while pending:
+            # Ray's own waiting code must not have a Python exception raised inside it (the
+            # signal would surface as a SystemError): signals wait for the end of each short
+            # wait, and a failed task ends the run as soon as it is seen.
+            with interrupts.deferred():
+                done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+                ray.get(done)
         return list(ray.get(refs))
-    except ray.exceptions.RayError as error:
+    except BaseException as error:
         for ref in refs:  # nothing may write into the staging folder once it is removed
             ray.cancel(ref, force=True)
+        if not isinstance(error, ray.exceptions.RayError):
+            raise  # Interrupted: SIGTERM or SIGINT
         if isinstance(error, ray.exceptions.RayTaskError):
             cause = error.cause
             if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
-from cli_helpers import KLRANK, corrupt_first_page, expect, klrank
+from cli_helpers import KLRANK, corrupt_first_page, expect, klrank, start
 from helpers import class_frame, random_distributions
 from polars.testing import assert_frame_equal
 
@@ -72,10 +73,8 @@ def _inputs(folder: Path, rng: np.random.Generator, n: int = 2_000) -> tuple[Pat
     classes = ["a", "b", "c", "d"]
     ids = rng.permutation(np.arange(10 * n))[:n]
     truth = random_distributions(rng, n, len(classes), zero_fraction=0.2)
-    labels = pl.DataFrame(
-        {"id": ids, "region": rng.choice(["eu", "us", "apac", None], n)}
-        | class_frame(truth, classes, "prob_")
-    )
+    region = pl.Series(rng.choice(["eu", "us", "apac", "-"], n)).replace("-", None)
+    labels = pl.DataFrame({"id": ids, "region": region} | class_frame(truth, classes, "prob_"))
     predictions = []
     for model, noise in (("sharp", 0.05), ("blurry", 0.8), ("zeros", 0.3)):
         q = random_distributions(rng, n, len(classes))
@@ -505,4 +504,29 @@ def test_regression_a_failed_run_leaves_no_staging_folder_behind(
     with pytest.raises(UsageError, match="cannot read the Parquet data"):
         _run(labels, predictions, tmp_path / "out" / "report", engine="ray")
     time.sleep(3)  # time for any task still running to write
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".report.klrank.lock"]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_ray_run_with_exit_143_and_removes_its_staging_folder(
+    tmp_path: Path, ray_token: str
+) -> None:
+    # ray.init installs a SIGTERM handler of its own (exit 1, no cleanup), and a Python
+    # exception raised inside Ray's waiting code came out as a SystemError (exit 70).
+    labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(14), n=300)
+    out = tmp_path / "out" / "report"
+    running = start(
+        "run", "--labels", labels, "--predictions", predictions, "--out", out,
+        "--engine", "ray", "--partitions", "2",
+        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_token, "KLRANK_RAY_FAULT": "hang"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "out").glob(".klrank-staging-*/rows.parquet")):
+        assert time.monotonic() < deadline, "the run never reached its tasks"
+        time.sleep(0.2)
+    time.sleep(1)  # the driver is waiting for part 0, which sleeps
+    running.process.send_signal(signal.SIGTERM)
+    result = running.wait()
+    expect(result, 143)
+    assert "stopped by SIGTERM" in result.stderr
     assert [p.name for p in (tmp_path / "out").iterdir()] == [".report.klrank.lock"]
