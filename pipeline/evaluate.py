@@ -15,6 +15,11 @@ are computed once per label row, not once per model. Per batch and model, the me
 mergeable states (per-class sums of the KL terms among them, for the class contributions) and a
 bounded top-N of the highest-KL rows; each model's kl column is kept (8 bytes a row) for exact
 quantiles, the ECDF and the paired comparison at the end.
+
+The same loop runs on one partition of the rows (:func:`evaluate_partition`, the rows of some ids
+in every input, as the Ray engine splits them); :func:`partial` sums a partition up in mergeable
+states and :func:`merge_partials` makes the report from all of them, with the quantiles from
+merged sketches (:mod:`pipeline.sketch`) instead of a sort.
 """
 
 import time
