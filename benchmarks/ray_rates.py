@@ -10,6 +10,7 @@ import os
 
 os.environ["POLARS_MAX_THREADS"] = "1"  # before polars is imported: one core's rate
 
+import argparse
 import pickle
 import tempfile
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from jobs import ray_engine
-from pipeline import io, partitions
+from pipeline import io
 from pipeline.evaluate import Measures
 from pipeline.layout import resolve_layout
 from pipeline.validation import label_columns, prediction_columns
@@ -33,35 +34,49 @@ def _cpu() -> float:
 
 def main() -> None:
     """Print the split and part rates and the pickled size of one part's states."""
-    labels = io.scan_parquet(str(DATA / "labels.parquet"))
-    predictions = io.scan_parquet(str(DATA / "predictions"))
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=DATA, help="a data set folder (default: 2m)")
+    data = parser.parse_args().data
+    labels = io.scan_parquet(str(data / "labels.parquet"))
+    predictions = io.scan_parquet(str(data / "predictions"))
     layout = resolve_layout(
         labels.frame.collect_schema(),
         predictions.frame.collect_schema(),
         id_col="id", model_col="model", label_col="label", truth="auto",
         prob_prefix="prob_", logit_prefix="logit_", slice_by=(),
     )  # fmt: skip
-    start, pieces, n_rows = _cpu(), [], 0
-    for source, columns in (
-        (labels, label_columns(layout)),
-        (predictions, prediction_columns(layout)),
+
+    def schema(source: io.ParquetInput, columns: list[str]) -> pl.Schema:
+        whole = source.frame.collect_schema()
+        return pl.Schema([(c, whole[c]) for c in [*columns, io.ROW]])
+
+    label_schema = schema(labels, label_columns(layout))
+    prediction_schema = schema(predictions, prediction_columns(layout))
+    start, pieces, counts, n_rows = _cpu(), [], [], 0
+    for source, columns, model_col in (
+        (labels, label_schema, None),
+        (predictions, prediction_schema, layout.model_col),
     ):
         for file in source.files:
-            rows = io.read_rows(source.path, file, columns, 0, 1_000_000)
-            n_rows += rows.height
-            pieces.append([p.to_arrow() for p in partitions.split(rows, "id", PARTS)])
+            *parts, chunk_counts = ray_engine._split(
+                source.path, file, columns, 0, 1_000_000, layout.id_col, PARTS, model_col
+            )
+            n_rows += min(file.n_rows, 1_000_000)
+            pieces.append(parts)
+            if model_col is not None:
+                counts.append(chunk_counts)
     seconds = _cpu() - start
     print(f"split: {n_rows:,} rows in {seconds:.2f} CPU s = {n_rows / seconds / 1e6:.2f} M/s")
     frames = [pl.DataFrame(piece[0]) for piece in pieces]
-    models = tuple(f"m{j}" for j in range(len(frames) - 1))
+    models = tuple(sorted({model for chunk in counts for model in chunk}))
     with tempfile.TemporaryDirectory() as rows_dir:
         spec = ray_engine._PartSpec(
-            layout, Measures(), models, labels.frame.collect_schema(),
-            predictions.frame.collect_schema(), rows_dir, True, None,
+            layout, Measures(), models, label_schema, prediction_schema,
+            ray_engine._offsets(counts), rows_dir, True, None,
         )  # fmt: skip
         for attempt in range(2):
             start = _cpu()
-            partial = ray_engine._evaluate_frames(spec, attempt, frames[:1], frames[1:])
+            partial = ray_engine._evaluate_part(spec, attempt, 1, *[piece[0] for piece in pieces])
             seconds = _cpu() - start
             model_rows = frames[0].height * len(models)
             print(

@@ -139,3 +139,21 @@ def test_contenders_reject_what_klrank_rejects(
     assert any(line.startswith("model m0: duplicate") for line in failures), failures
     assert any(line.startswith("model m0: label ids without") for line in failures), failures
     assert not (tmp_path / "out" / "report.parquet").exists()
+
+
+def test_ray_rates_script_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # benchmarks/ray_rates.py calls the Ray engine's task functions directly (docs/scaling.md
+    # quotes it): it broke once when their arguments changed.
+    bench_data = _bench_data(monkeypatch)
+    folder = bench_data.ensure(
+        bench_data.DataSet("small", 200, 4, 2, seed=3), tmp_path, progress=lambda _: None
+    )
+    done = subprocess.run(
+        [sys.executable, str(BENCH.parent / "ray_rates.py"), "--data", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "split: 600 rows" in done.stdout  # 200 label rows, 2 models
+    assert "partial states:" in done.stdout
