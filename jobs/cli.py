@@ -405,7 +405,7 @@ def run_command(
             envvar="KLRANK_PARTITIONS",
             min=1,
             help="--engine ray: parts the rows are split into by id (default: 4 per CPU, "
-            "at least 250,000 label rows each).",
+            "at most one per 250,000 label rows).",
         ),
     ] = None,
     as_json: JsonOut = False,
