@@ -530,3 +530,51 @@ def test_sigterm_stops_a_ray_run_with_exit_143_and_removes_its_staging_folder(
     expect(result, 143)
     assert "stopped by SIGTERM" in result.stderr
     assert [p.name for p in (tmp_path / "out").iterdir()] == [".report.klrank.lock"]
+
+
+def _other_layout(folder: Path, rng: np.random.Generator, layout: str) -> tuple[Path, Path]:
+    """Hard labels with logits, or soft labels and predictions as Array columns of 70 classes."""
+    n = 800
+    folder.mkdir(parents=True)
+    ids = np.arange(n)
+    if layout == "hard-logits":
+        classes = ["cat", "dog", "eel"]
+        labels = pl.DataFrame({"id": ids, "label": rng.choice(classes, n)})
+        frames = [
+            pl.DataFrame(
+                {"id": rng.permutation(ids), "model": model}
+                | {f"logit_{c}": rng.normal(scale=scale, size=n) for c in classes}
+            )
+            for model, scale in (("calm", 0.5), ("loud", 4.0))
+        ]
+    else:
+        k = 70
+        truth = random_distributions(rng, n, k, zero_fraction=0.3)
+        labels = pl.DataFrame(
+            {"id": ids, "prob": pl.Series(truth.tolist(), dtype=pl.Array(pl.Float64, k))}
+        )
+        frames = []
+        for model, noise in (("near", 0.1), ("far", 0.7)):
+            q = (1 - noise) * truth + noise * random_distributions(rng, n, k)
+            frames.append(
+                pl.DataFrame(
+                    {
+                        "id": ids,
+                        "model": model,
+                        "prob": pl.Series(q.tolist(), dtype=pl.Array(pl.Float64, k)),
+                    }
+                ).sample(fraction=1.0, shuffle=True, seed=1)
+            )
+    labels.write_parquet(folder / "labels.parquet")
+    pl.concat(frames).write_parquet(folder / "predictions.parquet")
+    return folder / "labels.parquet", folder / "predictions.parquet"
+
+
+@pytest.mark.parametrize("layout", ["hard-logits", "array-70"])
+def test_other_layouts_give_the_local_report(tmp_path: Path, local_ray: None, layout: str) -> None:
+    labels, predictions = _other_layout(tmp_path / "in", np.random.default_rng(15), layout)
+    local = _run(labels, predictions, tmp_path / "local", slice_by=())
+    distributed = _run(
+        labels, predictions, tmp_path / "ray", engine="ray", partitions=4, slice_by=()
+    )
+    _assert_equivalent(local, distributed)
