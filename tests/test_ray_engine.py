@@ -411,7 +411,9 @@ def _two_class_labels(ids: list[int]) -> pl.DataFrame:
 def _predicting(ids: list[object], model: str = "m") -> pl.DataFrame:
     return pl.DataFrame(
         {"id": ids, "model": model, "prob_x": [0.4] * len(ids), "prob_y": [0.6] * len(ids)},
-        schema_overrides={"id": pl.Int64} if not ids else None,
+        schema_overrides=(
+            {"id": pl.Int64, "prob_x": pl.Float64, "prob_y": pl.Float64} if not ids else None
+        ),
     )
 
 
@@ -578,3 +580,16 @@ def test_other_layouts_give_the_local_report(tmp_path: Path, local_ray: None, la
         labels, predictions, tmp_path / "ray", engine="ray", partitions=4, slice_by=()
     )
     _assert_equivalent(local, distributed)
+
+
+def test_regression_only_empty_files_under_a_model_folder_still_name_the_model(
+    tmp_path: Path, local_ray: None
+) -> None:
+    # The refactor for partitions once judged "no predictions" by the row count, which added a
+    # not_empty failure where the local engine reports the model's missing ids only.
+    labels = tmp_path / "labels.parquet"
+    _two_class_labels(list(range(6))).write_parquet(labels)
+    (tmp_path / "p" / "model=a").mkdir(parents=True)
+    _predicting([]).drop("model").write_parquet(tmp_path / "p/model=a/part-0.parquet")
+    failures = _both_fail_alike(labels, tmp_path / "p", tmp_path, partitions=2)
+    assert set(failures.get_column("check")) == {"missing_ids"}
