@@ -39,6 +39,7 @@ from pipeline.evaluate import (
     Evaluation,
     Measures,
     Partial,
+    RowsSink,
     batch_rows,
     evaluate_partition,
     merge_partials,
@@ -219,26 +220,27 @@ def _evaluate_frames(
     ranked = pl.Schema([*spec.prediction_schema.items(), (MODEL_RANK, pl.Int64())])
     labels = io.in_memory(combined(label_pieces, spec.label_schema), "labels")
     predictions = io.in_memory(combined(prediction_pieces, ranked), "predictions")
-    if spec.rows_dir is None or not spec.compute:
-        evaluated = evaluate_partition(
-            labels, predictions, spec.layout, spec.measures, None, spec.compute, spec.models
+
+    def evaluated(rows_sink: RowsSink | None) -> Partial:
+        part_ = evaluate_partition(
+            labels, predictions, spec.layout, spec.measures, rows_sink, spec.compute, spec.models
         )
-        return partial(evaluated, spec.layout)
-    target = Path(spec.rows_dir) / f"part-{part:05d}.parquet"
+        return partial(part_, spec.layout)
+
+    if spec.rows_dir is None:  # also when only validating
+        return evaluated(None)
     result: list[Partial] = []
 
     def write(path: Path) -> None:
         writer = io.RowsWriter(path)
         try:
-            evaluated = evaluate_partition(
-                labels, predictions, spec.layout, spec.measures, writer.write, True, spec.models
-            )
+            result.append(evaluated(writer.write))
         finally:
             writer.close()
-        result.append(partial(evaluated, spec.layout))
 
     # No rows when validation failed; no folder made: once a run fails, its staging folder is
     # removed, and a task still running then must not make it again.
+    target = Path(spec.rows_dir) / f"part-{part:05d}.parquet"
     io.write_atomically(target, write, optional=True, make_parent=False)
     return result[0]
 

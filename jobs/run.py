@@ -21,6 +21,7 @@ import polars as pl
 from jobs import __version__
 from jobs.config import InputOptions, RunOptions
 from jobs.nightly import REPORT_FILE, Baseline, load_baseline
+from jobs.ray_engine import RayOptions, evaluate_on_ray
 from pipeline import aggregate, events, io, sketch
 from pipeline.baseline import compare_with_baseline
 from pipeline.divergence import UNITS
@@ -60,15 +61,6 @@ class Timings:
             yield
         finally:
             self.seconds[name] = round(time.perf_counter() - start, 4)
-
-
-@dataclass(frozen=True)
-class RayRun:
-    """How to run on Ray (jobs.ray_engine): the cluster, the parts, where rows' parts go."""
-
-    address: str | None
-    partitions: int | None
-    rows_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -188,19 +180,18 @@ def _evaluate(
     failures_path: Path | None,
     rows: io.RowsWriter | None = None,
     compute: bool = True,
-    ray: RayRun | None = None,
+    ray: RayOptions | None = None,
+    rows_dir: Path | None = None,
 ) -> Evaluation:
     with timings.phase("evaluate"):
         if ray is not None:
-            from jobs import ray_engine  # Ray itself is imported only when this engine runs
-
-            evaluation = ray_engine.evaluate_on_ray(
+            evaluation = evaluate_on_ray(  # imports Ray itself only now
                 inputs.labels,
                 inputs.predictions,
                 inputs.layout,
                 measures,
-                ray_engine.RayOptions(ray.address, ray.partitions),
-                rows_dir=ray.rows_dir,
+                ray,
+                rows_dir=rows_dir,
                 compute=compute,
             )
         else:
@@ -370,8 +361,10 @@ def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSumm
     def write(staging: Path) -> None:
         if options.engine == "ray":  # the parts write rows.parquet/part-*.parquet themselves
             rows_dir = staging / ROWS_FILE if options.write_rows else None
-            ray = RayRun(options.ray_address, options.partitions, rows_dir)
-            evaluation = _evaluate(inputs, measures, timings, options.failures_path, ray=ray)
+            ray = RayOptions(options.ray_address, options.partitions)
+            evaluation = _evaluate(
+                inputs, measures, timings, options.failures_path, ray=ray, rows_dir=rows_dir
+            )
         else:
             rows = io.RowsWriter(staging / ROWS_FILE) if options.write_rows else None
             try:

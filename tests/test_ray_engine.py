@@ -417,6 +417,12 @@ def _predicting(ids: list[object], model: str = "m") -> pl.DataFrame:
     )
 
 
+def _model_folder(root: Path, model: str, ids: list[object]) -> None:
+    """``root/model=<model>/part-0.parquet`` predicting ``ids`` (no rows for an empty list)."""
+    (root / f"model={model}").mkdir(parents=True)
+    _predicting(ids).drop("model").write_parquet(root / f"model={model}" / "part-0.parquet")
+
+
 def test_regression_a_model_folder_of_empty_files_is_still_a_model(
     tmp_path: Path, local_ray: None
 ) -> None:
@@ -424,10 +430,8 @@ def test_regression_a_model_folder_of_empty_files_is_still_a_model(
     # the run passed; the local engine reads the folder name and reports b's missing ids.
     labels = tmp_path / "labels.parquet"
     _two_class_labels(list(range(20))).write_parquet(labels)
-    (tmp_path / "p" / "model=a").mkdir(parents=True)
-    (tmp_path / "p" / "model=b").mkdir(parents=True)
-    _predicting(list(range(20))).drop("model").write_parquet(tmp_path / "p/model=a/part-0.parquet")
-    _predicting([]).drop("model").write_parquet(tmp_path / "p/model=b/part-0.parquet")
+    _model_folder(tmp_path / "p", "a", list(range(20)))
+    _model_folder(tmp_path / "p", "b", [])
     failures = _both_fail_alike(labels, tmp_path / "p", tmp_path, partitions=3)
     assert set(failures.get_column("check")) == {"missing_ids"}
     assert failures.height == 20
@@ -589,7 +593,6 @@ def test_regression_only_empty_files_under_a_model_folder_still_name_the_model(
     # not_empty failure where the local engine reports the model's missing ids only.
     labels = tmp_path / "labels.parquet"
     _two_class_labels(list(range(6))).write_parquet(labels)
-    (tmp_path / "p" / "model=a").mkdir(parents=True)
-    _predicting([]).drop("model").write_parquet(tmp_path / "p/model=a/part-0.parquet")
+    _model_folder(tmp_path / "p", "a", [])
     failures = _both_fail_alike(labels, tmp_path / "p", tmp_path, partitions=2)
     assert set(failures.get_column("check")) == {"missing_ids"}
