@@ -254,12 +254,16 @@ class RowsWriter:
     """Appends frames of one schema to a Parquet file, in a background thread.
 
     Encoding and writing overlap with the computation of the next batch (both release the
-    GIL); at most ``pending`` batches wait, so memory stays bounded.
+    GIL); at most ``pending`` batches wait, so memory stays bounded. Each row group is flushed
+    to the disk as soon as it is written, in the same thread: publishing must make the file
+    durable anyway, and a quarter of a gigabyte left to the final fsync kept the run waiting
+    for about 0.1 s at the end.
     """
 
     def __init__(self, path: Path, pending: int = 2) -> None:
         self._path = path
         self._writer: pq.ParquetWriter | None = None
+        self._sync_fd: int | None = None  # fsync flushes a file through any descriptor of it
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="klrank-rows")
         self._queue: deque[Future[None]] = deque()
         self._pending = pending
@@ -274,7 +278,10 @@ class RowsWriter:
             self._writer = pq.ParquetWriter(
                 self._path, table.schema, compression="snappy", use_dictionary=text
             )
+            self._sync_fd = os.open(self._path, os.O_RDONLY)
         self._writer.write_table(table)
+        assert self._sync_fd is not None
+        os.fdatasync(self._sync_fd)
 
     def write(self, frame: pl.DataFrame) -> None:
         """Queue ``frame`` to be appended as one row group."""
@@ -289,6 +296,8 @@ class RowsWriter:
                 self._queue.popleft().result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._sync_fd is not None:
+                os.close(self._sync_fd)
             if self._writer is not None:
                 self._writer.close()
 

@@ -138,3 +138,26 @@ def test_write_atomically_leaves_no_partial_file(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="boom"):
         io.write_atomically(path, fail)
     assert not path.exists() and os.listdir(path.parent) == []
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to count descriptors")
+def test_rows_writer_appends_row_groups_and_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    before = _open_descriptors()
+    writer = io.RowsWriter(tmp_path / "rows.parquet")
+    first = pl.DataFrame({"id": [1, 2], "kl": [0.5, 0.25]})
+    second = pl.DataFrame({"id": [3], "kl": [float("inf")]})
+    writer.write(first)
+    writer.write(second)
+    writer.close()
+    assert _open_descriptors() == before
+    assert pl.read_parquet(tmp_path / "rows.parquet").equals(pl.concat([first, second]))
+
+
+def test_rows_writer_given_no_rows_makes_no_file(tmp_path: Path) -> None:
+    writer = io.RowsWriter(tmp_path / "rows.parquet")
+    writer.close()
+    assert not (tmp_path / "rows.parquet").exists()
