@@ -157,3 +157,25 @@ def test_ray_rates_script_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert done.returncode == 0, done.stderr
     assert "split: 600 rows" in done.stdout  # 200 label rows, 2 models
     assert "partial states:" in done.stdout
+
+
+def test_cpu_breakdown_script_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # benchmarks/cpu_breakdown.py calls the local engine's steps one by one (BENCHMARKS.md
+    # quotes it): a change of their arguments must not break it unseen.
+    bench_data = _bench_data(monkeypatch)
+    folder = bench_data.ensure(
+        bench_data.DataSet("small", 200, 4, 2, seed=3), tmp_path, progress=lambda _: None
+    )
+    klrank = Path(sys.executable).with_name("klrank")
+    done = subprocess.run(
+        [sys.executable, str(BENCH.parent / "cpu_breakdown.py"), "--data", str(folder)]
+        + ["--repeat", "1", "--klrank", str(klrank)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "(200 label rows, 2 models, " in done.stdout
+    steps = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert len(steps) == 12, done.stdout  # the header and 11 steps
+    assert "`klrank run` on the same data:" in done.stdout
