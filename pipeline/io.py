@@ -10,10 +10,11 @@ import datetime as dt
 import glob
 import json
 import os
+import queue
 import re
 import shutil
+import threading
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
+from polars.io.plugins import register_io_source
 
 from pipeline import interrupts
 from pipeline.errors import UsageError
@@ -251,55 +252,77 @@ def batches(frame: pl.LazyFrame, source: ParquetInput, size: int) -> Batches:
 
 
 class RowsWriter:
-    """Appends frames of one schema to a Parquet file, in a background thread.
+    """Appends frames of one schema to a Parquet file, as Polars writes it, in a background thread.
 
-    Encoding and writing overlap with the computation of the next batch (both release the
-    GIL); at most ``pending`` batches wait, so memory stays bounded. Each row group is flushed
-    to the disk as soon as it is written, in the same thread: publishing must make the file
-    durable anyway, and a quarter of a gigabyte left to the final fsync kept the run waiting
-    for about 0.1 s at the end.
+    Polars' streaming Parquet sink reads the frames from a queue through an IO source
+    (``register_io_source``), so the file is one Parquet file however many frames come, and the
+    encoding overlaps with the computation of the next batch on all cores. It took a third less
+    CPU than pyarrow's ``ParquetWriter`` for the same rows, with the same Arrow schema and
+    encodings (``benchmarks/cpu_breakdown.py``; BENCHMARKS.md). Polars 2.1 marks IO sources
+    unstable: every CLI test writes ``rows.parquet`` through this class, so a change of that
+    API fails CI, not a night. At most ``pending`` frames wait, so memory stays bounded; the
+    file is synced to the disk when the sink closes it.
     """
 
     def __init__(self, path: Path, pending: int = 2) -> None:
         self._path = path
-        self._writer: pq.ParquetWriter | None = None
-        self._sync_fd: int | None = None  # fsync flushes a file through any descriptor of it
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="klrank-rows")
-        self._queue: deque[Future[None]] = deque()
-        self._pending = pending
+        self._queue: queue.Queue[pl.DataFrame | None] = queue.Queue(maxsize=pending)  # None: end
+        self._sink: threading.Thread | None = None  # started by the first frame (its schema)
+        self._error: BaseException | None = None  # what stopped the sink
 
-    def _write(self, frame: pl.DataFrame) -> None:
-        table = frame.to_arrow()
-        if self._writer is None:
-            # Dictionary-encode the text columns (model, slices) only: trying it on millions
-            # of distinct floats and ids costs a third of the encoding time and saves nothing.
-            numeric = (pa.types.is_floating, pa.types.is_integer, pa.types.is_boolean)
-            text = [f.name for f in table.schema if not any(is_(f.type) for is_ in numeric)]
-            self._writer = pq.ParquetWriter(
-                self._path, table.schema, compression="snappy", use_dictionary=text
-            )
-            self._sync_fd = os.open(self._path, os.O_RDONLY)
-        self._writer.write_table(table)
-        assert self._sync_fd is not None
-        os.fdatasync(self._sync_fd)
+    def _frames(
+        self,
+        with_columns: list[str] | None,
+        predicate: pl.Expr | None,
+        n_rows: int | None,
+        batch_size: int | None,
+    ) -> Iterator[pl.DataFrame]:
+        # A sink of the whole frame asks for every column and row; anything else would be a
+        # change in Polars that this writer must not silently follow.
+        if predicate is not None or n_rows is not None:
+            raise RuntimeError(f"rows writer: unexpected filter {predicate} or row limit {n_rows}")
+        while (frame := self._queue.get()) is not None:
+            yield frame if with_columns is None else frame.select(with_columns)
+
+    def _write_all(self, schema: pl.Schema) -> None:
+        try:
+            frames = register_io_source(self._frames, schema=schema, validate_schema=True)
+            frames.sink_parquet(self._path, compression="snappy", sync_on_close="data")
+        except BaseException as error:  # raised in the caller's thread by write or close
+            self._error = error
+
+    def _put(self, item: pl.DataFrame | None) -> None:
+        while True:
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                self._raise_if_stopped()  # a stopped sink takes nothing more
+
+    def _raise_if_stopped(self) -> None:
+        if self._sink is not None and not self._sink.is_alive():
+            if self._error is not None:
+                raise self._error
+            raise RuntimeError(f"the writer of {str(self._path)!r} stopped early")
 
     def write(self, frame: pl.DataFrame) -> None:
-        """Queue ``frame`` to be appended as one row group."""
-        while len(self._queue) >= self._pending:
-            self._queue.popleft().result()  # re-raises a failed write here
-        self._queue.append(self._pool.submit(self._write, frame))
+        """Queue ``frame`` to be appended (raises what stopped the writer, if it stopped)."""
+        if self._sink is None:
+            self._sink = threading.Thread(
+                target=self._write_all, args=(frame.schema,), name="klrank-rows", daemon=True
+            )
+            self._sink.start()
+        self._put(frame)
 
     def close(self) -> None:
-        """Wait for every queued write and finish the file (none is made if nothing was written)."""
-        try:
-            while self._queue:
-                self._queue.popleft().result()
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            if self._sync_fd is not None:
-                os.close(self._sync_fd)
-            if self._writer is not None:
-                self._writer.close()
+        """Wait for every queued frame and finish the file (none is made if nothing was written)."""
+        if self._sink is None:
+            return
+        if self._sink.is_alive():
+            self._put(None)
+            self._sink.join()
+        if self._error is not None:
+            raise self._error
 
 
 def check_publishable(target: Path, dated: bool) -> None:

@@ -4,11 +4,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from pipeline import io
 from pipeline.errors import UsageError
@@ -145,19 +147,38 @@ def _open_descriptors() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to count descriptors")
-def test_rows_writer_appends_row_groups_and_leaves_no_descriptor_open(tmp_path: Path) -> None:
+def test_rows_writer_appends_frames_in_order_and_leaves_nothing_open(tmp_path: Path) -> None:
     before = _open_descriptors()
-    writer = io.RowsWriter(tmp_path / "rows.parquet")
-    first = pl.DataFrame({"id": [1, 2], "kl": [0.5, 0.25]})
-    second = pl.DataFrame({"id": [3], "kl": [float("inf")]})
-    writer.write(first)
-    writer.write(second)
+    writer = io.RowsWriter(tmp_path / "rows.parquet", pending=1)  # write waits for the sink
+    frames = [
+        pl.DataFrame({"id": [3 * i, 3 * i + 1, 3 * i + 2], "kl": [0.5, 0.25, i / 7]})
+        for i in range(5)
+    ]
+    frames.append(pl.DataFrame({"id": [15], "kl": [float("inf")]}))
+    for frame in frames:
+        writer.write(frame)
     writer.close()
     assert _open_descriptors() == before
-    assert pl.read_parquet(tmp_path / "rows.parquet").equals(pl.concat([first, second]))
+    assert "klrank-rows" not in [t.name for t in threading.enumerate()]
+    assert_frame_equal(pl.read_parquet(tmp_path / "rows.parquet"), pl.concat(frames))
 
 
 def test_rows_writer_given_no_rows_makes_no_file(tmp_path: Path) -> None:
     writer = io.RowsWriter(tmp_path / "rows.parquet")
     writer.close()
     assert not (tmp_path / "rows.parquet").exists()
+
+
+def test_rows_writer_raises_what_stopped_it_in_the_callers_thread(tmp_path: Path) -> None:
+    writer = io.RowsWriter(tmp_path / "no such folder" / "rows.parquet")
+    with pytest.raises(FileNotFoundError):
+        writer.write(pl.DataFrame({"id": [1]}))
+        writer.close()
+
+
+def test_rows_writer_refuses_a_frame_of_another_schema(tmp_path: Path) -> None:
+    writer = io.RowsWriter(tmp_path / "rows.parquet")
+    writer.write(pl.DataFrame({"id": [1], "kl": [0.5]}))
+    with pytest.raises(pl.exceptions.SchemaError):
+        writer.write(pl.DataFrame({"id": ["a"], "kl": [0.5]}))
+        writer.close()
