@@ -260,8 +260,12 @@ class RowsWriter:
     CPU than pyarrow's ``ParquetWriter`` for the same rows, with the same Arrow schema and
     encodings (``benchmarks/cpu_breakdown.py``; BENCHMARKS.md). Polars 2.1 marks IO sources
     unstable: every CLI test writes ``rows.parquet`` through this class, so a change of that
-    API fails CI, not a night. At most ``pending`` frames wait, so memory stays bounded; the
-    file is synced to the disk when the sink closes it.
+    API fails CI, not a night. At most ``pending`` frames wait, so memory stays bounded.
+
+    What the sink fails on is raised in the caller's thread. A failure at the start (a missing
+    folder) is raised by the next ``write``; one while writing (a full disk) only by ``close``,
+    as Polars reports it when the sink ends. The file is not synced here: :func:`publish`
+    syncs every file it publishes.
     """
 
     def __init__(self, path: Path, pending: int = 2) -> None:
@@ -269,6 +273,8 @@ class RowsWriter:
         self._queue: queue.Queue[pl.DataFrame | None] = queue.Queue(maxsize=pending)  # None: end
         self._sink: threading.Thread | None = None  # started by the first frame (its schema)
         self._error: BaseException | None = None  # what stopped the sink
+        self._sources = 0  # times Polars asked for the frames: once, or they would be split
+        self._closed = False
 
     def _frames(
         self,
@@ -277,17 +283,21 @@ class RowsWriter:
         n_rows: int | None,
         batch_size: int | None,
     ) -> Iterator[pl.DataFrame]:
-        # A sink of the whole frame asks for every column and row; anything else would be a
-        # change in Polars that this writer must not silently follow.
-        if predicate is not None or n_rows is not None:
-            raise RuntimeError(f"rows writer: unexpected filter {predicate} or row limit {n_rows}")
+        # A sink of the whole frame asks once for every column and row; anything else would be
+        # a change in Polars that this writer must not silently follow.
+        self._sources += 1
+        if self._sources > 1 or predicate is not None or n_rows is not None:
+            raise RuntimeError(
+                f"rows writer: Polars asked for the frames again ({self._sources}), or with a "
+                f"filter ({predicate}) or a row limit ({n_rows})"
+            )
         while (frame := self._queue.get()) is not None:
             yield frame if with_columns is None else frame.select(with_columns)
 
     def _write_all(self, schema: pl.Schema) -> None:
         try:
             frames = register_io_source(self._frames, schema=schema, validate_schema=True)
-            frames.sink_parquet(self._path, compression="snappy", sync_on_close="data")
+            frames.sink_parquet(self._path, compression="snappy")
         except BaseException as error:  # raised in the caller's thread by write or close
             self._error = error
 
@@ -307,6 +317,8 @@ class RowsWriter:
 
     def write(self, frame: pl.DataFrame) -> None:
         """Queue ``frame`` to be appended (raises what stopped the writer, if it stopped)."""
+        if self._closed:
+            raise RuntimeError(f"the writer of {str(self._path)!r} is closed")
         if self._sink is None:
             self._sink = threading.Thread(
                 target=self._write_all, args=(frame.schema,), name="klrank-rows", daemon=True
@@ -315,14 +327,22 @@ class RowsWriter:
         self._put(frame)
 
     def close(self) -> None:
-        """Wait for every queued frame and finish the file (none is made if nothing was written)."""
+        """Wait for every queued frame and finish the file (none is made if nothing was written).
+
+        A stop signal arriving meanwhile is held until the sink has ended (the caller may remove
+        the folder next), then raised.
+        """
+        self._closed = True
         if self._sink is None:
             return
-        if self._sink.is_alive():
-            self._put(None)
-            self._sink.join()
+        with interrupts.deferred():
+            if self._sink.is_alive():
+                self._put(None)
+                self._sink.join()
         if self._error is not None:
             raise self._error
+        if not self._queue.empty():
+            raise RuntimeError(f"the writer of {str(self._path)!r} ended before every frame")
 
 
 def check_publishable(target: Path, dated: bool) -> None:

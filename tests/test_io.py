@@ -148,12 +148,17 @@ def _open_descriptors() -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to count descriptors")
 def test_rows_writer_appends_frames_in_order_and_leaves_nothing_open(tmp_path: Path) -> None:
+    # Polars opens a few descriptors for its runtime the first time a sink runs, for good.
+    warm_up = io.RowsWriter(tmp_path / "warm-up.parquet")
+    warm_up.write(pl.DataFrame({"id": [0]}))
+    warm_up.close()
     before = _open_descriptors()
     writer = io.RowsWriter(tmp_path / "rows.parquet", pending=1)  # write waits for the sink
     frames = [
         pl.DataFrame({"id": [3 * i, 3 * i + 1, 3 * i + 2], "kl": [0.5, 0.25, i / 7]})
         for i in range(5)
     ]
+    frames[2] = frames[2].clear()  # a batch may hold no rows
     frames.append(pl.DataFrame({"id": [15], "kl": [float("inf")]}))
     for frame in frames:
         writer.write(frame)
@@ -182,3 +187,47 @@ def test_rows_writer_refuses_a_frame_of_another_schema(tmp_path: Path) -> None:
     with pytest.raises(pl.exceptions.SchemaError):
         writer.write(pl.DataFrame({"id": ["a"], "kl": [0.5]}))
         writer.close()
+
+
+def test_rows_writer_refuses_a_frame_after_close(tmp_path: Path) -> None:
+    writer = io.RowsWriter(tmp_path / "rows.parquet")
+    writer.write(pl.DataFrame({"id": [1]}))
+    writer.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.write(pl.DataFrame({"id": [2]}))
+    assert pl.read_parquet(tmp_path / "rows.parquet").get_column("id").to_list() == [1]
+
+
+def test_a_stop_signal_during_close_is_raised_after_the_writer_has_ended(tmp_path: Path) -> None:
+    # The caller removes the staging folder once close() is left: the sink must be done by then.
+    script = textwrap.dedent(
+        f"""
+        import os, signal, threading
+        from pathlib import Path
+        import polars as pl
+        from pipeline import interrupts, io
+        from pipeline.errors import Interrupted
+
+        class SignalledOnClose(io.RowsWriter):
+            def _put(self, item):
+                if item is None:  # close() is about to queue the end: SIGTERM lands here
+                    os.kill(os.getpid(), signal.SIGTERM)
+                super()._put(item)
+
+        interrupts.install()
+        writer = SignalledOnClose(Path({str(tmp_path / "rows.parquet")!r}))
+        writer.write(pl.DataFrame({{"id": range(1_000_000)}}))
+        try:
+            writer.close()
+        except Interrupted:
+            alive = [t.name for t in threading.enumerate() if t.name == "klrank-rows"]
+            print("interrupted; writer threads alive:", len(alive))
+            print("rows:", pl.read_parquet({str(tmp_path / "rows.parquet")!r}).height)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "interrupted; writer threads alive: 0" in done.stdout
+    assert "rows: 1000000" in done.stdout
