@@ -231,3 +231,13 @@ def test_a_stop_signal_during_close_is_raised_after_the_writer_has_ended(tmp_pat
     assert done.returncode == 0, done.stderr
     assert "interrupted; writer threads alive: 0" in done.stdout
     assert "rows: 1000000" in done.stdout
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_rows_writer_raises_a_full_disk_at_the_latest_on_close() -> None:
+    # Polars reports a write error when its sink ends, so close() is where it surfaces.
+    writer = io.RowsWriter(Path("/dev/full"))
+    with pytest.raises((OSError, pl.exceptions.ComputeError), match="os error 28|No space"):
+        for _ in range(3):
+            writer.write(pl.DataFrame({"id": range(100_000)}))
+        writer.close()
