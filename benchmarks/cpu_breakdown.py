@@ -25,6 +25,8 @@ from typing import Any
 
 import polars as pl
 
+from jobs.config import InputOptions
+from jobs.run import Timings, open_inputs
 from pipeline import aggregate, divergence, io
 from pipeline.evaluate import Measures, _measure, _Model, batch_rows, model_inputs
 from pipeline.layout import (
@@ -35,7 +37,6 @@ from pipeline.layout import (
     log_q_col,
     prepare_labels,
     prepare_predictions,
-    resolve_layout,
 )
 from pipeline.validation import check_rows, label_columns
 
@@ -93,25 +94,23 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="repetitions of each step")
     parser.add_argument("--klrank", type=Path, default=KLRANK, help="the klrank to run whole")
     args = parser.parse_args()
-    labels = io.scan_parquet(str(args.data / "labels.parquet"))
-    predictions = io.scan_parquet(str(args.data / "predictions"))
-    layout = resolve_layout(
-        labels.frame.collect_schema(),
-        predictions.frame.collect_schema(),
-        id_col="id", model_col="model", label_col="label", truth="auto",
-        prob_prefix="prob_", logit_prefix="logit_", slice_by=(),
-    )  # fmt: skip
+    inputs = open_inputs(
+        InputOptions(str(args.data / "labels.parquet"), str(args.data / "predictions")),
+        None,
+        Timings(),
+    )  # as the CLI opens them, with its default options
+    labels, predictions, layout = inputs.labels, inputs.predictions, inputs.layout
     measures = Measures()
     size = batch_rows(len(layout.classes))
-    inputs = model_inputs(predictions, layout)
-    model = inputs[0].name
+    models = model_inputs(predictions, layout)
+    model = models[0].name
     assert model is not None
     label_frame = labels.frame.select(*label_columns(layout), io.ROW).slice(0, size)
-    model_frame = inputs[0].frame.slice(0, size)  # read as the engine reads it
+    model_frame = models[0].frame.slice(0, size)  # read as the engine reads it
     label_batch, model_batch = label_frame.collect(), model_frame.collect()
     prepared = prepare_labels(label_batch.lazy(), layout, measures.base).collect()
     prepared = prepared.with_columns(label_batch.get_column(io.ROW))
-    n_models = len(inputs)
+    n_models = len(models)
     label_batches = math.ceil(labels.n_rows / size)
     model_batches = math.ceil(predictions.n_rows / size)
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import polars as pl
 
 from jobs import ray_engine
+from jobs.config import InputOptions
+from jobs.run import Timings, open_inputs
 from pipeline import io
 from pipeline.evaluate import Measures
-from pipeline.layout import resolve_layout
 from pipeline.validation import label_columns, prediction_columns
 
 DATA = Path(__file__).resolve().parent / "data" / "2m"
@@ -42,14 +43,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=DATA, help="a data set folder (default: 2m)")
     data = parser.parse_args().data
-    labels = io.scan_parquet(str(data / "labels.parquet"))
-    predictions = io.scan_parquet(str(data / "predictions"))
-    layout = resolve_layout(
-        labels.frame.collect_schema(),
-        predictions.frame.collect_schema(),
-        id_col="id", model_col="model", label_col="label", truth="auto",
-        prob_prefix="prob_", logit_prefix="logit_", slice_by=(),
-    )  # fmt: skip
+    inputs = open_inputs(
+        InputOptions(str(data / "labels.parquet"), str(data / "predictions")), None, Timings()
+    )  # as the CLI opens them, with its default options
+    labels, predictions, layout = inputs.labels, inputs.predictions, inputs.layout
 
     def schema(source: io.ParquetInput, columns: list[str]) -> pl.Schema:
         whole = source.frame.collect_schema()
