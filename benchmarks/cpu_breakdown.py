@@ -30,6 +30,7 @@ from jobs.run import Timings, open_inputs
 from pipeline import aggregate, divergence, io
 from pipeline.evaluate import Measures, _measure, _Model, batch_rows, model_inputs
 from pipeline.layout import (
+    Layout,
     cross_entropy,
     kl_term_col,
     kl_terms,
@@ -56,7 +57,7 @@ def _timed(step: Callable[[], Any], repeat: int) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
-def _kl_only_rows(labels: pl.DataFrame, batch: pl.DataFrame, layout: Any) -> pl.DataFrame:
+def _kl_only_rows(labels: pl.DataFrame, batch: pl.DataFrame, layout: Layout) -> pl.DataFrame:
     # The local engine's measure query (pipeline.evaluate._measure) without reverse KL,
     # Jensen-Shannon and top-1 agreement.
     n = len(layout.classes)
