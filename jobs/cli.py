@@ -4,7 +4,8 @@ Exit codes: 0 success, 1 the data failed validation, 2 usage error (bad option, 
 unreadable path, corrupt Parquet, no distribution columns), 3 a gate failed (``--max-mean-kl``,
 ``--max-regression``, ``--expect-best``: the report is published all the same and the manifest
 says why), 70 internal error (a bug: rerun with ``--debug`` for the traceback), 75 another run
-holds the output partition's lock (``--lock-timeout``), 69 the Ray engine failed (cluster unreachable,
+holds the output partition's lock (``--lock-timeout``), 74 the machine refused an I/O step (no
+space, read-only, permission, a name too long, a folder where a file is needed), 69 the Ray engine failed (cluster unreachable,
 a task still failing after its retries; nothing published), 130/143 stopped by SIGINT/SIGTERM (128 +
 the signal's number). Every option can also be set as an environment variable, named in
 ``--help`` (``KLRANK_LABELS``, ``KLRANK_OUT``, ...), or in a ``--config`` TOML file (see
@@ -39,7 +40,9 @@ from pipeline.errors import (
     InvalidDataError,
     KlrankError,
     LockBusyError,
+    StorageError,
     UsageError,
+    storage_error,
 )
 from pipeline.gates import Gates
 from pipeline.history import history_markdown
@@ -47,6 +50,7 @@ from pipeline.history import history_markdown
 EXIT_OK, EXIT_INVALID_DATA, EXIT_USAGE, EXIT_GATE_FAILED, EXIT_INTERNAL = 0, 1, 2, 3, 70
 EXIT_LOCKED = cli_ops.EXIT_LOCKED
 EXIT_ENGINE = 69  # sysexits' EX_UNAVAILABLE: the cluster, not the data or the command
+EXIT_IO = 74  # sysexits' EX_IOERR: the machine (disk, permissions), not the data or a bug
 EXIT_SIGNAL_BASE = 128  # + the signal's number, as a shell reports a process a signal ended
 
 app = typer.Typer(
@@ -196,6 +200,12 @@ def _guarded(action: Callable[[], Any], *, debug: bool, as_json: bool) -> Any:
         _fail(EXIT_LOCKED, "locked", str(error), as_json)
     except EngineError as error:
         _fail(EXIT_ENGINE, "engine_failed", str(error), as_json)
+    except StorageError as error:
+        _fail(EXIT_IO, "io_error", str(error), as_json)
+    except OSError as error:  # the operating system's, wherever it was raised: not a bug
+        if debug:
+            raise
+        _fail(EXIT_IO, "io_error", str(storage_error(error, "use")), as_json)
     except Interrupted as stop:
         _fail(
             EXIT_SIGNAL_BASE + stop.signum,

@@ -33,7 +33,7 @@ def read(path: Path) -> dict[str, Any]:
     Raises
     ------
     UsageError
-        The file is missing, unreadable or not valid TOML.
+        The file is missing, unreadable, not UTF-8 or not valid TOML.
     """
     try:
         with path.open("rb") as handle:
@@ -44,6 +44,11 @@ def read(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read config file {str(path)!r}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"config file {str(path)!r} is not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:  # TOML is UTF-8
+        raise UsageError(
+            f"config file {str(path)!r} is not UTF-8 text (byte {error.start}: "
+            f"{error.object[error.start : error.start + 1]!r}); save it as UTF-8"
+        ) from None
 
 
 def _value(value: Any, where: str) -> Any:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandera.polars as pa
 import polars as pl
 
 from pipeline import io
@@ -16,7 +17,7 @@ from pipeline.baseline import BASELINE_INPUT_COLUMNS, in_unit
 from pipeline.divergence import UNITS
 from pipeline.errors import UsageError
 from pipeline.history import HISTORY_INPUT_COLUMNS, history_chart_html, history_table
-from schemas.report import REPORT_SCHEMA_VERSION
+from schemas.report import REPORT_SCHEMA_VERSION, report_columns_schema
 
 REPORT_FILE = "report.parquet"
 HISTORY_CHART = "history.html"
@@ -26,7 +27,7 @@ READABLE_SCHEMA_VERSIONS = tuple(str(v) for v in range(1, int(REPORT_SCHEMA_VERS
 
 
 def _read_report(path: Path, columns: tuple[str, ...]) -> tuple[pl.DataFrame, str]:
-    """A report's ``columns`` and its unit, after checking its schema version."""
+    """A report's ``columns`` and its unit, after checking its schema version and its values."""
     frame, metadata = io.read_report(path, columns)
     found = metadata.get("klrank.report_schema_version")
     if found not in READABLE_SCHEMA_VERSIONS:
@@ -37,6 +38,11 @@ def _read_report(path: Path, columns: tuple[str, ...]) -> tuple[pl.DataFrame, st
     unit = metadata.get("klrank.unit", "")
     if unit not in UNITS.values():
         raise UsageError(f"{str(path)!r} records no known unit (klrank.unit = {unit!r})")
+    try:
+        report_columns_schema(columns).validate(frame)
+    except pa.errors.SchemaError as error:
+        problem = str(error).splitlines()[0].rstrip(":")
+        raise UsageError(f"{str(path)!r} is not a valid klrank report: {problem}") from None
     return frame, unit
 
 

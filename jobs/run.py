@@ -11,7 +11,7 @@ import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -22,15 +22,15 @@ from jobs import __version__
 from jobs.config import InputOptions, RunOptions
 from jobs.nightly import REPORT_FILE, Baseline, load_baseline
 from jobs.ray_engine import RayOptions, evaluate_on_ray
-from pipeline import aggregate, events, io, sketch
+from pipeline import aggregate, events, io, sketch, targets
 from pipeline.baseline import compare_with_baseline
 from pipeline.divergence import UNITS
-from pipeline.errors import InvalidDataError
+from pipeline.errors import InvalidDataError, StorageError
 from pipeline.evaluate import Evaluation, Measures, evaluate
 from pipeline.gates import GateResult, evaluate_gates
 from pipeline.html import report_html
 from pipeline.layout import MODEL, Layout, resolve_layout
-from pipeline.lock import partition_lock
+from pipeline.lock import run_lock
 from pipeline.summary import baseline_section, gates_section, ranked_summary
 from pipeline.validation import check_structure, summarise
 from schemas.report import REPORT_COLUMNS, REPORT_SCHEMA, REPORT_SCHEMA_VERSION
@@ -104,16 +104,29 @@ class RunSummary:
         return [g for g in self.gates if g.failed]
 
 
+def _write_failures(failures: pl.DataFrame, failures_path: Path) -> str:
+    """Write the failure cases; the line saying where they are, or why they could not be written.
+
+    A failure to write them must not hide the failed checks: the data is still invalid (exit 1).
+    """
+    metadata = {targets.FAILURES_MARKER: "1"}
+    try:
+        io.write_atomically(failures_path, lambda path: io.write_parquet(failures, path, metadata))
+    except StorageError as error:
+        events.emit("failures.unwritten", logging.ERROR, path=str(failures_path), error=str(error))
+        return f"the {failures.height} failure cases were not written: {error}"
+    return f"all {failures.height} failure cases: {failures_path}"
+
+
 def _fail_if_any(failures: pl.DataFrame, failures_path: Path | None) -> None:
     if failures.height == 0:
         return
     lines = summarise(failures)
+    n_checks = len(lines)
     checks = sorted(set(failures.get_column("check").to_list()))
     events.emit("validation.failed", logging.ERROR, checks=checks, cases=failures.height)
     if failures_path is not None:
-        io.write_atomically(failures_path, lambda path: io.write_parquet(failures, path))
-        lines.append(f"all {failures.height} failure cases: {failures_path}")
-    n_checks = len(lines) - (failures_path is not None)
+        lines.append(_write_failures(failures, failures_path))
     raise InvalidDataError(
         f"validation failed: {n_checks} failed check{'' if n_checks == 1 else 's'}\n"
         + "\n".join(lines),
@@ -238,6 +251,8 @@ def validate(
         cases are written to ``failures_path`` (when given).
     """
     events.emit("validate.started", options=asdict(options))
+    if failures_path is not None:
+        targets.check_failures(failures_path, _input_paths(options))
     inputs = open_inputs(options, failures_path, timings)
     measures = Measures(tolerance=options.tolerance)
     evaluation = _evaluate(inputs, measures, timings, failures_path, compute=False)
@@ -307,13 +322,31 @@ def run(options: RunOptions) -> RunSummary:
     LockBusyError
         Another run still held the partition's lock after ``options.lock_timeout`` seconds.
     """
-    io.check_publishable(options.target, dated=options.run_date is not None)
+    out = targets.real(options.out)
+    if out != options.out.absolute():  # a link: publish into the folder it names
+        options = replace(options, out=out)
+    _check_publishable(options)
     events.emit("run.started", target=str(options.target), options=options.recorded())
     # Missing inputs, wrong columns or dtypes fail here, before any folder or lock file is made.
     timings = Timings()
     inputs = open_inputs(options.inputs, options.failures_path, timings)
-    with partition_lock(options.target, options.lock_timeout):
+    with run_lock(options.out, options.target, options.lock_timeout):
+        _check_publishable(options)  # again: another run may have published meanwhile
         return _run(options, inputs, timings)
+
+
+def _input_paths(options: InputOptions) -> dict[str, str]:
+    return {"labels": options.labels, "predictions": options.predictions}
+
+
+def _check_publishable(options: RunOptions) -> None:
+    targets.check_publishable(
+        options.out,
+        options.target,
+        dated=options.run_date is not None,
+        inputs=_input_paths(options.inputs),
+        failures=options.failures_path,
+    )
 
 
 def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSummary:
@@ -423,11 +456,12 @@ def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSumm
         io.write_json(manifest, staging / MANIFEST_FILE)
         published.update(report=report, summary=summary, gates=tuple(gates))
 
-    io.publish(options.target, write)
+    io.publish(options.target, options.out, write)
     events.emit(
         "published", target=str(options.target), seconds=round(time.perf_counter() - clock, 4)
     )
-    io.remove_file(options.failures_path)  # a stale record of an earlier failed run
+    if targets.is_failures_file(options.failures_path):  # a stale record of an earlier failed run
+        io.remove_file(options.failures_path)
     return RunSummary(
         options.target, published["report"], published["summary"], manifest, published["gates"]
     )

@@ -17,6 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,15 @@ import polars as pl
 import pyarrow.parquet as pq
 from polars.io.plugins import register_io_source
 
-from pipeline import interrupts
-from pipeline.errors import UsageError
+from pipeline import interrupts, targets
+from pipeline.errors import StorageError, UsageError, storage_error
+from pipeline.targets import RUN_DATE_KEY as RUN_DATE_KEY
+from pipeline.targets import STAGING_PREFIX as STAGING_PREFIX
+from pipeline.targets import TEMPORARY_PREFIX
 
 _GLOB_CHARS = frozenset("*?[")
-STAGING_PREFIX = ".klrank-staging-"
 ROW = "__klrank_row"  # 0-based position of a row in its input
-RUN_DATE_KEY = "run_date"  # nightly partitions: OUT/run_date=YYYY-MM-DD/
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 @dataclass(frozen=True)
@@ -299,7 +302,7 @@ class RowsWriter:
             frames = register_io_source(self._frames, schema=schema, validate_schema=True)
             frames.sink_parquet(self._path, compression="snappy")
         except BaseException as error:  # raised in the caller's thread by write or close
-            self._error = error
+            self._error = as_storage_error(error, self._path) or error
 
     def _put(self, item: pl.DataFrame | None) -> None:
         while True:
@@ -345,31 +348,36 @@ class RowsWriter:
             raise RuntimeError(f"the writer of {str(self._path)!r} ended before every frame")
 
 
-def check_publishable(target: Path, dated: bool) -> None:
-    """Fail early, before any work, when publishing to ``target`` would replace what it must not.
+def as_storage_error(error: BaseException, path: Path, doing: str = "write") -> StorageError | None:
+    """``error`` as a :class:`StorageError` naming ``path``, if the operating system raised it.
 
-    Publishing swaps the whole ``target`` folder, so it may not be a file, the working directory
-    or one of its parents, and an undated ``target`` (no ``--run-date``) may not hold nightly
-    ``run_date=`` partitions: they, their locks and ``history.html`` would all be replaced.
+    Polars reports an I/O error of its writers as a ``ComputeError`` whose message ends with
+    ``(os error N)``; Python and pyarrow raise ``OSError``.
     """
-    for folder in (target, *target.parents):
-        if folder.exists() and not folder.is_dir():
-            raise UsageError(f"--out: {str(folder)!r} exists and is not a directory")
-    resolved = target.resolve()
-    if resolved == Path.cwd() or resolved in Path.cwd().parents:
-        raise UsageError(
-            f"--out: {str(target)!r} is the working directory or holds it; publishing replaces "
-            "the whole folder, so name a folder of its own (e.g. --out reports)"
-        )
-    if not dated and target.is_dir():
-        nights = sorted(
-            p.name for p in target.iterdir() if p.name.lstrip(".").startswith(f"{RUN_DATE_KEY}=")
-        )
-        if nights:
-            raise UsageError(
-                f"--out: {str(target)!r} holds nightly partitions ({nights[0]}, ...): a run "
-                "without --run-date would replace them all; give --run-date, or another --out"
-            )
+    if isinstance(error, StorageError):
+        return error
+    if isinstance(error, OSError):
+        if error.filename is None:
+            error = type(error)(error.errno, error.strerror or str(error), str(path))
+        return storage_error(error, doing)
+    if isinstance(error, pl.exceptions.PolarsError):
+        match = _OS_ERROR.search(str(error))
+        if match is not None:
+            code = int(match.group(1))
+            return storage_error(OSError(code, os.strerror(code), str(path)), doing)
+    return None
+
+
+@contextmanager
+def storage(path: Path, doing: str = "write") -> Iterator[None]:
+    """Raise the operating system's errors in the block as a :class:`StorageError` on ``path``."""
+    try:
+        yield
+    except (OSError, pl.exceptions.PolarsError) as error:
+        converted = as_storage_error(error, path, doing)
+        if converted is None:
+            raise
+        raise converted from None
 
 
 def remove_file(path: Path) -> None:
@@ -381,12 +389,14 @@ def write_parquet(
     frame: pl.DataFrame, path: Path, metadata: Mapping[str, str] | None = None
 ) -> None:
     """Write one Parquet file, with optional key-value metadata in its footer."""
-    frame.write_parquet(path, metadata=dict(metadata) if metadata else None)
+    with storage(path):
+        frame.write_parquet(path, metadata=dict(metadata) if metadata else None)
 
 
 def write_text(text: str, path: Path) -> None:
     """Write a UTF-8 text file."""
-    path.write_text(text, encoding="utf-8")
+    with storage(path):
+        path.write_text(text, encoding="utf-8")
 
 
 def write_json(document: Mapping[str, Any], path: Path) -> None:
@@ -420,33 +430,46 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def publish(target: Path, write: Callable[[Path], None]) -> None:
+def publish(target: Path, out: Path, write: Callable[[Path], None]) -> None:
     """Fill a staging directory with ``write``, add ``_SUCCESS``, and swap it in for ``target``.
 
-    If ``write`` raises, or the process dies, ``target`` is untouched; the staging directory is
-    removed on an exception (a killed run leaves a hidden ``.klrank-staging-*`` folder that no
-    Parquet reader lists).
+    ``target`` is ``out`` or a folder in it; the staging directory is made in ``out``'s parent,
+    outside the reports tree, so that no reader's glob under ``out`` ever lists it (see
+    :mod:`pipeline.targets`). If ``write`` raises, or the process dies, ``target`` is untouched;
+    the staging directory is removed on an exception, and the next run of the same target removes
+    one that a SIGKILL left. Call it holding ``target``'s lock.
+
+    Raises
+    ------
+    StorageError
+        The operating system refused a step (no space, read-only, permission); ``target`` is
+        untouched.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f"{STAGING_PREFIX}{target.name}-{uuid.uuid4().hex}"
-    staging.mkdir()
+    with storage(out.parent, "create a staging folder in"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        targets.remove_stale_staging(target, out)
+        staging = (
+            out.parent / f"{STAGING_PREFIX}{targets.staging_key(target, out)}-{uuid.uuid4().hex}"
+        )
+        staging.mkdir()
     try:
         write(staging)
         write_text("", staging / "_SUCCESS")
-        for file in staging.rglob("*"):  # a folder too: the Ray engine's rows.parquet/
-            if file.is_dir():
-                _fsync_dir(file)
-                continue
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
+        with storage(staging, "sync"):
+            for file in staging.rglob("*"):  # a folder too: the Ray engine's rows.parquet/
+                if file.is_dir():
+                    _fsync_dir(file)
+                    continue
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
         # A SIGTERM between the two renames of the fallback would leave no report at all.
-        with interrupts.deferred():
+        with interrupts.deferred(), storage(target, "publish"):
             if not target.exists():
                 staging.rename(target)
             elif _exchange(staging, target):
                 shutil.rmtree(staging)  # now holds the previous report
             else:
-                retired = target.parent / f"{STAGING_PREFIX}{target.name}-{uuid.uuid4().hex}-old"
+                retired = staging.with_name(f"{staging.name[:-32]}{uuid.uuid4().hex}")
                 target.rename(retired)
                 staging.rename(target)
                 shutil.rmtree(retired)
@@ -463,18 +486,30 @@ def write_atomically(
 
     With ``optional``, a ``write`` that made no file (a writer given no rows) makes none; without
     ``make_parent``, a missing folder is an error (FileNotFoundError) instead of being made.
+
+    Raises
+    ------
+    StorageError
+        The operating system refused a step: ``path`` is a folder, or no space, read-only,
+        permission, a name too long.
     """
-    if make_parent:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        write(temporary)
-        if optional and not temporary.exists():
+    with storage(path):
+        if make_parent:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(21, os.strerror(21), str(path))
+        if path.exists() and not path.is_file():  # /dev/null, a FIFO: write to it, never replace it
+            write(path)
             return
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+        temporary = path.parent / f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}"
+        try:
+            write(temporary)
+            if optional and not temporary.exists():
+                return
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
 
 
 _RUN_DATE_FOLDER = re.compile(rf"{RUN_DATE_KEY}=(\d{{4}}-\d{{2}}-\d{{2}})")

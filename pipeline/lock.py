@@ -1,5 +1,10 @@
 """One run at a time per output partition: an exclusive ``flock`` on a hidden file beside it.
 
+A run without ``--run-date`` replaces the whole ``--out`` tree, so the tree has a lock too, the
+one beside ``OUT`` (:func:`run_lock`): an undated run holds it exclusively, a dated run holds it
+shared, beside its own partition's. Dated runs of different nights still run side by side, and
+an undated run and a dated one on the same ``--out`` exclude each other.
+
 The lock file is ``.<partition>.klrank.lock`` next to the published folder (for
 ``OUT/run_date=2026-01-02`` it is ``OUT/.run_date=2026-01-02.klrank.lock``): never inside what
 is published, which is swapped out whole, and hidden, so Parquet readers skip it. The kernel
@@ -16,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline import events
-from pipeline.errors import LockBusyError, UsageError
+from pipeline.errors import LockBusyError, storage_error
 
 LOCK_SUFFIX = ".klrank.lock"
 POLL_S = 0.1  # how often a waiting run retries
@@ -47,28 +52,33 @@ def _holder(fd: int) -> str:
 
 
 @contextmanager
-def partition_lock(target: Path, timeout: float) -> Iterator[Path]:
+def partition_lock(target: Path, timeout: float, *, shared: bool = False) -> Iterator[Path]:
     """Hold the lock of ``target`` for the block, waiting up to ``timeout`` seconds for it.
+
+    With ``shared``, other shared holders are let in; only an exclusive holder excludes them.
 
     Raises
     ------
     LockBusyError
         Another process still holds the lock after ``timeout`` seconds (0: do not wait).
-    UsageError
-        The lock file cannot be created (a read-only or missing output location).
+    StorageError
+        The lock file cannot be created (a read-only or missing output location, a name too long).
     """
     path = lock_path(target)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as error:
-        raise UsageError(f"cannot create the lock file {str(path)!r}: {error.strerror}") from None
+        if error.filename is None:
+            error.filename = str(path)
+        raise storage_error(error, "create the lock file") from None
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         deadline = time.monotonic() + timeout
         waited = False
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 remaining = deadline - time.monotonic()
@@ -89,3 +99,21 @@ def partition_lock(target: Path, timeout: float) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextmanager
+def run_lock(out: Path, target: Path, timeout: float) -> Iterator[None]:
+    """Hold what a run publishing ``target`` under ``out`` needs, within one ``timeout``.
+
+    ``target`` is ``out`` itself (an undated run: the tree's lock, exclusively) or a partition in
+    it (the tree's lock shared, then the partition's exclusively; always in this order, so two
+    runs never wait for each other in a circle).
+    """
+    deadline = time.monotonic() + timeout
+    if target == out:
+        with partition_lock(out, timeout):
+            yield
+        return
+    with partition_lock(out, timeout, shared=True):
+        with partition_lock(target, max(0.0, deadline - time.monotonic())):
+            yield

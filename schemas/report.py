@@ -65,3 +65,28 @@ REPORT_SCHEMA = pa.DataFrameSchema(
     coerce=False,
     name="report",
 )
+
+
+_FLOAT_COLUMNS = frozenset(
+    name
+    for name in REPORT_COLUMNS
+    if name not in ("slice", "model", "unit", "rank", "n_rows", "n_infinite")
+)
+_not_nan = pa.Check(lambda data: data.lazyframe.select(~pl.col(data.key).is_nan()), name="not_nan")
+
+
+def report_columns_schema(columns: tuple[str, ...]) -> pa.DataFrameSchema:
+    """The report's rules for some of its columns: what reading back an earlier report checks.
+
+    Floats may not be NaN (the report writes null for an undefined value), and (slice, model)
+    is unique where both are read.
+    """
+    chosen = {}
+    for name in columns:
+        column = REPORT_COLUMNS[name]
+        checks = list(column.checks)
+        if name in _FLOAT_COLUMNS:
+            checks.append(_not_nan)
+        chosen[name] = pa.Column(column.dtype, nullable=column.nullable, checks=checks)
+    unique = ["slice", "model"] if {"slice", "model"} <= set(columns) else None
+    return pa.DataFrameSchema(chosen, unique=unique, coerce=False, name="report")

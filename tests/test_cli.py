@@ -420,13 +420,14 @@ def test_bad_option_value_exits_2(
     assert not out.exists()
 
 
-def test_out_that_is_a_file_exits_2_and_keeps_the_file(tmp_path: Path) -> None:
+def test_out_that_is_a_file_exits_74_and_keeps_the_file(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.write_text("not a folder\n")
 
     result = klrank("run", *_good_inputs(tmp_path), "--out", out)
 
-    expect(result, 2)
+    expect(result, 74)  # a file where a folder is needed: the I/O exit code
+    assert f"--out: '{out}' exists and is not a directory" in result.stderr
     assert out.read_text() == "not a folder\n"
     assert not list(tmp_path.glob(".klrank-staging-*"))
 

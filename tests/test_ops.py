@@ -86,6 +86,7 @@ def _no_process_left(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _staging(folder: Path) -> list[Path]:
+    # A run stages beside --out (folder is --out's parent), outside the reports tree.
     return sorted(folder.glob(f"{STAGING_PREFIX}*"))
 
 
@@ -258,7 +259,7 @@ def test_busy_partition_fails_at_once_with_exit_75(tmp_path: Path) -> None:
     assert f"{os.getpid()}" in message and "--lock-timeout" in message
     assert f".run_date={RUN_DATE}.klrank.lock" in message
     assert not (out / f"run_date={RUN_DATE}").exists()
-    assert _staging(out) == []
+    assert _staging(out.parent) == []
 
 
 def test_other_partitions_are_not_locked(tmp_path: Path) -> None:
@@ -276,7 +277,7 @@ def test_second_run_fails_while_a_real_run_holds_the_partition(
     out = tmp_path / "out"
     expect(klrank("run", *_small(tmp_path), "--out", out, "--run-date", RUN_DATE), 0)
     first = start("run", *big, "--out", out, "--run-date", RUN_DATE, "--no-rows")
-    _wait_for_staging(first, out)
+    _wait_for_staging(first, out.parent)
     os.kill(first.process.pid, signal.SIGSTOP)  # it holds the lock for as long as the test wants
     try:
         before = snapshot(out)
@@ -298,7 +299,7 @@ def test_second_run_waits_for_the_first_then_publishes(
 ) -> None:
     out = tmp_path / "out"
     first = start("run", *big, "--out", out, "--run-date", RUN_DATE, "--no-rows")
-    _wait_for_staging(first, out)
+    _wait_for_staging(first, out.parent)
     os.kill(first.process.pid, signal.SIGSTOP)
     try:
         second = start(
@@ -322,7 +323,7 @@ def test_lock_of_a_killed_run_does_not_block_the_next(
 ) -> None:
     out = tmp_path / "out"
     first = start("run", *big, "--out", out, "--run-date", RUN_DATE)
-    _wait_for_staging(first, out)
+    _wait_for_staging(first, out.parent)
     first.process.kill()  # SIGKILL: no cleanup at all
     assert first.wait().returncode == -signal.SIGKILL
     assert lock_path(out / f"run_date={RUN_DATE}").exists()  # left behind
@@ -347,7 +348,7 @@ def test_signal_mid_run_keeps_previous_report_and_removes_staging(
     expect(klrank("run", *_small(tmp_path), "--out", out, "--run-date", RUN_DATE), 0)
     before = snapshot(out)
     running = start("run", *big, "--out", out, "--run-date", RUN_DATE, "--json")
-    _wait_for_staging(running, out)
+    _wait_for_staging(running, out.parent)
     os.kill(running.process.pid, signum)
     result = running.wait()
     expect(result, code)
@@ -360,7 +361,7 @@ def test_signal_mid_run_keeps_previous_report_and_removes_staging(
         "exit_code": code,
         "message": "",
     }
-    assert _staging(out) == []
+    assert _staging(out.parent) == []
     assert snapshot(out) == before  # the previous report, byte for byte, and nothing else
 
 

@@ -1,0 +1,301 @@
+"""Where a run may publish: the checks that keep klrank from deleting what it did not write.
+
+Publishing swaps a whole folder, the *target*: ``OUT`` without ``--run-date``, ``OUT/run_date=D``
+with one. Everything that could make that swap destroy something else is refused up front,
+before any data is read:
+
+* an ``--out`` that is an input, holds one, or lies inside an input folder (the next night would
+  read the report back as input), and a ``--failures`` file that is or lies inside an input;
+* a target that exists and is not klrank's: a folder is klrank's when it is empty, holds a
+  ``manifest.json`` written by klrank, or holds nothing but klrank's ``_failures`` records;
+* an undated target that holds nightly ``run_date=`` partitions (checked again under the lock,
+  as a dated run may publish one meanwhile);
+* a target that is a mount point or a symbolic link (a link in ``--out`` itself is followed:
+  klrank publishes into the folder it names).
+
+The staging folder of a run lies beside the reports tree, in ``OUT``'s parent, never inside
+``OUT``: a reader's glob such as ``OUT/**/report.parquet`` cannot see a half-written report, or
+one a SIGKILL left behind. Its name is short and fixed in length
+(``.klrank-staging-<key>-<uuid>``, the key a hash of the target), so any ``--out`` name the file
+system takes works, and the next run of the same target removes what a killed run left.
+"""
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import unquote
+
+import pyarrow.parquet as pq
+
+from pipeline.errors import StorageError, UsageError
+
+STAGING_PREFIX = ".klrank-staging-"
+RUN_DATE_KEY = "run_date"  # nightly partitions: OUT/run_date=YYYY-MM-DD/
+MANIFEST_FILE = "manifest.json"
+FAILURES_FOLDER = "_failures"
+FAILURES_MARKER = "klrank.failures"  # footer metadata key of a failure-cases file
+FAILURE_COLUMNS = ("dataset", "check", "column", "row", "id", "model", "value")
+TEMPORARY_PREFIX = ".klrank-tmp-"  # a file being written (write_atomically); fixed length
+_GLOB_CHARS = frozenset("*?[")
+_UUID = "[0-9a-f]{32}"
+
+
+def real(path: Path) -> Path:
+    """``path`` absolute, every symbolic link followed (as far as the path exists yet)."""
+    return Path(os.path.realpath(path))
+
+
+def input_root(spec: str) -> Path:
+    """The file or folder an input names: for a glob, the folder before its first pattern."""
+    parts = Path(spec).parts
+    fixed = next((i for i, part in enumerate(parts) if _GLOB_CHARS & set(part)), len(parts))
+    return real(Path(*parts[:fixed]) if fixed else Path("."))
+
+
+def staging_key(target: Path, out: Path) -> str:
+    """A short hash naming ``target``'s staging folders beside ``out``."""
+    relative = target.relative_to(out.parent).as_posix()
+    return hashlib.sha256(relative.encode()).hexdigest()[:12]
+
+
+def staging_pattern(target: Path, out: Path) -> re.Pattern[str]:
+    """Names of ``target``'s staging folders in ``out``'s parent (and of older klranks' ones)."""
+    key = re.escape(f"{STAGING_PREFIX}{staging_key(target, out)}-")
+    return re.compile(rf"{key}{_UUID}")
+
+
+def _legacy_pattern(target: Path) -> re.Pattern[str]:
+    # Before 0.2, staging folders were named after the target and sat beside it.
+    return re.compile(rf"{re.escape(STAGING_PREFIX + target.name)}-{_UUID}(-old)?")
+
+
+def remove_stale_staging(target: Path, out: Path) -> list[Path]:
+    """Remove the staging folders earlier runs of ``target`` left behind (killed by SIGKILL).
+
+    Call it only while holding ``target``'s lock: then no other run of the same target is
+    writing one. Only folders named exactly as klrank names them are touched.
+    """
+    found = []
+    for folder, pattern in (
+        (out.parent, staging_pattern(target, out)),
+        (target.parent, _legacy_pattern(target)),
+    ):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if pattern.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+                found.append(entry)
+    return found
+
+
+def is_failures_file(path: Path) -> bool:
+    """Whether ``path`` is a failure-cases file klrank wrote (by its footer or its columns)."""
+    try:
+        metadata = pq.read_metadata(path)
+    except (OSError, ValueError):
+        return False
+    keys = {key.decode() for key in (metadata.metadata or {})}
+    return FAILURES_MARKER in keys or tuple(metadata.schema.names) == FAILURE_COLUMNS
+
+
+def _is_klrank_manifest(path: Path) -> bool:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and "klrank_version" in document
+
+
+def _only_failure_records(folder: Path) -> bool:
+    for path in folder.rglob("*"):
+        if path.is_symlink():
+            return False
+        if path.is_file() and not (
+            path.name.startswith(TEMPORARY_PREFIX) or is_failures_file(path)
+        ):
+            return False
+    return True
+
+
+def is_klrank_folder(folder: Path) -> bool:
+    """Whether klrank may replace ``folder``: empty, a report it published, or failure records.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> is_klrank_folder(Path(tempfile.mkdtemp()))
+    True
+    """
+    entries = list(folder.iterdir())
+    if not entries or _is_klrank_manifest(folder / MANIFEST_FILE):
+        return True
+    return all(
+        e.name == FAILURES_FOLDER and e.is_dir() and not e.is_symlink() and _only_failure_records(e)
+        for e in entries
+    )
+
+
+def nightly_partitions(folder: Path) -> list[str]:
+    """Names of the ``run_date=`` folders in ``folder`` (staging folders of older klranks too)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if unquote(p.name).lstrip(".").startswith(f"{RUN_DATE_KEY}=")
+    )
+
+
+def check_undated(out: Path) -> None:
+    """Refuse an undated run on an ``out`` that holds nightly partitions: it would replace them.
+
+    Raises
+    ------
+    UsageError
+        ``out`` holds a ``run_date=`` partition.
+    """
+    nights = nightly_partitions(out)
+    if nights:
+        raise UsageError(
+            f"--out: {str(out)!r} holds nightly partitions ({nights[0]}, ...): a run without "
+            "--run-date would replace them all; give --run-date, or another --out"
+        )
+
+
+def _globbed_into(folder: Path, spec: str) -> bool:
+    """Whether the glob ``spec`` can match a file below ``folder`` (both absolute)."""
+    pattern = Path(os.path.abspath(spec)).parts
+    parts = folder.parts
+    for i, part in enumerate(parts):
+        if i >= len(pattern) - 1:  # the pattern's last part names files, not folders
+            return False
+        if pattern[i] == "**":
+            return True
+        if not fnmatch.fnmatchcase(part, pattern[i]):
+            return False
+    return True
+
+
+def _lies_inside(path: Path, spec: str) -> bool:
+    """Whether ``path`` (absolute) is below the input ``spec``: a folder it reads, or its glob's."""
+    if _GLOB_CHARS & set(spec):
+        return _globbed_into(path, spec)
+    return input_root(spec) in path.parents
+
+
+def _check_not_inputs(out: Path, inputs: dict[str, str]) -> None:
+    real_out = real(out)
+    for name, spec in inputs.items():
+        root = input_root(spec)
+        if real_out == root or real_out in root.parents:
+            raise UsageError(
+                f"--out: {str(out)!r} is or holds the {name} input {spec!r}; publishing replaces "
+                "the whole folder, so name a folder of its own (e.g. --out reports)"
+            )
+        is_glob = bool(_GLOB_CHARS & set(spec))
+        if (root in real_out.parents and not is_glob) or (
+            is_glob and _globbed_into(real_out, spec)
+        ):
+            raise UsageError(
+                f"--out: {str(out)!r} lies inside the {name} input {spec!r}; the next run would "
+                "read the report as input: publish outside it"
+            )
+
+
+def check_failures(failures: Path, inputs: dict[str, str]) -> None:
+    """Refuse a failure-cases path that is an input, lies inside one, or is not klrank's file.
+
+    Raises
+    ------
+    UsageError
+        ``failures`` is or lies inside an input, or exists and was not written by klrank.
+    StorageError
+        ``failures`` is a folder.
+    """
+    for name, spec in inputs.items():
+        file = real(failures)
+        globbed = bool(_GLOB_CHARS & set(spec)) and fnmatch.fnmatch(
+            str(file), os.path.abspath(spec)
+        )
+        if file == input_root(spec) or _lies_inside(file, spec) or globbed:
+            raise UsageError(
+                f"--failures: {str(failures)!r} is or lies inside the {name} input {spec!r}; "
+                "write the failure cases elsewhere"
+            )
+    if failures.is_dir():
+        raise StorageError(
+            f"--failures: {str(failures)!r} is a directory; name a file (e.g. "
+            f"{str(failures / 'failures.parquet')!r})",
+            str(failures),
+        )
+    if failures.exists() and not is_failures_file(failures):
+        raise UsageError(
+            f"--failures: {str(failures)!r} exists and is not a failure-cases file of klrank; "
+            "klrank replaces or deletes that file, so name another one"
+        )
+
+
+def _check_folder_path(path: Path, flag: str) -> None:
+    for folder in (path, *path.parents):
+        if folder.exists() and not folder.is_dir():
+            raise StorageError(
+                f"{flag}: {str(folder)!r} exists and is not a directory", str(folder)
+            )
+
+
+def check_publishable(
+    out: Path,
+    target: Path,
+    *,
+    dated: bool,
+    inputs: dict[str, str],
+    failures: Path | None = None,
+) -> None:
+    """Fail early, before any work, when publishing ``target`` could destroy what is not klrank's.
+
+    ``out`` is ``--out`` with its links already followed (:func:`real`); ``target`` is ``out``
+    or ``out/run_date=D``; ``inputs`` maps each input's name to its path or glob.
+
+    Raises
+    ------
+    UsageError
+        ``out`` is, holds or lies inside an input; ``target`` exists and is not klrank's, is a
+        link or a mount point, or is the working directory or holds it; an undated ``out`` holds
+        nightly partitions; ``failures`` is an input or a file klrank did not write.
+    StorageError
+        ``out`` or a folder above it is a file, or ``failures`` is a folder.
+    """
+    _check_folder_path(target, "--out")
+    _check_not_inputs(out, inputs)
+    if failures is not None:
+        check_failures(failures, inputs)
+    cwd = Path.cwd().resolve()
+    if real(target) == cwd or real(target) in cwd.parents:
+        raise UsageError(
+            f"--out: {str(target)!r} is the working directory or holds it; publishing replaces "
+            "the whole folder, so name a folder of its own (e.g. --out reports)"
+        )
+    if target.is_symlink():
+        raise UsageError(
+            f"--out: {str(target)!r} is a symbolic link; klrank would replace the link, not the "
+            "folder it names: point --out at that folder"
+        )
+    for folder in (out, target):
+        if os.path.ismount(folder):
+            raise UsageError(
+                f"--out: {str(folder)!r} is a mount point; klrank stages a report beside --out "
+                "and renames it into place, which cannot cross file systems: name a folder "
+                f"inside it (e.g. --out {str(folder / 'klrank')!r})"
+            )
+    if not dated:
+        check_undated(out)
+    if target.is_dir() and not is_klrank_folder(target):
+        raise UsageError(
+            f"--out: {str(target)!r} exists and is not a klrank report (it has no manifest.json "
+            "of klrank); publishing replaces the whole folder, so name a new or empty folder"
+        )

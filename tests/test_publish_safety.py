@@ -1,0 +1,327 @@
+"""klrank deletes only what it wrote: every ``--out`` that could destroy something is refused.
+
+Each case runs the real ``klrank`` command and checks, byte for byte, that what was there before
+is still there afterwards (:func:`snapshot`), and that the refusal came before any work (no lock
+file, no staging folder, no report).
+"""
+
+import fcntl
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+from cli_helpers import (
+    Running,
+    expect,
+    inputs,
+    klrank,
+    prob_predictions,
+    snapshot,
+    soft_labels,
+    start,
+    write,
+    write_hive,
+)
+
+from pipeline.lock import lock_path
+from pipeline.targets import STAGING_PREFIX
+
+RUN_DATE = "2026-01-02"
+
+
+def _inputs(root: Path) -> list[str | Path]:
+    return inputs(root, soft_labels(), prob_predictions())
+
+
+def _staging(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(STAGING_PREFIX))
+
+
+# ---------------------------------------------------------------------------------------------
+# --out and the inputs
+
+
+def test_out_holding_the_inputs_is_refused_and_they_survive(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    args = inputs(data, soft_labels(), prob_predictions())
+    before = snapshot(data)
+    result = klrank("run", *args, "--out", data)
+    expect(result, 2)
+    assert "is or holds the labels input" in result.stderr
+    assert snapshot(data) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no lock file, no staging
+
+
+def test_out_an_ancestor_of_the_inputs_is_refused(tmp_path: Path) -> None:
+    args = inputs(tmp_path / "a" / "b" / "c", soft_labels(), prob_predictions())
+    before = snapshot(tmp_path)
+    result = klrank("run", *args, "--out", tmp_path / "a", "--run-date", RUN_DATE)
+    expect(result, 2)
+    assert "holds the labels input" in result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_out_inside_the_predictions_folder_is_refused(tmp_path: Path) -> None:
+    labels = write(soft_labels(), tmp_path / "labels.parquet")
+    predictions = write_hive(prob_predictions(), tmp_path / "predictions")
+    before = snapshot(tmp_path)
+    result = klrank(
+        "run", "-l", labels, "-p", predictions, "--out", predictions / "reports",
+        "--run-date", RUN_DATE,
+    )  # fmt: skip
+    expect(result, 2)
+    assert "lies inside the predictions input" in result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_out_inside_a_glob_input_root_is_refused(tmp_path: Path) -> None:
+    labels = write(soft_labels(), tmp_path / "labels.parquet")
+    predictions = write_hive(prob_predictions(), tmp_path / "predictions")
+    result = klrank(
+        "run", "-l", labels, "-p", f"{predictions}/**/*.parquet", "--out",
+        predictions / "model=m" / "out",
+    )  # fmt: skip
+    expect(result, 2)
+    assert "lies inside the predictions input" in result.stderr
+
+
+def test_failures_file_that_is_an_input_is_refused_and_kept(tmp_path: Path) -> None:
+    args = _inputs(tmp_path)
+    labels = Path(args[1])
+    before = labels.read_bytes()
+    result = klrank("run", *args, "--out", tmp_path / "out", "--failures", labels)
+    expect(result, 2)
+    assert "--failures" in result.stderr and "labels input" in result.stderr
+    assert labels.read_bytes() == before
+
+
+def test_failures_file_klrank_did_not_write_is_refused_and_kept(tmp_path: Path) -> None:
+    mine = tmp_path / "notes.parquet"
+    pl.DataFrame({"x": [1]}).write_parquet(mine)
+    before = mine.read_bytes()
+    result = klrank("run", *_inputs(tmp_path), "--out", tmp_path / "out", "--failures", mine)
+    expect(result, 2)
+    assert "not a failure-cases file of klrank" in result.stderr
+    assert mine.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# An existing --out
+
+
+def test_an_existing_folder_that_is_not_a_report_is_refused_untouched(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    (docs / "private").mkdir(parents=True)
+    (docs / "thesis.tex").write_text("chapter 1")
+    (docs / "private" / "notes.txt").write_text("keep")
+    before = snapshot(docs)
+    result = klrank("run", *_inputs(tmp_path), "--out", docs)
+    expect(result, 2)
+    assert "exists and is not a klrank report" in result.stderr
+    assert snapshot(docs) == before
+    assert _staging(tmp_path) == []
+
+
+def test_a_dated_partition_that_is_not_a_report_is_refused(tmp_path: Path) -> None:
+    night = tmp_path / "out" / f"run_date={RUN_DATE}"
+    night.mkdir(parents=True)
+    (night / "mine.csv").write_text("a,b")
+    before = snapshot(tmp_path / "out")
+    result = klrank("run", *_inputs(tmp_path), "--out", tmp_path / "out", "--run-date", RUN_DATE)
+    expect(result, 2)
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_an_empty_folder_and_a_report_are_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    expect(klrank("run", *_inputs(tmp_path), "--out", out), 0)
+    expect(klrank("run", *_inputs(tmp_path), "--out", out, "--base", "e"), 0)
+    assert pl.read_parquet(out / "report.parquet").get_column("unit").unique().to_list() == ["nats"]
+
+
+def test_a_folder_holding_only_failure_records_is_klranks(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    bad = prob_predictions().with_columns(pl.lit(2.0).alias("prob_a"))
+    failed = klrank("run", *inputs(tmp_path / "bad", soft_labels(), bad), "--out", out)
+    expect(failed, 1)
+    assert (out / "_failures" / "failures.parquet").is_file()
+    expect(klrank("run", *_inputs(tmp_path), "--out", out), 0)
+    assert not (out / "_failures").exists()  # the stale record went with the swap
+
+
+def test_out_through_a_symlink_publishes_into_its_target(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    expect(klrank("run", *_inputs(tmp_path), "--out", link, "--run-date", RUN_DATE), 0)
+    expect(klrank("run", *_inputs(tmp_path), "--out", link), 2)  # it holds a night now
+    assert link.is_symlink() and link.resolve() == real
+    assert (real / f"run_date={RUN_DATE}" / "report.parquet").is_file()
+    undated = tmp_path / "undated-link"
+    undated.symlink_to(tmp_path / "undated")
+    expect(klrank("run", *_inputs(tmp_path), "--out", undated), 0)
+    expect(klrank("run", *_inputs(tmp_path), "--out", undated), 0)  # a rerun: the same link
+    assert undated.is_symlink() and (tmp_path / "undated" / "report.parquet").is_file()
+
+
+def test_a_mount_point_out_is_refused_before_any_work(tmp_path: Path) -> None:
+    if not os.path.ismount("/dev/shm"):
+        pytest.skip("needs /dev/shm as a mount point")
+    for extra in ([], ["--run-date", RUN_DATE]):
+        result = klrank("run", *_inputs(tmp_path), "--out", "/dev/shm", *extra)
+        expect(result, 2)
+        assert "is a mount point" in result.stderr and "/dev/shm/klrank" in result.stderr
+    assert not list(Path("/dev/shm").glob(".run_date=*.klrank.lock"))
+
+
+@pytest.mark.parametrize("dated", [False, True], ids=["undated", "dated"])
+def test_an_out_name_of_230_characters_publishes(tmp_path: Path, dated: bool) -> None:
+    out = tmp_path / ("r" * 230)
+    extra = ["--run-date", RUN_DATE] if dated else []
+    for _ in range(2):  # the rerun swaps: its staging name must fit too
+        expect(klrank("run", *_inputs(tmp_path), "--out", out, *extra), 0)
+    assert (out / (f"run_date={RUN_DATE}" if dated else "") / "_SUCCESS").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# An undated and a dated run on the same --out
+
+
+@contextmanager
+def _holding(path: Path, mode: int) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, mode)
+        yield
+
+
+def test_an_undated_run_waits_for_a_dated_one_then_refuses_its_night(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = _inputs(tmp_path)
+    # A dated run holds the tree's lock shared while it works; the undated run must wait.
+    with _holding(lock_path(out), fcntl.LOCK_SH):
+        busy = klrank("run", *args, "--out", out, "--lock-timeout", "0")
+        expect(busy, 75)
+        waiting = start("run", *args, "--out", out, "--lock-timeout", "60")
+        time.sleep(1.5)  # it has passed its first check and waits for the lock
+        assert waiting.process.poll() is None
+        expect(klrank("run", *args, "--out", out, "--run-date", RUN_DATE), 0)  # shared: in
+    night = snapshot(out)
+    result = waiting.wait()
+    expect(result, 2)  # checked again under the lock: the night it would replace is there
+    assert "holds nightly partitions" in result.stderr
+    assert snapshot(out) == night
+
+
+def test_a_dated_run_waits_for_an_undated_one(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with _holding(lock_path(out), fcntl.LOCK_EX):
+        result = klrank(
+            "run", *_inputs(tmp_path), "--out", out, "--run-date", RUN_DATE, "--lock-timeout", "0"
+        )
+    expect(result, 75)
+    assert not (out / f"run_date={RUN_DATE}").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Killed runs: the previous report intact, the README's readers unaffected, leftovers removed
+
+
+def _readme_readers(reports: Path) -> tuple[int, int]:
+    """The README's Polars and DuckDB queries over every night, as a user runs them."""
+    polars_rows = pl.read_parquet(f"{reports}/**/report.parquet", hive_partitioning=True).height
+    duck_rows = duckdb.sql(
+        f"SELECT run_date, model, mean_kl FROM read_parquet('{reports}/*/report.parquet', "
+        "hive_partitioning = true)"
+    ).fetchall()
+    return polars_rows, len(duck_rows)
+
+
+@pytest.fixture(scope="module")
+def slow_inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str | Path]:
+    """200k label rows, 3 classes, 2 models: a run takes a second or two."""
+    root = tmp_path_factory.mktemp("slow")
+    n = 200_000
+    ids = pl.int_range(0, n, eager=True).alias("id")
+    labels = pl.DataFrame([ids]).with_columns(
+        prob_a=pl.lit(0.2), prob_b=pl.lit(0.3), prob_c=pl.lit(0.5)
+    )
+    predictions = pl.concat(
+        [
+            pl.DataFrame([ids]).with_columns(
+                model=pl.lit(m), prob_a=pl.lit(a), prob_b=pl.lit(0.3), prob_c=pl.lit(0.7 - a)
+            )
+            for m, a in (("m", 0.25), ("n", 0.1))
+        ]
+    )
+    return inputs(root, labels, predictions)
+
+
+def _wait_for_staging(running: Running, folder: Path) -> None:
+    while not _staging(folder):
+        assert running.process.poll() is None, str(running.wait())
+        time.sleep(0.001)
+
+
+def test_sigkill_leftovers_never_reach_the_readme_readers_and_are_removed(
+    tmp_path: Path, slow_inputs: list[str | Path]
+) -> None:
+    reports = tmp_path / "reports"
+    for day in ("2026-01-01", RUN_DATE):
+        expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", day), 0)
+    expected = _readme_readers(reports)
+    before = snapshot(reports)
+    running = start("run", *slow_inputs, "--out", reports, "--run-date", RUN_DATE)
+    _wait_for_staging(running, tmp_path)  # beside the reports tree, not in it
+    running.process.kill()
+    assert running.wait().returncode == -signal.SIGKILL
+    assert _staging(tmp_path) != [] and _staging(reports) == []
+    assert snapshot(reports) == before
+    assert _readme_readers(reports) == expected
+    expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    assert _staging(tmp_path) == []  # the next run of the night removed what the dead one left
+
+
+def test_sigkill_at_random_moments_of_a_rerun(
+    tmp_path: Path, slow_inputs: list[str | Path]
+) -> None:
+    reports = tmp_path / "reports"
+    expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    before = snapshot(reports)
+    expected = _readme_readers(reports)
+    rng = random.Random(12)
+    for _ in range(6):
+        running = start("run", *slow_inputs, "--out", reports, "--run-date", RUN_DATE, "--no-html")
+        time.sleep(rng.uniform(0.2, 3.0))  # from start-up to the end of the work
+        running.process.send_signal(signal.SIGKILL)
+        code = running.wait().returncode
+        if code == 0:  # it finished first: that is the night's report from now on
+            before, expected = snapshot(reports), _readme_readers(reports)
+            continue
+        assert code == -signal.SIGKILL
+        assert snapshot(reports) == before  # the previous report, byte for byte
+        assert _readme_readers(reports) == expected
+    expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    assert _staging(tmp_path) == [] and _staging(reports) == []
+
+
+def test_a_report_published_before_staging_moved_is_still_cleaned(tmp_path: Path) -> None:
+    """Older klranks staged beside the target, named after it; such a leftover is removed."""
+    reports = tmp_path / "reports"
+    expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    leftover = reports / f"{STAGING_PREFIX}run_date={RUN_DATE}-{'0' * 32}"
+    leftover.mkdir()
+    (leftover / "report.parquet").write_bytes(b"half")
+    unrelated = reports / f"{STAGING_PREFIX}mine"
+    unrelated.mkdir()
+    expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    assert not leftover.exists() and unrelated.exists()  # only what klrank names its own
