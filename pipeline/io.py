@@ -479,6 +479,14 @@ def publish(target: Path, out: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def _discard(path: Path) -> None:
+    # On a read-only file system even removing a file that was never made fails (EROFS).
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def write_atomically(
     path: Path, write: Callable[[Path], None], optional: bool = False, make_parent: bool = True
 ) -> None:
@@ -507,8 +515,11 @@ def write_atomically(
             if optional and not temporary.exists():
                 return
             os.replace(temporary, path)
+        except StorageError as error:  # name the file the user knows, not the temporary one
+            _discard(temporary)
+            raise StorageError(str(error).replace(str(temporary), str(path)), str(path)) from None
         except BaseException:
-            temporary.unlink(missing_ok=True)
+            _discard(temporary)
             raise
 
 

@@ -22,6 +22,9 @@ from jobs.airflow.klrank_task import Outcome, judge, klrank_argv
         (3, Outcome.FAIL),
         # A bug may be transient (memory, a flaky mount); retries are bounded.
         (70, Outcome.RETRY),
+        # The machine's storage (a full disk, a read-only remount) and the Ray cluster may recover.
+        (74, Outcome.RETRY),
+        (69, Outcome.RETRY),
         # Another run of the same night held the partition's lock: the next try can take it.
         (75, Outcome.RETRY),
         # Killed: an Airflow timeout or a stopped worker, directly (-N) or through a shell (128 + N).
@@ -36,6 +39,11 @@ from jobs.airflow.klrank_task import Outcome, judge, klrank_argv
 )
 def test_judge_maps_each_exit_code_to_an_outcome(exit_code: int, outcome: Outcome) -> None:
     assert judge(exit_code).outcome is outcome
+
+
+@pytest.mark.parametrize(("exit_code", "cause"), [(74, "I/O step"), (69, "Ray engine")])
+def test_io_and_engine_failures_are_named_not_called_unknown(exit_code: int, cause: str) -> None:
+    assert cause in judge(exit_code).reason and "nothing was published" in judge(exit_code).reason
 
 
 def test_a_failed_regression_gate_says_the_report_was_published() -> None:

@@ -52,6 +52,17 @@ _BY_CODE = {
         "klrank exit 75: another run still held this night's output partition after "
         "--lock-timeout; retried later",
     ),
+    74: Verdict(
+        Outcome.RETRY,
+        "klrank exit 74: the machine refused an I/O step (no space, read-only, permission, a "
+        "name too long); nothing was published; retried in case the storage recovers, and the "
+        "log names the path and the cause",
+    ),
+    69: Verdict(
+        Outcome.RETRY,
+        "klrank exit 69: the Ray engine failed (cluster unreachable, a task's worker kept "
+        "dying); nothing was published; retried later",
+    ),
     70: Verdict(
         Outcome.RETRY,
         "klrank exit 70: internal error (a bug in klrank); retried in case it is transient, "
@@ -72,7 +83,8 @@ def judge(exit_code: int) -> Verdict:
     -------
     Verdict
         ``SUCCESS`` for 0; ``FAIL`` (no retry) for 1 invalid data, 2 usage error and 3 a failed
-        regression gate; ``RETRY`` for 70 internal error, 75 another run held the partition's lock, for a run killed by a signal (negative
+        regression gate; ``RETRY`` for 69 the Ray engine failed, 70 internal error, 74 an I/O error
+        of the machine, 75 another run held the partition's lock, for a run killed by a signal (negative
         code, or 128 + signal from a shell: SIGINT 130, SIGKILL 137, SIGTERM 143), and for any
         other code, since retries are bounded and an unknown failure may be transient.
 
