@@ -64,3 +64,21 @@ def test_the_nightly_walkthrough_works_from_the_readme(tmp_path: Path) -> None:
         "WHERE slice = 'ALL' GROUP BY run_date ORDER BY run_date"
     ).fetchall()
     assert [(str(d), n) for d, n in rows] == [("2026-11-24", 3), ("2026-11-25", 3)]
+
+
+def test_the_exit_code_table_lists_every_code_klrank_returns() -> None:
+    from jobs import cli
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Bad input, exit codes and failure cases", 1)[1].split("\n## ", 1)[0]
+    listed = {
+        int(code)
+        for row in re.findall(r"^\| ([0-9, ]+) \|", section, re.M)
+        for code in row.split(",")
+    }
+    returned = {
+        value
+        for name, value in vars(cli).items()
+        if name.startswith("EXIT_") and name != "EXIT_SIGNAL_BASE"
+    } | {128 + 2, 128 + 15}  # SIGINT and SIGTERM
+    assert listed == returned
