@@ -89,7 +89,7 @@ def _is_visible(path: Path, root: Path) -> bool:
 
 def _list_files(path: str) -> tuple[list[str], Path | None]:
     """Return the Parquet files named by ``path`` and the folder hive keys are read below."""
-    if _GLOB_CHARS & set(path):
+    if _GLOB_CHARS & set(path) and not Path(path).exists():  # "run [1]/" is a folder's name
         parts = Path(path).parts
         fixed = next(i for i, part in enumerate(parts) if _GLOB_CHARS & set(part))
         root = Path(*parts[:fixed])
@@ -135,7 +135,7 @@ def _describe(file: str, root: Path | None, offset: int) -> ParquetFile:
 
 def _scan(file: ParquetFile) -> pl.LazyFrame:
     return (
-        pl.scan_parquet(file.path)
+        pl.scan_parquet(file.path, glob=False)  # a listed file: "[1]" in its name is no pattern
         .with_row_index(ROW, offset=file.offset)
         .with_columns(pl.col(ROW).cast(pl.Int64))
         .with_columns(pl.lit(v, pl.String).alias(k) for k, v in file.hive.items())
@@ -566,7 +566,7 @@ def read_report(path: Path, columns: Sequence[str]) -> tuple[pl.DataFrame, dict[
                 f"cannot read the report {str(path)!r}: no column {missing[0]!r} (is it a "
                 "klrank report.parquet?)"
             )
-        frame = pl.read_parquet(path, columns=list(columns))
+        frame = pl.read_parquet(path, columns=list(columns), glob=False)
     except (OSError, ValueError, pl.exceptions.PolarsError) as error:
         raise UsageError(f"cannot read the report {str(path)!r}: {error}") from None
     return frame, metadata

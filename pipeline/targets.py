@@ -51,6 +51,8 @@ def real(path: Path) -> Path:
 
 def input_root(spec: str) -> Path:
     """The file or folder an input names: for a glob, the folder before its first pattern."""
+    if Path(spec).exists():  # a name with "[" in it, not a pattern
+        return real(Path(spec))
     parts = Path(spec).parts
     fixed = next((i for i, part in enumerate(parts) if _GLOB_CHARS & set(part)), len(parts))
     return real(Path(*parts[:fixed]) if fixed else Path("."))
@@ -181,9 +183,13 @@ def _globbed_into(folder: Path, spec: str) -> bool:
     return True
 
 
+def _is_glob(spec: str) -> bool:
+    return bool(_GLOB_CHARS & set(spec)) and not Path(spec).exists()
+
+
 def _lies_inside(path: Path, spec: str) -> bool:
     """Whether ``path`` (absolute) is below the input ``spec``: a folder it reads, or its glob's."""
-    if _GLOB_CHARS & set(spec):
+    if _is_glob(spec):
         return _globbed_into(path, spec)
     return input_root(spec) in path.parents
 
@@ -197,10 +203,7 @@ def _check_not_inputs(out: Path, inputs: dict[str, str]) -> None:
                 f"--out: {str(out)!r} is or holds the {name} input {spec!r}; publishing replaces "
                 "the whole folder, so name a folder of its own (e.g. --out reports)"
             )
-        is_glob = bool(_GLOB_CHARS & set(spec))
-        if (root in real_out.parents and not is_glob) or (
-            is_glob and _globbed_into(real_out, spec)
-        ):
+        if _lies_inside(real_out, spec):
             raise UsageError(
                 f"--out: {str(out)!r} lies inside the {name} input {spec!r}; the next run would "
                 "read the report as input: publish outside it"
@@ -219,9 +222,7 @@ def check_failures(failures: Path, inputs: dict[str, str]) -> None:
     """
     for name, spec in inputs.items():
         file = real(failures)
-        globbed = bool(_GLOB_CHARS & set(spec)) and fnmatch.fnmatch(
-            str(file), os.path.abspath(spec)
-        )
+        globbed = _is_glob(spec) and fnmatch.fnmatch(str(file), os.path.abspath(spec))
         if file == input_root(spec) or _lies_inside(file, spec) or globbed:
             raise UsageError(
                 f"--failures: {str(failures)!r} is or lies inside the {name} input {spec!r}; "
