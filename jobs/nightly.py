@@ -134,6 +134,22 @@ class HistorySummary:
     chart: Path
 
 
+_CHART_START = "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n<title>klrank: "
+
+
+def _check_replaceable_chart(path: Path) -> None:
+    """Refuse to replace a file that is not a chart klrank wrote (``--chart labels.parquet``)."""
+    if not path.is_file():
+        return  # missing: made; a folder or a device: the write names the problem (exit 74)
+    with path.open("rb") as handle:
+        start = handle.read(len(_CHART_START.encode()))
+    if start != _CHART_START.encode():
+        raise UsageError(
+            f"--chart: {str(path)!r} exists and is not a chart klrank wrote; klrank would "
+            "replace it, so name another file"
+        )
+
+
 def history(options: HistoryOptions) -> HistorySummary:
     """Read every night's report under ``options.root`` and write the chart.
 
@@ -162,6 +178,7 @@ def history(options: HistoryOptions) -> HistorySummary:
     if table.height == 0:
         raise UsageError(f"no night's report has the slice {options.slice!r}")
     html = history_chart_html(table, unit, options.slice)
+    _check_replaceable_chart(options.chart_path)
     io.write_atomically(options.chart_path, lambda path: io.write_text(html, path))
     nights = [day.isoformat() for day, _ in partitions]
     return HistorySummary(table, unit, nights, options.chart_path)

@@ -325,3 +325,18 @@ def test_a_report_published_before_staging_moved_is_still_cleaned(tmp_path: Path
     unrelated.mkdir()
     expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
     assert not leftover.exists() and unrelated.exists()  # only what klrank names its own
+
+
+def test_history_never_replaces_a_file_it_did_not_write(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    args = _inputs(tmp_path)
+    expect(klrank("run", *args, "--out", reports, "--run-date", RUN_DATE), 0)
+    labels = Path(args[1])
+    before = labels.read_bytes()
+    result = klrank("history", reports, "--chart", labels)
+    expect(result, 2)
+    assert "is not a chart klrank wrote" in result.stderr
+    assert labels.read_bytes() == before
+    chart = tmp_path / "chart.html"
+    expect(klrank("history", reports, "--chart", chart), 0)
+    expect(klrank("history", reports, "--chart", chart), 0)  # its own chart: replaced
