@@ -32,6 +32,7 @@ from pipeline.html import report_html
 from pipeline.layout import MODEL, Layout, resolve_layout
 from pipeline.lock import partition_lock
 from pipeline.summary import baseline_section, gates_section, ranked_summary
+from pipeline.text import one_line
 from pipeline.validation import check_structure, summarise
 from schemas.report import REPORT_COLUMNS, REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 
@@ -112,7 +113,7 @@ def _fail_if_any(failures: pl.DataFrame, failures_path: Path | None) -> None:
     events.emit("validation.failed", logging.ERROR, checks=checks, cases=failures.height)
     if failures_path is not None:
         io.write_atomically(failures_path, lambda path: io.write_parquet(failures, path))
-        lines.append(f"all {failures.height} failure cases: {failures_path}")
+        lines.append(f"all {failures.height} failure cases: {one_line(str(failures_path))}")
     n_checks = len(lines) - (failures_path is not None)
     raise InvalidDataError(
         f"validation failed: {n_checks} failed check{'' if n_checks == 1 else 's'}\n"

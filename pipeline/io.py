@@ -28,6 +28,7 @@ from polars.io.plugins import register_io_source
 
 from pipeline import interrupts
 from pipeline.errors import UsageError
+from pipeline.text import one_line
 
 _GLOB_CHARS = frozenset("*?[")
 STAGING_PREFIX = ".klrank-staging-"
@@ -122,7 +123,7 @@ def _describe(file: str, root: Path | None, offset: int) -> ParquetFile:
     try:
         metadata = pq.read_metadata(file)
     except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError)
-        raise UsageError(f"cannot read {file!r} as Parquet: {error}") from None
+        raise UsageError(f"cannot read {file!r} as Parquet: {one_line(str(error))}") from None
     hive = _hive_values(file, root)
     clash = sorted(set(hive) & set(metadata.schema.names))
     if clash:
@@ -144,7 +145,9 @@ def _combine(frames: list[pl.LazyFrame], path: str) -> pl.LazyFrame:
         frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
         frame.collect_schema()
     except pl.exceptions.PolarsError as error:
-        raise UsageError(f"cannot combine the Parquet files under {path!r}: {error}") from None
+        raise UsageError(
+            f"cannot combine the Parquet files under {path!r}: {one_line(str(error))}"
+        ) from None
     return frame
 
 
@@ -188,7 +191,9 @@ def read_rows(
     try:
         return frame.select(*[c for c in columns if c in present], ROW).collect()
     except pl.exceptions.ComputeError as error:
-        raise UsageError(f"cannot read the Parquet data of {source!r}: {error}") from None
+        raise UsageError(
+            f"cannot read the Parquet data of {source!r}: {one_line(str(error))}"
+        ) from None
 
 
 def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
@@ -196,7 +201,9 @@ def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
     try:
         return frame.collect()
     except pl.exceptions.ComputeError as error:
-        raise UsageError(f"cannot read the Parquet data of {source.path!r}: {error}") from None
+        raise UsageError(
+            f"cannot read the Parquet data of {source.path!r}: {one_line(str(error))}"
+        ) from None
 
 
 class Batches(Iterator[pl.DataFrame]):
@@ -221,7 +228,9 @@ class Batches(Iterator[pl.DataFrame]):
             return self._frame.slice(start, self._size).collect()
         except pl.exceptions.ComputeError as error:
             path = self._source.path
-            raise UsageError(f"cannot read the Parquet data of {path!r}: {error}") from None
+            raise UsageError(
+                f"cannot read the Parquet data of {path!r}: {one_line(str(error))}"
+            ) from None
 
     def __next__(self) -> pl.DataFrame:
         if self._ahead is None:
@@ -367,7 +376,7 @@ def check_publishable(target: Path, dated: bool) -> None:
         )
         if nights:
             raise UsageError(
-                f"--out: {str(target)!r} holds nightly partitions ({nights[0]}, ...): a run "
+                f"--out: {str(target)!r} holds nightly partitions ({one_line(nights[0])}, ...): a run "
                 "without --run-date would replace them all; give --run-date, or another --out"
             )
 
@@ -522,5 +531,5 @@ def read_report(path: Path, columns: Sequence[str]) -> tuple[pl.DataFrame, dict[
             )
         frame = pl.read_parquet(path, columns=list(columns))
     except (OSError, ValueError, pl.exceptions.PolarsError) as error:
-        raise UsageError(f"cannot read the report {str(path)!r}: {error}") from None
+        raise UsageError(f"cannot read the report {str(path)!r}: {one_line(str(error))}") from None
     return frame, metadata
