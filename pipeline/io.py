@@ -133,7 +133,8 @@ def _describe(file: str, root: Path | None, offset: int) -> ParquetFile:
 
 def _scan(file: ParquetFile) -> pl.LazyFrame:
     return (
-        pl.scan_parquet(file.path)
+        # One file, found by name: "*", "?" or "[" in a folder name (model=a*b) is no pattern.
+        pl.scan_parquet(file.path, glob=False)
         .with_row_index(ROW, offset=file.offset)
         .with_columns(pl.col(ROW).cast(pl.Int64))
         .with_columns(pl.lit(v, pl.String).alias(k) for k, v in file.hive.items())
@@ -529,7 +530,7 @@ def read_report(path: Path, columns: Sequence[str]) -> tuple[pl.DataFrame, dict[
                 f"cannot read the report {str(path)!r}: no column {missing[0]!r} (is it a "
                 "klrank report.parquet?)"
             )
-        frame = pl.read_parquet(path, columns=list(columns))
+        frame = pl.read_parquet(path, columns=list(columns), glob=False)
     except (OSError, ValueError, pl.exceptions.PolarsError) as error:
         raise UsageError(f"cannot read the report {str(path)!r}: {one_line(str(error))}") from None
     return frame, metadata
