@@ -46,6 +46,7 @@ from pipeline.errors import (
 )
 from pipeline.gates import Gates
 from pipeline.history import history_markdown
+from pipeline.text import one_line
 
 EXIT_OK, EXIT_INVALID_DATA, EXIT_USAGE, EXIT_GATE_FAILED, EXIT_INTERNAL = 0, 1, 2, 3, 70
 EXIT_LOCKED = cli_ops.EXIT_LOCKED
@@ -221,7 +222,9 @@ def _guarded(action: Callable[[], Any], *, debug: bool, as_json: bool) -> Any:
         _fail(
             EXIT_INTERNAL,
             "internal_error",
-            f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+            # One line: the error's text may quote data (a Polars frame, a value with a newline).
+            f"internal error: {type(error).__name__}: {one_line(str(error))} "
+            "(rerun with --debug for the traceback)",
             as_json,
         )
 
@@ -471,7 +474,7 @@ def run_command(
             typer.echo(json.dumps(summary.manifest | extra))
         else:
             typer.echo(summary.summary, nl=False)
-        cli_ops.notice(f"published {summary.target}", quiet)
+        cli_ops.notice(f"published {one_line(str(summary.target))}", quiet)
         for gate in failed:  # even with --quiet: a failed gate is the reason for exit 3
             if logs.structured():
                 events.emit(
@@ -615,7 +618,7 @@ def history_command(
             typer.echo(json.dumps(document))
         else:
             typer.echo(history_markdown(summary.table, summary.unit, slice_name), nl=False)
-        cli_ops.notice(f"chart written to {summary.chart}", quiet)
+        cli_ops.notice(f"chart written to {one_line(str(summary.chart))}", quiet)
 
     _guarded(action, debug=debug, as_json=as_json)
 

@@ -28,6 +28,7 @@ from typer.core import TyperGroup, TyperOption
 from jobs import config_file, logs
 from jobs.logs import LogFormat
 from pipeline.errors import UsageError
+from pipeline.text import one_line
 
 EXIT_LOCKED = 75  # EX_TEMPFAIL (sysexits.h): another run holds the partition; retry later
 CONFIG_ENVVAR = "KLRANK_CONFIG"
@@ -81,8 +82,8 @@ def _check_values(
             except BadParameter as error:
                 option = param.opts[0] if param.opts else key
                 raise typer.BadParameter(
-                    f"{path}: {option.removeprefix('--')} = {raw!r} ({option} of {name}): "
-                    f"{error.message}"
+                    f"{one_line(str(path))}: {option.removeprefix('--')} = {raw!r} "
+                    f"({option} of {name}): {one_line(error.message)}"
                 ) from None
 
 
@@ -259,7 +260,7 @@ def show(
         return
     lines = [
         "# klrank options: command line > KLRANK_* environment > config file > defaults",
-        f"# config file: {path if path else '(none)'}",
+        f"# config file: {one_line(str(path)) if path else '(none)'}",  # a comment: one line
     ]
     for name, options in resolved.items():
         lines.append(f"\n[{name}]")

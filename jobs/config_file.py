@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UsageError
+from pipeline.text import one_line
 
 # command name -> (key as written in a file, normalised) -> parameter name
 OptionNames = Mapping[str, Mapping[str, str]]
@@ -54,7 +55,7 @@ def read(path: Path) -> dict[str, Any]:
 def _value(value: Any, where: str) -> Any:
     """A TOML value as the command line parser takes it (dates as ISO text)."""
     if isinstance(value, dict):
-        raise UsageError(f"{where}: a table is not an option value")
+        raise UsageError(f"{one_line(where)}: a table is not an option value")
     if isinstance(value, list):
         return [_value(v, where) for v in value]
     if isinstance(value, dt.date | dt.time):  # dt.datetime is a dt.date

@@ -41,7 +41,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, str) and value and not any(c.isspace() or c in '"=' for c in value):
+    # Bare only when nothing in it could split the field or the line, or reach a terminal as a
+    # control sequence (ESC, U+2028, ...): else as JSON, which escapes all of them.
+    if isinstance(value, str) and value and value.isprintable() and not set(' "=') & set(value):
         return value
     return json.dumps(value, default=str, separators=(",", ":"))
 

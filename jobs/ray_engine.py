@@ -46,6 +46,7 @@ from pipeline.evaluate import (
     partial,
 )
 from pipeline.layout import Layout
+from pipeline.text import one_line
 from pipeline.validation import label_columns, prediction_columns
 
 TASK_RETRIES = 3
@@ -264,7 +265,9 @@ def _connect(ray: ModuleType, options: RayOptions) -> bool:
             )
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = options.address or "a local instance"
-        raise EngineError(f"cannot start or join the Ray cluster ({where}): {error}") from None
+        raise EngineError(
+            f"cannot start or join the Ray cluster ({one_line(where)}): {one_line(str(error))}"
+        ) from None
     if threading.current_thread() is threading.main_thread():
         for signum, handler in handlers.items():
             if handler is not None:
@@ -489,5 +492,6 @@ def _get(ray: ModuleType, refs: list[Any]) -> list[Any]:
                 raise cause from None
         raise EngineError(
             f"a Ray task still failed after {TASK_RETRIES} retries: {type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}"
+            # Ray's first line may carry ANSI colours: escaped, as any text on stderr.
+            f"{one_line(str(error).splitlines()[0]) if str(error) else ''}"
         ) from None

@@ -32,6 +32,7 @@ from pipeline.html import report_html
 from pipeline.layout import MODEL, Layout, resolve_layout
 from pipeline.lock import run_lock
 from pipeline.summary import baseline_section, gates_section, ranked_summary
+from pipeline.text import one_line
 from pipeline.validation import check_structure, summarise
 from schemas.report import REPORT_COLUMNS, REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 
@@ -114,8 +115,8 @@ def _write_failures(failures: pl.DataFrame, failures_path: Path) -> str:
         io.write_atomically(failures_path, lambda path: io.write_parquet(failures, path, metadata))
     except StorageError as error:
         events.emit("failures.unwritten", logging.ERROR, path=str(failures_path), error=str(error))
-        return f"the {failures.height} failure cases were not written: {error}"
-    return f"all {failures.height} failure cases: {failures_path}"
+        return f"the {failures.height} failure cases were not written: {one_line(str(error))}"
+    return f"all {failures.height} failure cases: {one_line(str(failures_path))}"
 
 
 def _fail_if_any(failures: pl.DataFrame, failures_path: Path | None) -> None:

@@ -37,12 +37,91 @@ HIGHER_IS_BETTER = frozenset({"top1_agreement"})
 ECDF_POINTS = 500
 
 
+def _label_column(name: str) -> str:
+    # A backslash escapes itself and "=", so the first "=" without one ends the column's name.
+    return name.replace("\\", "\\\\").replace("=", "\\=")
+
+
+def slice_label(column: str, value: str | None) -> str:
+    r"""The ``slice`` label of the rows whose ``column`` holds ``value`` (None: null).
+
+    ``COL=value``, written so that two different (column, value) pairs never share a label,
+    and ordinary labels (``region=eu``, ``region=(null)`` for a null) stay as they always were:
+
+    * in the column's name, a backslash and ``=`` get a backslash (``a=b`` is written ``a\=b``),
+      so the first ``=`` without one ends the name;
+    * a null is ``(null)``; a value that is the text ``(null)`` itself, or starts with a
+      backslash, gets one backslash in front (``\(null)``);
+    * any other value is written as it is (after ``cast(pl.String)``, for a column that is not
+      a string), ``=`` included.
+
+    :func:`parse_slice_label` reads a label back; ``ALL`` contains no ``=``, so no slice column
+    can take its label either.
+
+    Examples
+    --------
+    >>> slice_label("region", "eu"), slice_label("region", None)
+    ('region=eu', 'region=(null)')
+    >>> print(slice_label("a", "b=c"), slice_label("a=b", "c"), slice_label("r", "(null)"))
+    a=b=c a\=b=c r=\(null)
+    """
+    if value is None:
+        text = NULL_SLICE_VALUE
+    elif value == NULL_SLICE_VALUE or value.startswith("\\"):
+        text = "\\" + value
+    else:
+        text = value
+    return f"{_label_column(column)}={text}"
+
+
+def parse_slice_label(label: str) -> tuple[str, str | None]:
+    r"""The (column, value) of a :func:`slice_label` label; value None for the null slice.
+
+    Raises
+    ------
+    ValueError
+        ``label`` is not a label :func:`slice_label` writes (``ALL`` among them).
+
+    Examples
+    --------
+    >>> parse_slice_label("a\\=b=c"), parse_slice_label("r=(null)"), parse_slice_label("r=\\(null)")
+    (('a=b', 'c'), ('r', None), ('r', '(null)'))
+    """
+    column: list[str] = []
+    chars = iter(enumerate(label))
+    for i, char in chars:
+        if char == "\\":
+            escaped = next(chars, (i, ""))[1]
+            if escaped not in ("\\", "="):
+                raise ValueError(f"not a slice label: {label!r}")
+            column.append(escaped)
+        elif char == "=":
+            value = label[i + 1 :]
+            if value == NULL_SLICE_VALUE:
+                return "".join(column), None
+            if value.startswith("\\"):
+                if value[1:] != NULL_SLICE_VALUE and not value.startswith("\\\\"):
+                    raise ValueError(f"not a slice label: {label!r}")
+                value = value[1:]
+            return "".join(column), value
+        else:
+            column.append(char)
+    raise ValueError(f"not a slice label: {label!r}")
+
+
 def slice_key_columns(slice_cols: Sequence[str]) -> dict[str, pl.Expr]:
-    """One ``COL=value`` string column per slice column, keyed by its internal name."""
+    """One :func:`slice_label` string column per slice column, keyed by its internal name."""
     keys = {}
     for i, name in enumerate(slice_cols):
-        value = pl.col(name).cast(pl.String).fill_null(NULL_SLICE_VALUE)
-        keys[f"_slice{i}"] = pl.concat_str(pl.lit(f"{name}="), value)
+        text = pl.col(name).cast(pl.String)
+        value = (
+            pl.when(text.is_null())
+            .then(pl.lit(NULL_SLICE_VALUE))
+            .when((text == NULL_SLICE_VALUE) | text.str.starts_with("\\"))
+            .then(pl.concat_str(pl.lit("\\"), text))
+            .otherwise(text)
+        )
+        keys[f"_slice{i}"] = pl.concat_str(pl.lit(f"{_label_column(name)}="), value)
     return keys
 
 

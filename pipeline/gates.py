@@ -42,7 +42,11 @@ class Gates:
 
 @dataclass(frozen=True)
 class GateResult:
-    """The outcome of one gate for one model (``model`` None: the gate as a whole)."""
+    """The outcome of one gate for one model (``model`` None: the gate as a whole).
+
+    ``message`` is one line: model names in it are quoted as ``repr`` quotes them, so that no
+    name can break the line on stderr (Markdown escapes it again, :mod:`pipeline.summary`).
+    """
 
     gate: str
     outcome: Outcome
@@ -135,7 +139,7 @@ def _expect_best(overall: pl.DataFrame, model: str) -> GateResult:
     best = sorted(overall.filter(pl.col("rank") == 1).get_column(MODEL).to_list())
     rows = overall.filter(pl.col(MODEL) == model)
     if rows.height == 0:
-        models = ", ".join(overall.get_column(MODEL).sort().to_list())
+        models = ", ".join(repr(m) for m in overall.get_column(MODEL).sort().to_list())
         return GateResult(
             "expect_best",
             "failed",
@@ -149,7 +153,7 @@ def _expect_best(overall: pl.DataFrame, model: str) -> GateResult:
         "expect_best",
         "failed",
         model,
-        f"expect_best: model {model!r} ranks {rank}; best: {', '.join(best)}",
+        f"expect_best: model {model!r} ranks {rank}; best: {', '.join(map(repr, best))}",
     )
 
 

@@ -15,6 +15,7 @@ from pipeline.io import RUN_DATE_KEY
 from pipeline.layout import MODEL
 from pipeline.plotlyjs import axis, figure_html, finite, label, layout, plotly_js_lines
 from pipeline.summary import number
+from pipeline.text import markdown_text
 
 RUN_DATE = RUN_DATE_KEY
 # What a night's report must have; all of them exist since report schema version 1.
@@ -56,9 +57,12 @@ def history_table(reports: Sequence[tuple[dt.date, pl.DataFrame]], slice_name: s
 
 
 def history_markdown(table: pl.DataFrame, unit: str, slice_name: str) -> str:
-    """Markdown: one line per night and model with the mean KL and its 95% interval."""
+    """Markdown: one line per night and model with the mean KL and its 95% interval.
+
+    The slice and model names go through :func:`pipeline.text.markdown_text`.
+    """
     lines = [
-        f"# klrank history: mean KL ({unit}) per night, slice {slice_name}",
+        f"# klrank history: mean KL ({unit}) per night, slice {markdown_text(slice_name)}",
         "",
         "| run_date | rank | model | mean KL [95% CI] | rows | n inf |",
         "|---|---:|---|---|---:|---:|",
@@ -70,7 +74,7 @@ def history_markdown(table: pl.DataFrame, unit: str, slice_name: str) -> str:
             else ""
         )
         lines.append(
-            f"| {r[RUN_DATE].isoformat()} | {r['rank']} | {r[MODEL]} | "
+            f"| {r[RUN_DATE].isoformat()} | {r['rank']} | {markdown_text(r[MODEL])} | "
             f"{number(r['mean_kl'])}{interval} | {r['n_rows']} | {r['n_infinite']} |"
         )
     return "\n".join(lines) + "\n"

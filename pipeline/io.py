@@ -32,6 +32,7 @@ from pipeline.errors import StorageError, UsageError, storage_error
 from pipeline.targets import RUN_DATE_KEY as RUN_DATE_KEY
 from pipeline.targets import STAGING_PREFIX as STAGING_PREFIX
 from pipeline.targets import TEMPORARY_PREFIX
+from pipeline.text import one_line
 
 _GLOB_CHARS = frozenset("*?[")
 ROW = "__klrank_row"  # 0-based position of a row in its input
@@ -125,7 +126,7 @@ def _describe(file: str, root: Path | None, offset: int) -> ParquetFile:
     try:
         metadata = pq.read_metadata(file)
     except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError)
-        raise UsageError(f"cannot read {file!r} as Parquet: {error}") from None
+        raise UsageError(f"cannot read {file!r} as Parquet: {one_line(str(error))}") from None
     hive = _hive_values(file, root)
     clash = sorted(set(hive) & set(metadata.schema.names))
     if clash:
@@ -147,7 +148,9 @@ def _combine(frames: list[pl.LazyFrame], path: str) -> pl.LazyFrame:
         frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
         frame.collect_schema()
     except pl.exceptions.PolarsError as error:
-        raise UsageError(f"cannot combine the Parquet files under {path!r}: {error}") from None
+        raise UsageError(
+            f"cannot combine the Parquet files under {path!r}: {one_line(str(error))}"
+        ) from None
     return frame
 
 
@@ -191,7 +194,9 @@ def read_rows(
     try:
         return frame.select(*[c for c in columns if c in present], ROW).collect()
     except pl.exceptions.ComputeError as error:
-        raise UsageError(f"cannot read the Parquet data of {source!r}: {error}") from None
+        raise UsageError(
+            f"cannot read the Parquet data of {source!r}: {one_line(str(error))}"
+        ) from None
 
 
 def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
@@ -199,7 +204,9 @@ def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
     try:
         return frame.collect()
     except pl.exceptions.ComputeError as error:
-        raise UsageError(f"cannot read the Parquet data of {source.path!r}: {error}") from None
+        raise UsageError(
+            f"cannot read the Parquet data of {source.path!r}: {one_line(str(error))}"
+        ) from None
 
 
 class Batches(Iterator[pl.DataFrame]):
@@ -224,7 +231,9 @@ class Batches(Iterator[pl.DataFrame]):
             return self._frame.slice(start, self._size).collect()
         except pl.exceptions.ComputeError as error:
             path = self._source.path
-            raise UsageError(f"cannot read the Parquet data of {path!r}: {error}") from None
+            raise UsageError(
+                f"cannot read the Parquet data of {path!r}: {one_line(str(error))}"
+            ) from None
 
     def __next__(self) -> pl.DataFrame:
         if self._ahead is None:
@@ -356,15 +365,15 @@ def as_storage_error(error: BaseException, path: Path, doing: str = "write") -> 
     """
     if isinstance(error, StorageError):
         return error
+    match = _OS_ERROR.search(str(error))
+    if match is not None and (not isinstance(error, OSError) or error.errno is None):
+        # Polars' own message: "... (os error 30): <a shortened path>"; say it plainly.
+        code = int(match.group(1))
+        return storage_error(OSError(code, os.strerror(code), str(path)), doing)
     if isinstance(error, OSError):
         if error.filename is None:
             error = type(error)(error.errno, error.strerror or str(error), str(path))
         return storage_error(error, doing)
-    if isinstance(error, pl.exceptions.PolarsError):
-        match = _OS_ERROR.search(str(error))
-        if match is not None:
-            code = int(match.group(1))
-            return storage_error(OSError(code, os.strerror(code), str(path)), doing)
     return None
 
 
@@ -568,5 +577,5 @@ def read_report(path: Path, columns: Sequence[str]) -> tuple[pl.DataFrame, dict[
             )
         frame = pl.read_parquet(path, columns=list(columns), glob=False)
     except (OSError, ValueError, pl.exceptions.PolarsError) as error:
-        raise UsageError(f"cannot read the report {str(path)!r}: {error}") from None
+        raise UsageError(f"cannot read the report {str(path)!r}: {one_line(str(error))}") from None
     return frame, metadata

@@ -1,4 +1,9 @@
-"""The human-readable ranked table (``summary.md``, also printed by ``klrank run``)."""
+"""The human-readable ranked table (``summary.md``, also printed by ``klrank run``).
+
+Every name or path that comes from the data or the command line goes through
+:func:`pipeline.text.markdown_text`, so a model called ``a|b`` stays in its table cell and a
+slice value with a newline cannot start a heading.
+"""
 
 import math
 from collections.abc import Sequence
@@ -8,6 +13,7 @@ import polars as pl
 
 from pipeline.aggregate import ALL_ROWS, SLICE
 from pipeline.gates import GateResult
+from pipeline.text import markdown_text
 
 
 def number(value: float | None, digits: int = 4) -> str:
@@ -42,7 +48,7 @@ def _table(rows: pl.DataFrame) -> list[str]:
             else (f"{number(r['delta_vs_best'])} (p={_p_value(r['p_value_vs_best'])})")
         )
         lines.append(
-            f"| {r['rank']} | {r['model']} | {number(r['mean_kl'])}{interval} | "
+            f"| {r['rank']} | {markdown_text(r['model'])} | {number(r['mean_kl'])}{interval} | "
             f"{number(r['median_kl'])} | {number(r['p99_kl'])} | {number(r['max_kl'])} | "
             f"{r['n_infinite']} | {r['top1_agreement']:.3f} | {delta} |"
         )
@@ -66,7 +72,7 @@ def ranked_summary(report: pl.DataFrame, unit: str, rank_by: str) -> str:
     for (name,), rows in report.filter(pl.col(SLICE) != ALL_ROWS).group_by(
         SLICE, maintain_order=True
     ):
-        lines += ["", f"## {name}", "", *_table(rows)]
+        lines += ["", f"## {markdown_text(name)}", "", *_table(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -74,21 +80,23 @@ def baseline_section(report: pl.DataFrame, unit: str, baseline: Path | None, out
     """Markdown: how each model's mean KL (``ALL`` rows) changed since the baseline run."""
     if baseline is None:
         return (
-            f"\nNo earlier run under {out}: nothing to compare with, the change columns are null.\n"
+            f"\nNo earlier run under {markdown_text(str(out))}: nothing to compare with, "
+            "the change columns are null.\n"
         )
     lines = [
         "",
-        f"## Change since {baseline}",
+        f"## Change since {markdown_text(str(baseline))}",
         "",
         f"| model | previous mean KL | mean KL | change ({unit}) | change % | p |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in report.filter(pl.col(SLICE) == ALL_ROWS).iter_rows(named=True):
+        model = markdown_text(r["model"])
         if r["prev_mean_kl"] is None:
-            lines.append(f"| {r['model']} | – | {number(r['mean_kl'])} | new | – | – |")
+            lines.append(f"| {model} | – | {number(r['mean_kl'])} | new | – | – |")
             continue
         lines.append(
-            f"| {r['model']} | {number(r['prev_mean_kl'])} | {number(r['mean_kl'])} | "
+            f"| {model} | {number(r['prev_mean_kl'])} | {number(r['mean_kl'])} | "
             f"{number(r['change_mean_kl'])} | {number(r['change_mean_kl_pct'], 3)}% | "
             f"{_p_value(r['p_value_change'])} |"
         )
@@ -105,5 +113,5 @@ def gates_section(gates: Sequence[GateResult]) -> str:
     title = f"{len(failed)} failed" if failed else "all passed"
     lines = ["", f"## Gates: {title}", ""]
     for gate in sorted(gates, key=lambda g: not g.failed):
-        lines.append(f"- {gate.outcome.upper()} {gate.message}")
+        lines.append(f"- {gate.outcome.upper()} {markdown_text(gate.message)}")
     return "\n".join(lines) + "\n"

@@ -164,7 +164,7 @@ def check_undated(out: Path) -> None:
     nights = nightly_partitions(out)
     if nights:
         raise UsageError(
-            f"--out: {str(out)!r} holds nightly partitions ({nights[0]}, ...): a run without "
+            f"--out: {str(out)!r} holds nightly partitions ({nights[0]!r}, ...): a run without "
             "--run-date would replace them all; give --run-date, or another --out"
         )
 

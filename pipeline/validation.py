@@ -24,6 +24,7 @@ from pandera.config import ValidationDepth, config_context
 
 from pipeline.io import ROW
 from pipeline.layout import Layout
+from pipeline.text import one_line
 from schemas.inputs import (
     Rules,
     failing_value,
@@ -341,7 +342,11 @@ def check_coverage(
 
 
 def summarise(failures: pl.DataFrame, examples: int = 5) -> list[str]:
-    """One line per failed check: dataset, check, column, count and up to ``examples`` cases."""
+    """One line per failed check: dataset, check, column, count and up to ``examples`` cases.
+
+    Column and model names are quoted as ``repr`` quotes them, ids, values and check names go
+    through :func:`pipeline.text.one_line`: whatever the data holds, each check is one line.
+    """
     lines = []
     groups = failures.group_by(["dataset", "check", "column", "model"], maintain_order=True)
     for (dataset, check, column, model), cases in groups:
@@ -351,15 +356,16 @@ def summarise(failures: pl.DataFrame, examples: int = 5) -> list[str]:
         for case in cases.head(examples).iter_rows(named=True):
             label = []
             if case["id"] is not None:
-                label.append(f"id={case['id']}")
+                label.append(f"id={one_line(case['id'])}")
             if case["row"] is not None:
                 label.append(f"row {case['row']}")
-            text = f"{' '.join(label)}: {case['value']}" if label else str(case["value"])
+            value = one_line(str(case["value"]))
+            text = f"{' '.join(label)}: {value}" if label else value
             shown.append(text)
         count = cases.height
         noun = "case" if count == 1 else "cases"
         lines.append(
-            f"{where}: {describe_check(str(check))} [{check}]: {count} {noun}; e.g. "
-            + "; ".join(shown)
+            f"{where}: {one_line(describe_check(str(check)))} [{one_line(str(check))}]: "
+            f"{count} {noun}; e.g. " + "; ".join(shown)
         )
     return lines

@@ -1,5 +1,6 @@
 """Aggregation: report columns against numpy/scipy computed from rows.parquet, and state merging."""
 
+import json
 import math
 from pathlib import Path
 
@@ -8,6 +9,9 @@ import polars as pl
 import pytest
 import scipy.special
 import scipy.stats
+from cli_helpers import expect, inputs, klrank
+from hypothesis import given
+from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from jobs.config import InputOptions, RunOptions
@@ -302,3 +306,106 @@ def test_ecdf_points_are_bounded_and_keep_both_ends() -> None:
     kl = curve.get_column("kl")
     assert kl[0] == values[0] and kl[-1] == values[-1]
     assert curve.get_column("ecdf")[-1] == 1.0
+
+
+# Slice labels: `COL=value`, never shared by two different (column, value) pairs.
+SLICE_TEXT = st.text(st.one_of(st.sampled_from(list("=\\()nul ")), st.characters()), max_size=12)
+SLICE_VALUES = st.one_of(st.none(), st.just("(null)"), SLICE_TEXT)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "label"),
+    [
+        ("region", "eu", "region=eu"),  # ordinary labels are what they always were
+        ("region", None, "region=(null)"),
+        ("region", "", "region="),
+        ("a", "b=c", "a=b=c"),
+        ("a=b", "c", r"a\=b=c"),  # the column's "=" is escaped, so the two above differ
+        ("region", "(null)", r"region=\(null)"),  # the text "(null)" is not the null
+        ("region", r"\(null)", r"region=\\(null)"),
+        ("back\\slash", r"\x", r"back\\slash=\\x"),
+    ],
+)
+def test_slice_labels_by_hand(column: str, value: str | None, label: str) -> None:
+    assert aggregate.slice_label(column, value) == label
+    assert aggregate.parse_slice_label(label) == (column, value)
+    frame = pl.DataFrame({column: [value]}, schema={column: pl.String})
+    assert frame.select(**aggregate.slice_key_columns([column])).item() == label
+
+
+@given(st.lists(st.tuples(SLICE_TEXT.filter(bool), SLICE_VALUES), min_size=1, max_size=20))
+def test_slice_labels_read_back_so_no_two_pairs_share_one(
+    pairs: list[tuple[str, str | None]],
+) -> None:
+    labels = [aggregate.slice_label(c, v) for c, v in pairs]
+    assert [aggregate.parse_slice_label(label) for label in labels] == pairs
+    assert len(set(labels)) == len(set(pairs))
+    assert aggregate.ALL_ROWS not in labels
+
+
+@given(SLICE_TEXT.filter(bool), st.lists(SLICE_VALUES, min_size=1, max_size=20))
+def test_slice_key_expression_writes_the_same_labels(column: str, values: list[str | None]) -> None:
+    frame = pl.DataFrame({column: values}, schema={column: pl.String})
+    keys = frame.select(**aggregate.slice_key_columns([column])).to_series()
+    assert keys.to_list() == [aggregate.slice_label(column, v) for v in values]
+
+
+@pytest.mark.parametrize("label", ["ALL", "region", r"a\b=c", "a=\\x", "a\\"])
+def test_parse_slice_label_refuses_what_no_slice_is_labelled(label: str) -> None:
+    with pytest.raises(ValueError, match="not a slice label"):
+        aggregate.parse_slice_label(label)
+
+
+def test_colliding_slice_labels_and_null_versus_the_text_null_stay_apart(tmp_path: Path) -> None:
+    # --slice-by a --slice-by a=b: a = "b=c" and a=b = "c" were both `a=b=c` (exit 70), and a
+    # null and the text "(null)" in one column were one slice.
+    rng = np.random.default_rng(11)
+    n = 60
+    labels = pl.DataFrame(
+        {
+            "id": np.arange(n),
+            "a": rng.choice(["b=c", "x", "(null)", "\\(null)", ""], size=n).tolist(),
+            "a=b": rng.choice(["c", "y"], size=n).tolist(),
+            **{f"prob_{c}": p for c, p in zip(CLASSES, _distributions(rng, n, 1.0).T, strict=True)},
+        }
+    ).with_columns(pl.when(pl.int_range(n) % 7 == 0).then(None).otherwise(pl.col("a")).alias("a"))
+    q = _distributions(rng, n, 1.0)
+    predictions = pl.DataFrame(
+        {"id": np.arange(n), "model": ["m"] * n}
+        | {f"prob_{c}": q[:, k] for k, c in enumerate(CLASSES)}
+    )
+    out = tmp_path / "out"
+    result = klrank(
+        "run",
+        *inputs(tmp_path, labels, predictions),
+        "--out", out, "--run-date", "2026-01-02", "--slice-by", "a", "--slice-by", "a=b", "-q",
+    )  # fmt: skip
+    expect(result, 0)
+    night = out / "run_date=2026-01-02"
+    report = pl.read_parquet(night / "report.parquet")
+    rows = pl.read_parquet(night / "rows.parquet")
+    # Each label, written out by hand, and the rows it must hold, picked from the input.
+    a, a_b = pl.col("a"), pl.col("a=b")
+    expected = {
+        "ALL": pl.lit(True),
+        "a=b=c": a == "b=c",
+        "a=x": a == "x",
+        "a=(null)": a.is_null(),
+        r"a=\(null)": a == "(null)",
+        r"a=\\(null)": a == "\\(null)",
+        "a=": a == "",
+        r"a\=b=c": a_b == "c",
+        r"a\=b=y": a_b == "y",
+    }
+    assert sorted(report.get_column("slice").to_list()) == sorted(expected)
+    for label, rows_of in expected.items():
+        kl = rows.filter(rows_of).get_column("kl").to_numpy()
+        r = report.filter(pl.col("slice") == label).row(0, named=True)
+        assert r["n_rows"] == labels.filter(rows_of).height == len(kl) > 0, label
+        assert r["mean_kl"] == pytest.approx(kl.mean(), rel=1e-12), label
+    # `klrank history --slice` finds each of the two "null" slices by its label.
+    for label, rows_of in [("a=(null)", a.is_null()), (r"a=\(null)", a == "(null)")]:
+        history = klrank("history", out, "--slice", label, "--json", "-q")
+        expect(history, 0)
+        (row,) = json.loads(history.stdout)["rows"]
+        assert row["n_rows"] == labels.filter(rows_of).height

@@ -103,6 +103,22 @@ def test_scan_reads_directories_recursively_with_hive_keys_as_strings(tmp_path: 
     assert scanned.n_rows == 4 and len(scanned.files) == 2
 
 
+def test_scan_reads_folders_whose_names_look_like_glob_patterns(tmp_path: Path) -> None:
+    # A file found by name was handed to Polars as a pattern: model=*a* matched nothing.
+    for model in ("*a*", "[b]", "c?"):
+        folder = tmp_path / "predictions" / f"model={model}"
+        folder.mkdir(parents=True)
+        pl.DataFrame({"id": [1, 2]}).write_parquet(folder / "part-0.parquet")
+    scanned = io.scan_parquet(str(tmp_path / "predictions"))
+    models = scanned.frame.collect().get_column("model").sort().to_list()
+    assert models == ["*a*", "*a*", "[b]", "[b]", "c?", "c?"]
+    report = tmp_path / "out[1]" / "report.parquet"
+    report.parent.mkdir()
+    pl.DataFrame({"slice": ["ALL"]}).write_parquet(report)
+    frame, _ = io.read_report(report, ["slice"])
+    assert frame.get_column("slice").to_list() == ["ALL"]
+
+
 def test_scan_reads_a_glob(tmp_path: Path) -> None:
     for part in range(3):
         pl.DataFrame({"id": [part]}).write_parquet(tmp_path / f"part-{part}.parquet")

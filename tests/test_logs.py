@@ -46,6 +46,17 @@ def test_text_lines_quote_values_with_spaces() -> None:
     assert not logs.structured()
 
 
+def test_text_lines_quote_values_with_control_characters() -> None:
+    # Without a space, such a value was written bare: ESC reached the terminal, U+2028 split the
+    # line for readers that honour it.
+    stream = io.StringIO()
+    logs.configure("text", quiet=False, stream=stream)
+    events.emit("published", target="out\x1b[2J", other="a\u2028b", plain="x/y")
+    assert stream.getvalue().endswith(
+        ' info    published target="out\\u001b[2J" other="a\\u2028b" plain=x/y\n'
+    )
+
+
 def test_quiet_keeps_warnings_and_errors() -> None:
     stream = io.StringIO()
     logs.configure("text", quiet=True, stream=stream)

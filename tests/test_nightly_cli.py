@@ -19,6 +19,7 @@ import pytest
 import scipy.special
 import scipy.stats
 from cli_helpers import Result, expect, klrank, klrank_together, write
+from markdown_helpers import render
 
 from pipeline import io
 from schemas.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION
@@ -136,7 +137,11 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Nights:
 def test_first_night_has_no_baseline_and_null_change_columns(nights: Nights) -> None:
     result = nights.results["2026-03-01"]
     expect(result, 0)
-    assert f"No earlier run under {nights.out}" in result.stdout
+    # Read as rendered Markdown: a "_" of the path is escaped in the text.
+    assert any(
+        p.startswith(f"No earlier run under {nights.out}:")
+        for p in render(result.stdout).paragraphs
+    )
     folder = nights.out / "run_date=2026-03-01"
     report = _report(folder)
     assert report.select(CHANGE_COLUMNS).null_count().row(0) == (report.height,) * 4

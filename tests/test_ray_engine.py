@@ -28,7 +28,7 @@ from polars.testing import assert_frame_equal
 from jobs.config import InputOptions, RunOptions
 from jobs.run import run
 from pipeline import sketch
-from pipeline.aggregate import NULL_SLICE_VALUE
+from pipeline.aggregate import ALL_ROWS, parse_slice_label
 from pipeline.errors import EngineError, InvalidDataError, UsageError
 
 QUANTILE_COLUMNS = ("median_kl", "p90_kl", "p95_kl", "p99_kl")
@@ -153,10 +153,9 @@ def _assert_quantile_bound(
 ) -> None:
     """Within α of the exact value, α times the larger of the two order statistics around it."""
     part = rows.filter(pl.col("model") == model)
-    if slice_ != "ALL":
-        key, value = slice_.split("=", 1)
-        is_null = value == NULL_SLICE_VALUE
-        part = part.filter(pl.col(key).is_null() if is_null else pl.col(key) == value)
+    if slice_ != ALL_ROWS:
+        key, value = parse_slice_label(slice_)
+        part = part.filter(pl.col(key).is_null() if value is None else pl.col(key) == value)
     ordered = np.sort(part.get_column("kl").to_numpy())
     position = (len(ordered) - 1) * QUANTILES[column]
     below, above = ordered[math.floor(position)], ordered[math.ceil(position)]
@@ -180,6 +179,29 @@ def test_the_ray_report_equals_the_local_one(tmp_path: Path, local_ray: None) ->
     assert manifest["alignment"] == {"blurry": "joined", "sharp": "positional", "zeros": "joined"}
     local_manifest = json.loads((local / "manifest.json").read_text())
     assert local_manifest["quantiles"] == "exact"
+
+
+def test_slice_labels_that_once_collided_are_kept_apart_as_locally(
+    tmp_path: Path, local_ray: None
+) -> None:
+    # a = "b=c" and a=b = "c" were both `a=b=c`; a null and the text "(null)" were one slice.
+    rng = np.random.default_rng(4)
+    labels, predictions = _inputs(tmp_path / "in", rng, n=600)
+    frame = pl.read_parquet(labels)
+    a = pl.Series(rng.choice(["b=c", "(null)", "\\x", "-"], frame.height)).replace("-", None)
+    frame.with_columns(
+        a=a, **{"a=b": pl.Series(rng.choice(["c", "d"], frame.height))}
+    ).write_parquet(labels)
+    slice_by = ("a", "a=b")
+    local = _run(labels, predictions, tmp_path / "local", slice_by=slice_by)
+    distributed = _run(
+        labels, predictions, tmp_path / "ray", engine="ray", partitions=3, slice_by=slice_by
+    )
+    _assert_equivalent(local, distributed)
+    report = pl.read_parquet(distributed / "report.parquet")
+    assert sorted(report.get_column("slice").unique()) == sorted(
+        ["ALL", "a=b=c", "a=(null)", "a=\\(null)", "a=\\\\x", "a\\=b=c", "a\\=b=d"]
+    )
 
 
 @pytest.mark.parametrize("partitions", [1, 3, 16])

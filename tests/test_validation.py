@@ -7,14 +7,24 @@ checked on its own.
 """
 
 import math
+import re
+from pathlib import Path
 
 import pandera.errors
 import polars as pl
 import pytest
+from cli_helpers import expect, inputs, klrank
 
 from pipeline.io import ROW
 from pipeline.layout import Layout, resolve_layout
-from pipeline.validation import STRUCTURE_COLUMNS, _batch_schema, check_rows, check_structure
+from pipeline.validation import (
+    FAILURE_SCHEMA,
+    STRUCTURE_COLUMNS,
+    _batch_schema,
+    check_rows,
+    check_structure,
+    summarise,
+)
 from schemas.inputs import FINITE, IN_RANGE, MAX_RULE_COLUMNS, NOT_NULLABLE, ROWS_SUM_TO_ONE
 
 N_CLASSES = MAX_RULE_COLUMNS + 36  # past the point where the rules are fused by row reductions
@@ -148,3 +158,59 @@ def test_wide_structure_failures_are_found_in_every_group_of_columns() -> None:
         ("labels", "prob_3"),
         ("labels", f"prob_{n - 2}"),
     }
+
+
+def test_summarise_keeps_each_failed_check_on_one_line() -> None:
+    # What broke: an id with a newline forged a line of the message on stderr.
+    failures = pl.DataFrame(
+        {
+            "dataset": ["predictions", "predictions", "labels"],
+            "check": ["missing_ids", "missing_ids", "known_label"],
+            "column": ["id", "id", "label\nX"],
+            "row": [None, None, 7],
+            "id": ["2\nklrank: forged", "3\x1b[2J", "8"],
+            "model": ["m\u2028n", "m\u2028n", None],
+            "value": ["label id without a prediction", "label id without a prediction", "c\rd"],
+        },
+        schema=FAILURE_SCHEMA,
+    )
+    assert summarise(failures) == [
+        "predictions column 'id' model 'm\\u2028n': label ids without a prediction "
+        "[missing_ids]: 2 cases; e.g. id=2\\nklrank: forged: label id without a prediction; "
+        "id=3\\x1b[2J: label id without a prediction",
+        "labels column 'label\\nX': label is not a class of the predictions [known_label]: "
+        "1 case; e.g. id=8 row 7: c\\rd",
+    ]
+
+
+def test_validate_with_hostile_ids_and_values_writes_one_stderr_line_per_check(
+    tmp_path: Path,
+) -> None:
+    ids = ["1", "2\nklrank: forged line", "3\x1b[31m", "4\u2028x"]
+    labels = pl.DataFrame({"id": ids, "label": ["a", "b", "<b>z|\n# x</b>", "a"]})
+    predictions = pl.DataFrame(
+        {
+            "id": ids[:1] + ids[2:],  # the id with a newline has no prediction
+            "model": ["m\nklrank: forged model"] * 3,
+            "prob_a": [0.5, 0.5, 0.5],
+            "prob_b": [0.5, 0.5, 0.5],
+        }
+    )
+    failures = tmp_path / "fail\nures.parquet"
+    result = klrank(
+        "validate", *inputs(tmp_path, labels, predictions), "--failures", failures, "--quiet"
+    )
+    expect(result, 1)
+    cases = pl.read_parquet(failures)  # the cases themselves, unescaped, from the file
+    assert set(cases.get_column("id")) == {ids[1], ids[2]}
+    n_checks = cases.select("dataset", "check", "column", "model").unique().height
+    assert n_checks == 2  # known_label, missing_ids
+    lines = result.stderr.splitlines()
+    assert re.fullmatch(r"\S+Z error +validation\.failed .*", lines[0]), lines[0]
+    assert lines[1] == f"klrank: validation failed: {n_checks} failed checks"
+    assert [line.split(" ")[0] for line in lines[2:-1]] == ["labels", "predictions"]
+    assert lines[-1] == f"all {cases.height} failure cases: {tmp_path}/fail\\nures.parquet"
+    assert len(lines) == 3 + n_checks
+    assert "\x1b" not in result.stderr and "\u2028" not in result.stderr
+    assert "id=2\\nklrank: forged line" in lines[3]
+    assert "id=3\\x1b[31m row 2: <b>z|\\n# x</b>" in lines[2]
