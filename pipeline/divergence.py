@@ -117,11 +117,29 @@ def jensen_shannon_divergence(
 def log_softmax(logits: Sequence[pl.Expr]) -> list[pl.Expr]:
     """Log-probabilities from logits, shifted by the row maximum so that no ``exp`` overflows.
 
-    log q_i = z_i − m − log Σ_j exp(z_j − m), with m = max_j z_j.
+    log q_i = (z_i − m) − log Σ_j exp(z_j − m), with m = max_j z_j.
+
+    Notes
+    -----
+    The shift comes first: z_i − m is one rounding away from exact, and the log-sum, between 0
+    and log K, is subtracted from that. Adding the log-sum to m first, as z_i − (m + log Σ),
+    loses it wherever m is large: at m = 1e16 the spacing of floats is 2, and 1e308 + log 2 is
+    1e308, so equal logits came out as log q = 0 for every class (a Q summing to K).
+
+    Where z_i − m is below the Float64 range (logits of ±1e308 in one row), log q_i = −inf and
+    q_i = 0, the nearest floats to the true values; D(P‖Q) is then +inf if p_i > 0.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> df = pl.DataFrame({"z0": [1e308], "z1": [1e308]})
+    >>> df.select(log_softmax([pl.col("z0"), pl.col("z1")])).row(0) == (-math.log(2.0),) * 2
+    True
     """
     row_max = pl.max_horizontal(logits)
-    log_normaliser = row_max + sum_terms([(z - row_max).exp() for z in logits]).log()
-    return [z - log_normaliser for z in logits]
+    shifted = [z - row_max for z in logits]
+    log_sum = sum_terms([s.exp() for s in shifted]).log()
+    return [s - log_sum for s in shifted]
 
 
 def smoothed(q: Sequence[pl.Expr], epsilon: float) -> list[pl.Expr]:
