@@ -210,6 +210,26 @@ def test_property_array_measures_of_extreme_logits_match_scipy(case) -> None:
     np.testing.assert_allclose(rows.get_column("js").to_numpy(), js, rtol=1e-9, atol=1e-13)
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(2, 6).flatmap(
+        lambda k: st.lists(
+            st.lists(st.one_of(st.just(0.0), st.floats(5e-324, 1.0)), min_size=k, max_size=k),
+            min_size=1,
+            max_size=4,
+        )
+    )
+)
+@example([[0.2, 0.3, 0.5]])  # JS(P,P) was −1e-16 here: log(2p) − log 2 is not log p in Float64
+def test_property_array_measures_of_a_distribution_with_itself_are_exactly_zero(p) -> None:
+    values = np.array(p)
+    rows = _array_measures(values, values, "prob")
+    for name in ("kl", "reverse_kl", "js"):
+        assert (rows.get_column(name).to_numpy() == 0.0).all(), name
+    difference = rows.select(pl.col("cross_entropy") - pl.col("entropy")).to_series()
+    assert (difference == 0.0).all()
+
+
 # P = (1/2, 1/2) against Q = softmax(0, 1) = (1, e)/(1 + e), worked by hand in nats.
 Q_OF_LOGITS_0_1 = (1 / (1 + math.e), math.e / (1 + math.e))
 HALF_AND_LOGITS_0_1 = {

@@ -672,6 +672,17 @@ def test_property_reverse_kl_is_kl_with_arguments_swapped(pair):
     assert reverse == _one(_kl, q, p)
 
 
+@PROPERTY_SETTINGS
+@given(distributions())
+@example((0.2, 0.3, 0.5))  # JS(P,P) was −1e-16 here: log(2p) − log 2 is not log p in Float64
+def test_property_every_measure_of_a_distribution_with_itself_is_exactly_zero(p):
+    assert _one(divergence.jensen_shannon_divergence, p, p) == 0.0
+    assert _one(lambda p, lp, q, lq: divergence.reverse_kl_divergence(q, lq, lp), p, p) == 0.0
+    h_pq = _one(lambda p, lp, q, lq: divergence.cross_entropy(p, lq), p, p)
+    h_p = _one(lambda p, lp, q, lq: divergence.entropy(p, lp), p, p)
+    assert h_pq - h_p == 0.0
+
+
 # Allowed rounding, relative to Σ p·(|log p| + |log q|), the size of the terms of D(P‖Q).
 ROUNDING = 1e-13
 
