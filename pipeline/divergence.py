@@ -152,10 +152,20 @@ def log_softmax(logits: Sequence[pl.Expr]) -> list[pl.Expr]:
     >>> df.select(log_softmax([pl.col("z0"), pl.col("z1")])).row(0) == (-math.log(2.0),) * 2
     True
     """
-    row_max = pl.max_horizontal(logits)
-    shifted = [z - row_max for z in logits]
-    log_sum = sum_terms([s.exp() for s in shifted]).log()
+    shifted = shifted_logits(logits)
+    log_sum = log_sum_exp_of_shifted(shifted)
     return [s - log_sum for s in shifted]
+
+
+def shifted_logits(logits: Sequence[pl.Expr]) -> list[pl.Expr]:
+    """z_i − max_j z_j: the first step of :func:`log_softmax`, 0 for the largest logit."""
+    row_max = pl.max_horizontal(logits)
+    return [z - row_max for z in logits]
+
+
+def log_sum_exp_of_shifted(shifted: Sequence[pl.Expr]) -> pl.Expr:
+    """The log-sum log Σ exp s_i of :func:`shifted_logits`: in [0, log K], as the largest s is 0."""
+    return sum_terms([s.exp() for s in shifted]).log()
 
 
 def smoothed(q: Sequence[pl.Expr], epsilon: float) -> list[pl.Expr]:
