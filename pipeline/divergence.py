@@ -139,8 +139,9 @@ def log_softmax(logits: Sequence[pl.Expr]) -> list[pl.Expr]:
     -----
     The shift comes first: z_i − m is one rounding away from exact, and the log-sum, between 0
     and log K, is subtracted from that. Adding the log-sum to m first, as z_i − (m + log Σ),
-    loses it wherever m is large: at m = 1e16 the spacing of floats is 2, and 1e308 + log 2 is
-    1e308, so equal logits came out as log q = 0 for every class (a Q summing to K).
+    loses it wherever m is large: 1e308 + log 2 rounds to 1e308, so two equal logits of 1e308
+    gave log q = 0 for both classes (a Q summing to 2), and at m = 1e16, where floats are 2
+    apart, log 65 = 4.17 became 4.
 
     Where z_i − m is below the Float64 range (logits of ±1e308 in one row), log q_i = −inf and
     q_i = 0, the nearest floats to the true values; D(P‖Q) is then +inf if p_i > 0.
