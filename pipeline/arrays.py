@@ -84,15 +84,21 @@ def prepare_labels(batch: pl.DataFrame, layout: Layout, base: str) -> pl.DataFra
 
 
 def prepare_predictions(batch: pl.DataFrame, layout: Layout, epsilon: float) -> pl.DataFrame:
-    """Q and log Q arrays, from probabilities or from logits by a shifted log-softmax."""
+    """Q and log Q arrays, from probabilities or from logits by a shifted log-softmax.
+
+    Notes
+    -----
+    log q = (z − m) − log Σ exp(z − m), m the row maximum, as
+    :func:`pipeline.divergence.log_softmax`: no exp overflows, and the log-sum is subtracted
+    from the shifted logit, not added to m, where it would be lost for a large m.
+    """
     width = len(layout.classes)
     values = _array(batch, layout.prediction_cols, width)
     flat = values.reshape((-1,))
     if layout.prediction_kind == "logit":
-        # log q = z − m − log Σ exp(z − m), m the row maximum: no exp overflows.
-        row_max = values.arr.max()
-        log_normaliser = row_max + _row_sums((flat - _broadcast(row_max, width)).exp(), width).log()
-        log_q = flat - _broadcast(log_normaliser, width)
+        shifted = flat - _broadcast(values.arr.max(), width)
+        log_sum = _row_sums(shifted.exp(), width).log()
+        log_q = shifted - _broadcast(log_sum, width)
         q = log_q.exp()
     else:
         q, log_q = flat, flat.log()

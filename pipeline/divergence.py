@@ -17,6 +17,15 @@ The conventions are the ones of information theory, with no clipping and no reno
 
 D(P‖Q) is summed as p · (log p − log q) term by term, never as H(P,Q) − H(P), which cancels
 catastrophically when D is much smaller than H.
+
+Identical inputs give exactly 0: with Q = P, log q and log p are the same floats, so every term
+of D(P‖Q) and D(Q‖P) is 0, H(P,Q) − H(P) is 0, and a class with p = q contributes exactly 0 to
+the Jensen–Shannon divergence (log M is not taken there, as log(2p) − log 2 need not round to
+log p). Otherwise a divergence is computed to rounding and never clamped at 0: where P and Q
+both sum to exactly 1 it comes out below 0 only by rounding, by a few times 1e-16·(1 + H(P) +
+H(P,Q)) nats (for Q within rounding of P, about half the rows do). Rows that do not sum to
+exactly 1 (validation allows a tolerance; 65 times 1/65 in Float64 is not 1) can have a true
+D(P‖Q) a little below 0, since Gibbs' inequality needs Σq ≤ Σp; it is kept as it is.
 """
 
 import math
@@ -105,23 +114,59 @@ def jensen_shannon_divergence(
 ) -> pl.Expr:
     """JS(P,Q) = ½·D(P‖M) + ½·D(Q‖M) with M = (P+Q)/2, in nats; finite, at most log 2.
 
-    log m is taken as log(p + q) − log 2: p + q never rounds below p, so m > 0 wherever p > 0.
+    Notes
+    -----
+    log m is taken as log(p + q) − log 2: p + q never rounds below p, so m > 0 wherever p > 0
+    (halving first would round the smallest subnormal to 0, and make the term +inf).
+
+    A class with p = q contributes exactly 0, which is its true value: for p = q, log(p + q) −
+    log 2 can differ from log p in the last bit, and left a JS(P,P) of −1e-16 instead of 0.
     """
     terms = []
     for pi, lpi, qi, lqi in zip(p, log_p, q, log_q, strict=True):
         log_m = (pi + qi).log() - math.log(2.0)
-        terms.append(_xlogy_difference(pi, lpi, log_m) + _xlogy_difference(qi, lqi, log_m))
+        differs = _xlogy_difference(pi, lpi, log_m) + _xlogy_difference(qi, lqi, log_m)
+        terms.append(pl.when(pi == qi).then(0.0).otherwise(differs))
     return sum_terms(terms) * 0.5
 
 
 def log_softmax(logits: Sequence[pl.Expr]) -> list[pl.Expr]:
     """Log-probabilities from logits, shifted by the row maximum so that no ``exp`` overflows.
 
-    log q_i = z_i − m − log Σ_j exp(z_j − m), with m = max_j z_j.
+    log q_i = (z_i − m) − log Σ_j exp(z_j − m), with m = max_j z_j.
+
+    Notes
+    -----
+    The shift comes first: z_i − m is one rounding away from exact, and the log-sum, between 0
+    and log K, is subtracted from that. Adding the log-sum to m first, as z_i − (m + log Σ),
+    loses it wherever m is large: 1e308 + log 2 rounds to 1e308, so two equal logits of 1e308
+    gave log q = 0 for both classes (a Q summing to 2), and at m = 1e16, where floats are 2
+    apart, log 65 = 4.17 became 4.
+
+    Where z_i − m is below the Float64 range (logits of ±1e308 in one row), log q_i = −inf and
+    q_i = 0, the nearest floats to the true values; D(P‖Q) is then +inf if p_i > 0.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> df = pl.DataFrame({"z0": [1e308], "z1": [1e308]})
+    >>> df.select(log_softmax([pl.col("z0"), pl.col("z1")])).row(0) == (-math.log(2.0),) * 2
+    True
     """
+    shifted = shifted_logits(logits)
+    log_sum = log_sum_exp_of_shifted(shifted)
+    return [s - log_sum for s in shifted]
+
+
+def shifted_logits(logits: Sequence[pl.Expr]) -> list[pl.Expr]:
+    """z_i − max_j z_j: the first step of :func:`log_softmax`, 0 for the largest logit."""
     row_max = pl.max_horizontal(logits)
-    log_normaliser = row_max + sum_terms([(z - row_max).exp() for z in logits]).log()
-    return [z - log_normaliser for z in logits]
+    return [z - row_max for z in logits]
+
+
+def log_sum_exp_of_shifted(shifted: Sequence[pl.Expr]) -> pl.Expr:
+    """The log-sum log Σ exp s_i of :func:`shifted_logits`: in [0, log K], as the largest s is 0."""
+    return sum_terms([s.exp() for s in shifted]).log()
 
 
 def smoothed(q: Sequence[pl.Expr], epsilon: float) -> list[pl.Expr]:

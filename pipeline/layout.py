@@ -240,6 +240,7 @@ def resolve_layout(
 
 
 ENTROPY, ARGMAX_P = "entropy", "_argmax_p"
+LOG_SUM = "_log_sum"  # log Σ exp(z − max z) of a row of logits
 
 
 def prepare_labels(labels: pl.LazyFrame, layout: Layout, base: str) -> pl.LazyFrame:
@@ -275,7 +276,17 @@ def prepare_predictions(predictions: pl.LazyFrame, layout: Layout, epsilon: floa
     """Q and log Q per class, in Float64, smoothed only if ``epsilon`` > 0."""
     columns = [pl.col(c).cast(pl.Float64) for c in layout.prediction_cols]
     if layout.prediction_kind == "logit":
-        log_q = divergence.log_softmax(columns)
+        # divergence.log_softmax in three steps, each its own columns: as one expression per
+        # class, every class repeats the row's max and log-sum (K² terms a row, and K³ nodes
+        # for the optimiser, seconds per batch at 64 classes), which polars does not share.
+        log_q = [pl.col(log_q_col(i)) for i in range(len(columns))]
+        predictions = (
+            predictions.select(
+                s.alias(log_q_col(i)) for i, s in enumerate(divergence.shifted_logits(columns))
+            )
+            .with_columns(divergence.log_sum_exp_of_shifted(log_q).alias(LOG_SUM))
+            .select(lq - pl.col(LOG_SUM) for lq in log_q)
+        )
         q = [lq.exp() for lq in log_q]
     else:
         q, log_q = columns, [qi.log() for qi in columns]

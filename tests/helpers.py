@@ -3,12 +3,14 @@
 Nothing here computes a divergence: oracles live in the tests, from scipy and numpy.
 """
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+from hypothesis import strategies as st
 
 from jobs.config import InputOptions, RunOptions
 from jobs.run import REPORT_FILE, ROWS_FILE, RunSummary, run
@@ -40,6 +42,38 @@ def random_distributions(
     zeros[np.arange(n_rows), keep] = False
     weights[zeros] = 0.0
     return normalised(weights)
+
+
+# A denominator for distributions that sum to exactly 1 in Float64 (multiples of 2**-20 add
+# without rounding), so that Gibbs' inequality D(P‖Q) ≥ 0 holds for the floats themselves.
+DYADIC = 2**20
+
+
+@st.composite
+def dyadic_distributions(draw: st.DrawFn, k: int) -> tuple[float, ...]:
+    """A distribution over ``k`` classes of multiples of 2**-20 summing to exactly 1; zeros allowed."""
+    cuts = sorted(draw(st.lists(st.integers(0, DYADIC), min_size=k - 1, max_size=k - 1)))
+    edges = [0, *cuts, DYADIC]
+    return tuple((b - a) / DYADIC for a, b in zip(edges, edges[1:], strict=False))
+
+
+def extreme_logits(k: int) -> st.SearchStrategy[tuple[float, ...]]:
+    """``k`` finite logits at the extremes of Float64.
+
+    Either a small pattern on an offset (up to ±1e16, or anywhere up to ±1.8e308, where the
+    pattern is lost to rounding and the row ties), or each logit anywhere up to ±1.8e308 (so
+    that z − max z can fall below the Float64 range).
+    """
+    finite = st.floats(allow_nan=False, allow_infinity=False)
+    offset = st.one_of(
+        st.sampled_from([1e15, -1e15, 1e16, 1e308, -1e308, 1.7976931348623157e308]),
+        st.floats(-1e16, 1e16),
+        finite,
+    )
+    pattern = st.lists(st.floats(-40.0, 40.0), min_size=k, max_size=k)
+    shifted = st.builds(lambda c, zs: tuple(c + z for z in zs), offset, pattern)
+    spread = st.lists(finite, min_size=k, max_size=k).map(tuple)
+    return st.one_of(shifted, spread).filter(lambda zs: all(map(math.isfinite, zs)))
 
 
 def class_frame(values: np.ndarray, classes: Sequence[str], prefix: str) -> dict[str, np.ndarray]:

@@ -11,8 +11,20 @@ import pytest
 import scipy.special
 import scipy.stats
 from cli_helpers import expect, inputs, klrank
-from helpers import class_frame, random_distributions, run_job
+from helpers import (
+    class_frame,
+    dyadic_distributions,
+    extreme_logits,
+    random_distributions,
+    read_rows,
+    run_job,
+)
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
+
+from pipeline import arrays
+from pipeline.layout import resolve_layout
 
 N_ROWS, N_CLASSES = 300, 6
 MODELS = ("a", "b")
@@ -128,6 +140,130 @@ def test_array_logits_match_scipy_log_softmax(tmp_path: Path) -> None:
         # softmax is never 0, so D(Q‖P) is infinite exactly where some p is 0
         reverse = rows.filter(pl.col("model") == model).get_column("reverse_kl").to_numpy()
         assert (np.isinf(reverse) == (p == 0).any(axis=1)).all()
+
+
+def _array_measures(p: np.ndarray, values: np.ndarray, kind: str) -> pl.DataFrame:
+    """The per-row measures in nats, and log Q, by the array layout's own functions."""
+    n = len(p)
+    labels = pl.DataFrame({"id": np.arange(n)}).with_columns(_array(p, "prob"))
+    batch = pl.DataFrame({"id": np.arange(n), "model": ["m"] * n}).with_columns(
+        _array(values, kind)
+    )
+    layout = resolve_layout(
+        labels.schema,
+        batch.schema,
+        id_col="id",
+        model_col="model",
+        label_col="label",
+        truth="soft",
+        prob_prefix="prob_",
+        logit_prefix="logit_",
+        slice_by=(),
+    )
+    assert layout.uses_arrays and layout.prediction_kind == kind
+    prepared = arrays.prepare_labels(labels, layout, "e")
+    return arrays.row_measures(
+        prepared, arrays.prepare_predictions(batch, layout, 0.0), layout, "e"
+    )
+
+
+# Allowed rounding, relative to Σ p·(|log p| + |log q|), the size of the terms of D(P‖Q).
+ROUNDING = 1e-13
+
+
+@st.composite
+def extreme_logit_arrays(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    """1 to 4 rows of logits at the extremes of Float64, and P rows summing to exactly 1."""
+    k, n = draw(st.integers(2, 6)), draw(st.integers(1, 4))
+    z = [draw(extreme_logits(k)) for _ in range(n)]
+    return np.array(z), np.array([draw(dyadic_distributions(k)) for _ in range(n)])
+
+
+@settings(max_examples=100, deadline=None)
+@given(extreme_logit_arrays())
+@example((np.array([[1e308, 1e308]]), np.array([[0.5, 0.5]])))
+@example((np.array([[1e15, 1e15 + 1]]), np.array([[0.5, 0.5]])))
+def test_property_array_measures_of_extreme_logits_match_scipy(case) -> None:
+    z, p = case
+    rows = _array_measures(p, z, "logit")
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        log_q = scipy.special.log_softmax(z, axis=1)
+        log_p, q = np.log(p), np.exp(log_q)
+        kl = np.where(p > 0, p * (log_p - log_q), 0.0).sum(axis=1)
+        kl_size = 1.0 + np.where(p > 0, p * (abs(log_p) + abs(log_q)), 0.0).sum(axis=1)
+        reverse_size = 1.0 + np.where(q > 0, q * (abs(log_p) + abs(log_q)), 0.0).sum(axis=1)
+    # Softmax is never 0, so D(Q‖P) is +inf wherever some p = 0 (even where q underflowed).
+    reverse = np.where((p == 0).any(axis=1), np.inf, scipy.special.rel_entr(q, p).sum(axis=1))
+    m = (p + q) / 2
+    js = (scipy.special.rel_entr(p, m).sum(axis=1) + scipy.special.rel_entr(q, m).sum(axis=1)) / 2
+    np.testing.assert_allclose(
+        np.array(rows.get_column(arrays.LOG_Q).to_list()), log_q, rtol=1e-12, atol=1e-12
+    )
+    for name, want, size in (("kl", kl, kl_size), ("reverse_kl", reverse, reverse_size)):
+        have = rows.get_column(name).to_numpy()
+        infinite = np.isinf(want)
+        assert (have[infinite] == want[infinite]).all(), name
+        have, want, tolerance = have[~infinite], want[~infinite], ROUNDING * size[~infinite]
+        assert (abs(have - want) <= tolerance).all(), name
+        # Gibbs' inequality: P and the exact softmax of these floats both sum to 1.
+        assert (have >= -tolerance).all(), name
+    np.testing.assert_allclose(rows.get_column("js").to_numpy(), js, rtol=1e-9, atol=1e-13)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(2, 6).flatmap(
+        lambda k: st.lists(
+            st.lists(st.one_of(st.just(0.0), st.floats(5e-324, 1.0)), min_size=k, max_size=k),
+            min_size=1,
+            max_size=4,
+        )
+    )
+)
+@example([[0.2, 0.3, 0.5]])  # JS(P,P) was −1e-16 here: log(2p) − log 2 is not log p in Float64
+def test_property_array_measures_of_a_distribution_with_itself_are_exactly_zero(p) -> None:
+    values = np.array(p)
+    rows = _array_measures(values, values, "prob")
+    for name in ("kl", "reverse_kl", "js"):
+        assert (rows.get_column(name).to_numpy() == 0.0).all(), name
+    difference = rows.select(pl.col("cross_entropy") - pl.col("entropy")).to_series()
+    assert (difference == 0.0).all()
+
+
+# P = (1/2, 1/2) against Q = softmax(0, 1) = (1, e)/(1 + e), worked by hand in nats.
+Q_OF_LOGITS_0_1 = (1 / (1 + math.e), math.e / (1 + math.e))
+HALF_AND_LOGITS_0_1 = {
+    "kl": 0.5 * math.log((1 + math.e) ** 2 / (4 * math.e)),
+    "reverse_kl": sum(qi * math.log(2 * qi) for qi in Q_OF_LOGITS_0_1),
+    "js": sum(
+        0.25 * math.log(0.5 / mi) + 0.5 * qi * math.log(qi / mi)
+        for qi, mi in ((qi, (0.5 + qi) / 2) for qi in Q_OF_LOGITS_0_1)
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("logits", "p", "expected"),
+    [
+        ([1e308, 1e308], [0.5, 0.5], {"kl": 0.0, "reverse_kl": 0.0, "js": 0.0}),
+        ([1e15, 1e15 + 1], [0.5, 0.5], HALF_AND_LOGITS_0_1),
+        ([1e16] * 65, [1 / 65] * 65, {"kl": 0.0, "reverse_kl": 0.0, "js": 0.0}),
+    ],
+    ids=["two_at_1e308", "1e15_and_1e15_plus_1", "65_equal_at_1e16"],
+)
+def test_array_logits_lost_the_log_sum_at_large_magnitudes(
+    tmp_path: Path, logits: list[float], p: list[float], expected: dict[str, float]
+) -> None:
+    # log q was z − (m + log Σ exp(z − m)): the log-sum rounded away at m = 1e16 or 1e308, and
+    # the mean KL came out as −1 bit, 0.26 bits (for 0.17) and −0.25 bits.
+    labels = pl.DataFrame({"id": [1]}).with_columns(_array(np.array([p]), "prob"))
+    predictions = pl.DataFrame({"id": [1], "model": ["m"]}).with_columns(
+        _array(np.array([logits]), "logit")
+    )
+    _, out = run_job(tmp_path, labels, predictions, base="e")
+    row = read_rows(out).row(0, named=True)
+    for name, value in expected.items():
+        assert row[name] == pytest.approx(value, rel=1e-12, abs=1e-15), name
 
 
 def test_array_layout_report_equals_column_layout_report(tmp_path: Path) -> None:

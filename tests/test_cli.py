@@ -6,6 +6,7 @@ traceback never reaches the user.
 """
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -521,6 +522,59 @@ def test_hard_labels_and_logits_run(successes: Runs) -> None:
     summary = json.loads(result.stdout)
     assert (summary["truth"], summary["prediction_kind"]) == ("hard", "logit")
     assert (out / "_SUCCESS").exists()
+
+
+# P = (1/2, 1/2) against Q = softmax(0, 1) = (1, e)/(1 + e), worked by hand, in bits.
+_Q_OF_LOGITS_0_1 = (1 / (1 + math.e), math.e / (1 + math.e))
+_HALF_AND_LOGITS_0_1 = {
+    "mean_kl": 0.5 * math.log2((1 + math.e) ** 2 / (4 * math.e)),  # 0.1732886 bits
+    "mean_js": sum(
+        0.25 * math.log2(0.5 / mi) + 0.5 * qi * math.log2(qi / mi)
+        for qi, mi in ((qi, (0.5 + qi) / 2) for qi in _Q_OF_LOGITS_0_1)
+    ),
+}
+_EXACT_ZERO = {"mean_kl": 0.0, "mean_js": 0.0, "mean_reverse_kl": 0.0}
+
+
+def test_logits_at_the_float64_extremes_publish_the_exact_means(tmp_path: Path) -> None:
+    # The log-softmax lost log Σ exp(z − m) to m + log Σ at m = 1e16 and 1e308: the published
+    # mean_kl was −1 bit for [1e308, 1e308], 0.26 bits for [1e15, 1e15 + 1] (0.17 is right)
+    # and −0.25 bits for 65 equal logits of 1e16.
+    halves = pl.DataFrame({"id": [1, 2], "prob_a": [0.5, 0.5], "prob_b": [0.5, 0.5]})
+    columns = pl.DataFrame(
+        {
+            "id": [1, 2, 1, 2],
+            "model": ["huge", "huge", "offset", "offset"],
+            "logit_a": [1e308, 1e308, 1e15, 1e15],
+            "logit_b": [1e308, 1e308, 1e15 + 1, 1e15 + 1],
+        }
+    )
+    # Above 64 classes the measures run on arrays (tests/test_arrays.py has Array columns).
+    classes = [f"c{i:02d}" for i in range(65)]
+    uniform = pl.DataFrame({"id": [1], **{f"prob_{c}": [1 / 65] for c in classes}})
+    wide = pl.DataFrame({"id": [1], "model": ["huge"], **{f"logit_{c}": [1e16] for c in classes}})
+    runs = {
+        "columns": input_options(tmp_path / "columns", halves, columns),
+        "65_classes": input_options(tmp_path / "65_classes", uniform, wide),
+    }
+    results = klrank_together(
+        *[("run", *options, "--out", tmp_path / name / "out") for name, options in runs.items()]
+    )
+    expected = {
+        "columns": {"huge": _EXACT_ZERO, "offset": _HALF_AND_LOGITS_0_1},
+        "65_classes": {"huge": _EXACT_ZERO},
+    }
+    for (name, models), result in zip(expected.items(), results, strict=True):
+        expect(result, 0)
+        report = pl.read_parquet(tmp_path / name / "out" / "report.parquet").filter(slice=ALL_ROWS)
+        for model, means in models.items():
+            row = report.filter(model=model).row(0, named=True)
+            for column, value in means.items():
+                assert row[column] == pytest.approx(value, rel=1e-12, abs=1e-15), (
+                    name,
+                    model,
+                    column,
+                )
 
 
 def test_options_from_environment_variables(successes: Runs) -> None:

@@ -14,8 +14,16 @@ import pytest
 import scipy.spatial.distance
 import scipy.special
 import scipy.stats
-from helpers import class_frame, random_distributions, read_report, read_rows, run_job
-from hypothesis import given, settings
+from helpers import (
+    class_frame,
+    dyadic_distributions,
+    extreme_logits,
+    random_distributions,
+    read_report,
+    read_rows,
+    run_job,
+)
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
@@ -187,6 +195,11 @@ def test_jensen_shannon_of_disjoint_one_hots_is_exactly_log_2():
         ((5.0, 5.0, 5.0), (-LN3, -LN3, -LN3)),  # shift invariance
         ((-1000.0, 0.0), (-1000.0, 0.0)),  # exp(-1000) underflows; the log-softmax does not
         ((700.0, 710.0, 720.0), tuple(scipy.special.log_softmax([700.0, 710.0, 720.0]))),
+        # Where m + log Σ exp(z − m) rounds to m, the log-sum must still be subtracted.
+        ((1e308, 1e308), (-LN2, -LN2)),
+        ((1e15, 1e15 + 1), (-1.0 - math.log1p(math.exp(-1.0)), -math.log1p(math.exp(-1.0)))),
+        ((1e16,) * 5, (-math.log(5.0),) * 5),
+        ((-1.7976931348623157e308,) * 3, (-LN3, -LN3, -LN3)),
     ],
 )
 def test_log_softmax_is_stable_for_large_logits(logits, expected):
@@ -202,6 +215,43 @@ def test_log_softmax_exponentiates_to_a_distribution():
     log_q = divergence.log_softmax(_cols("z", 3))
     total = frame.select(pl.sum_horizontal([lq.exp() for lq in log_q]).alias("total"))
     assert total.get_column("total").to_list() == pytest.approx([1.0, 1.0], rel=1e-15)
+
+
+def test_log_softmax_below_the_float64_range_is_minus_infinity():
+    # z − m = −2e308 is not a Float64: log q rounds to −inf and q to 0, as in scipy.
+    frame = pl.DataFrame({"z0": [1e308], "z1": [-1e308]})
+    got = frame.select(divergence.log_softmax(_cols("z", 2))).row(0)
+    assert got == (0.0, -math.inf)
+    with np.errstate(over="ignore"):
+        assert got == tuple(scipy.special.log_softmax([1e308, -1e308]))
+
+
+# P = (1/2, 1/2) against Q = softmax(0, 1) = (1, e)/(1 + e), worked by hand: D(P‖Q) =
+# ½·log((1 + e)/2) + ½·log((1 + e)/(2e)) = ½·log((1 + e)²/(4e)) nats = 0.1732886 bits.
+KL_HALVES_FROM_LOGITS_0_1 = 0.5 * math.log((1 + math.e) ** 2 / (4 * math.e))
+EXTREME_LOGITS = {
+    "two_at_1e308": ((1e308, 1e308), (0.5, 0.5), 0.0),
+    "1e15_and_1e15_plus_1": ((1e15, 1e15 + 1), (0.5, 0.5), KL_HALVES_FROM_LOGITS_0_1),
+    # Column by column (the review's 65 classes go to the array layout: tests/test_arrays.py).
+    "five_equal_at_1e16": ((1e16,) * 5, (0.2,) * 5, 0.0),
+}
+
+
+@pytest.mark.parametrize(
+    ("logits", "p", "expected"), EXTREME_LOGITS.values(), ids=EXTREME_LOGITS.keys()
+)
+def test_kl_from_huge_logits_was_wrong_by_the_lost_log_sum(logits, p, expected):
+    # log q was z − (m + log Σ exp(z − m)): at m = 1e16 or 1e308 the log-sum rounded away, and
+    # D came out as −1 bit, 0.26 bits (for 0.17) and −log2 5 bits.
+    k = len(p)
+    frame = pl.DataFrame({f"z{i}": [z] for i, z in enumerate(logits)}).hstack(
+        pl.DataFrame({f"p{i}": [v] for i, v in enumerate(p)})
+    )
+    pe = _cols("p", k)
+    log_q = divergence.log_softmax(_cols("z", k))
+    got = frame.select(divergence.kl_divergence(pe, _logs(pe), log_q)).item()
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert KL_HALVES_FROM_LOGITS_0_1 / LN2 == pytest.approx(0.1732886035, rel=1e-9)
 
 
 def test_smoothed_hand_computed():
@@ -620,6 +670,82 @@ def test_property_reverse_kl_is_kl_with_arguments_swapped(pair):
     p, q = pair
     reverse = _one(lambda p, lp, q, lq: divergence.reverse_kl_divergence(q, lq, lp), p, q)
     assert reverse == _one(_kl, q, p)
+
+
+@PROPERTY_SETTINGS
+@given(distributions())
+@example((0.2, 0.3, 0.5))  # JS(P,P) was −1e-16 here: log(2p) − log 2 is not log p in Float64
+def test_property_every_measure_of_a_distribution_with_itself_is_exactly_zero(p):
+    assert _one(divergence.jensen_shannon_divergence, p, p) == 0.0
+    assert _one(lambda p, lp, q, lq: divergence.reverse_kl_divergence(q, lq, lp), p, p) == 0.0
+    h_pq = _one(lambda p, lp, q, lq: divergence.cross_entropy(p, lq), p, p)
+    h_p = _one(lambda p, lp, q, lq: divergence.entropy(p, lp), p, p)
+    assert h_pq - h_p == 0.0
+
+
+# Allowed rounding, relative to Σ p·(|log p| + |log q|), the size of the terms of D(P‖Q).
+ROUNDING = 1e-13
+
+
+@st.composite
+def extreme_logit_rows(draw) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Logits at the extremes of Float64 and a P that sums to exactly 1, over 2 to 6 classes."""
+    k = draw(st.integers(2, 6))
+    return draw(extreme_logits(k)), draw(dyadic_distributions(k))
+
+
+def _logit_oracle(z: np.ndarray, p: np.ndarray) -> dict[str, object]:
+    """log Q by scipy, and D(P‖Q), D(Q‖P), JS with the size of their terms, by numpy."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        log_q = scipy.special.log_softmax(z)
+        log_p, q = np.log(p), np.exp(log_q)
+        kl_terms = np.where(p > 0, p * (log_p - log_q), 0.0)
+        kl_size = np.where(p > 0, p * (abs(log_p) + abs(log_q)), 0.0)
+        reverse_size = np.where(q > 0, q * (abs(log_p) + abs(log_q)), 0.0)
+    m = (p + q) / 2
+    js = 0.5 * np.sum(scipy.special.rel_entr(p, m)) + 0.5 * np.sum(scipy.special.rel_entr(q, m))
+    return {
+        "log_q": log_q,
+        "kl": float(kl_terms.sum()),
+        "kl_size": 1.0 + float(kl_size.sum()),
+        # Softmax is never 0, so D(Q‖P) is +inf wherever p = 0 (even where q underflowed).
+        "reverse_kl": math.inf if (p == 0).any() else float(scipy.special.rel_entr(q, p).sum()),
+        "reverse_kl_size": 1.0 + float(reverse_size.sum()),
+        "js": float(js),
+    }
+
+
+@PROPERTY_SETTINGS
+@given(extreme_logit_rows())
+@example(((1e308, 1e308), (0.5, 0.5)))
+@example(((1e15, 1e15 + 1), (0.5, 0.5)))
+def test_property_measures_of_extreme_logits_match_scipy(row):
+    z, p = row
+    k = len(p)
+    frame = pl.DataFrame({f"z{i}": [v] for i, v in enumerate(z)}).hstack(
+        pl.DataFrame({f"p{i}": [v] for i, v in enumerate(p)})
+    )
+    pe, log_p, log_q = _cols("p", k), _logs(_cols("p", k)), divergence.log_softmax(_cols("z", k))
+    q = [lq.exp() for lq in log_q]
+    got = frame.select(
+        *[lq.alias(f"lq{i}") for i, lq in enumerate(log_q)],
+        divergence.kl_divergence(pe, log_p, log_q).alias("kl"),
+        divergence.reverse_kl_divergence(q, log_q, log_p, q_has_full_support=True).alias("rkl"),
+        divergence.jensen_shannon_divergence(pe, log_p, q, log_q).alias("js"),
+    ).row(0, named=True)
+    want = _logit_oracle(np.array(z), np.array(p))
+    got_log_q = np.array([got[f"lq{i}"] for i in range(k)])
+    np.testing.assert_allclose(got_log_q, want["log_q"], rtol=1e-12, atol=1e-12)
+    for name, size in (("kl", want["kl_size"]), ("rkl", want["reverse_kl_size"])):
+        oracle = want["kl" if name == "kl" else "reverse_kl"]
+        if math.isinf(oracle):
+            assert got[name] == oracle, name
+            continue
+        assert abs(got[name] - oracle) <= ROUNDING * size, name
+        # Gibbs' inequality: P and the exact softmax of these floats both sum to 1.
+        assert got[name] >= -ROUNDING * size, name
+    assert got["js"] == pytest.approx(want["js"], rel=1e-9, abs=1e-13)
+    assert -1e-13 <= got["js"] <= LN2 + 1e-13
 
 
 def test_kl_is_not_symmetric():
