@@ -243,21 +243,23 @@ def _combine(frames: list[pl.LazyFrame], path: str) -> pl.LazyFrame:
 class _Windows:
     """Windows of rows of some files, each a query over only the files it needs.
 
-    A window is given ``schema``, that of the frame over all the files, so every window has its
-    columns in the same order and dtypes (a file may lack a column, or hold a narrower type).
+    Where the files differ in columns or types, a window is given ``schema``, that of the frame
+    over all the files, so every window has its columns in the same order and dtypes (a file may
+    lack a column, or hold a narrower type).
     """
 
     def __init__(self, files: Sequence[ParquetFile], schema: pl.Schema, columns: list[str]):
         self._files = [file for file in files if file.n_rows]  # the rest add no rows
         self._ends = list(itertools.accumulate(file.n_rows for file in self._files))
         self._schema, self._columns = schema, columns
+        self._alike = len({(file.schema, tuple(file.hive)) for file in files}) == 1
 
     def __call__(self, start: int, length: int) -> pl.LazyFrame:
         """The query for rows ``[start, start + length)`` of the files."""
         first = bisect.bisect_right(self._ends, start)  # the first file ending after start
         last = bisect.bisect_left(self._ends, start + length) + 1  # past the file holding stop
         position = self._ends[first - 1] if first else 0  # where files[first] starts
-        frames = [pl.LazyFrame(schema=self._schema)]
+        frames = []
         for run in _runs(self._files[first:last]):
             rows = sum(file.n_rows for file in run)
             skip = max(start - position, 0)
@@ -265,7 +267,10 @@ class _Windows:
             if take > 0:
                 frames.append(_scan(run, skip, take))
             position += rows
-        return pl.concat(frames, how="diagonal_relaxed").select(self._columns)
+        if not self._alike or not frames:
+            frames.insert(0, pl.LazyFrame(schema=self._schema))
+        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+        return frame.select(self._columns)
 
 
 def scan_parquet(path: str) -> ParquetInput:
