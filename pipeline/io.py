@@ -110,10 +110,12 @@ def _is_visible(path: Path, root: Path) -> bool:
     return not any(part.startswith((".", "_")) for part in path.relative_to(root).parts)
 
 
-Listed = tuple[str, tuple[str, ...]]  # a file, and the folders between it and where hive keys start
+_Listed = tuple[
+    str, tuple[str, ...]
+]  # a file, and the folders between it and where hive keys start
 
 
-def _list_files(path: str) -> list[Listed]:
+def _list_files(path: str) -> list[_Listed]:
     """The Parquet files named by ``path``, in path order, with the folders hive keys are read in."""
     if _GLOB_CHARS & set(path):
         parts = Path(path).parts
@@ -302,7 +304,8 @@ def read_rows(
 ) -> pl.DataFrame:
     """Rows ``[start, start + length)`` of ``files`` read one after another.
 
-    The ``columns`` there are (hive keys too) and ``ROW``, in the dtypes of those files combined.
+    Of ``columns``, those the files have (hive keys too), and ``ROW``; in the dtypes of those
+    files combined.
 
     Raises
     ------
