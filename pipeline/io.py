@@ -37,6 +37,10 @@ STAGING_PREFIX = ".klrank-staging-"
 ROW = "__klrank_row"  # 0-based position of a row in its input
 RUN_DATE_KEY = "run_date"  # nightly partitions: OUT/run_date=YYYY-MM-DD/
 SMALL_CHUNK_ROWS = 10_000  # a frame read with chunks smaller than this on average is rechunked
+# Scans in one query (the streaming engine's cost grows with their square: 1,000 scans took
+# seconds a query, 100 a few tenths of a second) before hive values are read from file paths.
+MAX_SCANS = 64
+_PATH = "__klrank_path"  # a scan's file paths, while hive values are read from them
 
 
 @dataclass(frozen=True)
@@ -189,17 +193,28 @@ def _describe(file: str, folders: Sequence[str], offset: int) -> ParquetFile:
 def _runs(files: Sequence[ParquetFile]) -> list[list[ParquetFile]]:
     """``files`` cut where one Polars scan must end.
 
-    That is at a change of columns, types or hive values, or at a gap in the input's rows (one
-    row index counts through a scan).
+    That is at a change of columns or types, or at a gap in the input's rows (one row index
+    counts through a scan), and at a change of hive values, unless that would make more than
+    ``MAX_SCANS`` scans (a folder a day for years): then only where the hive keys change, and
+    a scan reads the values from its files' paths.
     """
+    by_values = _cut(files, lambda a, b: a.hive == b.hive)
+    if len(by_values) <= MAX_SCANS:
+        return by_values
+    return _cut(files, lambda a, b: list(a.hive) == list(b.hive))
+
+
+def _cut(
+    files: Sequence[ParquetFile], same_hive: Callable[[ParquetFile, ParquetFile], bool]
+) -> list[list[ParquetFile]]:
     runs: list[list[ParquetFile]] = []
     for file in files:
         last = runs[-1][-1] if runs else None
         if (
             last is not None
             and last.schema == file.schema
-            and last.hive == file.hive
             and last.offset + last.n_rows == file.offset
+            and same_hive(last, file)
         ):
             runs[-1].append(file)
         else:
@@ -215,17 +230,26 @@ def _scan(run: Sequence[ParquetFile], start: int = 0, length: int | None = None)
     of a union of scans reads every scan before it, where one scan skips whole files and row
     groups by their row counts.
     """
+    varying = any(file.hive != run[0].hive for file in run)
     frame = pl.scan_parquet(
         [file.path for file in run],
         hive_partitioning=False,  # klrank reads the hive keys (_hive_values)
         glob=False,  # the paths are files: a "[" or "*" in a name is no pattern
         row_index_name=ROW,
         row_index_offset=run[0].offset,
+        include_file_paths=_PATH if varying else None,
     )
     if start or length is not None:
         frame = frame.slice(start, length)
-    return frame.with_columns(pl.col(ROW).cast(pl.Int64)).with_columns(
-        pl.lit(v, pl.String).alias(k) for k, v in run[0].hive.items()
+    frame = frame.with_columns(pl.col(ROW).cast(pl.Int64))
+    if not varying:  # a literal: a filter on it can skip the whole scan
+        return frame.with_columns(pl.lit(v, pl.String).alias(k) for k, v in run[0].hive.items())
+    values = [
+        pl.col(_PATH).replace_strict({f.path: f.hive[k] for f in run}, return_dtype=pl.String)
+        for k in run[0].hive
+    ]
+    return frame.with_columns(v.alias(k) for v, k in zip(values, run[0].hive, strict=True)).drop(
+        _PATH
     )
 
 

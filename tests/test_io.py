@@ -141,7 +141,13 @@ def _read_one_by_one(files: list[tuple[Path, dict[str, str]]], offset: int = 0) 
     return pl.concat(frames, how="diagonal_relaxed")
 
 
-def test_windows_of_many_files_are_slices_of_the_files_read_one_by_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_scans", [io.MAX_SCANS, 1], ids=["scan-a-folder", "from-paths"])
+def test_windows_of_many_files_are_slices_of_the_files_read_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_scans: int
+) -> None:
+    # With one scan at most, files alike in all but their folders are one scan, which reads
+    # their hive values from their paths.
+    monkeypatch.setattr(io, "MAX_SCANS", max_scans)
     files = _many_files(tmp_path)
     scanned = io.scan_parquet(str(tmp_path))
     columns = [io.ROW, "id", "p", "note", "model"]
