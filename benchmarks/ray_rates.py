@@ -60,10 +60,11 @@ def main() -> None:
         (predictions, prediction_schema, layout.model_col),
     ):
         for file in source.files:
+            chunk = ray_engine._Chunk((file,), 0, min(file.n_rows, 1_000_000))
             *parts, chunk_counts = ray_engine._split(
-                source.path, file, columns, 0, 1_000_000, layout.id_col, PARTS, model_col
+                source.path, chunk, columns, layout.id_col, PARTS, model_col
             )
-            n_rows += min(file.n_rows, 1_000_000)
+            n_rows += chunk.length
             pieces.append(parts)
             if model_col is not None:
                 counts.append(chunk_counts)

@@ -83,6 +83,7 @@ class ModelInput:
 
     name: str | None  # None: the rows whose model is null
     frame: pl.LazyFrame
+    window: io.Window  # the query for some of the rows of ``frame``, by position
 
 
 @dataclass
@@ -135,7 +136,11 @@ def model_inputs(
         else:
             if by_file:
                 return [
-                    ModelInput(name, predictions.subset(files).select(selected))
+                    ModelInput(
+                        name,
+                        predictions.subset(files).select(selected),
+                        predictions.windows(selected, files),
+                    )
                     for name, files in sorted(by_file.items())
                 ]
         found = io.collect(predictions.frame.select(column.unique()), predictions)
@@ -145,12 +150,17 @@ def model_inputs(
         nulls = predictions.frame.select(column.is_null().any())
         has_null = bool(io.collect(nulls, predictions).item())
     inputs = [
-        ModelInput(name, predictions.frame.filter(column == name).select(selected))
+        _filtered(name, predictions.frame.filter(column == name).select(selected))
         for name in sorted(names)
     ]
     if has_null:
-        inputs.append(ModelInput(None, predictions.frame.filter(column.is_null()).select(selected)))
+        inputs.append(_filtered(None, predictions.frame.filter(column.is_null()).select(selected)))
     return inputs
+
+
+def _filtered(name: str | None, frame: pl.LazyFrame) -> ModelInput:
+    # The rows before a window are only known by filtering them all: a window is a slice.
+    return ModelInput(name, frame, frame.slice)
 
 
 def batch_rows(n_classes: int) -> int:
@@ -288,26 +298,28 @@ def _evaluate(
     streams: ExitStack,
     names: Sequence[str] | None,
 ) -> Partition:
-    def read(frame: pl.LazyFrame, source: ParquetInput) -> io.Batches:
-        return streams.enter_context(closing(io.batches(frame, source, size)))
+    def read(window: io.Window, source: ParquetInput) -> io.Batches:
+        return streams.enter_context(closing(io.batches(window, source, size)))
 
     size = batch_rows(len(layout.classes))
-    label_frame = labels.frame.select(*label_columns(layout), ROW)
+    label_selected = [*label_columns(layout), ROW]
+    label_frame = labels.frame.select(label_selected)
     checked = _Stopwatch()
     label_keys = _label_keys(labels, label_frame, layout)
     failures = [checked(check_label_keys, label_keys, layout)]  # failures[0]: duplicate ids
 
-    label_batches = read(label_frame, labels)  # starts reading now
+    label_batches = read(labels.windows(label_selected), labels)  # starts reading now
     aligned: list[_Model] = []
     # Read only after the paired loop, so they do not each hold a batch through it.
-    validate_only: list[pl.LazyFrame] = []
+    validate_only: list[io.Window] = []
     alignment: dict[str, str] = {}
     inputs = model_inputs(predictions, layout, names)
     partition = names is not None
     for source in inputs:
         frame = source.frame.drop(MODEL_RANK) if partition else source.frame
+        window = frame.slice if partition else source.window  # a partition is in memory
         if source.name is None:
-            validate_only.append(frame)
+            validate_only.append(window)
             continue
         ranks = [MODEL_RANK] if partition else []
         ids = _keys(io.collect(source.frame.select(layout.id_col, *ranks), predictions), layout)
@@ -318,7 +330,7 @@ def _evaluate(
         # have duplicate ids; with none, its coverage check would find nothing.
         if positional and (not partition or not failures[0].height):
             alignment[source.name] = "positional"
-            aligned.append(_Model(source.name, read(frame, predictions)))
+            aligned.append(_Model(source.name, read(window, predictions)))
             continue
         del ids  # at 20M rows the ids weigh 160 MB a model
         keys = _keys(io.collect(frame.select(layout.id_col, ROW), predictions), layout)
@@ -326,11 +338,11 @@ def _evaluate(
         failures.append(coverage)
         if positional:  # in a partition: see the docstring of evaluate_partition
             alignment[source.name] = "positional"
-            aligned.append(_Model(source.name, read(frame, predictions)))
+            aligned.append(_Model(source.name, read(window, predictions)))
             continue
         # A null id matches no label: only validating every row of the model reports it.
         if coverage.height or keys.get_column(layout.id_col).null_count():
-            validate_only.append(frame)
+            validate_only.append(window)
             continue
         alignment[source.name] = "joined"
         rows = _keys(io.collect(frame, predictions), layout)
@@ -364,8 +376,8 @@ def _evaluate(
             if prepared is not None and not failed():
                 _measure(model, prepared, batch, layout, measures, list(slice_keys), rows_sink)
         events.progress("batches", done, n_batches)
-    for frame in validate_only:
-        for batch in read(frame, predictions):
+    for window in validate_only:
+        for batch in read(window, predictions):
             failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))
 
     return Partition(

@@ -5,9 +5,12 @@ written into a hidden staging directory beside the target, ``_SUCCESS`` last, an
 swapped with one ``renameat2(RENAME_EXCHANGE)`` (two renames where the kernel lacks it).
 """
 
+import bisect
 import ctypes
 import datetime as dt
 import glob
+import hashlib
+import itertools
 import json
 import os
 import queue
@@ -37,16 +40,26 @@ from pipeline.text import one_line
 _GLOB_CHARS = frozenset("*?[")
 ROW = "__klrank_row"  # 0-based position of a row in its input
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")
+SMALL_CHUNK_ROWS = 10_000  # a frame read with chunks smaller than this on average is rechunked
+# Scans in one query (the streaming engine's cost grows with their square: 1,000 scans took
+# seconds a query, 100 a few tenths of a second) before hive values are read from file paths.
+MAX_SCANS = 64
+_PATH = "__klrank_path"  # a scan's file paths, while hive values are read from them
 
 
 @dataclass(frozen=True)
 class ParquetFile:
-    """One file of an input: its rows, where they start in the input, and its hive key values."""
+    """One file of an input: its rows, where they start in the input, and its hive key values.
+
+    ``schema`` is a digest of its columns and their types: consecutive files alike in it (and
+    in their hive values) are read by one Polars scan.
+    """
 
     path: str
     n_rows: int
     offset: int
     hive: dict[str, str]
+    schema: str
 
     def constant(self, column: str) -> str | None:
         """The single value ``column`` holds in every row, if the hive path or statistics say so."""
@@ -66,6 +79,9 @@ class ParquetFile:
         return str(values.pop()) if len(values) == 1 else None
 
 
+Window = Callable[[int, int], pl.LazyFrame]  # (start, length) -> the query for those rows
+
+
 @dataclass(frozen=True)
 class ParquetInput:
     """A scanned input: its files, their total rows, and a lazy frame over all of them.
@@ -80,7 +96,21 @@ class ParquetInput:
 
     def subset(self, files: Sequence[ParquetFile]) -> pl.LazyFrame:
         """A lazy frame over some of the files, with their ``ROW`` positions in the whole input."""
-        return _combine([_scan(file) for file in files], self.path)
+        return _combine(_scans(files), self.path)
+
+    def windows(self, columns: Sequence[str], files: Sequence[ParquetFile] | None = None) -> Window:
+        """Queries of ``columns`` of rows ``[start, start + length)`` of ``files`` (default: all).
+
+        Each window scans only the files that hold its rows, in the dtypes of the frame over all
+        of ``files`` (:meth:`subset`), so reading an input a window at a time costs in all what
+        reading it whole does, whatever its number of files. An input read into memory (no
+        files) is sliced.
+        """
+        if not self.files:
+            return self.frame.select(columns).slice
+        chosen = self.files if files is None else tuple(files)
+        whole = self.frame if files is None else self.subset(chosen)
+        return _Windows(chosen, whole.collect_schema(), list(columns))
 
 
 def _is_visible(path: Path, root: Path) -> bool:
@@ -88,8 +118,13 @@ def _is_visible(path: Path, root: Path) -> bool:
     return not any(part.startswith((".", "_")) for part in path.relative_to(root).parts)
 
 
-def _list_files(path: str) -> tuple[list[str], Path | None]:
-    """Return the Parquet files named by ``path`` and the folder hive keys are read below."""
+_Listed = tuple[
+    str, tuple[str, ...]
+]  # a file, and the folders between it and where hive keys start
+
+
+def _list_files(path: str) -> list[_Listed]:
+    """The Parquet files named by ``path``, in path order, with the folders hive keys are read in."""
     if _GLOB_CHARS & set(path) and not Path(path).exists():  # "run [1]/" is a folder's name
         parts = Path(path).parts
         fixed = next(i for i, part in enumerate(parts) if _GLOB_CHARS & set(part))
@@ -98,49 +133,132 @@ def _list_files(path: str) -> tuple[list[str], Path | None]:
         files = [
             p for p in matches if p.is_file() and p.suffix == ".parquet" and _is_visible(p, root)
         ]
-        return [str(p) for p in files], root
+        return [(str(p), p.parent.relative_to(root).parts) for p in files]
     target = Path(path)
     if target.is_dir():
-        files = [
-            p for p in sorted(target.rglob("*.parquet")) if p.is_file() and _is_visible(p, target)
-        ]
-        return [str(p) for p in files], target
+        found: list[tuple[tuple[str, ...], str]] = []
+        _walk(str(target), (), found)
+        # The order of sorted(target.rglob(...)): Paths compare part by part.
+        return [(file, parts[:-1]) for parts, file in sorted(found)]
     if target.is_file():
-        return [path], None
+        return [(path, ())]
     raise UsageError(f"input path {path!r} does not exist")
 
 
-def _hive_values(file: str, root: Path | None) -> dict[str, str]:
-    """The ``key=value`` folder names between ``root`` and ``file``."""
-    if root is None:
-        return {}
+def _walk(folder: str, parts: tuple[str, ...], found: list[tuple[tuple[str, ...], str]]) -> None:
+    """Add the visible ``*.parquet`` files below ``folder`` (``parts`` below the root) to ``found``.
+
+    What ``Path.rglob`` lists, with one ``scandir`` a folder and no ``stat`` a file: folders
+    that are links are not followed, unreadable folders are skipped, and hidden files and
+    folders (:func:`_is_visible`) are left out as they are met.
+    """
+    try:
+        with os.scandir(folder) as scanned:
+            entries = list(scanned)
+    except PermissionError:
+        return
+    for entry in entries:
+        if entry.name.startswith((".", "_")):
+            continue
+        child = entry.name if folder == "." else os.path.join(folder, entry.name)  # as Path does
+        if entry.is_dir(follow_symlinks=False):
+            _walk(child, (*parts, entry.name), found)
+        elif entry.name.endswith(".parquet") and entry.is_file():
+            found.append(((*parts, entry.name), child))
+
+
+def _hive_values(folders: Sequence[str]) -> dict[str, str]:
+    """The ``key=value`` folder names among ``folders``."""
     values = {}
-    for part in Path(file).parent.relative_to(root).parts:
+    for part in folders:
         key, sep, value = part.partition("=")
         if sep and key:
             values[key] = unquote(value)
     return values
 
 
-def _describe(file: str, root: Path | None, offset: int) -> ParquetFile:
+def _describe(file: str, folders: Sequence[str], offset: int) -> ParquetFile:
     try:
         metadata = pq.read_metadata(file)
+        schema = metadata.schema.to_arrow_schema()
     except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError)
         raise UsageError(f"cannot read {file!r} as Parquet: {one_line(str(error))}") from None
-    hive = _hive_values(file, root)
+    hive = _hive_values(folders)
     clash = sorted(set(hive) & set(metadata.schema.names))
     if clash:
         raise UsageError(f"{file!r} has columns {clash} that its folder names also set; keep one")
-    return ParquetFile(path=file, n_rows=metadata.num_rows, offset=offset, hive=hive)
+    # The fields with their metadata (Polars keeps an Enum's categories there), not the file's
+    # own metadata (pandas records each file's index in it).
+    fields = schema.remove_metadata().serialize().to_pybytes()
+    digest = hashlib.blake2b(fields, digest_size=16).hexdigest()
+    return ParquetFile(path=file, n_rows=metadata.num_rows, offset=offset, hive=hive, schema=digest)
 
 
-def _scan(file: ParquetFile) -> pl.LazyFrame:
-    return (
-        pl.scan_parquet(file.path, glob=False)  # a listed file: "[1]" in its name is no pattern
-        .with_row_index(ROW, offset=file.offset)
-        .with_columns(pl.col(ROW).cast(pl.Int64))
-        .with_columns(pl.lit(v, pl.String).alias(k) for k, v in file.hive.items())
+def _runs(files: Sequence[ParquetFile]) -> list[list[ParquetFile]]:
+    """``files`` cut where one Polars scan must end.
+
+    That is at a change of columns or types, or at a gap in the input's rows (one row index
+    counts through a scan), and at a change of hive values, unless that would make more than
+    ``MAX_SCANS`` scans (a folder a day for years): then only where the hive keys change, and
+    a scan reads the values from its files' paths.
+    """
+    by_values = _cut(files, lambda a, b: a.hive == b.hive)
+    if len(by_values) <= MAX_SCANS:
+        return by_values
+    return _cut(files, lambda a, b: list(a.hive) == list(b.hive))
+
+
+def _cut(
+    files: Sequence[ParquetFile], same_hive: Callable[[ParquetFile, ParquetFile], bool]
+) -> list[list[ParquetFile]]:
+    runs: list[list[ParquetFile]] = []
+    for file in files:
+        last = runs[-1][-1] if runs else None
+        if (
+            last is not None
+            and last.schema == file.schema
+            and last.offset + last.n_rows == file.offset
+            and same_hive(last, file)
+        ):
+            runs[-1].append(file)
+        else:
+            runs.append([file])
+    return runs
+
+
+def _scan(run: Sequence[ParquetFile], start: int = 0, length: int | None = None) -> pl.LazyFrame:
+    """Rows ``[start, start + length)`` of one run (:func:`_runs`): one scan of all its files.
+
+    A query has one scan per run, not per file: the streaming engine's cost grows with the
+    square of the scans in a query (a thousand one-row files took seconds a query), and a slice
+    of a union of scans reads every scan before it, where one scan skips whole files and row
+    groups by their row counts.
+    """
+    varying = any(file.hive != run[0].hive for file in run)
+    frame = pl.scan_parquet(
+        [file.path for file in run],
+        hive_partitioning=False,  # klrank reads the hive keys (_hive_values)
+        glob=False,  # the paths are files: a "[" or "*" in a name is no pattern
+        row_index_name=ROW,
+        row_index_offset=run[0].offset,
+        include_file_paths=_PATH if varying else None,
     )
+    if start or length is not None:
+        frame = frame.slice(start, length)
+    frame = frame.with_columns(pl.col(ROW).cast(pl.Int64))
+    if not varying:  # a literal: a filter on it can skip the whole scan
+        return frame.with_columns(pl.lit(v, pl.String).alias(k) for k, v in run[0].hive.items())
+    values = [
+        pl.col(_PATH).replace_strict({f.path: f.hive[k] for f in run}, return_dtype=pl.String)
+        for k in run[0].hive
+    ]
+    return frame.with_columns(v.alias(k) for v, k in zip(values, run[0].hive, strict=True)).drop(
+        _PATH
+    )
+
+
+def _scans(files: Sequence[ParquetFile]) -> list[pl.LazyFrame]:
+    return [_scan(run) for run in _runs(files)]
 
 
 def _combine(frames: list[pl.LazyFrame], path: str) -> pl.LazyFrame:
@@ -154,6 +272,39 @@ def _combine(frames: list[pl.LazyFrame], path: str) -> pl.LazyFrame:
     return frame
 
 
+class _Windows:
+    """Windows of rows of some files, each a query over only the files it needs.
+
+    Where the files differ in columns or types, a window is given ``schema``, that of the frame
+    over all the files, so every window has its columns in the same order and dtypes (a file may
+    lack a column, or hold a narrower type).
+    """
+
+    def __init__(self, files: Sequence[ParquetFile], schema: pl.Schema, columns: list[str]):
+        self._files = [file for file in files if file.n_rows]  # the rest add no rows
+        self._ends = list(itertools.accumulate(file.n_rows for file in self._files))
+        self._schema, self._columns = schema, columns
+        self._alike = len({(file.schema, tuple(file.hive)) for file in files}) == 1
+
+    def __call__(self, start: int, length: int) -> pl.LazyFrame:
+        """The query for rows ``[start, start + length)`` of the files."""
+        first = bisect.bisect_right(self._ends, start)  # the first file ending after start
+        last = bisect.bisect_left(self._ends, start + length) + 1  # past the file holding stop
+        position = self._ends[first - 1] if first else 0  # where files[first] starts
+        frames = []
+        for run in _runs(self._files[first:last]):
+            rows = sum(file.n_rows for file in run)
+            skip = max(start - position, 0)
+            take = min(start + length - position, rows) - skip
+            if take > 0:
+                frames.append(_scan(run, skip, take))
+            position += rows
+        if not self._alike or not frames:
+            frames.insert(0, pl.LazyFrame(schema=self._schema))
+        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+        return frame.select(self._columns)
+
+
 def scan_parquet(path: str) -> ParquetInput:
     """Scan a Parquet file, a directory (recursively) or a glob, with hive keys read as strings.
 
@@ -162,14 +313,14 @@ def scan_parquet(path: str) -> ParquetInput:
     differ in their columns (a column missing from a file reads as nulls there) and in float or
     integer widths (the wider one wins); the validation then judges the combined columns.
     """
-    paths, root = _list_files(path)
-    if not paths:
+    listed = _list_files(path)
+    if not listed:
         raise UsageError(f"input path {path!r} matches no .parquet files")
     files, offset = [], 0
-    for file in paths:
-        files.append(_describe(file, root, offset))
+    for file, folders in listed:
+        files.append(_describe(file, folders, offset))
         offset += files[-1].n_rows
-    frame = _combine([_scan(file) for file in files], path)
+    frame = _combine(_scans(files), path)
     return ParquetInput(path=path, files=tuple(files), n_rows=offset, frame=frame)
 
 
@@ -179,30 +330,45 @@ def in_memory(frame: pl.DataFrame, path: str) -> ParquetInput:
 
 
 def read_rows(
-    source: str, file: ParquetFile, columns: list[str], start: int, length: int
+    source: str, files: Sequence[ParquetFile], columns: list[str], start: int, length: int
 ) -> pl.DataFrame:
-    """``length`` rows of ``file`` from its row ``start``: ``columns`` (hive keys too) and ``ROW``.
+    """Rows ``[start, start + length)`` of ``files`` read one after another.
+
+    Of ``columns``, those the files have (hive keys too), and ``ROW``; in the dtypes of those
+    files combined.
 
     Raises
     ------
     UsageError
-        The file is damaged past its footer (the message names the input, ``source``, as
+        A file is damaged past its footer (the message names the input, ``source``, as
         :func:`collect` does).
     """
-    frame = _scan(file).slice(start, length)
-    present = frame.collect_schema().names()
+    schema = _combine(_scans(files), source).collect_schema()
+    query = _Windows(files, schema, [*[c for c in columns if c in schema], ROW])(start, length)
     try:
-        return frame.select(*[c for c in columns if c in present], ROW).collect()
+        return _compacted(query.collect())
     except pl.exceptions.ComputeError as error:
         raise UsageError(
             f"cannot read the Parquet data of {source!r}: {one_line(str(error))}"
         ) from None
 
 
+def _compacted(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` in one chunk a column if its chunks are small (rows read from many small files).
+
+    A scan returns a chunk a file at least: 10,000 one-row files make 10,000 chunks, and every
+    later operation pays for each (the checks and measures of such a batch took seconds instead
+    of milliseconds). A batch of big files has a few large chunks, left as they are.
+    """
+    if frame.n_chunks() * SMALL_CHUNK_ROWS > frame.height and frame.n_chunks() > 1:
+        return frame.rechunk()
+    return frame
+
+
 def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
     """Read the columns selected from ``source``; a file damaged past its footer is a usage error."""
     try:
-        return frame.collect()
+        return _compacted(frame.collect())
     except pl.exceptions.ComputeError as error:
         raise UsageError(
             f"cannot read the Parquet data of {source.path!r}: {one_line(str(error))}"
@@ -210,25 +376,27 @@ def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
 
 
 class Batches(Iterator[pl.DataFrame]):
-    """``frame`` in batches of exactly ``size`` rows (the last may be shorter), read one ahead.
+    """Rows in batches of exactly ``size`` rows (the last may be shorter), read one ahead.
 
-    Equal sizes let batches of different inputs in the same row order be paired one to one.
-    Each batch is its own sliced query, which reads only the row groups it needs: a streaming
-    reader would decode ahead of a slower consumer and hold gigabytes. Each batch is read in a
-    background thread, one ahead of the caller and no more; the first starts at once, so the
-    first batches of all inputs load side by side while the caller checks the ids. Call
-    :meth:`close` when done early: it drops the batch read ahead and ends the thread.
+    ``window(start, size)`` is the query for one batch (:meth:`ParquetInput.windows`, or a lazy
+    frame's ``slice``). Equal sizes let batches of different inputs in the same row order be
+    paired one to one. Each batch is its own query, which reads only the files and row groups
+    it needs: a streaming reader would decode ahead of a slower consumer and hold gigabytes.
+    Each batch is read in a background thread, one ahead of the caller and no more; the first
+    starts at once, so the first batches of all inputs load side by side while the caller checks
+    the ids. Call :meth:`close` when done early: it drops the batch read ahead and ends the
+    thread.
     """
 
-    def __init__(self, frame: pl.LazyFrame, source: ParquetInput, size: int) -> None:
-        self._frame, self._source, self._size = frame, source, size
+    def __init__(self, window: Window, source: ParquetInput, size: int) -> None:
+        self._window, self._source, self._size = window, source, size
         self._start = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="klrank-read")
         self._ahead: Future[pl.DataFrame] | None = self._pool.submit(self._read, 0)
 
     def _read(self, start: int) -> pl.DataFrame:
         try:
-            return self._frame.slice(start, self._size).collect()
+            return _compacted(self._window(start, self._size).collect())
         except pl.exceptions.ComputeError as error:
             path = self._source.path
             raise UsageError(
@@ -258,9 +426,9 @@ class Batches(Iterator[pl.DataFrame]):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def batches(frame: pl.LazyFrame, source: ParquetInput, size: int) -> Batches:
-    """Read ``frame`` in batches of ``size`` rows, starting now (see :class:`Batches`)."""
-    return Batches(frame, source, size)
+def batches(window: Window, source: ParquetInput, size: int) -> Batches:
+    """Read rows in batches of ``size`` rows, starting now (see :class:`Batches`)."""
+    return Batches(window, source, size)
 
 
 class RowsWriter:

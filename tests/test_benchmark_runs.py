@@ -179,3 +179,29 @@ def test_cpu_breakdown_script_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     steps = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     assert len(steps) == 12, done.stdout  # the header and 11 steps
     assert "`klrank run` on the same data:" in done.stdout
+
+
+def test_many_files_script_times_klrank_beside_polars(tmp_path: Path) -> None:
+    # benchmarks/many_files.py (BENCHMARKS.md quotes it) on two tiny sizes: klrank's mean KL
+    # per model is checked against numpy's inside the script, which exits 1 on a disagreement.
+    done = subprocess.run(
+        [sys.executable, str(BENCH.parent / "many_files.py"), "--files", "4,12"]
+        + ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "many.md")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert (tmp_path / "many.md").read_text() == done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 3, done.stdout  # the header and one row a size
+    assert rows[1].startswith("| 4 | 12 | ") and rows[2].startswith("| 12 | 36 | ")
+    assert "timed out" not in done.stdout
+    added = rows[2].split(" | ")[7:10]  # µs an added file, klrank's and Polars', and the ratio
+    assert added[2].endswith("×"), rows[2]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "one-row-files-12x2m3k",
+        "one-row-files-4x2m3k",
+    ]
+    labels = pl.read_parquet(tmp_path / "data" / "one-row-files-12x2m3k" / "labels")
+    assert labels.get_column("id").to_list() == list(range(12))

@@ -1,6 +1,7 @@
 """Scanning inputs and publishing atomically."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from cli_helpers import corrupt_first_page
 from polars.testing import assert_frame_equal
 
 from pipeline import io
@@ -124,6 +126,121 @@ def test_scan_reads_a_glob(tmp_path: Path) -> None:
         pl.DataFrame({"id": [part]}).write_parquet(tmp_path / f"part-{part}.parquet")
     scanned = io.scan_parquet(str(tmp_path / "part-*.parquet"))
     assert sorted(scanned.frame.collect().get_column("id")) == [0, 1, 2]
+
+
+def _many_files(root: Path) -> list[tuple[Path, dict[str, str]]]:
+    """Files of 0 to 4 rows, in two model folders, some with Int32 ids or an extra column.
+
+    Returned in path order with their hive values, as an oracle reads them one by one.
+    """
+    written = []
+    for model in ("a", "b"):
+        for part in range(12):
+            n = (part * 7 + len(model)) % 5  # 0..4 rows; some files are empty
+            frame = pl.DataFrame(
+                {"id": [100 * part + i for i in range(n)], "p": [float(i) for i in range(n)]}
+            )
+            if part % 3 == 1:  # alternating types: the whole input reads ids as Int64
+                frame = frame.with_columns(pl.col("id").cast(pl.Int32))
+            if part % 4 == 2:  # a column only some files have: null elsewhere
+                frame = frame.with_columns(note=pl.lit("x"))
+            path = root / f"model={model}" / f"part-{part:02d}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            frame.write_parquet(path)
+            written.append((path, {"model": model}))
+    return written
+
+
+def _read_one_by_one(files: list[tuple[Path, dict[str, str]]], offset: int = 0) -> pl.DataFrame:
+    """The oracle: each file read whole, its hive values added, positions counted by hand."""
+    frames, position = [], offset
+    for path, hive in files:
+        frame = pl.read_parquet(path)
+        positions = pl.Series(io.ROW, range(position, position + frame.height), dtype=pl.Int64)
+        frames.append(frame.with_columns(positions, **{k: pl.lit(v) for k, v in hive.items()}))
+        position += frame.height
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+@pytest.mark.parametrize("max_scans", [io.MAX_SCANS, 1], ids=["scan-a-folder", "from-paths"])
+def test_windows_of_many_files_are_slices_of_the_files_read_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_scans: int
+) -> None:
+    # With one scan at most, files alike in all but their folders are one scan, which reads
+    # their hive values from their paths.
+    monkeypatch.setattr(io, "MAX_SCANS", max_scans)
+    files = _many_files(tmp_path)
+    scanned = io.scan_parquet(str(tmp_path))
+    columns = [io.ROW, "id", "p", "note", "model"]
+    whole = _read_one_by_one(files).select(columns)
+    assert_frame_equal(scanned.frame.select(columns).collect(), whole)
+    window = scanned.windows(columns)
+    for start in range(0, whole.height + 2):
+        for length in (1, 2, 3, 7, whole.height):
+            assert_frame_equal(window(start, length).collect(), whole.slice(start, length))
+    # Some files: model b's, with their positions in the whole input and their own dtypes.
+    b_files = [f for f in scanned.files if f.hive == {"model": "b"}]
+    b_rows = whole.filter(pl.col("model") == "b")
+    b_window = scanned.windows(columns, b_files)
+    assert_frame_equal(scanned.subset(b_files).select(columns).collect(), b_rows)
+    for start in range(0, b_rows.height + 1, 3):
+        assert_frame_equal(b_window(start, 5).collect(), b_rows.slice(start, 5))
+    # Files alike but not following on in the input: each keeps its own positions.
+    some = [f for f in scanned.files if f.schema == scanned.files[0].schema][::2]
+    assert len({f.hive["model"] for f in some}) == 2 and len(some) > 4
+    alike = [io.ROW, "id", "p", "model"]  # these files have no "note"
+    rows = pl.concat(
+        [whole.filter(pl.col(io.ROW).is_between(f.offset, f.offset + f.n_rows - 1)) for f in some]
+    ).select(alike)
+    assert_frame_equal(scanned.subset(some).select(alike).collect(), rows)
+    for start in range(0, rows.height + 1, 2):
+        assert_frame_equal(scanned.windows(alike, some)(start, 3).collect(), rows.slice(start, 3))
+
+
+def test_batches_of_many_files_are_the_rows_in_order(tmp_path: Path) -> None:
+    files = _many_files(tmp_path)
+    scanned = io.scan_parquet(str(tmp_path))
+    whole = _read_one_by_one(files).select(io.ROW, "id", "model")
+    batches = list(io.batches(scanned.windows([io.ROW, "id", "model"]), scanned, 4))
+    assert [b.height for b in batches[:-1]] == [4] * (len(batches) - 1)
+    # Read from several files, yet one chunk: later steps would pay for each chunk.
+    assert [b.n_chunks() for b in batches] == [1] * len(batches)
+    assert_frame_equal(pl.concat(batches), whole)
+
+
+def test_a_file_whose_name_looks_like_a_pattern_is_read_as_itself(tmp_path: Path) -> None:
+    # Regression: each file was scanned with Polars' globbing on, so "part[1].parquet" read
+    # part1.parquet's rows a second time.
+    pl.DataFrame({"id": [1]}).write_parquet(tmp_path / "part[1].parquet")
+    pl.DataFrame({"id": [2]}).write_parquet(tmp_path / "part1.parquet")
+    scanned = io.scan_parquet(str(tmp_path))
+    assert [Path(f.path).name for f in scanned.files] == ["part1.parquet", "part[1].parquet"]
+    assert scanned.frame.collect().get_column("id").to_list() == [2, 1]
+
+
+def test_scan_orders_files_folder_by_folder_as_paths_compare(tmp_path: Path) -> None:
+    # Row positions follow this order: "a/b" before "a b" and "a-c" (which sort before "a/" as
+    # strings), as pathlib sorts them part by part; links to folders are not followed.
+    for i, name in enumerate(["a-c/p.parquet", "a b/p.parquet", "a/b/p.parquet", "a/0.parquet"]):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame({"id": [i]}).write_parquet(tmp_path / name)
+    (tmp_path / "z").symlink_to(tmp_path / "a", target_is_directory=True)
+    scanned = io.scan_parquet(str(tmp_path))
+    names = [str(Path(f.path).relative_to(tmp_path)) for f in scanned.files]
+    assert names == ["a/0.parquet", "a/b/p.parquet", "a b/p.parquet", "a-c/p.parquet"]
+    assert scanned.frame.collect().get_column("id").to_list() == [3, 2, 1, 0]
+
+
+def test_a_damaged_file_among_many_is_a_usage_error_naming_the_input(tmp_path: Path) -> None:
+    for part in range(30):
+        pl.DataFrame({"id": [part]}).write_parquet(tmp_path / f"part-{part:02d}.parquet")
+    corrupt_first_page(tmp_path / "part-17.parquet")
+    scanned = io.scan_parquet(str(tmp_path))  # the footers are fine
+    message = f"cannot read the Parquet data of {str(tmp_path)!r}"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        list(io.batches(scanned.windows(["id"]), scanned, 1_000))
+    with pytest.raises(UsageError, match=re.escape(message)):
+        io.collect(scanned.frame.select("id"), scanned)
 
 
 @pytest.mark.parametrize(

@@ -25,9 +25,10 @@ from cli_helpers import KLRANK, corrupt_first_page, expect, klrank, start
 from helpers import class_frame, random_distributions
 from polars.testing import assert_frame_equal
 
+from jobs import ray_engine
 from jobs.config import InputOptions, RunOptions
 from jobs.run import run
-from pipeline import sketch
+from pipeline import io, sketch
 from pipeline.aggregate import ALL_ROWS, parse_slice_label
 from pipeline.errors import EngineError, InvalidDataError, UsageError
 
@@ -618,3 +619,65 @@ def test_regression_only_empty_files_under_a_model_folder_still_name_the_model(
     _model_folder(tmp_path / "p", "a", [])
     failures = _both_fail_alike(labels, tmp_path / "p", tmp_path, partitions=2)
     assert set(failures.get_column("check")) == {"missing_ids"}
+
+
+def _into_part_files(path: Path, sizes: list[int]) -> None:
+    """Replace the file ``path`` by part files of ``sizes[i % len(sizes)]`` rows each beside it."""
+    frame = pl.read_parquet(path)
+    path.unlink()
+    start, part = 0, 0
+    while start < frame.height:
+        n = sizes[part % len(sizes)]
+        frame.slice(start, n).write_parquet(path.parent / f"part-{part:05d}.parquet")
+        start, part = start + n, part + 1
+
+
+def test_chunks_cover_every_row_once_in_order_within_their_limits() -> None:
+    sizes = [0, 3, 1, 0, 7, 2, 2, 5, 0, 1, 4]
+    files, offset = [], 0
+    for i, n in enumerate(sizes):
+        files.append(io.ParquetFile(f"part-{i}", n, offset, {}, "s"))
+        offset += n
+    for rows, max_files in [(1, 1), (3, 2), (4, 3), (5, 100), (100, 4), (100, 100)]:
+        chunks = ray_engine._chunks(files, rows, max_files)
+        covered = []  # (file, row in the file), in the order the chunks read them
+        for chunk in chunks:
+            assert 0 < chunk.length <= rows and len(chunk.files) <= max_files
+            assert all(f.n_rows for f in chunk.files)  # empty files are left out
+            skip, left = chunk.start, chunk.length
+            for file in chunk.files:
+                take = min(file.n_rows - skip, left)
+                assert take > 0  # every file in a chunk gives it rows
+                covered += [(file.path, r) for r in range(skip, skip + take)]
+                skip, left = 0, left - take
+            assert left == 0
+        assert covered == [(f.path, r) for f in files for r in range(f.n_rows)]
+
+
+@pytest.mark.parametrize("bucketed", [False, True], ids=["split", "bucketed"])
+def test_many_small_files_in_chunks_of_several_give_the_local_report(
+    tmp_path: Path, local_ray: None, monkeypatch: pytest.MonkeyPatch, bucketed: bool
+) -> None:
+    # One task a file made tens of thousands of tasks for one-row part files: a task now reads
+    # a chunk of consecutive files. Here chunks of at most 5 files or 10 rows, so chunks both
+    # end inside files and hold several.
+    monkeypatch.setattr(ray_engine, "CHUNK_FILES", 5)
+    monkeypatch.setattr(ray_engine, "batch_rows", lambda n_classes: 10)
+    labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(13), n=300)
+    if bucketed:
+        labels, predictions = _bucketed(labels, predictions, tmp_path / "bucketed", 2)
+    else:
+        (tmp_path / "labels").mkdir()
+        labels = labels.rename(tmp_path / "labels" / "part-0.parquet").parent
+    for path in sorted(labels.rglob("*.parquet")):
+        _into_part_files(path, [1, 3, 2, 17])
+    for path in sorted(predictions.rglob("*.parquet")):
+        _into_part_files(path, [2, 1, 9])
+    local = _run(labels, predictions, tmp_path / "local")
+    distributed = _run(labels, predictions, tmp_path / "ray", engine="ray", partitions=3)
+    _assert_equivalent(local, distributed)
+    manifests = [json.loads((out / "manifest.json").read_text()) for out in (local, distributed)]
+    assert manifests[0]["inputs"]["labels"]["files"] > 40
+    # A model's rank among its rows (from the rows per model of each chunk) finds it positional.
+    assert manifests[0]["alignment"]["sharp"] == "positional"
+    assert manifests[1]["alignment"] == manifests[0]["alignment"]
