@@ -21,6 +21,7 @@ system takes works, and the next run of the same target removes what a killed ru
 """
 
 import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -169,15 +170,31 @@ def check_undated(out: Path) -> None:
         )
 
 
-def _globbed_into(folder: Path, spec: str) -> bool:
-    """Whether the glob ``spec`` can match a file below ``folder`` (both absolute)."""
+def _glob_patterns(spec: str) -> list[tuple[str, ...]]:
+    """The glob ``spec`` as absolute path parts, and again for each folder it now reaches by a link.
+
+    ``glob`` follows symbolic links, in the pattern's fixed part and under ``**``, so a link can
+    lead an input into ``--out``: each folder the pattern's folder part matches is taken again with
+    its links resolved (``.../latest -> /reports`` reads ``/reports/**/*.parquet``).
+    """
     pattern = Path(os.path.abspath(spec)).parts
-    parts = folder.parts
-    for i, part in enumerate(parts):
+    *folder, name = pattern
+    recursive = name == "**" or folder[-1] == "**"
+    if name == "**":
+        folder.append("**")
+    found = [pattern]
+    for match in glob.glob(os.path.join(*folder, ""), recursive=True):  # "/": folders only
+        found.append((*real(Path(match)).parts, *(("**",) if recursive else ()), name))
+    return found
+
+
+def _globbed_into(folder: Path, pattern: tuple[str, ...]) -> bool:
+    """Whether the glob ``pattern`` (absolute path parts) can match a file below ``folder``."""
+    for i, part in enumerate(folder.parts):
+        if pattern[i] == "**":  # a last "**" too: glob's recursive "**" matches files as well
+            return True
         if i >= len(pattern) - 1:  # the pattern's last part names files, not folders
             return False
-        if pattern[i] == "**":
-            return True
         if not fnmatch.fnmatchcase(part, pattern[i]):
             return False
     return True
@@ -190,7 +207,7 @@ def _is_glob(spec: str) -> bool:
 def _lies_inside(path: Path, spec: str) -> bool:
     """Whether ``path`` (absolute) is below the input ``spec``: a folder it reads, or its glob's."""
     if _is_glob(spec):
-        return _globbed_into(path, spec)
+        return any(_globbed_into(path, pattern) for pattern in _glob_patterns(spec))
     return input_root(spec) in path.parents
 
 
@@ -222,7 +239,9 @@ def check_failures(failures: Path, inputs: dict[str, str]) -> None:
     """
     for name, spec in inputs.items():
         file = real(failures)
-        globbed = _is_glob(spec) and fnmatch.fnmatch(str(file), os.path.abspath(spec))
+        globbed = _is_glob(spec) and any(
+            fnmatch.fnmatch(str(file), os.path.join(*pattern)) for pattern in _glob_patterns(spec)
+        )
         if file == input_root(spec) or _lies_inside(file, spec) or globbed:
             raise UsageError(
                 f"--failures: {str(failures)!r} is or lies inside the {name} input {spec!r}; "

@@ -6,11 +6,12 @@ file, no staging folder, no report).
 """
 
 import fcntl
+import glob
 import os
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -90,6 +91,42 @@ def test_out_inside_a_glob_input_root_is_refused(tmp_path: Path) -> None:
     )  # fmt: skip
     expect(result, 2)
     assert "lies inside the predictions input" in result.stderr
+
+
+def _glob_through_a_link(root: Path) -> tuple[str, Path]:
+    (root / "plink").symlink_to(root / "predictions")
+    return f"{root}/plink/**/*.parquet", root / "predictions" / "reports"
+
+
+def _glob_ending_in_stars(root: Path) -> tuple[str, Path]:
+    return f"{root}/predictions/**", root / "predictions" / "reports"
+
+
+def _link_under_the_stars(root: Path) -> tuple[str, Path]:
+    (root / "elsewhere").mkdir()
+    (root / "predictions" / "latest").symlink_to(root / "elsewhere")
+    return f"{root}/predictions/**/*.parquet", root / "elsewhere" / "reports"
+
+
+@pytest.mark.parametrize(
+    "case", [_glob_through_a_link, _glob_ending_in_stars, _link_under_the_stars]
+)
+def test_out_that_a_glob_reads_through_links_or_a_last_star_star_is_refused(
+    tmp_path: Path, case: Callable[[Path], tuple[str, Path]]
+) -> None:
+    labels = write(soft_labels(), tmp_path / "labels.parquet")
+    write_hive(prob_predictions(), tmp_path / "predictions")
+    spec, out = case(tmp_path)
+    failures = tmp_path / "failures.parquet"  # not below --out: only the --out check can refuse
+    result = klrank("run", "-l", labels, "-p", spec, "--out", out, "--failures", failures)
+    expect(result, 2)
+    assert "lies inside the predictions input" in result.stderr
+    assert not out.exists()
+    # The refusal is due: the glob, as Python expands it, would read a report published there.
+    write(soft_labels(), out / "report.parquet")
+    assert str(out / "report.parquet") in {
+        os.path.realpath(p) for p in glob.glob(spec, recursive=True)
+    }
 
 
 def test_failures_file_that_is_an_input_is_refused_and_kept(tmp_path: Path) -> None:
