@@ -260,6 +260,23 @@ def check_failures(failures: Path, inputs: dict[str, str]) -> None:
         )
 
 
+def _check_failures_outside(failures: Path, out: Path) -> None:
+    """Refuse a failure-cases file that is ``out`` or lies where readers of the reports look.
+
+    Inside ``out`` only a folder named with ``_`` or ``.`` (``OUT/_failures/``, the default)
+    keeps it from the readers' ``OUT/**/*.parquet`` and from being taken for a report.
+    """
+    file, root = real(failures), real(out)
+    if file == root or (
+        root in file.parents
+        and not any(part.startswith(("_", ".")) for part in file.relative_to(root).parts)
+    ):
+        raise UsageError(
+            f"--failures: {str(failures)!r} is --out or lies in it, where readers of the "
+            "reports would read it; write the failure cases outside --out (or under OUT/_failures)"
+        )
+
+
 def _check_folder_path(path: Path, flag: str) -> None:
     for folder in (path, *path.parents):
         if folder.exists() and not folder.is_dir():
@@ -286,14 +303,16 @@ def check_publishable(
     UsageError
         ``out`` is, holds or lies inside an input; ``target`` exists and is not klrank's, is a
         link or a mount point, or is the working directory or holds it; an undated ``out`` holds
-        nightly partitions; ``failures`` is an input or a file klrank did not write.
+        nightly partitions; ``failures`` is an input, a file klrank did not write, ``out``, or
+        a file in ``out`` outside its ``_`` and ``.`` folders.
     StorageError
         ``out`` or a folder above it is a file, or ``failures`` is a folder.
     """
+    _check_not_inputs(out, inputs)  # first: an --out that is an input file is said to be one
     _check_folder_path(target, "--out")
-    _check_not_inputs(out, inputs)
     if failures is not None:
         check_failures(failures, inputs)
+        _check_failures_outside(failures, out)
     cwd = Path.cwd().resolve()
     if real(target) == cwd or real(target) in cwd.parents:
         raise UsageError(

@@ -19,6 +19,7 @@ import duckdb
 import polars as pl
 import pytest
 from cli_helpers import (
+    FAILURE_COLUMNS,
     Running,
     expect,
     inputs,
@@ -147,6 +148,46 @@ def test_failures_file_klrank_did_not_write_is_refused_and_kept(tmp_path: Path) 
     expect(result, 2)
     assert "not a failure-cases file of klrank" in result.stderr
     assert mine.read_bytes() == before
+
+
+def test_out_that_is_the_labels_file_is_refused_as_an_input(tmp_path: Path) -> None:
+    args = _inputs(tmp_path)
+    before = snapshot(tmp_path)
+    result = klrank("run", *args, "--out", args[1])
+    expect(result, 2)  # a usage error, not an I/O one (74): the path is an input
+    assert "is or holds the labels input" in result.stderr
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("failures", "extra"),
+    [
+        ("out", []),
+        ("out/report.parquet", []),
+        (f"out/run_date={RUN_DATE}/report.parquet", ["--run-date", RUN_DATE]),
+        ("out/failures.parquet", ["--run-date", RUN_DATE]),
+    ],
+)
+def test_failures_that_readers_of_the_reports_would_read_are_refused(
+    tmp_path: Path, failures: str, extra: list[str]
+) -> None:
+    bad = prob_predictions().with_columns(pl.lit(2.0).alias("prob_a"))  # fails validation
+    args = inputs(tmp_path / "in", soft_labels(), bad)
+    result = klrank("run", *args, "--out", "out", "--failures", failures, *extra, cwd=tmp_path)
+    expect(result, 2)
+    assert "--failures" in result.stderr and "lies in it" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing written, no lock
+
+
+def test_failures_under_an_underscore_folder_of_out_are_written(tmp_path: Path) -> None:
+    bad = prob_predictions().with_columns(pl.lit(2.0).alias("prob_a"))
+    failures = tmp_path / "out" / "_checks" / "failures.parquet"
+    result = klrank(
+        "run", *inputs(tmp_path, soft_labels(), bad), "--out", tmp_path / "out",
+        "--run-date", RUN_DATE, "--failures", failures,
+    )  # fmt: skip
+    expect(result, 1)
+    assert pl.read_parquet(failures).columns == FAILURE_COLUMNS
 
 
 # ---------------------------------------------------------------------------------------------
