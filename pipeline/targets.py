@@ -6,8 +6,9 @@ before any data is read:
 
 * an ``--out`` that is an input, holds one, or lies inside an input folder (the next night would
   read the report back as input), and a ``--failures`` file that is or lies inside an input;
-* a target that exists and is not klrank's: a folder is klrank's when it is empty, holds a
-  ``manifest.json`` written by klrank, or holds nothing but klrank's ``_failures`` records;
+* a target that exists and is not klrank's: a folder is klrank's when it holds nothing but what
+  its klrank ``manifest.json`` lists as published and klrank's ``_failures`` records (or
+  nothing);
 * an undated target that holds nightly ``run_date=`` partitions (checked again under the lock,
   as a dated run may publish one meanwhile);
 * a target that is a mount point or a symbolic link (a link in ``--out`` itself is followed:
@@ -37,6 +38,7 @@ from pipeline.errors import StorageError, UsageError
 STAGING_PREFIX = ".klrank-staging-"
 RUN_DATE_KEY = "run_date"  # nightly partitions: OUT/run_date=YYYY-MM-DD/
 MANIFEST_FILE = "manifest.json"
+SUCCESS_FILE = "_SUCCESS"
 FAILURES_FOLDER = "_failures"
 FAILURES_MARKER = "klrank.failures"  # footer metadata key of a failure-cases file
 FAILURE_COLUMNS = ("dataset", "check", "column", "row", "id", "model", "value")
@@ -106,12 +108,17 @@ def is_failures_file(path: Path) -> bool:
     return FAILURES_MARKER in keys or tuple(metadata.schema.names) == FAILURE_COLUMNS
 
 
-def _is_klrank_manifest(path: Path) -> bool:
+def _published_names(path: Path) -> set[str]:
+    """What the klrank manifest at ``path`` says its run published (empty if it is not one)."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(document, dict) and "klrank_version" in document
+        return set()
+    if not isinstance(document, dict) or "klrank_version" not in document:
+        return set()
+    outputs = document.get("outputs")
+    names = {o for o in outputs if isinstance(o, str)} if isinstance(outputs, list) else set()
+    return names | {MANIFEST_FILE, SUCCESS_FILE}
 
 
 def _only_failure_records(folder: Path) -> bool:
@@ -125,22 +132,27 @@ def _only_failure_records(folder: Path) -> bool:
     return True
 
 
-def is_klrank_folder(folder: Path) -> bool:
-    """Whether klrank may replace ``folder``: empty, a report it published, or failure records.
+def foreign_entry(folder: Path) -> str | None:
+    """The name of something in ``folder`` that klrank did not write, or None if there is none.
+
+    klrank wrote what its ``manifest.json`` lists in ``outputs`` (with the manifest and
+    ``_SUCCESS``) and a ``_failures`` folder of failure-cases files; a file a user added to a
+    report is not klrank's, so publishing must not delete it with the folder.
 
     Examples
     --------
     >>> import tempfile
-    >>> is_klrank_folder(Path(tempfile.mkdtemp()))
+    >>> foreign_entry(Path(tempfile.mkdtemp())) is None
     True
     """
-    entries = list(folder.iterdir())
-    if not entries or _is_klrank_manifest(folder / MANIFEST_FILE):
-        return True
-    return all(
-        e.name == FAILURES_FOLDER and e.is_dir() and not e.is_symlink() and _only_failure_records(e)
-        for e in entries
-    )
+    published = _published_names(folder / MANIFEST_FILE)
+    for entry in sorted(folder.iterdir()):
+        if entry.name in published:
+            continue
+        failures = entry.name == FAILURES_FOLDER and entry.is_dir() and not entry.is_symlink()
+        if not (failures and _only_failure_records(entry)):
+            return entry.name
+    return None
 
 
 def nightly_partitions(folder: Path) -> list[str]:
@@ -333,8 +345,10 @@ def check_publishable(
             )
     if not dated:
         check_undated(out)
-    if target.is_dir() and not is_klrank_folder(target):
+    foreign = foreign_entry(target) if target.is_dir() else None
+    if foreign is not None:
         raise UsageError(
-            f"--out: {str(target)!r} exists and is not a klrank report (it has no manifest.json "
-            "of klrank); publishing replaces the whole folder, so name a new or empty folder"
+            f"--out: {str(target)!r} exists and is not a klrank report: klrank did not write "
+            f"{foreign!r} in it (a report holds only what its manifest.json lists); publishing "
+            "replaces the whole folder, so name a new or empty folder"
         )

@@ -225,6 +225,24 @@ def test_an_empty_folder_and_a_report_are_replaced(tmp_path: Path) -> None:
     assert pl.read_parquet(out / "report.parquet").get_column("unit").unique().to_list() == ["nats"]
 
 
+@pytest.mark.parametrize("dated", [False, True], ids=["undated", "dated"])
+def test_a_report_holding_a_file_the_user_added_is_refused(tmp_path: Path, dated: bool) -> None:
+    out = tmp_path / "out"
+    extra = ["--run-date", RUN_DATE] if dated else []
+    target = out / f"run_date={RUN_DATE}" if dated else out
+    expect(klrank("run", *_inputs(tmp_path), "--out", out, *extra), 0)
+    (target / "notes.md").write_text("why model m won")
+    (target / "data").symlink_to(tmp_path)
+    before = snapshot(out)
+    result = klrank("run", *_inputs(tmp_path), "--out", out, *extra)
+    expect(result, 2)
+    assert "klrank did not write 'data'" in result.stderr
+    assert snapshot(out) == before
+    (target / "data").unlink()
+    (target / "notes.md").unlink()
+    expect(klrank("run", *_inputs(tmp_path), "--out", out, *extra), 0)  # its own files: replaced
+
+
 def test_a_folder_holding_only_failure_records_is_klranks(tmp_path: Path) -> None:
     out = tmp_path / "out"
     bad = prob_predictions().with_columns(pl.lit(2.0).alias("prob_a"))
