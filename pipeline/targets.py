@@ -297,6 +297,31 @@ def _check_folder_path(path: Path, flag: str) -> None:
             )
 
 
+def _mount_points() -> set[str]:
+    r"""Every mount point this process sees, bind mounts included ("\040" for a space, ...)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as info:
+            lines = info.read().splitlines()
+    except OSError:  # not Linux: os.path.ismount alone
+        return set()
+    points = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4:
+            unescaped = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
+            points.add(os.fsdecode(unescaped))
+    return points
+
+
+def is_mount_point(path: Path) -> bool:
+    """Whether ``path`` is a mount point, also a bind mount of a folder of the same file system.
+
+    ``os.path.ismount`` compares devices, so it misses such a bind mount; a rename into it
+    still fails (EXDEV, EBUSY), after all the work.
+    """
+    return os.path.ismount(path) or str(real(path)) in _mount_points()
+
+
 def check_publishable(
     out: Path,
     target: Path,
@@ -337,7 +362,7 @@ def check_publishable(
             "folder it names: point --out at that folder"
         )
     for folder in (out, target):
-        if os.path.ismount(folder):
+        if is_mount_point(folder):
             raise UsageError(
                 f"--out: {str(folder)!r} is a mount point; klrank stages a report beside --out "
                 "and renames it into place, which cannot cross file systems: name a folder "

@@ -10,6 +10,7 @@ import glob
 import os
 import random
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -277,6 +278,32 @@ def test_a_mount_point_out_is_refused_before_any_work(tmp_path: Path) -> None:
         expect(result, 2)
         assert "is a mount point" in result.stderr and "/dev/shm/klrank" in result.stderr
     assert not list(Path("/dev/shm").glob(".run_date=*.klrank.lock"))
+
+
+@contextmanager
+def _bind_mounted(source: Path, point: Path) -> Iterator[None]:
+    source.mkdir()
+    point.mkdir()
+    done = subprocess.run(["mount", "--bind", source, point], capture_output=True, check=False)
+    if done.returncode != 0:
+        if os.environ.get("KLRANK_REQUIRE_MOUNT") == "1":
+            pytest.fail(f"cannot bind-mount, and KLRANK_REQUIRE_MOUNT=1: {done.stderr!r}")
+        pytest.skip("a bind mount needs root")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", point], check=False)
+
+
+def test_a_bind_mount_of_the_same_file_system_is_refused_before_any_work(tmp_path: Path) -> None:
+    point = tmp_path / "bound reports"  # a space: escaped as \040 in /proc/self/mountinfo
+    with _bind_mounted(tmp_path / "source", point):
+        assert not os.path.ismount(point)  # what the check cannot rely on alone
+        for extra in ([], ["--run-date", RUN_DATE]):
+            result = klrank("run", *_inputs(tmp_path), "--out", point, *extra)
+            expect(result, 2)  # not 74 (EBUSY, EXDEV) once all the work is done
+            assert "is a mount point" in result.stderr
+        assert list(point.iterdir()) == [] and _staging(tmp_path) == []
 
 
 @pytest.mark.parametrize("dated", [False, True], ids=["undated", "dated"])
