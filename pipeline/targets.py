@@ -6,8 +6,9 @@ before any data is read:
 
 * an ``--out`` that is an input, holds one, or lies inside an input folder (the next night would
   read the report back as input), and a ``--failures`` file that is or lies inside an input;
-* a target that exists and is not klrank's: a folder is klrank's when it is empty, holds a
-  ``manifest.json`` written by klrank, or holds nothing but klrank's ``_failures`` records;
+* a target that exists and is not klrank's: a folder is klrank's when it holds nothing but what
+  its klrank ``manifest.json`` lists as published and klrank's ``_failures`` records (or
+  nothing);
 * an undated target that holds nightly ``run_date=`` partitions (checked again under the lock,
   as a dated run may publish one meanwhile);
 * a target that is a mount point or a symbolic link (a link in ``--out`` itself is followed:
@@ -21,6 +22,7 @@ system takes works, and the next run of the same target removes what a killed ru
 """
 
 import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -36,6 +38,7 @@ from pipeline.errors import StorageError, UsageError
 STAGING_PREFIX = ".klrank-staging-"
 RUN_DATE_KEY = "run_date"  # nightly partitions: OUT/run_date=YYYY-MM-DD/
 MANIFEST_FILE = "manifest.json"
+SUCCESS_FILE = "_SUCCESS"
 FAILURES_FOLDER = "_failures"
 FAILURES_MARKER = "klrank.failures"  # footer metadata key of a failure-cases file
 FAILURE_COLUMNS = ("dataset", "check", "column", "row", "id", "model", "value")
@@ -105,12 +108,17 @@ def is_failures_file(path: Path) -> bool:
     return FAILURES_MARKER in keys or tuple(metadata.schema.names) == FAILURE_COLUMNS
 
 
-def _is_klrank_manifest(path: Path) -> bool:
+def _published_names(path: Path) -> set[str]:
+    """What the klrank manifest at ``path`` says its run published (empty if it is not one)."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(document, dict) and "klrank_version" in document
+        return set()
+    if not isinstance(document, dict) or "klrank_version" not in document:
+        return set()
+    outputs = document.get("outputs")
+    names = {o for o in outputs if isinstance(o, str)} if isinstance(outputs, list) else set()
+    return names | {MANIFEST_FILE, SUCCESS_FILE}
 
 
 def _only_failure_records(folder: Path) -> bool:
@@ -124,22 +132,27 @@ def _only_failure_records(folder: Path) -> bool:
     return True
 
 
-def is_klrank_folder(folder: Path) -> bool:
-    """Whether klrank may replace ``folder``: empty, a report it published, or failure records.
+def foreign_entry(folder: Path) -> str | None:
+    """The name of something in ``folder`` that klrank did not write, or None if there is none.
+
+    klrank wrote what its ``manifest.json`` lists in ``outputs`` (with the manifest and
+    ``_SUCCESS``) and a ``_failures`` folder of failure-cases files; a file a user added to a
+    report is not klrank's, so publishing must not delete it with the folder.
 
     Examples
     --------
     >>> import tempfile
-    >>> is_klrank_folder(Path(tempfile.mkdtemp()))
+    >>> foreign_entry(Path(tempfile.mkdtemp())) is None
     True
     """
-    entries = list(folder.iterdir())
-    if not entries or _is_klrank_manifest(folder / MANIFEST_FILE):
-        return True
-    return all(
-        e.name == FAILURES_FOLDER and e.is_dir() and not e.is_symlink() and _only_failure_records(e)
-        for e in entries
-    )
+    published = _published_names(folder / MANIFEST_FILE)
+    for entry in sorted(folder.iterdir()):
+        if entry.name in published:
+            continue
+        failures = entry.name == FAILURES_FOLDER and entry.is_dir() and not entry.is_symlink()
+        if not (failures and _only_failure_records(entry)):
+            return entry.name
+    return None
 
 
 def nightly_partitions(folder: Path) -> list[str]:
@@ -169,15 +182,31 @@ def check_undated(out: Path) -> None:
         )
 
 
-def _globbed_into(folder: Path, spec: str) -> bool:
-    """Whether the glob ``spec`` can match a file below ``folder`` (both absolute)."""
+def _glob_patterns(spec: str) -> list[tuple[str, ...]]:
+    """The glob ``spec`` as absolute path parts, and again for each folder it now reaches by a link.
+
+    ``glob`` follows symbolic links, in the pattern's fixed part and under ``**``, so a link can
+    lead an input into ``--out``: each folder the pattern's folder part matches is taken again with
+    its links resolved (``.../latest -> /reports`` reads ``/reports/**/*.parquet``).
+    """
     pattern = Path(os.path.abspath(spec)).parts
-    parts = folder.parts
-    for i, part in enumerate(parts):
+    *folder, name = pattern
+    recursive = name == "**" or folder[-1] == "**"
+    if name == "**":
+        folder.append("**")
+    found = [pattern]
+    for match in glob.glob(os.path.join(*folder, ""), recursive=True):  # "/": folders only
+        found.append((*real(Path(match)).parts, *(("**",) if recursive else ()), name))
+    return found
+
+
+def _globbed_into(folder: Path, pattern: tuple[str, ...]) -> bool:
+    """Whether the glob ``pattern`` (absolute path parts) can match a file below ``folder``."""
+    for i, part in enumerate(folder.parts):
+        if pattern[i] == "**":  # a last "**" too: glob's recursive "**" matches files as well
+            return True
         if i >= len(pattern) - 1:  # the pattern's last part names files, not folders
             return False
-        if pattern[i] == "**":
-            return True
         if not fnmatch.fnmatchcase(part, pattern[i]):
             return False
     return True
@@ -190,7 +219,7 @@ def _is_glob(spec: str) -> bool:
 def _lies_inside(path: Path, spec: str) -> bool:
     """Whether ``path`` (absolute) is below the input ``spec``: a folder it reads, or its glob's."""
     if _is_glob(spec):
-        return _globbed_into(path, spec)
+        return any(_globbed_into(path, pattern) for pattern in _glob_patterns(spec))
     return input_root(spec) in path.parents
 
 
@@ -222,7 +251,9 @@ def check_failures(failures: Path, inputs: dict[str, str]) -> None:
     """
     for name, spec in inputs.items():
         file = real(failures)
-        globbed = _is_glob(spec) and fnmatch.fnmatch(str(file), os.path.abspath(spec))
+        globbed = _is_glob(spec) and any(
+            fnmatch.fnmatch(str(file), os.path.join(*pattern)) for pattern in _glob_patterns(spec)
+        )
         if file == input_root(spec) or _lies_inside(file, spec) or globbed:
             raise UsageError(
                 f"--failures: {str(failures)!r} is or lies inside the {name} input {spec!r}; "
@@ -241,12 +272,54 @@ def check_failures(failures: Path, inputs: dict[str, str]) -> None:
         )
 
 
+def _check_failures_outside(failures: Path, out: Path) -> None:
+    """Refuse a failure-cases file that is ``out`` or lies where readers of the reports look.
+
+    Inside ``out`` only a folder named with ``_`` or ``.`` (``OUT/_failures/``, the default)
+    keeps it from the readers' ``OUT/**/*.parquet`` and from being taken for a report.
+    """
+    file, root = real(failures), real(out)
+    if file == root or (
+        root in file.parents
+        and not any(part.startswith(("_", ".")) for part in file.relative_to(root).parts)
+    ):
+        raise UsageError(
+            f"--failures: {str(failures)!r} is --out or lies in it, where readers of the "
+            "reports would read it; write the failure cases outside --out (or under OUT/_failures)"
+        )
+
+
 def _check_folder_path(path: Path, flag: str) -> None:
     for folder in (path, *path.parents):
         if folder.exists() and not folder.is_dir():
             raise StorageError(
                 f"{flag}: {str(folder)!r} exists and is not a directory", str(folder)
             )
+
+
+def _mount_points() -> set[str]:
+    r"""Every mount point this process sees, bind mounts included ("\040" for a space, ...)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as info:
+            lines = info.read().splitlines()
+    except OSError:  # not Linux: os.path.ismount alone
+        return set()
+    points = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4:
+            unescaped = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
+            points.add(os.fsdecode(unescaped))
+    return points
+
+
+def is_mount_point(path: Path) -> bool:
+    """Whether ``path`` is a mount point, also a bind mount of a folder of the same file system.
+
+    ``os.path.ismount`` compares devices, so it misses such a bind mount; a rename into it
+    still fails (EXDEV, EBUSY), after all the work.
+    """
+    return os.path.ismount(path) or str(real(path)) in _mount_points()
 
 
 def check_publishable(
@@ -267,14 +340,16 @@ def check_publishable(
     UsageError
         ``out`` is, holds or lies inside an input; ``target`` exists and is not klrank's, is a
         link or a mount point, or is the working directory or holds it; an undated ``out`` holds
-        nightly partitions; ``failures`` is an input or a file klrank did not write.
+        nightly partitions; ``failures`` is an input, a file klrank did not write, ``out``, or
+        a file in ``out`` outside its ``_`` and ``.`` folders.
     StorageError
         ``out`` or a folder above it is a file, or ``failures`` is a folder.
     """
+    _check_not_inputs(out, inputs)  # first: an --out that is an input file is said to be one
     _check_folder_path(target, "--out")
-    _check_not_inputs(out, inputs)
     if failures is not None:
         check_failures(failures, inputs)
+        _check_failures_outside(failures, out)
     cwd = Path.cwd().resolve()
     if real(target) == cwd or real(target) in cwd.parents:
         raise UsageError(
@@ -287,7 +362,7 @@ def check_publishable(
             "folder it names: point --out at that folder"
         )
     for folder in (out, target):
-        if os.path.ismount(folder):
+        if is_mount_point(folder):
             raise UsageError(
                 f"--out: {str(folder)!r} is a mount point; klrank stages a report beside --out "
                 "and renames it into place, which cannot cross file systems: name a folder "
@@ -295,8 +370,10 @@ def check_publishable(
             )
     if not dated:
         check_undated(out)
-    if target.is_dir() and not is_klrank_folder(target):
+    foreign = foreign_entry(target) if target.is_dir() else None
+    if foreign is not None:
         raise UsageError(
-            f"--out: {str(target)!r} exists and is not a klrank report (it has no manifest.json "
-            "of klrank); publishing replaces the whole folder, so name a new or empty folder"
+            f"--out: {str(target)!r} exists and is not a klrank report: klrank did not write "
+            f"{foreign!r} in it (a report holds only what its manifest.json lists); publishing "
+            "replaces the whole folder, so name a new or empty folder"
         )

@@ -6,11 +6,13 @@ file, no staging folder, no report).
 """
 
 import fcntl
+import glob
 import os
 import random
 import signal
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import duckdb
 import polars as pl
 import pytest
 from cli_helpers import (
+    FAILURE_COLUMNS,
     Running,
     expect,
     inputs,
@@ -92,6 +95,42 @@ def test_out_inside_a_glob_input_root_is_refused(tmp_path: Path) -> None:
     assert "lies inside the predictions input" in result.stderr
 
 
+def _glob_through_a_link(root: Path) -> tuple[str, Path]:
+    (root / "plink").symlink_to(root / "predictions")
+    return f"{root}/plink/**/*.parquet", root / "predictions" / "reports"
+
+
+def _glob_ending_in_stars(root: Path) -> tuple[str, Path]:
+    return f"{root}/predictions/**", root / "predictions" / "reports"
+
+
+def _link_under_the_stars(root: Path) -> tuple[str, Path]:
+    (root / "elsewhere").mkdir()
+    (root / "predictions" / "latest").symlink_to(root / "elsewhere")
+    return f"{root}/predictions/**/*.parquet", root / "elsewhere" / "reports"
+
+
+@pytest.mark.parametrize(
+    "case", [_glob_through_a_link, _glob_ending_in_stars, _link_under_the_stars]
+)
+def test_out_that_a_glob_reads_through_links_or_a_last_star_star_is_refused(
+    tmp_path: Path, case: Callable[[Path], tuple[str, Path]]
+) -> None:
+    labels = write(soft_labels(), tmp_path / "labels.parquet")
+    write_hive(prob_predictions(), tmp_path / "predictions")
+    spec, out = case(tmp_path)
+    failures = tmp_path / "failures.parquet"  # not below --out: only the --out check can refuse
+    result = klrank("run", "-l", labels, "-p", spec, "--out", out, "--failures", failures)
+    expect(result, 2)
+    assert "lies inside the predictions input" in result.stderr
+    assert not out.exists()
+    # The refusal is due: the glob, as Python expands it, would read a report published there.
+    write(soft_labels(), out / "report.parquet")
+    assert str(out / "report.parquet") in {
+        os.path.realpath(p) for p in glob.glob(spec, recursive=True)
+    }
+
+
 def test_failures_file_that_is_an_input_is_refused_and_kept(tmp_path: Path) -> None:
     args = _inputs(tmp_path)
     labels = Path(args[1])
@@ -110,6 +149,46 @@ def test_failures_file_klrank_did_not_write_is_refused_and_kept(tmp_path: Path) 
     expect(result, 2)
     assert "not a failure-cases file of klrank" in result.stderr
     assert mine.read_bytes() == before
+
+
+def test_out_that_is_the_labels_file_is_refused_as_an_input(tmp_path: Path) -> None:
+    args = _inputs(tmp_path)
+    before = snapshot(tmp_path)
+    result = klrank("run", *args, "--out", args[1])
+    expect(result, 2)  # a usage error, not an I/O one (74): the path is an input
+    assert "is or holds the labels input" in result.stderr
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("failures", "extra"),
+    [
+        ("out", []),
+        ("out/report.parquet", []),
+        (f"out/run_date={RUN_DATE}/report.parquet", ["--run-date", RUN_DATE]),
+        ("out/failures.parquet", ["--run-date", RUN_DATE]),
+    ],
+)
+def test_failures_that_readers_of_the_reports_would_read_are_refused(
+    tmp_path: Path, failures: str, extra: list[str]
+) -> None:
+    bad = prob_predictions().with_columns(pl.lit(2.0).alias("prob_a"))  # fails validation
+    args = inputs(tmp_path / "in", soft_labels(), bad)
+    result = klrank("run", *args, "--out", "out", "--failures", failures, *extra, cwd=tmp_path)
+    expect(result, 2)
+    assert "--failures" in result.stderr and "lies in it" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing written, no lock
+
+
+def test_failures_under_an_underscore_folder_of_out_are_written(tmp_path: Path) -> None:
+    bad = prob_predictions().with_columns(pl.lit(2.0).alias("prob_a"))
+    failures = tmp_path / "out" / "_checks" / "failures.parquet"
+    result = klrank(
+        "run", *inputs(tmp_path, soft_labels(), bad), "--out", tmp_path / "out",
+        "--run-date", RUN_DATE, "--failures", failures,
+    )  # fmt: skip
+    expect(result, 1)
+    assert pl.read_parquet(failures).columns == FAILURE_COLUMNS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,6 +226,24 @@ def test_an_empty_folder_and_a_report_are_replaced(tmp_path: Path) -> None:
     assert pl.read_parquet(out / "report.parquet").get_column("unit").unique().to_list() == ["nats"]
 
 
+@pytest.mark.parametrize("dated", [False, True], ids=["undated", "dated"])
+def test_a_report_holding_a_file_the_user_added_is_refused(tmp_path: Path, dated: bool) -> None:
+    out = tmp_path / "out"
+    extra = ["--run-date", RUN_DATE] if dated else []
+    target = out / f"run_date={RUN_DATE}" if dated else out
+    expect(klrank("run", *_inputs(tmp_path), "--out", out, *extra), 0)
+    (target / "notes.md").write_text("why model m won")
+    (target / "data").symlink_to(tmp_path)
+    before = snapshot(out)
+    result = klrank("run", *_inputs(tmp_path), "--out", out, *extra)
+    expect(result, 2)
+    assert "klrank did not write 'data'" in result.stderr
+    assert snapshot(out) == before
+    (target / "data").unlink()
+    (target / "notes.md").unlink()
+    expect(klrank("run", *_inputs(tmp_path), "--out", out, *extra), 0)  # its own files: replaced
+
+
 def test_a_folder_holding_only_failure_records_is_klranks(tmp_path: Path) -> None:
     out = tmp_path / "out"
     bad = prob_predictions().with_columns(pl.lit(2.0).alias("prob_a"))
@@ -181,6 +278,32 @@ def test_a_mount_point_out_is_refused_before_any_work(tmp_path: Path) -> None:
         expect(result, 2)
         assert "is a mount point" in result.stderr and "/dev/shm/klrank" in result.stderr
     assert not list(Path("/dev/shm").glob(".run_date=*.klrank.lock"))
+
+
+@contextmanager
+def _bind_mounted(source: Path, point: Path) -> Iterator[None]:
+    source.mkdir()
+    point.mkdir()
+    done = subprocess.run(["mount", "--bind", source, point], capture_output=True, check=False)
+    if done.returncode != 0:
+        if os.environ.get("KLRANK_REQUIRE_MOUNT") == "1":
+            pytest.fail(f"cannot bind-mount, and KLRANK_REQUIRE_MOUNT=1: {done.stderr!r}")
+        pytest.skip("a bind mount needs root")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", point], check=False)
+
+
+def test_a_bind_mount_of_the_same_file_system_is_refused_before_any_work(tmp_path: Path) -> None:
+    point = tmp_path / "bound reports"  # a space: escaped as \040 in /proc/self/mountinfo
+    with _bind_mounted(tmp_path / "source", point):
+        assert not os.path.ismount(point)  # what the check cannot rely on alone
+        for extra in ([], ["--run-date", RUN_DATE]):
+            result = klrank("run", *_inputs(tmp_path), "--out", point, *extra)
+            expect(result, 2)  # not 74 (EBUSY, EXDEV) once all the work is done
+            assert "is a mount point" in result.stderr
+        assert list(point.iterdir()) == [] and _staging(tmp_path) == []
 
 
 @pytest.mark.parametrize("dated", [False, True], ids=["undated", "dated"])
