@@ -678,6 +678,8 @@ def write_atomically(
         The operating system refused a step: ``path`` is a folder, or no space, read-only,
         permission, a name too long.
     """
+    if path.is_symlink():  # write the file it names: replacing the link would lose it
+        path = targets.real(path)
     with storage(path):
         if make_parent:
             path.parent.mkdir(parents=True, exist_ok=True)

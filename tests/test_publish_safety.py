@@ -463,3 +463,15 @@ def test_history_never_replaces_a_file_it_did_not_write(tmp_path: Path) -> None:
     chart = tmp_path / "chart.html"
     expect(klrank("history", reports, "--chart", chart), 0)
     expect(klrank("history", reports, "--chart", chart), 0)  # its own chart: replaced
+
+
+def test_a_chart_through_a_link_is_written_where_the_link_points(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    link = tmp_path / "chart.html"
+    link.symlink_to(tmp_path / "charts" / "latest.html")  # dangling until the first chart
+    (tmp_path / "charts").mkdir()
+    for _ in range(2):
+        expect(klrank("history", reports, "--chart", link), 0)
+        assert link.is_symlink()
+        assert (tmp_path / "charts" / "latest.html").read_text().startswith("<!DOCTYPE html>")
