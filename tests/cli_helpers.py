@@ -208,3 +208,23 @@ def snapshot(root: Path, skip: Sequence[str] = ()) -> dict[str, bytes | None]:
         for p in sorted(root.rglob("*"))
         if p.relative_to(root).parts[0] not in skip
     }
+
+
+def many_rows(root: Path, n: int = 200_000) -> list[str | Path]:
+    """``--labels L --predictions P`` of ``n`` soft-label rows and 2 models (a run of 1-2 s).
+
+    Model m's probabilities vary from row to row, so that rows.parquet does not compress away.
+    """
+    ids = pl.int_range(0, n, eager=True).alias("id")
+    labels = pl.DataFrame([ids]).with_columns(
+        prob_a=pl.lit(0.2), prob_b=pl.lit(0.3), prob_c=pl.lit(0.5)
+    )
+    predictions = pl.concat(
+        [
+            pl.DataFrame([ids]).with_columns(
+                model=pl.lit(m), prob_a=pl.int_range(0, n) % 7 / 100 + a, prob_b=pl.lit(0.3)
+            )
+            for m, a in (("m", 0.1), ("n", 0.05))
+        ]
+    ).with_columns(prob_c=1.0 - pl.col("prob_a") - pl.col("prob_b"))
+    return inputs(root, labels, predictions)

@@ -19,6 +19,7 @@ from cli_helpers import (
     expect,
     inputs,
     klrank,
+    many_rows,
     prob_predictions,
     snapshot,
     soft_labels,
@@ -61,22 +62,7 @@ def _small(root: Path) -> list[str | Path]:
 
 
 def _many_rows(root: Path) -> list[str | Path]:
-    n = 200_000
-    ids = pl.int_range(0, n, eager=True).alias("id")
-    labels = pl.DataFrame([ids]).with_columns(
-        prob_a=pl.lit(0.2), prob_b=pl.lit(0.3), prob_c=pl.lit(0.5)
-    )
-    predictions = pl.concat(
-        [
-            pl.DataFrame([ids]).with_columns(
-                model=pl.lit(m),
-                prob_a=pl.int_range(0, n) % 7 / 100 + 0.1,
-                prob_b=pl.lit(0.3),
-            )
-            for m in ("m", "n")
-        ]
-    ).with_columns(prob_c=1.0 - pl.col("prob_a") - pl.col("prob_b"))
-    return [*inputs(root, labels, predictions), "--no-html"]
+    return [*many_rows(root), "--no-html"]
 
 
 def test_a_full_disk_exits_74_and_keeps_the_previous_report(

@@ -25,6 +25,7 @@ from cli_helpers import (
     expect,
     inputs,
     klrank,
+    many_rows,
     prob_predictions,
     snapshot,
     soft_labels,
@@ -372,21 +373,7 @@ def _readme_readers(reports: Path) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def slow_inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str | Path]:
     """200k label rows, 3 classes, 2 models: a run takes a second or two."""
-    root = tmp_path_factory.mktemp("slow")
-    n = 200_000
-    ids = pl.int_range(0, n, eager=True).alias("id")
-    labels = pl.DataFrame([ids]).with_columns(
-        prob_a=pl.lit(0.2), prob_b=pl.lit(0.3), prob_c=pl.lit(0.5)
-    )
-    predictions = pl.concat(
-        [
-            pl.DataFrame([ids]).with_columns(
-                model=pl.lit(m), prob_a=pl.lit(a), prob_b=pl.lit(0.3), prob_c=pl.lit(0.7 - a)
-            )
-            for m, a in (("m", 0.25), ("n", 0.1))
-        ]
-    )
-    return inputs(root, labels, predictions)
+    return many_rows(tmp_path_factory.mktemp("slow"))
 
 
 def _wait_for_staging(running: Running, folder: Path) -> None:
