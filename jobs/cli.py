@@ -1,13 +1,14 @@
 """The ``klrank`` command line: options in, exit codes out.
 
 Exit codes: 0 success, 1 the data failed validation, 2 usage error (bad option, missing or
-unreadable path, corrupt Parquet, no distribution columns), 3 a gate failed (``--max-mean-kl``,
-``--max-regression``, ``--expect-best``: the report is published all the same and the manifest
-says why), 70 internal error (a bug: rerun with ``--debug`` for the traceback), 75 another run
-holds the output partition's lock (``--lock-timeout``), 74 the machine refused an I/O step (no
-space, read-only, permission, a name too long, a folder where a file is needed), 69 the Ray engine failed (cluster unreachable,
-a task still failing after its retries; nothing published), 130/143 stopped by SIGINT/SIGTERM (128 +
-the signal's number). Every option can also be set as an environment variable, named in
+unreadable path, corrupt Parquet, no distribution columns, an ``--out`` that would replace what
+klrank did not write), 3 a gate failed (``--max-mean-kl``, ``--max-regression``,
+``--expect-best``: the report is published all the same and the manifest says why), 69 the Ray
+engine failed (cluster unreachable, a task still failing after its retries; nothing published),
+70 internal error (a bug: rerun with ``--debug`` for the traceback), 74 the machine refused an
+I/O step (no space, read-only, permission, a name too long, a folder where a file is needed), 75
+another run holds the output partition's lock (``--lock-timeout``), 130/143 stopped by
+SIGINT/SIGTERM (128 + the signal's number). Every option can also be set as an environment variable, named in
 ``--help`` (``KLRANK_LABELS``, ``KLRANK_OUT``, ...), or in a ``--config`` TOML file (see
 :mod:`jobs.cli_ops`).
 """

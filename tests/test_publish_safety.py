@@ -7,6 +7,7 @@ file, no staging folder, no report).
 
 import fcntl
 import glob
+import json
 import os
 import random
 import signal
@@ -405,21 +406,26 @@ def test_sigkill_at_random_moments_of_a_rerun(
     tmp_path: Path, slow_inputs: list[str | Path]
 ) -> None:
     reports = tmp_path / "reports"
+    night = reports / f"run_date={RUN_DATE}"
     expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
     before = snapshot(reports)
     expected = _readme_readers(reports)
     rng = random.Random(12)
-    for _ in range(6):
+    mid_work = 0  # kills that left a staging folder: the run was writing its report
+    for _ in range(8):
         running = start("run", *slow_inputs, "--out", reports, "--run-date", RUN_DATE, "--no-html")
-        time.sleep(rng.uniform(0.2, 3.0))  # from start-up to the end of the work
+        _wait_for_staging(running, tmp_path)  # the work has begun (start-up is most of a run)
+        time.sleep(rng.uniform(0.0, 0.4))  # somewhere in the work, the publishing or after
         running.process.send_signal(signal.SIGKILL)
         code = running.wait().returncode
-        if code == 0:  # it finished first: that is the night's report from now on
-            before, expected = snapshot(reports), _readme_readers(reports)
-            continue
-        assert code == -signal.SIGKILL
-        assert snapshot(reports) == before  # the previous report, byte for byte
+        assert code in (0, -signal.SIGKILL)
+        mid_work += code != 0 and bool(_staging(tmp_path))
+        if snapshot(reports) != before:  # the swap happened: a whole new report, nothing less
+            manifest = json.loads((night / "manifest.json").read_text())
+            assert {p.name for p in night.iterdir()} == {*manifest["outputs"], "_SUCCESS"}
+            before = snapshot(reports)
         assert _readme_readers(reports) == expected
+    assert mid_work >= 1  # else no kill landed in the work and the loop proved nothing
     expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
     assert _staging(tmp_path) == [] and _staging(reports) == []
 
