@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-
-from jobs.config import InputOptions
-from jobs.run import Timings, open_inputs
-from pipeline import aggregate, divergence, io
-from pipeline.evaluate import Measures, _measure, _Model, batch_rows, model_inputs
-from pipeline.layout import (
+from klrank.config import InputOptions
+from klrank.engines.local import batch_rows, model_inputs
+from klrank.io import writing
+from klrank.pipeline import aggregate, divergence
+from klrank.pipeline.fold import Measures, ModelState, measure_batch
+from klrank.pipeline.layout import (
+    ROW,
     Layout,
     cross_entropy,
     kl_term_col,
@@ -39,7 +40,8 @@ from pipeline.layout import (
     prepare_labels,
     prepare_predictions,
 )
-from pipeline.validation import check_rows, label_columns
+from klrank.pipeline.validation import check_rows, label_columns
+from klrank.run import Timings, open_inputs
 
 DATA = Path(__file__).resolve().parent / "data" / "2m"
 KLRANK = Path(sys.executable).with_name("klrank")
@@ -58,7 +60,7 @@ def _timed(step: Callable[[], Any], repeat: int) -> tuple[float, float]:
 
 
 def _kl_only_rows(labels: pl.DataFrame, batch: pl.DataFrame, layout: Layout) -> pl.DataFrame:
-    # The local engine's measure query (pipeline.evaluate._measure) without reverse KL,
+    # The local engine's measure query (klrank.pipeline.fold.measure_batch) without reverse KL,
     # Jensen-Shannon and top-1 agreement.
     n = len(layout.classes)
     kl = divergence.to_base(divergence.sum_terms([pl.col(kl_term_col(i)) for i in range(n)]), "2")
@@ -106,19 +108,19 @@ def main() -> None:
     models = model_inputs(predictions, layout)
     model = models[0].name
     assert model is not None
-    label_frame = labels.frame.select(*label_columns(layout), io.ROW).slice(0, size)
+    label_frame = labels.frame.select(*label_columns(layout), ROW).slice(0, size)
     model_frame = models[0].frame.slice(0, size)  # read as the engine reads it
     label_batch, model_batch = label_frame.collect(), model_frame.collect()
     prepared = prepare_labels(label_batch.lazy(), layout, measures.base).collect()
-    prepared = prepared.with_columns(label_batch.get_column(io.ROW))
+    prepared = prepared.with_columns(label_batch.get_column(ROW))
     n_models = len(models)
     label_batches = math.ceil(labels.n_rows / size)
     model_batches = math.ceil(predictions.n_rows / size)
 
     def measure() -> pl.DataFrame:
-        target = _Model(model, iter(()))
+        target = ModelState(model, iter(()))
         rows: list[pl.DataFrame] = []
-        _measure(target, prepared, model_batch, layout, measures, [], rows.append)
+        measure_batch(target, prepared, model_batch, layout, measures, [], rows.append)
         return rows[0]
 
     rows = measure()
@@ -130,7 +132,7 @@ def main() -> None:
 
     def write_rows() -> None:
         with tempfile.TemporaryDirectory() as folder:
-            writer = io.RowsWriter(Path(folder) / "rows.parquet")
+            writer = writing.RowsWriter(Path(folder) / "rows.parquet")
             writer.write(rows)
             writer.close()
 
@@ -170,7 +172,7 @@ def main() -> None:
             total += cpu * calls
         print(f"| {name} | {wall * 1000:.1f} | {cpu * 1000:.1f} | {calls} | {cpu * calls:.2f} |")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import jobs.cli"], check=True)
+    subprocess.run([sys.executable, "-c", "import klrank.cli"], check=True)
     imports = time.perf_counter() - start
     print(
         f"| start the interpreter and import klrank's CLI | {imports * 1000:.0f} | – | 1 | {imports:.2f} |"

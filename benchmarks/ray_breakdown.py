@@ -27,9 +27,8 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # as benchmarks/run.py: a token of our own
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
     import ray
-
-    from jobs.config import InputOptions, RunOptions
-    from jobs.run import run
+    from klrank.config import InputOptions, RunOptions
+    from klrank.run import run
 
     start = time.perf_counter()
     ray.init(

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import polars as pl
-
-from jobs import ray_engine
-from jobs.config import InputOptions
-from jobs.run import Timings, open_inputs
-from pipeline import io
-from pipeline.evaluate import Measures
-from pipeline.validation import label_columns, prediction_columns
+from klrank.config import InputOptions
+from klrank.engines import ray as ray_engine
+from klrank.io import reading
+from klrank.pipeline.fold import Measures
+from klrank.pipeline.layout import ROW
+from klrank.pipeline.validation import label_columns, prediction_columns
+from klrank.run import Timings, open_inputs
 
 DATA = Path(__file__).resolve().parent / "data" / "2m"
 PARTS = 8
@@ -48,9 +48,9 @@ def main() -> None:
     )  # as the CLI opens them, with its default options
     labels, predictions, layout = inputs.labels, inputs.predictions, inputs.layout
 
-    def schema(source: io.ParquetInput, columns: list[str]) -> pl.Schema:
+    def schema(source: reading.ParquetInput, columns: list[str]) -> pl.Schema:
         whole = source.frame.collect_schema()
-        return pl.Schema([(c, whole[c]) for c in [*columns, io.ROW]])
+        return pl.Schema([(c, whole[c]) for c in [*columns, ROW]])
 
     label_schema = schema(labels, label_columns(layout))
     prediction_schema = schema(predictions, prediction_columns(layout))

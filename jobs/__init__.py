@@ -1,8 +1,5 @@
-"""Orchestration of klrank's runs and its command-line interface."""
+"""klrank: rank models by the KL divergence of their predicted distributions from the truth."""
 
-from importlib.metadata import PackageNotFoundError, version
+from klrank._version import __version__
 
-try:
-    __version__ = version("klrank")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+__all__ = ["__version__"]

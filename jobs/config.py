@@ -5,11 +5,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.aggregate import RANK_METRICS
-from pipeline.divergence import LOG_BASES
-from pipeline.errors import UsageError
-from pipeline.gates import Gates
-from pipeline.io import RUN_DATE_KEY
+from klrank.pipeline.aggregate import RANK_METRICS
+from klrank.pipeline.divergence import LOG_BASES
+from klrank.pipeline.errors import UsageError
+from klrank.pipeline.gates import Gates
+from klrank.schemas.outputs import FAILURES_FILE, FAILURES_FOLDER, RUN_DATE_KEY
 
 TruthOption = Literal["auto", "hard", "soft"]
 Engine = Literal["local", "ray"]
@@ -103,7 +103,7 @@ class RunOptions:
         if self.failures is not None:
             return self.failures
         partition = [] if self.run_date is None else [f"{RUN_DATE_KEY}={self.run_date.isoformat()}"]
-        return self.out.joinpath("_failures", *partition, "failures.parquet")
+        return self.out.joinpath(FAILURES_FOLDER, *partition, FAILURES_FILE)
 
     def recorded(self) -> dict[str, Any]:
         """The options as recorded in the report's metadata and the manifest (JSON-ready)."""

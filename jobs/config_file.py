@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UsageError
-from pipeline.text import one_line
+from klrank.pipeline.errors import UsageError
+from klrank.pipeline.text import one_line
 
 # command name -> (key as written in a file, normalised) -> parameter name
 OptionNames = Mapping[str, Mapping[str, str]]

@@ -11,16 +11,14 @@ from typing import Any
 
 import pandera.polars as pa
 import polars as pl
+from klrank.io import plotly_bundle, reading, writing
+from klrank.pipeline.baseline import BASELINE_INPUT_COLUMNS, in_unit
+from klrank.pipeline.divergence import UNITS
+from klrank.pipeline.errors import UsageError
+from klrank.pipeline.history import HISTORY_INPUT_COLUMNS, history_chart_html, history_table
+from klrank.schemas.outputs import HISTORY_CHART, REPORT_FILE, RUN_DATE_KEY
+from klrank.schemas.report import REPORT_SCHEMA_VERSION, report_columns_schema
 
-from pipeline import io
-from pipeline.baseline import BASELINE_INPUT_COLUMNS, in_unit
-from pipeline.divergence import UNITS
-from pipeline.errors import UsageError
-from pipeline.history import HISTORY_INPUT_COLUMNS, history_chart_html, history_table
-from schemas.report import REPORT_SCHEMA_VERSION, report_columns_schema
-
-REPORT_FILE = "report.parquet"
-HISTORY_CHART = "history.html"
 AUTO = "auto"
 # Report schema versions whose columns this klrank can read back (every one so far).
 READABLE_SCHEMA_VERSIONS = tuple(str(v) for v in range(1, int(REPORT_SCHEMA_VERSION) + 1))
@@ -28,7 +26,7 @@ READABLE_SCHEMA_VERSIONS = tuple(str(v) for v in range(1, int(REPORT_SCHEMA_VERS
 
 def _read_report(path: Path, columns: tuple[str, ...]) -> tuple[pl.DataFrame, str]:
     """A report's ``columns`` and its unit, after checking its schema version and its values."""
-    frame, metadata = io.read_report(path, columns)
+    frame, metadata = reading.read_report(path, columns)
     found = metadata.get("klrank.report_schema_version")
     if found not in READABLE_SCHEMA_VERSIONS:
         raise UsageError(
@@ -76,9 +74,9 @@ def _baseline_file(
         if not file.is_file():
             raise UsageError(f"--baseline: {spec!r} is neither a report.parquet nor a run folder")
         key, sep, value = file.parent.name.partition("=")
-        return file, value if sep and key == io.RUN_DATE_KEY else None
+        return file, value if sep and key == RUN_DATE_KEY else None
     assert run_date is not None, "RunOptions requires --run-date with --baseline auto"
-    earlier = [(d, p) for d, p in io.run_partitions(out, REPORT_FILE) if d < run_date]
+    earlier = [(d, p) for d, p in reading.run_partitions(out, REPORT_FILE) if d < run_date]
     if not earlier:
         return None, None
     day, folder = earlier[-1]
@@ -161,7 +159,7 @@ def history(options: HistoryOptions) -> HistorySummary:
         ``root`` holds no ``run_date=*/report.parquet``, a report is unreadable, or no night
         has the slice.
     """
-    partitions = io.run_partitions(options.root, REPORT_FILE)
+    partitions = reading.run_partitions(options.root, REPORT_FILE)
     if not partitions:
         raise UsageError(
             f"{str(options.root)!r} holds no run_date=YYYY-MM-DD/{REPORT_FILE} (klrank run "
@@ -177,8 +175,8 @@ def history(options: HistoryOptions) -> HistorySummary:
     )
     if table.height == 0:
         raise UsageError(f"no night's report has the slice {options.slice!r}")
-    html = history_chart_html(table, unit, options.slice)
+    html = history_chart_html(table, unit, options.slice, plotly_bundle.plotly_js())
     _check_replaceable_chart(options.chart_path)
-    io.write_atomically(options.chart_path, lambda path: io.write_text(html, path))
+    writing.write_atomically(options.chart_path, lambda path: writing.write_text(html, path))
     nights = [day.isoformat() for day, _ in partitions]
     return HistorySummary(table, unit, nights, options.chart_path)

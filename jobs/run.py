@@ -17,35 +17,36 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-
-from jobs import __version__
-from jobs.config import InputOptions, RunOptions
-from jobs.nightly import REPORT_FILE, Baseline, load_baseline
-from jobs.ray_engine import RayOptions, evaluate_on_ray
-from pipeline import aggregate, events, io, sketch, targets
-from pipeline.baseline import compare_with_baseline
-from pipeline.divergence import UNITS
-from pipeline.errors import InvalidDataError, StorageError
-from pipeline.evaluate import Evaluation, Measures, evaluate
-from pipeline.gates import GateResult, evaluate_gates
-from pipeline.html import report_html
-from pipeline.layout import MODEL, Layout, resolve_layout
-from pipeline.lock import run_lock
-from pipeline.summary import baseline_section, gates_section, ranked_summary
-from pipeline.text import one_line
-from pipeline.validation import check_structure, summarise
-from schemas.report import REPORT_COLUMNS, REPORT_SCHEMA, REPORT_SCHEMA_VERSION
-
-ROWS_FILE, SUMMARY_FILE, MANIFEST_FILE = (
-    "rows.parquet",
-    "summary.md",
-    "manifest.json",
+from klrank._version import __version__
+from klrank.config import InputOptions, RunOptions
+from klrank.engines.local import evaluate
+from klrank.engines.ray import RayOptions, evaluate_on_ray
+from klrank.io import plotly_bundle, publishing, reading, targets, writing
+from klrank.nightly import Baseline, load_baseline
+from klrank.pipeline import aggregate, sketch
+from klrank.pipeline.baseline import compare_with_baseline
+from klrank.pipeline.divergence import UNITS
+from klrank.pipeline.errors import InvalidDataError, StorageError
+from klrank.pipeline.fold import Measures, Outcome
+from klrank.pipeline.gates import GateResult, evaluate_gates
+from klrank.pipeline.html import report_html
+from klrank.pipeline.layout import MODEL, Layout, resolve_layout
+from klrank.pipeline.summary import baseline_section, gates_section, ranked_summary
+from klrank.pipeline.text import one_line
+from klrank.pipeline.validation import check_structure, summarise
+from klrank.runtime import events
+from klrank.runtime.lock import run_lock
+from klrank.schemas.outputs import (
+    CONTRIBUTIONS_FILE,
+    FAILURES_MARKER,
+    HTML_FILE,
+    MANIFEST_FILE,
+    REPORT_FILE,
+    ROWS_FILE,
+    SUMMARY_FILE,
+    WORST_FILE,
 )
-CONTRIBUTIONS_FILE, WORST_FILE, HTML_FILE = (
-    "class_contributions.parquet",
-    "worst_rows.parquet",
-    "report.html",
-)
+from klrank.schemas.report import REPORT_COLUMNS, REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 
 
 @dataclass
@@ -69,8 +70,8 @@ class OpenedInputs:
     """Both inputs scanned, their layout resolved and their structure checked."""
 
     layout: Layout
-    labels: io.ParquetInput
-    predictions: io.ParquetInput
+    labels: reading.ParquetInput
+    predictions: reading.ParquetInput
 
     def manifest(self) -> dict[str, dict[str, Any]]:
         """Path, file count and row count of each input."""
@@ -110,9 +111,11 @@ def _write_failures(failures: pl.DataFrame, failures_path: Path) -> str:
 
     A failure to write them must not hide the failed checks: the data is still invalid (exit 1).
     """
-    metadata = {targets.FAILURES_MARKER: "1"}
+    metadata = {FAILURES_MARKER: "1"}
     try:
-        io.write_atomically(failures_path, lambda path: io.write_parquet(failures, path, metadata))
+        writing.write_atomically(
+            failures_path, lambda path: writing.write_parquet(failures, path, metadata)
+        )
     except StorageError as error:
         events.emit("failures.unwritten", logging.ERROR, path=str(failures_path), error=str(error))
         return f"the {failures.height} failure cases were not written: {one_line(str(error))}"
@@ -135,7 +138,7 @@ def _fail_if_any(failures: pl.DataFrame, failures_path: Path | None) -> None:
     )
 
 
-def _list_widths(source: io.ParquetInput, options: InputOptions) -> dict[str, int]:
+def _list_widths(source: reading.ParquetInput, options: InputOptions) -> dict[str, int]:
     """The length of the first row of each List distribution column (Arrays carry theirs)."""
     widths = {}
     schema = source.frame.collect_schema()
@@ -143,7 +146,7 @@ def _list_widths(source: io.ParquetInput, options: InputOptions) -> dict[str, in
         name = prefix.rstrip("_")
         if isinstance(schema.get(name), pl.List):
             first = source.frame.select(pl.col(name).list.len()).drop_nulls().head(1)
-            lengths = io.collect(first, source).get_column(name)
+            lengths = reading.collect(first, source).get_column(name)
             widths[name] = int(lengths[0]) if lengths.len() else 0
     return widths
 
@@ -161,8 +164,8 @@ def open_inputs(
         A required column is missing or has the wrong dtype, or the class sets differ.
     """
     with timings.phase("scan"):
-        labels = io.scan_parquet(options.labels)
-        predictions = io.scan_parquet(options.predictions)
+        labels = reading.scan_parquet(options.labels)
+        predictions = reading.scan_parquet(options.predictions)
         label_schema = labels.frame.collect_schema()
         prediction_schema = predictions.frame.collect_schema()
         layout = resolve_layout(
@@ -192,11 +195,11 @@ def _evaluate(
     measures: Measures,
     timings: Timings,
     failures_path: Path | None,
-    rows: io.RowsWriter | None = None,
+    rows: writing.RowsWriter | None = None,
     compute: bool = True,
     ray: RayOptions | None = None,
     rows_dir: Path | None = None,
-) -> Evaluation:
+) -> Outcome:
     with timings.phase("evaluate"):
         if ray is not None:
             evaluation = evaluate_on_ray(  # imports Ray itself only now
@@ -400,7 +403,7 @@ def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSumm
                 inputs, measures, timings, options.failures_path, ray=ray, rows_dir=rows_dir
             )
         else:
-            rows = io.RowsWriter(staging / ROWS_FILE) if options.write_rows else None
+            rows = writing.RowsWriter(staging / ROWS_FILE) if options.write_rows else None
             try:
                 evaluation = _evaluate(inputs, measures, timings, options.failures_path, rows)
             finally:
@@ -417,9 +420,14 @@ def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSumm
             failed = [g for g in gates if g.failed]
             summary = ranked_summary(report, unit, options.rank_by)
             if baseline is not None:
-                summary += baseline_section(report, unit, baseline.path, options.out)
+                summary += baseline_section(
+                    report,
+                    unit,
+                    None if baseline.path is None else str(baseline.path),
+                    str(options.out),
+                )
             summary += gates_section(gates)
-            io.write_parquet(
+            writing.write_parquet(
                 report,
                 staging / REPORT_FILE,
                 {
@@ -429,12 +437,12 @@ def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSumm
                     "klrank.quantiles": quantile_method,
                 },
             )
-            io.write_text(summary, staging / SUMMARY_FILE)
+            writing.write_text(summary, staging / SUMMARY_FILE)
             assert evaluation.contributions is not None and evaluation.ecdf is not None
             contributions = _published_contributions(evaluation.contributions, report, unit)
-            io.write_parquet(contributions, staging / CONTRIBUTIONS_FILE)
+            writing.write_parquet(contributions, staging / CONTRIBUTIONS_FILE)
             if evaluation.worst_rows is not None:
-                io.write_parquet(evaluation.worst_rows, staging / WORST_FILE)
+                writing.write_parquet(evaluation.worst_rows, staging / WORST_FILE)
         if options.write_html:
             with timings.phase("html"):
                 page = report_html(
@@ -445,8 +453,9 @@ def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSumm
                     rank_by=options.rank_by,
                     details=_html_details(inputs, options),
                     failed_gates=[g.message for g in failed],
+                    plotly_js=plotly_bundle.plotly_js(),
                 )
-                io.write_text(page, staging / HTML_FILE)
+                writing.write_text(page, staging / HTML_FILE)
         manifest["gates"] = [g.recorded() for g in gates]
         if failed:
             manifest["status"] = "gate_failed"
@@ -454,15 +463,15 @@ def _run(options: RunOptions, inputs: OpenedInputs, timings: Timings) -> RunSumm
         manifest["alignment"] = evaluation.alignment
         manifest["timings_s"] = timings.seconds
         manifest["finished_at"] = dt.datetime.now(dt.UTC).isoformat()
-        io.write_json(manifest, staging / MANIFEST_FILE)
+        writing.write_json(manifest, staging / MANIFEST_FILE)
         published.update(report=report, summary=summary, gates=tuple(gates))
 
-    io.publish(options.target, options.out, write)
+    publishing.publish(options.target, options.out, write)
     events.emit(
         "published", target=str(options.target), seconds=round(time.perf_counter() - clock, 4)
     )
     if targets.is_failures_file(options.failures_path):  # a stale record of an earlier failed run
-        io.remove_file(options.failures_path)
+        writing.remove_file(options.failures_path)
     return RunSummary(
         options.target, published["report"], published["summary"], manifest, published["gates"]
     )

@@ -15,10 +15,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal, get_args
 
 import polars as pl
-
-from pipeline import divergence
-from pipeline.layout import MODEL, kl_term_col, p_col, q_col
-from pipeline.stats import student_t_ppf, two_sided_p_value
+from klrank.pipeline import divergence
+from klrank.pipeline.layout import MODEL, kl_term_col, p_col, q_col
+from klrank.pipeline.stats import student_t_ppf, two_sided_p_value
 
 SLICE = "slice"
 ALL_ROWS = "ALL"

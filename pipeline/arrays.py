@@ -9,10 +9,9 @@ layout to rounding.
 """
 
 import polars as pl
-
-from pipeline import divergence
-from pipeline.aggregate import ClassSums
-from pipeline.layout import ARGMAX_P, ENTROPY, ID, Layout
+from klrank.pipeline import divergence
+from klrank.pipeline.aggregate import ClassSums
+from klrank.pipeline.layout import ARGMAX_P, ENTROPY, ID, Layout
 
 P, LOG_P, Q, LOG_Q = "_P", "_LP", "_Q", "_LQ"
 KL_TERMS = "_KT"  # each class's term p·(log p − log q) of D(P‖Q), in nats

@@ -17,10 +17,9 @@ import math
 from typing import Any
 
 import polars as pl
-
-from pipeline.aggregate import KEYS
-from pipeline.divergence import LOG_BASES, UNITS
-from pipeline.stats import two_sided_p_value
+from klrank.pipeline.aggregate import KEYS
+from klrank.pipeline.divergence import LOG_BASES, UNITS
+from klrank.pipeline.stats import two_sided_p_value
 
 BASELINE_COLUMNS = ("prev_mean_kl", "change_mean_kl", "change_mean_kl_pct", "p_value_change")
 # What a baseline report must have; all of them exist since report schema version 1.

@@ -10,10 +10,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import polars as pl
-
-from pipeline.aggregate import ALL_ROWS, SLICE
-from pipeline.errors import UsageError
-from pipeline.layout import MODEL
+from klrank.pipeline.aggregate import ALL_ROWS, SLICE
+from klrank.pipeline.errors import UsageError
+from klrank.pipeline.layout import MODEL
 
 Outcome = Literal["passed", "failed", "skipped"]
 

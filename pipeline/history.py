@@ -9,13 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
-
-from pipeline.aggregate import SLICE
-from pipeline.io import RUN_DATE_KEY
-from pipeline.layout import MODEL
-from pipeline.plotlyjs import axis, figure_html, finite, label, layout, plotly_js_lines
-from pipeline.summary import number
-from pipeline.text import markdown_text
+from klrank.pipeline.aggregate import SLICE
+from klrank.pipeline.layout import MODEL
+from klrank.pipeline.plotlyjs import axis, figure_html, finite, label, layout, plotly_js_lines
+from klrank.pipeline.summary import number
+from klrank.pipeline.text import markdown_text
+from klrank.schemas.outputs import RUN_DATE_KEY
 
 RUN_DATE = RUN_DATE_KEY
 # What a night's report must have; all of them exist since report schema version 1.
@@ -88,7 +87,7 @@ def _date_axis(dates: list[dt.date]) -> dict[str, Any]:
     return settings
 
 
-def history_chart_html(table: pl.DataFrame, unit: str, slice_name: str) -> str:
+def history_chart_html(table: pl.DataFrame, unit: str, slice_name: str, plotly_js: str) -> str:
     """A self-contained HTML page (plotly.js inlined): mean KL ± 95% CI per model over nights.
 
     An infinite mean is left out of its line (a gap), as plotly cannot draw it; the table says
@@ -136,7 +135,7 @@ def history_chart_html(table: pl.DataFrame, unit: str, slice_name: str) -> str:
             "<style>html, body { height: 100%; margin: 0; }</style>",
             "</head>",
             "<body>",
-            *plotly_js_lines(),
+            *plotly_js_lines(plotly_js),
             figure_html("history", figure),
             "</body>",
             "</html>",

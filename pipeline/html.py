@@ -27,10 +27,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
-
-from pipeline.aggregate import ALL_ROWS, CLASS, ECDF_POINTS, SLICE
-from pipeline.layout import MODEL
-from pipeline.plotlyjs import Figure, axis, figure_html, finite, label, layout, plotly_js_lines
+from klrank.pipeline.aggregate import ALL_ROWS, CLASS, ECDF_POINTS, SLICE
+from klrank.pipeline.layout import MODEL
+from klrank.pipeline.plotlyjs import (
+    Figure,
+    axis,
+    figure_html,
+    finite,
+    label,
+    layout,
+    plotly_js_lines,
+)
 
 MAX_CLASSES_SHOWN = 40  # more bars than this are unreadable; the largest contributions are shown
 
@@ -282,6 +289,7 @@ def report_html(
     rank_by: str,
     details: Sequence[str] = (),
     failed_gates: Sequence[str] = (),
+    plotly_js: str,
 ) -> str:
     """The page: tables, mean KL with 95% CI, KL ECDF and per-class contributions (ALL rows).
 
@@ -348,7 +356,7 @@ def report_html(
         "class got probability 0. Δ vs best is the mean per-row KL difference from the rank-1 "
         "model on the same rows; p is a paired two-sided t-test of that difference being 0.</p>",
         "<h2 id='mean'>Mean KL with 95% confidence interval</h2>",
-        *plotly_js_lines(),  # once, before the first figure
+        *plotly_js_lines(plotly_js),  # once, before the first figure
         divs["mean"],
         "<h2 id='distribution'>Distribution of per-row KL</h2>",
         divs["ecdf"],

@@ -11,20 +11,19 @@ from dataclasses import dataclass
 from typing import Literal
 
 import polars as pl
-
-from pipeline import divergence
-from pipeline.errors import UsageError
+from klrank.pipeline import divergence
+from klrank.pipeline.errors import UsageError
+from klrank.schemas.outputs import MEASURE_COLUMNS as MEASURE_COLUMNS
+from klrank.schemas.outputs import ROW_COLUMNS as ROW_COLUMNS
+from klrank.schemas.outputs import WORST_ROW_COLUMNS as WORST_ROW_COLUMNS
 
 Truth = Literal["hard", "soft"]
 PredictionKind = Literal["prob", "logit"]
 
 ID, MODEL = "id", "model"
+ROW = "__klrank_row"  # 0-based position of a row in its input
 # Above this many classes the measures run on arrays: one expression per class stops paying.
 MAX_CLASS_COLUMNS = 64
-MEASURE_COLUMNS = ("kl", "reverse_kl", "js", "cross_entropy", "entropy", "top1_match")
-ROW_COLUMNS = ("id", "model", *MEASURE_COLUMNS)
-# worst_rows.parquet adds these to the row columns; a slice column may not take their names.
-WORST_ROW_COLUMNS = ("rank", "row")
 
 
 def p_col(i: int) -> str:

@@ -1,8 +1,8 @@
 """plotly.js figures as plain dicts, and the HTML that draws them, without plotly's Python side.
 
 A figure is ``{"data": [trace, ...], "layout": {...}}`` exactly as ``Plotly.newPlot`` takes it.
-The JavaScript bundle comes from the installed ``plotly`` package, which is read as a file and
-never imported: plotly's Python side (its import, validators and templates) took 0.2 s of every
+The JavaScript bundle comes from the installed ``plotly`` package, which
+:mod:`klrank.io.plotly_bundle` reads as a file and never imports: plotly's Python side (its import, validators and templates) took 0.2 s of every
 page, for a figure that plotly.js draws by itself.
 
 Notes
@@ -16,10 +16,8 @@ Notes
 """
 
 import html
-import importlib.util
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 Figure = dict[str, Any]
@@ -107,29 +105,10 @@ def script_json(value: Any) -> str:
     return text.replace("<", "\\u003c")
 
 
-def plotly_js() -> str:
-    """The plotly.js bundle that ships inside the installed ``plotly`` package.
+def plotly_js_lines(bundle: str) -> list[str]:
+    """Lines of a page that inline ``bundle`` in a ``<script>``: it opens without a network.
 
-    Found with :func:`importlib.util.find_spec`, which locates the package without running its
-    ``__init__``.
-    """
-    spec = importlib.util.find_spec("plotly")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "the page needs plotly.js from the plotly package: pip install plotly"
-        )
-    for folder in spec.submodule_search_locations:
-        bundle = Path(folder) / "package_data" / "plotly.min.js"
-        if bundle.is_file():
-            # Not read_text: it scans the 4.8 MB for line endings to translate (twice as slow).
-            return bundle.read_bytes().decode("utf-8")
-    raise FileNotFoundError(
-        f"no package_data/plotly.min.js in {list(spec.submodule_search_locations)}"
-    )
-
-
-def plotly_js_lines() -> list[str]:
-    """Lines of a page that inline the bundle in a ``<script>``: it opens without a network.
+    ``bundle`` is plotly.js itself, as :func:`klrank.io.plotly_bundle.plotly_js` reads it.
 
     Lines, not one string, so the page joins the 4.8 MB once rather than copying it twice.
     """
@@ -137,7 +116,7 @@ def plotly_js_lines() -> list[str]:
         # plotly.js reads this before it loads: it must leave any MathJax on the page alone.
         "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>",
         "<script>",
-        plotly_js(),
+        bundle,
         "</script>",
     ]
 

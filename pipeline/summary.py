@@ -7,13 +7,11 @@ slice value with a newline cannot start a heading.
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import polars as pl
-
-from pipeline.aggregate import ALL_ROWS, SLICE
-from pipeline.gates import GateResult
-from pipeline.text import markdown_text
+from klrank.pipeline.aggregate import ALL_ROWS, SLICE
+from klrank.pipeline.gates import GateResult
+from klrank.pipeline.text import markdown_text
 
 
 def number(value: float | None, digits: int = 4) -> str:
@@ -76,16 +74,16 @@ def ranked_summary(report: pl.DataFrame, unit: str, rank_by: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def baseline_section(report: pl.DataFrame, unit: str, baseline: Path | None, out: Path) -> str:
+def baseline_section(report: pl.DataFrame, unit: str, baseline: str | None, out: str) -> str:
     """Markdown: how each model's mean KL (``ALL`` rows) changed since the baseline run."""
     if baseline is None:
         return (
-            f"\nNo earlier run under {markdown_text(str(out))}: nothing to compare with, "
+            f"\nNo earlier run under {markdown_text(out)}: nothing to compare with, "
             "the change columns are null.\n"
         )
     lines = [
         "",
-        f"## Change since {markdown_text(str(baseline))}",
+        f"## Change since {markdown_text(baseline)}",
         "",
         f"| model | previous mean KL | mean KL | change ({unit}) | change % | p |",
         "|---|---:|---:|---:|---:|---:|",

@@ -20,12 +20,9 @@ from typing import Any
 import pandera.errors
 import pandera.polars as pa
 import polars as pl
-from pandera.config import ValidationDepth, config_context
-
-from pipeline.io import ROW
-from pipeline.layout import Layout
-from pipeline.text import one_line
-from schemas.inputs import (
+from klrank.pipeline.layout import ROW, Layout
+from klrank.pipeline.text import one_line
+from klrank.schemas.inputs import (
     Rules,
     failing_value,
     label_rules,
@@ -34,6 +31,7 @@ from schemas.inputs import (
     predictions_schema,
     rows_only,
 )
+from pandera.config import ValidationDepth, config_context
 
 FAILURE_SCHEMA = pl.Schema(
     {

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 from hypothesis import strategies as st
-
-from jobs.config import InputOptions, RunOptions
-from jobs.run import REPORT_FILE, ROWS_FILE, RunSummary, run
+from klrank.config import InputOptions, RunOptions
+from klrank.run import RunSummary, run
+from klrank.schemas.outputs import REPORT_FILE, ROWS_FILE
 
 
 def normalised(weights: np.ndarray) -> np.ndarray:

@@ -12,12 +12,11 @@ import scipy.stats
 from cli_helpers import expect, inputs, klrank
 from hypothesis import given
 from hypothesis import strategies as st
+from klrank.config import InputOptions, RunOptions
+from klrank.pipeline import aggregate
+from klrank.pipeline.layout import kl_term_col, p_col, q_col
+from klrank.run import run
 from polars.testing import assert_frame_equal
-
-from jobs.config import InputOptions, RunOptions
-from jobs.run import run
-from pipeline import aggregate
-from pipeline.layout import kl_term_col, p_col, q_col
 
 N_ROWS, CLASSES = 400, ("a", "b", "c")
 

@@ -21,10 +21,9 @@ from helpers import (
 )
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from klrank.pipeline import arrays
+from klrank.pipeline.layout import resolve_layout
 from polars.testing import assert_frame_equal
-
-from pipeline import arrays
-from pipeline.layout import resolve_layout
 
 N_ROWS, N_CLASSES = 300, 6
 MODELS = ("a", "b")

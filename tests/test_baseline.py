@@ -7,9 +7,8 @@ import pytest
 import scipy.stats
 from hypothesis import given
 from hypothesis import strategies as st
+from klrank.pipeline.baseline import change_pct, compare_with_baseline, in_unit, welch_p_value
 from polars.testing import assert_frame_equal
-
-from pipeline.baseline import change_pct, compare_with_baseline, in_unit, welch_p_value
 
 means = st.floats(0.0, 100.0)
 sems = st.floats(1e-6, 10.0)

@@ -35,8 +35,7 @@ from cli_helpers import (
 from cli_helpers import (
     inputs as input_options,
 )
-
-from pipeline.aggregate import ALL_ROWS
+from klrank.pipeline.aggregate import ALL_ROWS
 
 RUN_DATE = "2026-01-02"
 

@@ -3,9 +3,8 @@
 import datetime as dt
 
 import pytest
-
-from jobs.config_file import default_maps, normalise
-from pipeline.errors import UsageError
+from klrank.config_file import default_maps, normalise
+from klrank.pipeline.errors import UsageError
 
 OPTIONS = {
     "run": {"labels": "labels", "out": "out", "run_date": "run_date", "slice_by": "slice_by"},

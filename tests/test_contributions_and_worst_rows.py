@@ -22,8 +22,7 @@ from cli_helpers import (
     soft_labels,
 )
 from helpers import random_distributions, run_job
-
-import pipeline.evaluate
+from klrank.engines import local
 
 CONTRIBUTION_COLUMNS = ["slice", "model", "class", "contribution", "mean_p", "mean_q", "unit"]
 WORST_COLUMNS = [
@@ -196,8 +195,8 @@ def test_worst_rows_and_contributions_do_not_depend_on_the_batch_size(
     _, whole = run_job(
         tmp_path, labels, predictions, name="one-batch", worst=worst, write_html=False
     )
-    monkeypatch.setattr(pipeline.evaluate, "BATCH_VALUES", 3)
-    assert pipeline.evaluate.batch_rows(3) == 1000
+    monkeypatch.setattr(local, "BATCH_VALUES", 3)
+    assert local.batch_rows(3) == 1000
     _, batched = run_job(
         tmp_path, labels, predictions, name="batched", worst=worst, write_html=False
     )

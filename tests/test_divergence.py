@@ -25,9 +25,8 @@ from helpers import (
 )
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from klrank.pipeline import divergence
 from polars.testing import assert_frame_equal
-
-from pipeline import divergence
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 MEASURES = ("kl", "reverse_kl", "js", "cross_entropy", "entropy")

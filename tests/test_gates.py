@@ -4,9 +4,8 @@ import math
 
 import polars as pl
 import pytest
-
-from pipeline.errors import UsageError
-from pipeline.gates import Gates, evaluate_gates
+from klrank.pipeline.errors import UsageError
+from klrank.pipeline.gates import Gates, evaluate_gates
 
 
 def _report(rows: list[dict[str, object]]) -> pl.DataFrame:

@@ -4,9 +4,14 @@ import datetime as dt
 import math
 
 import polars as pl
+from klrank.io.plotly_bundle import plotly_js
+from klrank.pipeline.history import (
+    HISTORY_COLUMNS,
+    history_chart_html,
+    history_markdown,
+    history_table,
+)
 from markdown_helpers import raw_tables, render
-
-from pipeline.history import HISTORY_COLUMNS, history_chart_html, history_markdown, history_table
 
 
 def _night(mean_m: float, mean_n: float) -> pl.DataFrame:
@@ -42,7 +47,7 @@ def test_history_table_keeps_one_slice_ordered_by_night_then_rank() -> None:
 
 
 def test_chart_leaves_out_infinite_means() -> None:
-    html = history_chart_html(history_table(NIGHTS, "ALL"), "bits", "ALL")
+    html = history_chart_html(history_table(NIGHTS, "ALL"), "bits", "ALL", plotly_js())
     assert '"name":"m"' in html and '"name":"n"' in html
     # m's infinite night is a gap: its trace has one point, n's two.
     assert '"x":["2026-01-01"],"y":[0.5]' in html

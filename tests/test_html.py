@@ -16,9 +16,8 @@ import numpy as np
 import polars as pl
 from cli_helpers import prob_predictions, soft_labels, write
 from helpers import random_distributions, run_job
-
-from pipeline.html import MAX_CLASSES_SHOWN
-from pipeline.plotlyjs import plotly_js
+from klrank.io.plotly_bundle import plotly_js
+from klrank.pipeline.html import MAX_CLASSES_SHOWN
 
 
 def test_page_is_self_contained(tmp_path: Path) -> None:
@@ -64,7 +63,7 @@ def _plotly_modules_after_run(tmp_path: Path, *options: str) -> list[str]:
     out = tmp_path / "out"
     script = (
         "import sys\n"
-        "from jobs.cli import run_cli\n"
+        "from klrank.cli import run_cli\n"
         f"sys.argv = ['klrank', 'run', '--labels', {str(labels)!r}, '--predictions',"
         f" {str(predictions)!r}, '--out', {str(out)!r}, *{list(options)!r}]\n"
         "assert run_cli() == 0\n"

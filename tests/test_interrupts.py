@@ -5,9 +5,8 @@ import signal
 from collections.abc import Iterator
 
 import pytest
-
-from pipeline import interrupts
-from pipeline.errors import Interrupted
+from klrank.pipeline.errors import Interrupted
+from klrank.runtime import interrupts
 
 
 @pytest.fixture

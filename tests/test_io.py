@@ -12,10 +12,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 from cli_helpers import corrupt_first_page
+from klrank.io import publishing, reading, targets, writing
+from klrank.pipeline.errors import StorageError, UsageError
+from klrank.pipeline.layout import ROW
 from polars.testing import assert_frame_equal
-
-from pipeline import io
-from pipeline.errors import StorageError, UsageError
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -26,7 +26,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def _write_report(content: str) -> Callable[[Path], None]:
     def write(staging: Path) -> None:
-        io.write_text(content, staging / "report.txt")
+        writing.write_text(content, staging / "report.txt")
 
     return write
 
@@ -38,49 +38,51 @@ def _out(target: Path) -> Path:
 
 def test_publish_creates_the_target_with_success_marker(tmp_path: Path) -> None:
     target = tmp_path / "out" / "run_date=2026-01-01"
-    io.publish(target, _out(target), _write_report("v1"))
+    publishing.publish(target, _out(target), _write_report("v1"))
     assert _files(target) == {"_SUCCESS": b"", "report.txt": b"v1"}
     assert [p.name for p in target.parent.iterdir()] == ["run_date=2026-01-01"]
 
 
 def test_publish_replaces_the_previous_report_whole(tmp_path: Path) -> None:
     target = tmp_path / "out"
-    io.publish(target, _out(target), _write_report("v1"))
-    io.publish(target, _out(target), lambda staging: io.write_text("other", staging / "other.txt"))
+    publishing.publish(target, _out(target), _write_report("v1"))
+    publishing.publish(
+        target, _out(target), lambda staging: writing.write_text("other", staging / "other.txt")
+    )
     assert _files(target) == {"_SUCCESS": b"", "other.txt": b"other"}
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or retired folder left
 
 
 def test_a_failing_write_leaves_the_previous_report_byte_identical(tmp_path: Path) -> None:
     target = tmp_path / "out"
-    io.publish(target, _out(target), _write_report("v1"))
+    publishing.publish(target, _out(target), _write_report("v1"))
     before = _files(target)
 
     def half_written(staging: Path) -> None:
-        io.write_text("partial", staging / "report.txt")
+        writing.write_text("partial", staging / "report.txt")
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        io.publish(target, _out(target), half_written)
+        publishing.publish(target, _out(target), half_written)
     assert _files(target) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_a_killed_run_leaves_the_previous_report_byte_identical(tmp_path: Path) -> None:
     target = tmp_path / "out"
-    io.publish(target, _out(target), _write_report("v1"))
+    publishing.publish(target, _out(target), _write_report("v1"))
     before = _files(target)
     script = textwrap.dedent(
         f"""
         import os, signal
         from pathlib import Path
-        from pipeline import io
+        from klrank.io import publishing, writing
 
         def write(staging):
-            io.write_text("partial", staging / "report.txt")
+            writing.write_text("partial", staging / "report.txt")
             os.kill(os.getpid(), signal.SIGKILL)
 
-        io.publish(Path({str(target)!r}), Path({str(target)!r}), write)
+        publishing.publish(Path({str(target)!r}), Path({str(target)!r}), write)
         """
     )
     result = subprocess.run([sys.executable, "-c", script], check=False)
@@ -88,7 +90,7 @@ def test_a_killed_run_leaves_the_previous_report_byte_identical(tmp_path: Path) 
     assert _files(target) == before
     # The dead run's staging folder stays behind, hidden from Parquet readers.
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "out"]
-    assert len(leftovers) == 1 and leftovers[0].startswith(io.STAGING_PREFIX)
+    assert len(leftovers) == 1 and leftovers[0].startswith(targets.STAGING_PREFIX)
 
 
 def test_scan_reads_directories_recursively_with_hive_keys_as_strings(tmp_path: Path) -> None:
@@ -98,9 +100,9 @@ def test_scan_reads_directories_recursively_with_hive_keys_as_strings(tmp_path: 
         pl.DataFrame({"id": [1, 2]}).write_parquet(folder / "part-0.parquet")
     (tmp_path / "_ignored").mkdir()
     pl.DataFrame({"x": [1.0]}).write_parquet(tmp_path / "_ignored" / "part-0.parquet")
-    scanned = io.scan_parquet(str(tmp_path))
+    scanned = reading.scan_parquet(str(tmp_path))
     frame = scanned.frame.collect().sort("model", "id")
-    assert frame.schema == pl.Schema({io.ROW: pl.Int64, "id": pl.Int64, "model": pl.String})
+    assert frame.schema == pl.Schema({ROW: pl.Int64, "id": pl.Int64, "model": pl.String})
     assert frame.get_column("model").to_list() == ["007", "007", "a", "a"]  # "007", not 7
     assert scanned.n_rows == 4 and len(scanned.files) == 2
 
@@ -111,20 +113,20 @@ def test_scan_reads_folders_whose_names_look_like_glob_patterns(tmp_path: Path) 
         folder = tmp_path / "predictions" / f"model={model}"
         folder.mkdir(parents=True)
         pl.DataFrame({"id": [1, 2]}).write_parquet(folder / "part-0.parquet")
-    scanned = io.scan_parquet(str(tmp_path / "predictions"))
+    scanned = reading.scan_parquet(str(tmp_path / "predictions"))
     models = scanned.frame.collect().get_column("model").sort().to_list()
     assert models == ["*a*", "*a*", "[b]", "[b]", "c?", "c?"]
     report = tmp_path / "out[1]" / "report.parquet"
     report.parent.mkdir()
     pl.DataFrame({"slice": ["ALL"]}).write_parquet(report)
-    frame, _ = io.read_report(report, ["slice"])
+    frame, _ = reading.read_report(report, ["slice"])
     assert frame.get_column("slice").to_list() == ["ALL"]
 
 
 def test_scan_reads_a_glob(tmp_path: Path) -> None:
     for part in range(3):
         pl.DataFrame({"id": [part]}).write_parquet(tmp_path / f"part-{part}.parquet")
-    scanned = io.scan_parquet(str(tmp_path / "part-*.parquet"))
+    scanned = reading.scan_parquet(str(tmp_path / "part-*.parquet"))
     assert sorted(scanned.frame.collect().get_column("id")) == [0, 1, 2]
 
 
@@ -156,22 +158,22 @@ def _read_one_by_one(files: list[tuple[Path, dict[str, str]]], offset: int = 0) 
     frames, position = [], offset
     for path, hive in files:
         frame = pl.read_parquet(path)
-        positions = pl.Series(io.ROW, range(position, position + frame.height), dtype=pl.Int64)
+        positions = pl.Series(ROW, range(position, position + frame.height), dtype=pl.Int64)
         frames.append(frame.with_columns(positions, **{k: pl.lit(v) for k, v in hive.items()}))
         position += frame.height
     return pl.concat(frames, how="diagonal_relaxed")
 
 
-@pytest.mark.parametrize("max_scans", [io.MAX_SCANS, 1], ids=["scan-a-folder", "from-paths"])
+@pytest.mark.parametrize("max_scans", [reading.MAX_SCANS, 1], ids=["scan-a-folder", "from-paths"])
 def test_windows_of_many_files_are_slices_of_the_files_read_one_by_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_scans: int
 ) -> None:
     # With one scan at most, files alike in all but their folders are one scan, which reads
     # their hive values from their paths.
-    monkeypatch.setattr(io, "MAX_SCANS", max_scans)
+    monkeypatch.setattr(reading, "MAX_SCANS", max_scans)
     files = _many_files(tmp_path)
-    scanned = io.scan_parquet(str(tmp_path))
-    columns = [io.ROW, "id", "p", "note", "model"]
+    scanned = reading.scan_parquet(str(tmp_path))
+    columns = [ROW, "id", "p", "note", "model"]
     whole = _read_one_by_one(files).select(columns)
     assert_frame_equal(scanned.frame.select(columns).collect(), whole)
     window = scanned.windows(columns)
@@ -188,9 +190,9 @@ def test_windows_of_many_files_are_slices_of_the_files_read_one_by_one(
     # Files alike but not following on in the input: each keeps its own positions.
     some = [f for f in scanned.files if f.schema == scanned.files[0].schema][::2]
     assert len({f.hive["model"] for f in some}) == 2 and len(some) > 4
-    alike = [io.ROW, "id", "p", "model"]  # these files have no "note"
+    alike = [ROW, "id", "p", "model"]  # these files have no "note"
     rows = pl.concat(
-        [whole.filter(pl.col(io.ROW).is_between(f.offset, f.offset + f.n_rows - 1)) for f in some]
+        [whole.filter(pl.col(ROW).is_between(f.offset, f.offset + f.n_rows - 1)) for f in some]
     ).select(alike)
     assert_frame_equal(scanned.subset(some).select(alike).collect(), rows)
     for start in range(0, rows.height + 1, 2):
@@ -199,9 +201,9 @@ def test_windows_of_many_files_are_slices_of_the_files_read_one_by_one(
 
 def test_batches_of_many_files_are_the_rows_in_order(tmp_path: Path) -> None:
     files = _many_files(tmp_path)
-    scanned = io.scan_parquet(str(tmp_path))
-    whole = _read_one_by_one(files).select(io.ROW, "id", "model")
-    batches = list(io.batches(scanned.windows([io.ROW, "id", "model"]), scanned, 4))
+    scanned = reading.scan_parquet(str(tmp_path))
+    whole = _read_one_by_one(files).select(ROW, "id", "model")
+    batches = list(reading.batches(scanned.windows([ROW, "id", "model"]), scanned, 4))
     assert [b.height for b in batches[:-1]] == [4] * (len(batches) - 1)
     # Read from several files, yet one chunk: later steps would pay for each chunk.
     assert [b.n_chunks() for b in batches] == [1] * len(batches)
@@ -213,7 +215,7 @@ def test_a_file_whose_name_looks_like_a_pattern_is_read_as_itself(tmp_path: Path
     # part1.parquet's rows a second time.
     pl.DataFrame({"id": [1]}).write_parquet(tmp_path / "part[1].parquet")
     pl.DataFrame({"id": [2]}).write_parquet(tmp_path / "part1.parquet")
-    scanned = io.scan_parquet(str(tmp_path))
+    scanned = reading.scan_parquet(str(tmp_path))
     assert [Path(f.path).name for f in scanned.files] == ["part1.parquet", "part[1].parquet"]
     assert scanned.frame.collect().get_column("id").to_list() == [2, 1]
 
@@ -225,7 +227,7 @@ def test_scan_orders_files_folder_by_folder_as_paths_compare(tmp_path: Path) -> 
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         pl.DataFrame({"id": [i]}).write_parquet(tmp_path / name)
     (tmp_path / "z").symlink_to(tmp_path / "a", target_is_directory=True)
-    scanned = io.scan_parquet(str(tmp_path))
+    scanned = reading.scan_parquet(str(tmp_path))
     names = [str(Path(f.path).relative_to(tmp_path)) for f in scanned.files]
     assert names == ["a/0.parquet", "a/b/p.parquet", "a b/p.parquet", "a-c/p.parquet"]
     assert scanned.frame.collect().get_column("id").to_list() == [3, 2, 1, 0]
@@ -235,12 +237,12 @@ def test_a_damaged_file_among_many_is_a_usage_error_naming_the_input(tmp_path: P
     for part in range(30):
         pl.DataFrame({"id": [part]}).write_parquet(tmp_path / f"part-{part:02d}.parquet")
     corrupt_first_page(tmp_path / "part-17.parquet")
-    scanned = io.scan_parquet(str(tmp_path))  # the footers are fine
+    scanned = reading.scan_parquet(str(tmp_path))  # the footers are fine
     message = f"cannot read the Parquet data of {str(tmp_path)!r}"
     with pytest.raises(UsageError, match=re.escape(message)):
-        list(io.batches(scanned.windows(["id"]), scanned, 1_000))
+        list(reading.batches(scanned.windows(["id"]), scanned, 1_000))
     with pytest.raises(UsageError, match=re.escape(message)):
-        io.collect(scanned.frame.select("id"), scanned)
+        reading.collect(scanned.frame.select("id"), scanned)
 
 
 @pytest.mark.parametrize(
@@ -256,7 +258,7 @@ def test_unreadable_inputs_are_usage_errors(tmp_path: Path, setup: object, messa
     path = tmp_path / "input"
     setup(path)  # type: ignore[operator]
     with pytest.raises(UsageError, match=message):
-        io.scan_parquet(str(path))
+        reading.scan_parquet(str(path))
 
 
 def test_truncated_parquet_is_a_usage_error(tmp_path: Path) -> None:
@@ -265,7 +267,7 @@ def test_truncated_parquet_is_a_usage_error(tmp_path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(UsageError, match="cannot read"):
-        io.scan_parquet(str(path))
+        reading.scan_parquet(str(path))
 
 
 def test_write_atomically_leaves_no_partial_file(tmp_path: Path) -> None:
@@ -276,7 +278,7 @@ def test_write_atomically_leaves_no_partial_file(tmp_path: Path) -> None:
         raise OSError("boom")
 
     with pytest.raises(StorageError, match=f"cannot write '{path}': boom"):
-        io.write_atomically(path, fail)
+        writing.write_atomically(path, fail)
     assert not path.exists() and os.listdir(path.parent) == []
 
 
@@ -287,11 +289,11 @@ def _open_descriptors() -> int:
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to count descriptors")
 def test_rows_writer_appends_frames_in_order_and_leaves_nothing_open(tmp_path: Path) -> None:
     # Polars opens a few descriptors for its runtime the first time a sink runs, for good.
-    warm_up = io.RowsWriter(tmp_path / "warm-up.parquet")
+    warm_up = writing.RowsWriter(tmp_path / "warm-up.parquet")
     warm_up.write(pl.DataFrame({"id": [0]}))
     warm_up.close()
     before = _open_descriptors()
-    writer = io.RowsWriter(tmp_path / "rows.parquet", pending=1)  # write waits for the sink
+    writer = writing.RowsWriter(tmp_path / "rows.parquet", pending=1)  # write waits for the sink
     frames = [
         pl.DataFrame({"id": [3 * i, 3 * i + 1, 3 * i + 2], "kl": [0.5, 0.25, i / 7]})
         for i in range(5)
@@ -307,20 +309,20 @@ def test_rows_writer_appends_frames_in_order_and_leaves_nothing_open(tmp_path: P
 
 
 def test_rows_writer_given_no_rows_makes_no_file(tmp_path: Path) -> None:
-    writer = io.RowsWriter(tmp_path / "rows.parquet")
+    writer = writing.RowsWriter(tmp_path / "rows.parquet")
     writer.close()
     assert not (tmp_path / "rows.parquet").exists()
 
 
 def test_rows_writer_raises_what_stopped_it_in_the_callers_thread(tmp_path: Path) -> None:
-    writer = io.RowsWriter(tmp_path / "no such folder" / "rows.parquet")
+    writer = writing.RowsWriter(tmp_path / "no such folder" / "rows.parquet")
     with pytest.raises(StorageError, match="no such folder/rows.parquet': No such file"):
         writer.write(pl.DataFrame({"id": [1]}))
         writer.close()
 
 
 def test_rows_writer_refuses_a_frame_of_another_schema(tmp_path: Path) -> None:
-    writer = io.RowsWriter(tmp_path / "rows.parquet")
+    writer = writing.RowsWriter(tmp_path / "rows.parquet")
     writer.write(pl.DataFrame({"id": [1], "kl": [0.5]}))
     with pytest.raises(pl.exceptions.SchemaError):
         writer.write(pl.DataFrame({"id": ["a"], "kl": [0.5]}))
@@ -328,7 +330,7 @@ def test_rows_writer_refuses_a_frame_of_another_schema(tmp_path: Path) -> None:
 
 
 def test_rows_writer_refuses_a_frame_after_close(tmp_path: Path) -> None:
-    writer = io.RowsWriter(tmp_path / "rows.parquet")
+    writer = writing.RowsWriter(tmp_path / "rows.parquet")
     writer.write(pl.DataFrame({"id": [1]}))
     writer.close()
     with pytest.raises(RuntimeError, match="closed"):
@@ -343,10 +345,11 @@ def test_a_stop_signal_during_close_is_raised_after_the_writer_has_ended(tmp_pat
         import os, signal, threading
         from pathlib import Path
         import polars as pl
-        from pipeline import interrupts, io
-        from pipeline.errors import Interrupted
+        from klrank.io import writing
+        from klrank.pipeline.errors import Interrupted
+        from klrank.runtime import interrupts
 
-        class SignalledOnClose(io.RowsWriter):
+        class SignalledOnClose(writing.RowsWriter):
             def _put(self, item):
                 if item is None:  # close() is about to queue the end: SIGTERM lands here
                     os.kill(os.getpid(), signal.SIGTERM)
@@ -374,7 +377,7 @@ def test_a_stop_signal_during_close_is_raised_after_the_writer_has_ended(tmp_pat
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_rows_writer_raises_a_full_disk_at_the_latest_on_close() -> None:
     # Polars reports a write error when its sink ends, so close() is where it surfaces.
-    writer = io.RowsWriter(Path("/dev/full"))
+    writer = writing.RowsWriter(Path("/dev/full"))
     # An environment problem, named as such (exit 74 in the CLI), with the path and the cause.
     with pytest.raises(
         StorageError, match=r"cannot write '/dev/full': No space left on device \(ENOSPC\)"

@@ -7,9 +7,8 @@ import doctest
 import signal
 
 import pytest
-
-from jobs.airflow import klrank_task
-from jobs.airflow.klrank_task import Outcome, judge, klrank_argv
+from klrank.airflow import klrank_task
+from klrank.airflow.klrank_task import Outcome, judge, klrank_argv
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-
-from pipeline.errors import LockBusyError
-from pipeline.lock import lock_path, partition_lock
+from klrank.pipeline.errors import LockBusyError
+from klrank.runtime.lock import lock_path, partition_lock
 
 
 def test_lock_file_is_hidden_beside_the_partition(tmp_path: Path) -> None:

@@ -6,9 +6,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-
-from jobs import logs
-from pipeline import events
+from klrank.runtime import events, logs
 
 
 class Terminal(io.StringIO):

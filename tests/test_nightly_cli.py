@@ -19,10 +19,9 @@ import pytest
 import scipy.special
 import scipy.stats
 from cli_helpers import Result, expect, klrank, klrank_together, write
+from klrank.io import reading
+from klrank.schemas.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 from markdown_helpers import render
-
-from pipeline import io
-from schemas.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 
 N_ROWS, CLASSES = 200, ("a", "b", "c")
 # Mixing weight w of each model with the uniform distribution, per night: model m regresses on
@@ -410,7 +409,7 @@ def test_new_model_tonight_gets_nulls_and_skips_the_regression_gate(tmp_path: Pa
 def test_report_schema_version_is_2(tmp_path: Path) -> None:
     out = tmp_path / "out"
     expect(klrank("run", *_inputs(tmp_path, NIGHT1), "--out", out, "--no-rows"), 0)
-    metadata = io.read_parquet_metadata(out / "report.parquet")
+    metadata = reading.read_parquet_metadata(out / "report.parquet")
     assert metadata["klrank.report_schema_version"] == REPORT_SCHEMA_VERSION == "2"
     assert _report(out).columns[-4:] == CHANGE_COLUMNS
 

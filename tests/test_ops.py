@@ -35,9 +35,8 @@ from cli_helpers import (
     soft_labels,
     start,
 )
-
-from pipeline.io import STAGING_PREFIX
-from pipeline.lock import lock_path
+from klrank.io.targets import STAGING_PREFIX
+from klrank.runtime.lock import lock_path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 RUN_DATE = "2026-01-02"

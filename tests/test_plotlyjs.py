@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-
-from pipeline import plotlyjs
-from pipeline.plotlyjs import axis, figure_html, layout, plotly_js, script_json
+from klrank.io.plotly_bundle import plotly_js
+from klrank.pipeline import plotlyjs
+from klrank.pipeline.plotlyjs import axis, figure_html, layout, script_json
 
 
 def test_examples_in_the_docstrings_hold() -> None:
@@ -58,7 +58,7 @@ def test_the_look_is_a_template_so_plotly_js_draws_no_axis_lines() -> None:
 def test_plotly_js_is_read_without_importing_plotly() -> None:
     script = (
         "import sys\n"
-        "from pipeline.plotlyjs import plotly_js\n"
+        "from klrank.io.plotly_bundle import plotly_js\n"
         "assert 'plotly.js v' in plotly_js()[:200]\n"
         "print([m for m in sys.modules if m.split('.')[0] in ('plotly', '_plotly_utils')])\n"
     )

@@ -34,9 +34,8 @@ from cli_helpers import (
     write,
     write_hive,
 )
-
-from pipeline.lock import lock_path
-from pipeline.targets import STAGING_PREFIX
+from klrank.io.targets import STAGING_PREFIX
+from klrank.runtime.lock import lock_path
 
 RUN_DATE = "2026-01-02"
 

@@ -23,14 +23,14 @@ import polars as pl
 import pytest
 from cli_helpers import KLRANK, corrupt_first_page, expect, klrank, start
 from helpers import class_frame, random_distributions
+from klrank.config import InputOptions, RunOptions
+from klrank.engines import ray as ray_engine
+from klrank.io import reading
+from klrank.pipeline import sketch
+from klrank.pipeline.aggregate import ALL_ROWS, parse_slice_label
+from klrank.pipeline.errors import EngineError, InvalidDataError, UsageError
+from klrank.run import run
 from polars.testing import assert_frame_equal
-
-from jobs import ray_engine
-from jobs.config import InputOptions, RunOptions
-from jobs.run import run
-from pipeline import io, sketch
-from pipeline.aggregate import ALL_ROWS, parse_slice_label
-from pipeline.errors import EngineError, InvalidDataError, UsageError
 
 QUANTILE_COLUMNS = ("median_kl", "p90_kl", "p95_kl", "p99_kl")
 QUANTILES = {"median_kl": 0.5, "p90_kl": 0.9, "p95_kl": 0.95, "p99_kl": 0.99}
@@ -493,7 +493,7 @@ def test_regression_order_is_judged_over_the_whole_input_not_per_part(
 ) -> None:
     # A model in label order within each part, but not overall, was "positional" in every part:
     # its coverage went unchecked and its duplicate (id, model) pairs unreported.
-    from pipeline import partitions
+    from klrank.pipeline import partitions
 
     labels_frame = _two_class_labels([*range(12), 5])  # id 5 twice
     labels = tmp_path / "labels.parquet"
@@ -636,7 +636,7 @@ def test_chunks_cover_every_row_once_in_order_within_their_limits() -> None:
     sizes = [0, 3, 1, 0, 7, 2, 2, 5, 0, 1, 4]
     files, offset = [], 0
     for i, n in enumerate(sizes):
-        files.append(io.ParquetFile(f"part-{i}", n, offset, {}, "s"))
+        files.append(reading.ParquetFile(f"part-{i}", n, offset, {}, "s"))
         offset += n
     for rows, max_files in [(1, 1), (3, 2), (4, 3), (5, 100), (100, 4), (100, 100)]:
         chunks = ray_engine._chunks(files, rows, max_files)

@@ -67,7 +67,7 @@ def test_the_nightly_walkthrough_works_from_the_readme(tmp_path: Path) -> None:
 
 
 def test_the_exit_code_table_lists_every_code_klrank_returns() -> None:
-    from jobs import cli
+    from klrank import cli
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Bad input, exit codes and failure cases", 1)[1].split("\n## ", 1)[0]

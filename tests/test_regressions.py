@@ -10,11 +10,10 @@ import polars as pl
 import pytest
 from cli_helpers import expect, inputs, klrank, write_hive
 from helpers import class_frame, random_distributions, run_job
+from klrank.config import InputOptions, RunOptions
+from klrank.io import reading
+from klrank.run import run
 from polars.testing import assert_frame_equal
-
-from jobs.config import InputOptions, RunOptions
-from jobs.run import run
-from pipeline import io
 
 CLASSES = ("a", "b", "c")
 
@@ -44,7 +43,7 @@ def test_glob_used_to_read_underscore_folders(tmp_path: Path) -> None:
         (tmp_path / folder).mkdir(parents=True)
         pl.DataFrame({"id": [1]}).write_parquet(tmp_path / folder / "part-0.parquet")
     (tmp_path / "model=a" / "notes.txt").write_text("not parquet")
-    scanned = io.scan_parquet(str(tmp_path / "**" / "*"))
+    scanned = reading.scan_parquet(str(tmp_path / "**" / "*"))
     assert scanned.frame.collect().get_column("model").to_list() == ["a"]
 
 
@@ -164,7 +163,7 @@ def test_run_date_folders_not_in_iso_form_used_to_count_as_nights(tmp_path: Path
     ):
         (tmp_path / name).mkdir()
         (tmp_path / name / "report.parquet").touch()
-    assert [d.isoformat() for d, _ in io.run_partitions(tmp_path, "report.parquet")] == [
+    assert [d.isoformat() for d, _ in reading.run_partitions(tmp_path, "report.parquet")] == [
         "2026-02-01"
     ]
 
@@ -214,21 +213,21 @@ def test_models_failing_coverage_used_to_each_hold_a_batch_through_the_paired_lo
     # after the paired loop: each held a thread and a batch (80-90 MB at full size) through it.
     import threading
 
-    from pipeline import evaluate
-    from pipeline.errors import InvalidDataError
+    from klrank.engines import local
+    from klrank.pipeline.errors import InvalidDataError
 
     def readers() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name.startswith("klrank-read")]
 
     seen: list[int] = []
-    check_rows = evaluate.check_rows
+    check_rows = local.check_rows
 
     def counting(batch: pl.DataFrame, dataset: str, *args: object) -> pl.DataFrame:
         if dataset == "labels" and not seen:
             seen.append(len(readers()))
         return check_rows(batch, dataset, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(evaluate, "check_rows", counting)
+    monkeypatch.setattr(local, "check_rows", counting)
     rng = np.random.default_rng(5)
     n = 50
     p = random_distributions(rng, n, 3)
@@ -319,9 +318,9 @@ def test_batches_across_many_files_used_to_read_every_file_before_them(
 ) -> None:
     # Each batch was a slice of a union of every file's scan, which read all the scans before
     # the slice. Batches of 7 rows now start and end inside files of 1 to 5 rows.
-    from pipeline import evaluate
+    from klrank.engines import local
 
-    monkeypatch.setattr(evaluate, "batch_rows", lambda n_classes: 7)
+    monkeypatch.setattr(local, "batch_rows", lambda n_classes: 7)
     one, many, _ = _as_one_file_and_as_many(tmp_path, rows=[3, 1, 5, 2, 4])
     for name, frame in one.items():
         assert_frame_equal(many[name], frame, check_exact=True)

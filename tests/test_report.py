@@ -7,12 +7,11 @@ from pathlib import Path
 import pandera.errors
 import polars as pl
 import pytest
+from klrank.config import InputOptions, RunOptions
+from klrank.io import reading
+from klrank.run import run
+from klrank.schemas.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 from polars.testing import assert_frame_equal
-
-from jobs.config import InputOptions, RunOptions
-from jobs.run import run
-from pipeline import io
-from schemas.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "data"
 GOLDEN = Path(__file__).parent / "golden" / "example_report.csv"
@@ -49,7 +48,7 @@ def test_example_report_matches_the_golden_file(example_report: Path) -> None:
 def test_report_follows_its_schema_and_records_version_and_options(example_report: Path) -> None:
     report = pl.read_parquet(example_report / "report.parquet")
     REPORT_SCHEMA.validate(report)
-    metadata = io.read_parquet_metadata(example_report / "report.parquet")
+    metadata = reading.read_parquet_metadata(example_report / "report.parquet")
     assert metadata["klrank.report_schema_version"] == REPORT_SCHEMA_VERSION
     options = json.loads(metadata["klrank.options"])
     assert (

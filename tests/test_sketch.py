@@ -7,8 +7,7 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from pipeline import sketch
+from klrank.pipeline import sketch
 
 ALPHA = sketch.RELATIVE_ACCURACY
 # ceil(log x / log γ) is itself rounded: a value on a bin's edge may land in the next bin, off by

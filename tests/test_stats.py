@@ -5,9 +5,8 @@ import math
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from klrank.pipeline.stats import student_t_ppf, student_t_sf, two_sided_p_value
 from scipy import stats
-
-from pipeline.stats import student_t_ppf, student_t_sf, two_sided_p_value
 
 DFS = [1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0, 1000.0, 1e6]
 TS = [0.0, 0.1, 1.0, 1.96, 5.0, 20.0, 100.0]

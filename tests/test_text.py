@@ -10,10 +10,9 @@ import doctest
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from klrank.pipeline import text
+from klrank.pipeline.text import markdown_text, one_line
 from markdown_helpers import cells, raw_tables, render
-
-from pipeline import text
-from pipeline.text import markdown_text, one_line
 
 # Every kind of character that broke a line or a table, plus ordinary ones.
 HOSTILE = st.text(

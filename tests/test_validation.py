@@ -14,10 +14,8 @@ import pandera.errors
 import polars as pl
 import pytest
 from cli_helpers import expect, inputs, klrank
-
-from pipeline.io import ROW
-from pipeline.layout import Layout, resolve_layout
-from pipeline.validation import (
+from klrank.pipeline.layout import ROW, Layout, resolve_layout
+from klrank.pipeline.validation import (
     FAILURE_SCHEMA,
     STRUCTURE_COLUMNS,
     _batch_schema,
@@ -25,7 +23,7 @@ from pipeline.validation import (
     check_structure,
     summarise,
 )
-from schemas.inputs import FINITE, IN_RANGE, MAX_RULE_COLUMNS, NOT_NULLABLE, ROWS_SUM_TO_ONE
+from klrank.schemas.inputs import FINITE, IN_RANGE, MAX_RULE_COLUMNS, NOT_NULLABLE, ROWS_SUM_TO_ONE
 
 N_CLASSES = MAX_RULE_COLUMNS + 36  # past the point where the rules are fused by row reductions
 N_ROWS = 5

@@ -25,17 +25,13 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from typer._click.exceptions import ClickException
-from typer.exceptions import Abort
-
-from jobs import __version__, cli_ops, logs
-from jobs.config import Engine, InputOptions, RunOptions, TruthOption
-from jobs.nightly import HistoryOptions, history
-from jobs.run import Timings, run, validate
-from pipeline import events, interrupts
-from pipeline.aggregate import RankMetric
-from pipeline.divergence import Base
-from pipeline.errors import (
+from klrank._version import __version__
+from klrank.cli import ops as cli_ops
+from klrank.config import Engine, InputOptions, RunOptions, TruthOption
+from klrank.nightly import HistoryOptions, history
+from klrank.pipeline.aggregate import RankMetric
+from klrank.pipeline.divergence import Base
+from klrank.pipeline.errors import (
     EngineError,
     Interrupted,
     InvalidDataError,
@@ -45,9 +41,13 @@ from pipeline.errors import (
     UsageError,
     storage_error,
 )
-from pipeline.gates import Gates
-from pipeline.history import history_markdown
-from pipeline.text import one_line
+from klrank.pipeline.gates import Gates
+from klrank.pipeline.history import history_markdown
+from klrank.pipeline.text import one_line
+from klrank.run import Timings, run, validate
+from klrank.runtime import events, interrupts, logs
+from typer._click.exceptions import ClickException
+from typer.exceptions import Abort
 
 EXIT_OK, EXIT_INVALID_DATA, EXIT_USAGE, EXIT_GATE_FAILED, EXIT_INTERNAL = 0, 1, 2, 3, 70
 EXIT_LOCKED = cli_ops.EXIT_LOCKED

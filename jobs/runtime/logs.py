@@ -11,7 +11,7 @@ import json
 import logging
 from typing import Any, Literal, TextIO
 
-from pipeline.events import FIELDS, LOGGER, PROGRESS
+from klrank.runtime.events import FIELDS, LOGGER, PROGRESS
 
 LogFormat = Literal["text", "json"]
 

@@ -1,68 +1,41 @@
-"""Validate and measure the inputs batch by batch, in bounded memory, into the ranked report.
+"""The pure fold of batches into the ranked report: measures, mergeable states, worst rows.
 
-Every model is brought into the labels' row order, so a batch of label rows pairs with the same
-batch of each model's rows and no join is needed:
-
-* **positional** — a model's predictions already list the label ids in the labels' order (what
-  batch inference usually writes): checked by comparing the id columns, then streamed;
-* **joined** — any other order: the model's rows are put in label order by a join, in memory.
-
-Each input is read once in batches, plus once more for its id column (and, for a joined
-model, once whole). Every batch is validated
-(Pandera, one fused pass) before it is measured; after the first failure the remaining batches
-are only validated, so all failures are collected. Label-only quantities (log p, entropy, argmax)
-are computed once per label row, not once per model. Per batch and model, the measures feed
-mergeable states (per-class sums of the KL terms among them, for the class contributions) and a
-bounded top-N of the highest-KL rows; each model's kl column is kept (8 bytes a row) for exact
-quantiles, the ECDF and the paired comparison at the end.
-
-The same loop runs on one partition of the rows (:func:`evaluate_partition`, the rows of some ids
-in every input, as the Ray engine splits them); :func:`partial` sums a partition up in mergeable
-states and :func:`merge_partials` makes the report from all of them, with the quantiles from
-merged sketches (:mod:`pipeline.sketch`) instead of a sort.
+An engine (:mod:`klrank.engines.local`, :mod:`klrank.engines.ray`) reads the inputs and hands
+every pair of a label batch and a model batch to :func:`measure_batch`. Per batch and model, the
+measures feed mergeable states (per-class sums of the KL terms among them, for the class
+contributions) and a bounded top-N of the highest-KL rows; each model's kl column is kept (8 bytes
+a row) for exact quantiles, the ECDF and the paired comparison at the end (:func:`report`).
+:func:`partial` sums a partition of the rows up in mergeable states and :func:`merge_partials`
+makes the report from all of them, with the quantiles from merged sketches
+(:mod:`klrank.pipeline.sketch`) instead of a sort.
 """
 
-import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
-from typing import Any
 
 import polars as pl
-
-from pipeline import aggregate, arrays, events, io, sketch
-from pipeline.io import ROW, ParquetInput
-from pipeline.layout import (
+from klrank.pipeline import aggregate, arrays, sketch
+from klrank.pipeline.layout import (
     ID,
     MEASURE_COLUMNS,
     MODEL,
+    ROW,
     ROW_COLUMNS,
     Layout,
     cross_entropy,
     kl_terms,
     log_p_col,
     log_q_col,
-    prepare_labels,
     prepare_predictions,
     row_measures,
 )
-from pipeline.validation import (
-    PAIR_UNIQUENESS,
-    check_coverage,
-    check_label_keys,
-    check_rows,
-    failure,
-    label_columns,
-    no_failures,
-    prediction_columns,
-)
+from klrank.pipeline.validation import PAIR_UNIQUENESS, failure, no_failures
 
 # In a partition's predictions: each row's 0-based position among its model's rows, in the whole
 # input (see evaluate_partition).
 MODEL_RANK = "__klrank_model_rank"
-# Values per batch (rows × classes): large enough to amortise per-batch work, small enough that
-# a batch of every model fits in a few hundred MB.
-BATCH_VALUES = 10_000_000
+
+
 RowsSink = Callable[[pl.DataFrame], None]
 
 
@@ -77,17 +50,8 @@ class Measures:
     worst_rows: int = 20  # highest-KL rows kept per model (0: none)
 
 
-@dataclass(frozen=True)
-class ModelInput:
-    """One model's prediction rows (with their ``ROW`` positions), in the files' order."""
-
-    name: str | None  # None: the rows whose model is null
-    frame: pl.LazyFrame
-    window: io.Window  # the query for some of the rows of ``frame``, by position
-
-
 @dataclass
-class Evaluation:
+class Outcome:
     """The outcome: failure cases, the report when there were none, and what was seen."""
 
     failures: pl.DataFrame
@@ -102,73 +66,8 @@ class Evaluation:
     worst_rows: pl.DataFrame | None = None
 
 
-class _Stopwatch:
-    """Adds up the time spent in the calls it runs."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    def __call__(self, check: Callable[..., pl.DataFrame], *args: Any) -> pl.DataFrame:
-        start = time.perf_counter()
-        try:
-            return check(*args)
-        finally:
-            self.seconds += time.perf_counter() - start
-
-
-def model_inputs(
-    predictions: ParquetInput, layout: Layout, names: Sequence[str] | None = None
-) -> list[ModelInput]:
-    """Split the predictions by model: by file where each file holds one model, else by filter.
-
-    ``names``: the models to expect (a partition of the rows lists every model of the whole
-    input, also those with no rows in it, whose coverage must still be checked).
-    """
-    selected = [*prediction_columns(layout), ROW, *([MODEL_RANK] if names is not None else [])]
-    column = pl.col(layout.model_col)
-    if names is None:
-        by_file: dict[str, list[io.ParquetFile]] = {}
-        for file in predictions.files:
-            model = file.constant(layout.model_col)
-            if model is None:
-                break
-            by_file.setdefault(model, []).append(file)
-        else:
-            if by_file:
-                return [
-                    ModelInput(
-                        name,
-                        predictions.subset(files).select(selected),
-                        predictions.windows(selected, files),
-                    )
-                    for name, files in sorted(by_file.items())
-                ]
-        found = io.collect(predictions.frame.select(column.unique()), predictions)
-        names = sorted(found.get_column(layout.model_col).drop_nulls().to_list())
-        has_null = bool(found.get_column(layout.model_col).null_count())
-    else:
-        nulls = predictions.frame.select(column.is_null().any())
-        has_null = bool(io.collect(nulls, predictions).item())
-    inputs = [
-        _filtered(name, predictions.frame.filter(column == name).select(selected))
-        for name in sorted(names)
-    ]
-    if has_null:
-        inputs.append(_filtered(None, predictions.frame.filter(column.is_null()).select(selected)))
-    return inputs
-
-
-def _filtered(name: str | None, frame: pl.LazyFrame) -> ModelInput:
-    # The rows before a window are only known by filtering them all: a window is a slice.
-    return ModelInput(name, frame, frame.slice)
-
-
-def batch_rows(n_classes: int) -> int:
-    """Rows per batch for ``n_classes`` classes."""
-    return max(1_000, BATCH_VALUES // max(n_classes, 1))
-
-
-def _keys(frame: pl.DataFrame, layout: Layout) -> pl.DataFrame:
+def comparable_ids(frame: pl.DataFrame, layout: Layout) -> pl.DataFrame:
+    """``frame`` with its id column in a type that compares across inputs."""
     # Integer ids of any width compare as one type (Int128 holds every UInt64); validation has
     # matched string against string.
     key = pl.col(layout.id_col)
@@ -178,13 +77,16 @@ def _keys(frame: pl.DataFrame, layout: Layout) -> pl.DataFrame:
     return frame.with_columns(key.cast(pl.Int128 if dtype == pl.UInt64 else pl.Int64))
 
 
-def _slices(frame: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
+def slices(frame: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
+    """``frame`` in consecutive slices of ``size`` rows (an in-memory model's batches)."""
     for start in range(0, frame.height, size):
         yield frame.slice(start, size)
 
 
 @dataclass
-class _Model:
+class ModelState:
+    """One model's batches still to come and what its measured batches added up to so far."""
+
     name: str
     batches: Iterator[pl.DataFrame]
     states: list[pl.DataFrame] = field(default_factory=list)
@@ -202,35 +104,11 @@ class Partition:
     """
 
     failures: pl.DataFrame
-    models: list[_Model]
+    models: list[ModelState]
     alignment: dict[str, str]  # model -> "positional" or "joined"
     key_batches: list[pl.DataFrame]
     validation_seconds: float
     models_found: int = 0  # models in the predictions, a null model counted
-
-
-def evaluate(
-    labels: ParquetInput,
-    predictions: ParquetInput,
-    layout: Layout,
-    measures: Measures,
-    rows_sink: RowsSink | None = None,
-    compute: bool = True,
-) -> Evaluation:
-    """Validate everything and, if it is all valid and ``compute``, build the ranked report."""
-    part = evaluate_partition(labels, predictions, layout, measures, rows_sink, compute)
-    failures = [part.failures, *empty_inputs(labels.n_rows, part.models_found)]
-    all_failures = sorted_failures(pl.concat(failures))
-    if all_failures.height or not compute:
-        return Evaluation(all_failures, None, part.alignment, part.validation_seconds)
-    slice_keys = list(aggregate.slice_key_columns(layout.slice_cols))
-    report, contributions, ecdf = _report(
-        part.models, part.key_batches, slice_keys, layout, measures
-    )
-    worst = _worst_rows(part.models, layout) if measures.worst_rows else None
-    return Evaluation(
-        all_failures, report, part.alignment, part.validation_seconds, contributions, ecdf, worst
-    )
 
 
 def empty_inputs(n_label_rows: int, models_found: int) -> list[pl.DataFrame]:
@@ -254,144 +132,8 @@ def sorted_failures(failures: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def evaluate_partition(
-    labels: ParquetInput,
-    predictions: ParquetInput,
-    layout: Layout,
-    measures: Measures,
-    rows_sink: RowsSink | None = None,
-    compute: bool = True,
-    models: Sequence[str] | None = None,
-) -> Partition:
-    """Validate the label rows and every model's rows for them, and measure them if all is valid.
-
-    ``labels`` and ``predictions`` may be the whole inputs or one partition of their rows (the
-    rows of some ids, carrying their ``ROW`` positions in the whole inputs, and predictions a
-    ``MODEL_RANK`` column, each row's position among its model's rows); a partition names
-    ``models``, all the models of the whole input. Empty inputs are left to the caller
-    (:func:`empty_inputs`): a partition may hold no rows.
-
-    In a partition a model is "positional" when its rows sit at the same positions as their
-    labels in the whole inputs, which this partition's rows can only confirm for themselves: so
-    its coverage is checked all the same, and :func:`merge_partials` drops those cases for a
-    model positional in every partition, as the whole-input check would never have made them.
-    """
-    with ExitStack() as streams:  # every reader thread ends with the evaluation
-        return _evaluate(labels, predictions, layout, measures, rows_sink, compute, streams, models)
-
-
-def _label_keys(labels: ParquetInput, frame: pl.LazyFrame, layout: Layout) -> pl.DataFrame:
-    if not labels.files:  # a partition of the rows: each carries its position
-        return _keys(io.collect(frame.select(layout.id_col, ROW), labels), layout)
-    # Read whole from the files, so a row's position is its index: no need to read ROW.
-    keys = _keys(io.collect(frame.select(layout.id_col), labels), layout)
-    return keys.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
-
-
-def _evaluate(
-    labels: ParquetInput,
-    predictions: ParquetInput,
-    layout: Layout,
-    measures: Measures,
-    rows_sink: RowsSink | None,
-    compute: bool,
-    streams: ExitStack,
-    names: Sequence[str] | None,
-) -> Partition:
-    def read(window: io.Window, source: ParquetInput) -> io.Batches:
-        return streams.enter_context(closing(io.batches(window, source, size)))
-
-    size = batch_rows(len(layout.classes))
-    label_selected = [*label_columns(layout), ROW]
-    label_frame = labels.frame.select(label_selected)
-    checked = _Stopwatch()
-    label_keys = _label_keys(labels, label_frame, layout)
-    failures = [checked(check_label_keys, label_keys, layout)]  # failures[0]: duplicate ids
-
-    label_batches = read(labels.windows(label_selected), labels)  # starts reading now
-    aligned: list[_Model] = []
-    # Read only after the paired loop, so they do not each hold a batch through it.
-    validate_only: list[io.Window] = []
-    alignment: dict[str, str] = {}
-    inputs = model_inputs(predictions, layout, names)
-    partition = names is not None
-    for source in inputs:
-        frame = source.frame.drop(MODEL_RANK) if partition else source.frame
-        window = frame.slice if partition else source.window  # a partition is in memory
-        if source.name is None:
-            validate_only.append(window)
-            continue
-        ranks = [MODEL_RANK] if partition else []
-        ids = _keys(io.collect(source.frame.select(layout.id_col, *ranks), predictions), layout)
-        positional = ids.get_column(layout.id_col).equals(
-            label_keys.get_column(layout.id_col), null_equal=True
-        ) and (not partition or ids.get_column(MODEL_RANK).equals(label_keys.get_column(ROW)))
-        # In a partition, a model positional here has duplicate pairs only where the labels
-        # have duplicate ids; with none, its coverage check would find nothing.
-        if positional and (not partition or not failures[0].height):
-            alignment[source.name] = "positional"
-            aligned.append(_Model(source.name, read(window, predictions)))
-            continue
-        del ids  # at 20M rows the ids weigh 160 MB a model
-        keys = _keys(io.collect(frame.select(layout.id_col, ROW), predictions), layout)
-        coverage = checked(check_coverage, label_keys, source.name, keys, layout)
-        failures.append(coverage)
-        if positional:  # in a partition: see the docstring of evaluate_partition
-            alignment[source.name] = "positional"
-            aligned.append(_Model(source.name, read(window, predictions)))
-            continue
-        # A null id matches no label: only validating every row of the model reports it.
-        if coverage.height or keys.get_column(layout.id_col).null_count():
-            validate_only.append(window)
-            continue
-        alignment[source.name] = "joined"
-        rows = _keys(io.collect(frame, predictions), layout)
-        in_label_order = label_keys.select(layout.id_col).join(
-            rows, on=layout.id_col, how="left", maintain_order="left"
-        )
-        aligned.append(_Model(source.name, _slices(in_label_order, size)))
-
-    def failed() -> bool:
-        return any(f.height for f in failures)
-
-    slice_keys = aggregate.slice_key_columns(layout.slice_cols)
-    key_batches: list[pl.DataFrame] = []
-    n_batches = -(-labels.n_rows // size)
-    for done, label_batch in enumerate(label_batches, start=1):
-        failures.append(checked(check_rows, label_batch, "labels", layout, measures.tolerance))
-        prepared = None
-        if compute and not failed():
-            if layout.uses_arrays:
-                prepared = arrays.prepare_labels(label_batch, layout, measures.base)
-            else:
-                prepared = prepare_labels(label_batch.lazy(), layout, measures.base).collect()
-            prepared = prepared.with_columns(**slice_keys)
-            if measures.worst_rows:  # label row positions: the worst rows' tie-break and `row`
-                prepared = prepared.with_columns(label_batch.get_column(ROW))
-            if slice_keys:
-                key_batches.append(prepared.select(*slice_keys))
-        for model in aligned:
-            batch = next(model.batches)
-            failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))
-            if prepared is not None and not failed():
-                _measure(model, prepared, batch, layout, measures, list(slice_keys), rows_sink)
-        events.progress("batches", done, n_batches)
-    for window in validate_only:
-        for batch in read(window, predictions):
-            failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))
-
-    return Partition(
-        pl.concat([no_failures(), *failures]),
-        aligned,
-        alignment,
-        key_batches,
-        checked.seconds,
-        len(inputs),
-    )
-
-
-def _measure(
-    model: _Model,
+def measure_batch(
+    model: ModelState,
     labels: pl.DataFrame,
     batch: pl.DataFrame,
     layout: Layout,
@@ -399,6 +141,7 @@ def _measure(
     slice_keys: Sequence[str],
     rows_sink: RowsSink | None,
 ) -> None:
+    """Measure one batch of a model against its label rows and fold it into ``model``."""
     n_classes = len(layout.classes)
     if layout.uses_arrays:
         predicted = arrays.prepare_predictions(batch, layout, measures.epsilon)
@@ -446,7 +189,7 @@ def _highest_kl(rows: pl.DataFrame, n: int) -> pl.DataFrame:
     return rows.sort("kl", ROW, descending=[True, False]).head(n)
 
 
-def _keep_worst(model: _Model, rows: pl.DataFrame, layout: Layout, n: int) -> None:
+def _keep_worst(model: ModelState, rows: pl.DataFrame, layout: Layout, n: int) -> None:
     """Merge this batch's n highest-KL rows into the model's: a selection, not a sort."""
     worst = _highest_kl(rows.select(ID, *MEASURE_COLUMNS, ROW, *layout.slice_cols), n)
     if model.worst is not None:
@@ -454,7 +197,7 @@ def _keep_worst(model: _Model, rows: pl.DataFrame, layout: Layout, n: int) -> No
     model.worst = worst
 
 
-def _worst_rows(models: Sequence[_Model], layout: Layout) -> pl.DataFrame:
+def gather_worst_rows(models: Sequence[ModelState], layout: Layout) -> pl.DataFrame:
     """Every model's worst rows, ordered by model and rank.
 
     Columns: ``model``, ``rank`` (1 = highest KL; ties by label row order), ``id``, the
@@ -477,7 +220,7 @@ def _worst_rows(models: Sequence[_Model], layout: Layout) -> pl.DataFrame:
 
 
 def _kl_parts(
-    models: Sequence[_Model], key_batches: Sequence[pl.DataFrame], slice_keys: Sequence[str]
+    models: Sequence[ModelState], key_batches: Sequence[pl.DataFrame], slice_keys: Sequence[str]
 ) -> tuple[dict[str, str], list[tuple[str, pl.DataFrame]]]:
     """Each model's kl column (its name in the parts), and the rows of every slice."""
     kl_columns = {m.name: f"_kl{j}" for j, m in enumerate(models)}
@@ -492,8 +235,8 @@ def _kl_parts(
     return kl_columns, list(aggregate.slice_parts(frame, slice_keys))
 
 
-def _report(
-    models: Sequence[_Model],
+def ranked_report(
+    models: Sequence[ModelState],
     key_batches: Sequence[pl.DataFrame],
     slice_keys: Sequence[str],
     layout: Layout,
@@ -572,7 +315,7 @@ def merge_partials(
     measures: Measures,
     n_label_rows: int,
     models_found: int,
-) -> Evaluation:
+) -> Outcome:
     """One evaluation from the partials of disjoint partitions that together hold every row.
 
     ``models_found``: the models of the whole predictions (a null model counted).
@@ -601,7 +344,7 @@ def merge_partials(
     all_failures = sorted_failures(pl.concat([no_failures(), *failures]))
     seconds = sum(p.validation_seconds for p in partials)
     if all_failures.height:
-        return Evaluation(all_failures, None, dict(sorted(alignment.items())), seconds)
+        return Outcome(all_failures, None, dict(sorted(alignment.items())), seconds)
     measured = [p for p in partials if p.states is not None]
     states = aggregate.merge_states(pl.concat(p.states for p in measured if p.states is not None))
     class_states = aggregate.merge_class_states(
@@ -637,15 +380,15 @@ def merge_partials(
     worst_of = []
     for name in sorted(alignment):
         frames = [p.worst[name] for p in measured if name in p.worst]
-        merged = _Model(name, iter(()))
+        merged = ModelState(name, iter(()))
         if frames:
             merged.worst = _highest_kl(pl.concat(frames), measures.worst_rows)
         worst_of.append(merged)
-    worst = _worst_rows(worst_of, layout) if measures.worst_rows else None
+    worst = gather_worst_rows(worst_of, layout) if measures.worst_rows else None
     ecdf = pl.concat(
         [pl.DataFrame(schema={MODEL: pl.String, "kl": pl.Float64, "ecdf": pl.Float64}), *ecdfs]
     )
     contributions = _contributions(class_states, states, layout, measures)
-    return Evaluation(
+    return Outcome(
         all_failures, report, dict(sorted(alignment.items())), seconds, contributions, ecdf, worst
     )

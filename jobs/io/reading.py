@@ -1,49 +1,36 @@
-"""The one module that touches the disk for data: scanning inputs and publishing outputs atomically.
-
-A published directory is either the complete previous one or the complete new one: everything is
-written into a hidden staging directory beside the target, ``_SUCCESS`` last, and the two are then
-swapped with one ``renameat2(RENAME_EXCHANGE)`` (two renames where the kernel lacks it).
-"""
+"""Reading Parquet inputs: listing files, scanning them, and reading rows in batches in the background."""
 
 import bisect
-import ctypes
 import datetime as dt
 import glob
 import hashlib
 import itertools
-import json
 import os
-import queue
 import re
-import shutil
-import threading
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote
 
 import polars as pl
 import pyarrow.parquet as pq
-from polars.io.plugins import register_io_source
-
-from pipeline import interrupts, targets
-from pipeline.errors import StorageError, UsageError, storage_error
-from pipeline.targets import RUN_DATE_KEY as RUN_DATE_KEY
-from pipeline.targets import STAGING_PREFIX as STAGING_PREFIX
-from pipeline.targets import TEMPORARY_PREFIX
-from pipeline.text import one_line
+from klrank.pipeline.errors import UsageError
+from klrank.pipeline.layout import ROW
+from klrank.pipeline.text import one_line
+from klrank.schemas.outputs import RUN_DATE_KEY
 
 _GLOB_CHARS = frozenset("*?[")
-ROW = "__klrank_row"  # 0-based position of a row in its input
-_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
 SMALL_CHUNK_ROWS = 10_000  # a frame read with chunks smaller than this on average is rechunked
+
+
 # Scans in one query (the streaming engine's cost grows with their square: 1,000 scans took
 # seconds a query, 100 a few tenths of a second) before hive values are read from file paths.
 MAX_SCANS = 64
+
+
 _PATH = "__klrank_path"  # a scan's file paths, while hive values are read from them
 
 
@@ -431,275 +418,10 @@ def batches(window: Window, source: ParquetInput, size: int) -> Batches:
     return Batches(window, source, size)
 
 
-class RowsWriter:
-    """Appends frames of one schema to a Parquet file, as Polars writes it, in a background thread.
-
-    Polars' streaming Parquet sink reads the frames from a queue through an IO source
-    (``register_io_source``), so the file is one Parquet file however many frames come, and the
-    encoding overlaps with the computation of the next batch on all cores. It took a third less
-    CPU than pyarrow's ``ParquetWriter`` for the same rows, with the same Arrow schema and
-    encodings (``benchmarks/cpu_breakdown.py``; BENCHMARKS.md). Polars 2.1 marks IO sources
-    unstable: every CLI test writes ``rows.parquet`` through this class, so a change of that
-    API fails CI, not a night. At most ``pending`` frames wait, so memory stays bounded.
-
-    What the sink fails on is raised in the caller's thread. A failure at the start (a missing
-    folder) is raised by the next ``write``; one while writing (a full disk) only by ``close``,
-    as Polars reports it when the sink ends. The file is not synced here: :func:`publish`
-    syncs every file it publishes.
-    """
-
-    def __init__(self, path: Path, pending: int = 2) -> None:
-        self._path = path
-        self._queue: queue.Queue[pl.DataFrame | None] = queue.Queue(maxsize=pending)  # None: end
-        self._sink: threading.Thread | None = None  # started by the first frame (its schema)
-        self._error: BaseException | None = None  # what stopped the sink
-        self._sources = 0  # times Polars asked for the frames: once, or they would be split
-        self._closed = False
-
-    def _frames(
-        self,
-        with_columns: list[str] | None,
-        predicate: pl.Expr | None,
-        n_rows: int | None,
-        batch_size: int | None,
-    ) -> Iterator[pl.DataFrame]:
-        # A sink of the whole frame asks once for every column and row; anything else would be
-        # a change in Polars that this writer must not silently follow.
-        self._sources += 1
-        if self._sources > 1 or predicate is not None or n_rows is not None:
-            raise RuntimeError(
-                f"rows writer: Polars asked for the frames again ({self._sources}), or with a "
-                f"filter ({predicate}) or a row limit ({n_rows})"
-            )
-        while (frame := self._queue.get()) is not None:
-            yield frame if with_columns is None else frame.select(with_columns)
-
-    def _write_all(self, schema: pl.Schema) -> None:
-        try:
-            frames = register_io_source(self._frames, schema=schema, validate_schema=True)
-            frames.sink_parquet(self._path, compression="snappy")
-        except BaseException as error:  # raised in the caller's thread by write or close
-            self._error = as_storage_error(error, self._path) or error
-
-    def _put(self, item: pl.DataFrame | None) -> None:
-        while True:
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                self._raise_if_stopped()  # a stopped sink takes nothing more
-
-    def _raise_if_stopped(self) -> None:
-        if self._sink is not None and not self._sink.is_alive():
-            if self._error is not None:
-                raise self._error
-            raise RuntimeError(f"the writer of {str(self._path)!r} stopped early")
-
-    def write(self, frame: pl.DataFrame) -> None:
-        """Queue ``frame`` to be appended (raises what stopped the writer, if it stopped)."""
-        if self._closed:
-            raise RuntimeError(f"the writer of {str(self._path)!r} is closed")
-        if self._sink is None:
-            self._sink = threading.Thread(
-                target=self._write_all, args=(frame.schema,), name="klrank-rows", daemon=True
-            )
-            self._sink.start()
-        self._put(frame)
-
-    def close(self) -> None:
-        """Wait for every queued frame and finish the file (none is made if nothing was written).
-
-        A stop signal arriving meanwhile is held until the sink has ended (the caller may remove
-        the folder next), then raised.
-        """
-        self._closed = True
-        if self._sink is None:
-            return
-        with interrupts.deferred():
-            if self._sink.is_alive():
-                self._put(None)
-                self._sink.join()
-        if self._error is not None:
-            raise self._error
-        if not self._queue.empty():
-            raise RuntimeError(f"the writer of {str(self._path)!r} ended before every frame")
-
-
-def as_storage_error(error: BaseException, path: Path, doing: str = "write") -> StorageError | None:
-    """``error`` as a :class:`StorageError` naming ``path``, if the operating system raised it.
-
-    Polars reports an I/O error of its writers as a ``ComputeError`` whose message ends with
-    ``(os error N)``; Python and pyarrow raise ``OSError``.
-    """
-    if isinstance(error, StorageError):
-        return error
-    match = _OS_ERROR.search(str(error))
-    if match is not None and (not isinstance(error, OSError) or error.errno is None):
-        # Polars' own message: "... (os error 30): <a shortened path>"; say it plainly.
-        code = int(match.group(1))
-        return storage_error(OSError(code, os.strerror(code), str(path)), doing)
-    if isinstance(error, OSError):
-        if error.filename is None:
-            error = type(error)(error.errno, error.strerror or str(error), str(path))
-        return storage_error(error, doing)
-    return None
-
-
-@contextmanager
-def storage(path: Path, doing: str = "write") -> Iterator[None]:
-    """Raise the operating system's errors in the block as a :class:`StorageError` on ``path``."""
-    try:
-        yield
-    except (OSError, pl.exceptions.PolarsError) as error:
-        converted = as_storage_error(error, path, doing)
-        if converted is None:
-            raise
-        raise converted from None
-
-
-def remove_file(path: Path) -> None:
-    """Delete a file if it exists."""
-    path.unlink(missing_ok=True)
-
-
-def write_parquet(
-    frame: pl.DataFrame, path: Path, metadata: Mapping[str, str] | None = None
-) -> None:
-    """Write one Parquet file, with optional key-value metadata in its footer."""
-    with storage(path):
-        frame.write_parquet(path, metadata=dict(metadata) if metadata else None)
-
-
-def write_text(text: str, path: Path) -> None:
-    """Write a UTF-8 text file."""
-    with storage(path):
-        path.write_text(text, encoding="utf-8")
-
-
-def write_json(document: Mapping[str, Any], path: Path) -> None:
-    """Write a JSON document, keys in insertion order, with a trailing newline."""
-    write_text(json.dumps(document, indent=2, default=str) + "\n", path)
-
-
 def read_parquet_metadata(path: Path) -> dict[str, str]:
     """Return the key-value metadata stored in a Parquet file's footer."""
     raw = pq.read_metadata(path).metadata or {}
     return {key.decode(): value.decode() for key, value in raw.items()}
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two directories in one atomic step; False where the kernel or libc cannot."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    return bool(result == 0)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def publish(target: Path, out: Path, write: Callable[[Path], None]) -> None:
-    """Fill a staging directory with ``write``, add ``_SUCCESS``, and swap it in for ``target``.
-
-    ``target`` is ``out`` or a folder in it; the staging directory is made in ``out``'s parent,
-    outside the reports tree, so that no reader's glob under ``out`` ever lists it (see
-    :mod:`pipeline.targets`). If ``write`` raises, or the process dies, ``target`` is untouched;
-    the staging directory is removed on an exception, and the next run of the same target removes
-    one that a SIGKILL left. Call it holding ``target``'s lock.
-
-    Raises
-    ------
-    StorageError
-        The operating system refused a step (no space, read-only, permission); ``target`` is
-        untouched.
-    """
-    with storage(out.parent, "create a staging folder in"):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        targets.remove_stale_staging(target, out)
-        staging = (
-            out.parent / f"{STAGING_PREFIX}{targets.staging_key(target, out)}-{uuid.uuid4().hex}"
-        )
-        staging.mkdir()
-    try:
-        write(staging)
-        write_text("", staging / "_SUCCESS")
-        with storage(staging, "sync"):
-            for file in staging.rglob("*"):  # a folder too: the Ray engine's rows.parquet/
-                if file.is_dir():
-                    _fsync_dir(file)
-                    continue
-                with open(file, "rb") as handle:
-                    os.fsync(handle.fileno())
-        # A SIGTERM between the two renames of the fallback would leave no report at all.
-        with interrupts.deferred(), storage(target, "publish"):
-            if not target.exists():
-                staging.rename(target)
-            elif _exchange(staging, target):
-                shutil.rmtree(staging)  # now holds the previous report
-            else:
-                retired = staging.with_name(f"{staging.name[:-32]}{uuid.uuid4().hex}")
-                target.rename(retired)
-                staging.rename(target)
-                shutil.rmtree(retired)
-            _fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _discard(path: Path) -> None:
-    # On a read-only file system even removing a file that was never made fails (EROFS).
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
-
-
-def write_atomically(
-    path: Path, write: Callable[[Path], None], optional: bool = False, make_parent: bool = True
-) -> None:
-    """Write one file through a temporary sibling and an atomic rename.
-
-    With ``optional``, a ``write`` that made no file (a writer given no rows) makes none; without
-    ``make_parent``, a missing folder is an error (FileNotFoundError) instead of being made.
-
-    Raises
-    ------
-    StorageError
-        The operating system refused a step: ``path`` is a folder, or no space, read-only,
-        permission, a name too long.
-    """
-    if path.is_symlink():  # write the file it names: replacing the link would lose it
-        path = targets.real(path)
-    with storage(path):
-        if make_parent:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_dir():
-            raise IsADirectoryError(21, os.strerror(21), str(path))
-        if path.exists() and not path.is_file():  # /dev/null, a FIFO: write to it, never replace it
-            write(path)
-            return
-        temporary = path.parent / f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}"
-        try:
-            write(temporary)
-            if optional and not temporary.exists():
-                return
-            os.replace(temporary, path)
-        except StorageError as error:  # name the file the user knows, not the temporary one
-            _discard(temporary)
-            raise StorageError(str(error).replace(str(temporary), str(path)), str(path)) from None
-        except BaseException:
-            _discard(temporary)
-            raise
 
 
 _RUN_DATE_FOLDER = re.compile(rf"{RUN_DATE_KEY}=(\d{{4}}-\d{{2}}-\d{{2}})")

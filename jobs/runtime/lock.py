@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline import events
-from pipeline.errors import LockBusyError, storage_error
+from klrank.pipeline.errors import LockBusyError, storage_error
+from klrank.runtime import events
 
 LOCK_SUFFIX = ".klrank.lock"
 POLL_S = 0.1  # how often a waiting run retries

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from pipeline.errors import Interrupted
+from klrank.pipeline.errors import Interrupted
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from klrank import config_file
+from klrank.pipeline.errors import UsageError
+from klrank.pipeline.text import one_line
+from klrank.runtime import logs
+from klrank.runtime.logs import LogFormat
 from typer import _click
 from typer._click.core import ParameterSource
 from typer._click.exceptions import BadParameter, MissingParameter
 from typer.core import TyperGroup, TyperOption
-
-from jobs import config_file, logs
-from jobs.logs import LogFormat
-from pipeline.errors import UsageError
-from pipeline.text import one_line
 
 EXIT_LOCKED = 75  # EX_TEMPFAIL (sysexits.h): another run holds the partition; retry later
 CONFIG_ENVVAR = "KLRANK_CONFIG"

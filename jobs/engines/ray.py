@@ -32,23 +32,23 @@ from types import ModuleType
 from typing import Any
 
 import polars as pl
-
-from pipeline import interrupts, io, partitions
-from pipeline.errors import EngineError, UsageError
-from pipeline.evaluate import (
+from klrank.engines.local import batch_rows, evaluate_partition
+from klrank.io import reading, writing
+from klrank.pipeline import partitions
+from klrank.pipeline.errors import EngineError, UsageError
+from klrank.pipeline.fold import (
     MODEL_RANK,
-    Evaluation,
     Measures,
+    Outcome,
     Partial,
     RowsSink,
-    batch_rows,
-    evaluate_partition,
     merge_partials,
     partial,
 )
-from pipeline.layout import Layout
-from pipeline.text import one_line
-from pipeline.validation import label_columns, prediction_columns
+from klrank.pipeline.layout import ROW, Layout
+from klrank.pipeline.text import one_line
+from klrank.pipeline.validation import label_columns, prediction_columns
+from klrank.runtime import interrupts
 
 TASK_RETRIES = 3
 # Most files one task reads: thousands of one-row part files make a few tasks, not thousands,
@@ -100,18 +100,18 @@ def import_ray() -> ModuleType:
 class _Chunk:
     """Rows ``[start, start + length)`` of some consecutive files of an input."""
 
-    files: tuple[io.ParquetFile, ...]
+    files: tuple[reading.ParquetFile, ...]
     start: int
     length: int
 
 
-def _chunks(files: Sequence[io.ParquetFile], rows: int, max_files: int) -> list[_Chunk]:
+def _chunks(files: Sequence[reading.ParquetFile], rows: int, max_files: int) -> list[_Chunk]:
     """The rows of ``files`` in order, in chunks of at most ``rows`` rows and ``max_files`` files.
 
     Files without rows add nothing and are left out.
     """
     chunks: list[_Chunk] = []
-    current: list[io.ParquetFile] = []
+    current: list[reading.ParquetFile] = []
     start = taken = 0
     for file in files:
         done = 0  # rows of this file in earlier chunks
@@ -129,7 +129,7 @@ def _chunks(files: Sequence[io.ParquetFile], rows: int, max_files: int) -> list[
     return chunks
 
 
-def _read(source: str, files: Sequence[io.ParquetFile], schema: pl.Schema) -> pl.DataFrame:
+def _read(source: str, files: Sequence[reading.ParquetFile], schema: pl.Schema) -> pl.DataFrame:
     """The rows of whole files in the columns and dtypes of the whole input (``schema``)."""
     return _read_chunk(source, _Chunk(tuple(files), 0, sum(f.n_rows for f in files)), schema)
 
@@ -140,10 +140,10 @@ def _read_chunk(source: str, chunk: _Chunk, schema: pl.Schema) -> pl.DataFrame:
     A file may lack a column (nulls there) or hold a narrower type, as the local engine's
     combined scan allows; ids must hash alike in every file, so they take the input's type.
     """
-    columns = [c for c in schema if c != io.ROW]
+    columns = [c for c in schema if c != ROW]
     if not chunk.files:
         return pl.DataFrame(schema=schema)
-    rows = io.read_rows(source, chunk.files, columns, chunk.start, chunk.length)
+    rows = reading.read_rows(source, chunk.files, columns, chunk.start, chunk.length)
     return pl.concat([pl.DataFrame(schema=schema), rows], how="diagonal_relaxed").select(
         [pl.col(c).cast(dtype) for c, dtype in schema.items()]
     )
@@ -221,8 +221,8 @@ def _evaluate_part(spec: _PartSpec, part: int, n_label_pieces: int, *pieces: Any
 def _evaluate_bucket(
     spec: _PartSpec,
     part: int,
-    labels: tuple[str, list[io.ParquetFile]],
-    predictions: tuple[str, list[io.ParquetFile], list[int]],
+    labels: tuple[str, list[reading.ParquetFile]],
+    predictions: tuple[str, list[reading.ParquetFile], list[int]],
 ) -> Partial:
     """Validate and measure one bucket of inputs bucketed already: its files, read whole.
 
@@ -244,7 +244,7 @@ def _evaluate_bucket(
 
 def _model_counts(source: str, chunk: _Chunk, model_col: str) -> list[dict[str, int]]:
     """The rows per model in each file of a chunk of the predictions (its rows in the chunk)."""
-    rows = io.read_rows(source, chunk.files, [model_col], chunk.start, chunk.length)
+    rows = reading.read_rows(source, chunk.files, [model_col], chunk.start, chunk.length)
     counts, position = [], 0
     for i, file in enumerate(chunk.files):
         n = file.n_rows - (chunk.start if i == 0 else 0)
@@ -263,11 +263,11 @@ def _evaluate_frames(
     """The local engine's code on the rows of some ids: validate, measure, write the rows' part."""
 
     def combined(frames: Sequence[pl.DataFrame], schema: pl.Schema) -> pl.DataFrame:
-        return pl.concat([pl.DataFrame(schema=schema), *frames]).sort(io.ROW)
+        return pl.concat([pl.DataFrame(schema=schema), *frames]).sort(ROW)
 
     ranked = pl.Schema([*spec.prediction_schema.items(), (MODEL_RANK, pl.Int64())])
-    labels = io.in_memory(combined(label_pieces, spec.label_schema), "labels")
-    predictions = io.in_memory(combined(prediction_pieces, ranked), "predictions")
+    labels = reading.in_memory(combined(label_pieces, spec.label_schema), "labels")
+    predictions = reading.in_memory(combined(prediction_pieces, ranked), "predictions")
 
     def evaluated(rows_sink: RowsSink | None) -> Partial:
         part_ = evaluate_partition(
@@ -280,7 +280,7 @@ def _evaluate_frames(
     result: list[Partial] = []
 
     def write(path: Path) -> None:
-        writer = io.RowsWriter(path)
+        writer = writing.RowsWriter(path)
         try:
             result.append(evaluated(writer.write))
         finally:
@@ -289,7 +289,7 @@ def _evaluate_frames(
     # No rows when validation failed; no folder made: once a run fails, its staging folder is
     # removed, and a task still running then must not make it again.
     target = Path(spec.rows_dir) / f"part-{part:05d}.parquet"
-    io.write_atomically(target, write, optional=True, make_parent=False)
+    writing.write_atomically(target, write, optional=True, make_parent=False)
     return result[0]
 
 
@@ -330,14 +330,14 @@ def _n_parts(ray: ModuleType, options: RayOptions, n_label_rows: int) -> int:
 
 
 def evaluate_on_ray(
-    labels: io.ParquetInput,
-    predictions: io.ParquetInput,
+    labels: reading.ParquetInput,
+    predictions: reading.ParquetInput,
     layout: Layout,
     measures: Measures,
     options: RayOptions,
     rows_dir: Path | None = None,
     compute: bool = True,
-) -> Evaluation:
+) -> Outcome:
     """Validate and, if all is valid and ``compute``, build the report on a Ray cluster.
 
     With ``rows_dir`` every part writes ``rows_dir/part-NNNNN.parquet``; the folder reads as one
@@ -364,8 +364,8 @@ BUCKET_KEY = "bucket"
 
 
 def buckets(
-    labels: io.ParquetInput, predictions: io.ParquetInput
-) -> list[tuple[list[io.ParquetFile], list[io.ParquetFile]]] | None:
+    labels: reading.ParquetInput, predictions: reading.ParquetInput
+) -> list[tuple[list[reading.ParquetFile], list[reading.ParquetFile]]] | None:
     """The files of each ``bucket=`` folder, when both inputs are bucketed alike; else None.
 
     Both inputs must have every file under a ``bucket=VALUE`` folder and the same set of
@@ -373,8 +373,8 @@ def buckets(
     one bucket, in both inputs, and the split is skipped.
     """
 
-    def by_bucket(source: io.ParquetInput) -> dict[str, list[io.ParquetFile]] | None:
-        found: dict[str, list[io.ParquetFile]] = {}
+    def by_bucket(source: reading.ParquetInput) -> dict[str, list[reading.ParquetFile]] | None:
+        found: dict[str, list[reading.ParquetFile]] = {}
         for file in source.files:
             if BUCKET_KEY not in file.hive:
                 return None
@@ -391,17 +391,17 @@ def buckets(
 class _Run:
     """One evaluation's inputs and settings, as the driver's steps share them."""
 
-    labels: io.ParquetInput
-    predictions: io.ParquetInput
+    labels: reading.ParquetInput
+    predictions: reading.ParquetInput
     layout: Layout
     measures: Measures
     rows_dir: Path | None
     compute: bool
 
-    def schema(self, source: io.ParquetInput, columns: list[str]) -> pl.Schema:
+    def schema(self, source: reading.ParquetInput, columns: list[str]) -> pl.Schema:
         """The columns read from ``source``, with ROW, in the whole input's dtypes."""
         whole = source.frame.collect_schema()
-        return pl.Schema([(c, whole[c]) for c in [*columns, io.ROW]])
+        return pl.Schema([(c, whole[c]) for c in [*columns, ROW]])
 
     def spec(self, counts: Sequence[dict[str, int]]) -> _PartSpec:
         """What every task needs, from the rows per model of each chunk (or file)."""
@@ -424,14 +424,14 @@ class _Run:
 
 def _evaluate(
     ray: ModuleType,
-    labels: io.ParquetInput,
-    predictions: io.ParquetInput,
+    labels: reading.ParquetInput,
+    predictions: reading.ParquetInput,
     layout: Layout,
     measures: Measures,
     options: RayOptions,
     rows_dir: Path | None,
     compute: bool,
-) -> Evaluation:
+) -> Outcome:
     run = _Run(labels, predictions, layout, measures, rows_dir, compute)
     if rows_dir is not None:
         rows_dir.mkdir(parents=True, exist_ok=True)
@@ -449,7 +449,9 @@ def _evaluate(
 
 
 def _evaluate_buckets(
-    ray: ModuleType, run: _Run, bucketed: list[tuple[list[io.ParquetFile], list[io.ParquetFile]]]
+    ray: ModuleType,
+    run: _Run,
+    bucketed: list[tuple[list[reading.ParquetFile], list[reading.ParquetFile]]],
 ) -> tuple[_PartSpec, list[Any]]:
     """One evaluation task a bucket, reading the bucket's files."""
     files = run.predictions.files
@@ -490,7 +492,7 @@ def _split_and_evaluate(
     split = ray.remote(max_retries=TASK_RETRIES)(_split)
 
     def split_input(
-        source: io.ParquetInput, columns: list[str], model_col: str | None
+        source: reading.ParquetInput, columns: list[str], model_col: str | None
     ) -> tuple[list[list[Any]], list[Any]]:
         schema = run.schema(source, columns)
         pieces: list[list[Any]] = [[] for _ in range(n_parts)]

@@ -32,16 +32,17 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pyarrow.parquet as pq
-
-from pipeline.errors import StorageError, UsageError
+from klrank.pipeline.errors import StorageError, UsageError
+from klrank.schemas.outputs import (
+    FAILURE_COLUMNS,
+    FAILURES_FOLDER,
+    FAILURES_MARKER,
+    MANIFEST_FILE,
+    RUN_DATE_KEY,
+    SUCCESS_FILE,
+)
 
 STAGING_PREFIX = ".klrank-staging-"
-RUN_DATE_KEY = "run_date"  # nightly partitions: OUT/run_date=YYYY-MM-DD/
-MANIFEST_FILE = "manifest.json"
-SUCCESS_FILE = "_SUCCESS"
-FAILURES_FOLDER = "_failures"
-FAILURES_MARKER = "klrank.failures"  # footer metadata key of a failure-cases file
-FAILURE_COLUMNS = ("dataset", "check", "column", "row", "id", "model", "value")
 TEMPORARY_PREFIX = ".klrank-tmp-"  # a file being written (write_atomically); fixed length
 _GLOB_CHARS = frozenset("*?[")
 _UUID = "[0-9a-f]{32}"

@@ -1,0 +1,1 @@
+"""Reading and writing files: inputs scanned, outputs written and published atomically."""

@@ -1,0 +1,84 @@
+"""Atomic publishing of a report folder: a staging folder beside the target, swapped in whole."""
+
+import ctypes
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from klrank.io import targets
+from klrank.io.oserrors import storage
+from klrank.io.targets import STAGING_PREFIX
+from klrank.io.writing import write_text
+from klrank.runtime import interrupts
+from klrank.schemas.outputs import SUCCESS_FILE
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step; False where the kernel or libc cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return bool(result == 0)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(target: Path, out: Path, write: Callable[[Path], None]) -> None:
+    """Fill a staging directory with ``write``, add ``_SUCCESS``, and swap it in for ``target``.
+
+    ``target`` is ``out`` or a folder in it; the staging directory is made in ``out``'s parent,
+    outside the reports tree, so that no reader's glob under ``out`` ever lists it (see
+    :mod:`pipeline.targets`). If ``write`` raises, or the process dies, ``target`` is untouched;
+    the staging directory is removed on an exception, and the next run of the same target removes
+    one that a SIGKILL left. Call it holding ``target``'s lock.
+
+    Raises
+    ------
+    StorageError
+        The operating system refused a step (no space, read-only, permission); ``target`` is
+        untouched.
+    """
+    with storage(out.parent, "create a staging folder in"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        targets.remove_stale_staging(target, out)
+        staging = (
+            out.parent / f"{STAGING_PREFIX}{targets.staging_key(target, out)}-{uuid.uuid4().hex}"
+        )
+        staging.mkdir()
+    try:
+        write(staging)
+        write_text("", staging / SUCCESS_FILE)
+        with storage(staging, "sync"):
+            for file in staging.rglob("*"):  # a folder too: the Ray engine's rows.parquet/
+                if file.is_dir():
+                    _fsync_dir(file)
+                    continue
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
+        # A SIGTERM between the two renames of the fallback would leave no report at all.
+        with interrupts.deferred(), storage(target, "publish"):
+            if not target.exists():
+                staging.rename(target)
+            elif _exchange(staging, target):
+                shutil.rmtree(staging)  # now holds the previous report
+            else:
+                retired = staging.with_name(f"{staging.name[:-32]}{uuid.uuid4().hex}")
+                target.rename(retired)
+                staging.rename(target)
+                shutil.rmtree(retired)
+            _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

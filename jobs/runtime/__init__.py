@@ -1,0 +1,1 @@
+"""The process around a run: locks, signals and the structured events it logs."""
