@@ -26,6 +26,7 @@ from typing import Any
 import polars as pl
 from klrank.config import InputOptions
 from klrank.engines.local import batch_rows, model_inputs
+from klrank.evaluation import Timings, open_inputs
 from klrank.io import writing
 from klrank.pipeline import aggregate, divergence
 from klrank.pipeline.fold import Measures, ModelState, measure_batch
@@ -41,7 +42,6 @@ from klrank.pipeline.layout import (
     prepare_predictions,
 )
 from klrank.pipeline.validation import check_rows, label_columns
-from klrank.run import Timings, open_inputs
 
 DATA = Path(__file__).resolve().parent / "data" / "2m"
 KLRANK = Path(sys.executable).with_name("klrank")

@@ -19,11 +19,11 @@ from pathlib import Path
 import polars as pl
 from klrank.config import InputOptions
 from klrank.engines import ray as ray_engine
+from klrank.evaluation import Timings, open_inputs
 from klrank.io import reading
 from klrank.pipeline.fold import Measures
 from klrank.pipeline.layout import ROW
 from klrank.pipeline.validation import label_columns, prediction_columns
-from klrank.run import Timings, open_inputs
 
 DATA = Path(__file__).resolve().parent / "data" / "2m"
 PARTS = 8

@@ -1,5 +1,42 @@
-"""klrank: rank models by the KL divergence of their predicted distributions from the truth."""
+"""klrank ranks models by how well they predict the true distribution: which of ours is best.
 
+Ranks models by the Kullback–Leibler divergence D(P‖Q) of their predicted distributions Q from
+the true ones P, with cross-entropy, entropy, reverse KL, Jensen–Shannon and top-1 agreement,
+paired tests against the best model, slices and class contributions.
+
+>>> import klrank  # doctest: +SKIP
+>>> evaluation = klrank.evaluate("labels.parquet", "predictions/")  # doctest: +SKIP
+>>> evaluation.report  # doctest: +SKIP
+>>> evaluation.publish("reports/", run_date="2026-12-03")  # doctest: +SKIP
+
+``klrank.expr`` holds the measures as Polars expressions. Everything else under ``klrank`` is
+internal: its names may change between releases.
+"""
+
+from klrank import expr
 from klrank._version import __version__
+from klrank.evaluation import Evaluation, Source, evaluate
+from klrank.pipeline.errors import (
+    EngineError,
+    ExitCode,
+    InvalidDataError,
+    KlrankError,
+    LockBusyError,
+    StorageError,
+    UsageError,
+)
 
-__all__ = ["__version__"]
+__all__ = [
+    "EngineError",
+    "Evaluation",
+    "ExitCode",
+    "InvalidDataError",
+    "KlrankError",
+    "LockBusyError",
+    "Source",
+    "StorageError",
+    "UsageError",
+    "__version__",
+    "evaluate",
+    "expr",
+]

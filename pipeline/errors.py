@@ -1,20 +1,42 @@
 """The errors klrank raises on purpose; the CLI maps each class to one exit code."""
 
+import enum
 import errno
+from typing import ClassVar
 
 import polars as pl
+
+
+class ExitCode(enum.IntEnum):
+    """The exit codes of ``klrank``: the one table of them (sysexits.h where one fits)."""
+
+    OK = 0
+    INVALID_DATA = 1  # the data broke the input contract: fix the data, do not retry
+    USAGE = 2  # the command cannot run as asked: fix the command
+    GATE_FAILED = 3  # published, but a quality gate failed
+    ENGINE = 69  # EX_UNAVAILABLE: the cluster, not the data or the command
+    INTERNAL = 70  # EX_SOFTWARE: a bug in klrank
+    STORAGE = 74  # EX_IOERR: the machine (disk, permissions), not the data or a bug
+    LOCK_BUSY = 75  # EX_TEMPFAIL: another run held the partition's lock
+    SIGNAL_BASE = 128  # + the signal's number, as a shell reports a process a signal ended
 
 
 class KlrankError(Exception):
     """Base of every error klrank raises on purpose (anything else is a bug)."""
 
+    exit_code: ClassVar[ExitCode] = ExitCode.INTERNAL
+
 
 class UsageError(KlrankError):
     """The command cannot run as asked: a bad option, a missing path, a file that is not Parquet."""
 
+    exit_code = ExitCode.USAGE
+
 
 class InvalidDataError(KlrankError):
     """The inputs were read but broke the input contract; ``failures`` holds every failing case."""
+
+    exit_code = ExitCode.INVALID_DATA
 
     def __init__(self, message: str, failures: pl.DataFrame) -> None:
         super().__init__(message)
@@ -24,6 +46,8 @@ class InvalidDataError(KlrankError):
 class LockBusyError(KlrankError):
     """Another run holds the lock of the same output partition, past ``--lock-timeout``."""
 
+    exit_code = ExitCode.LOCK_BUSY
+
 
 class StorageError(KlrankError):
     """The machine, not the data or the command: no space, read-only, no permission, a name too long.
@@ -31,6 +55,8 @@ class StorageError(KlrankError):
     Also a path that is a folder where a file is needed, or a file where a folder is. The message
     names the path and the cause, as the operating system gave it.
     """
+
+    exit_code = ExitCode.STORAGE
 
     def __init__(self, message: str, path: str | None = None) -> None:
         super().__init__(message)
@@ -54,6 +80,8 @@ def storage_error(error: OSError, doing: str = "write") -> StorageError:
 
 class EngineError(KlrankError):
     """The distributed engine failed: its cluster was unreachable or a task kept failing."""
+
+    exit_code = ExitCode.ENGINE
 
 
 class Interrupted(BaseException):

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -24,11 +23,9 @@ def _files(folder: Path) -> dict[str, bytes]:
     }
 
 
-def _write_report(content: str) -> Callable[[Path], None]:
-    def write(staging: Path) -> None:
-        writing.write_text(content, staging / "report.txt")
-
-    return write
+def _publish(target: Path, content: str, name: str = "report.txt") -> None:
+    with publishing.staging(target, _out(target)) as folder:
+        writing.write_text(content, folder / name)
 
 
 def _out(target: Path) -> Path:
@@ -38,39 +35,37 @@ def _out(target: Path) -> Path:
 
 def test_publish_creates_the_target_with_success_marker(tmp_path: Path) -> None:
     target = tmp_path / "out" / "run_date=2026-01-01"
-    publishing.publish(target, _out(target), _write_report("v1"))
+    _publish(target, "v1")
     assert _files(target) == {"_SUCCESS": b"", "report.txt": b"v1"}
     assert [p.name for p in target.parent.iterdir()] == ["run_date=2026-01-01"]
 
 
 def test_publish_replaces_the_previous_report_whole(tmp_path: Path) -> None:
     target = tmp_path / "out"
-    publishing.publish(target, _out(target), _write_report("v1"))
-    publishing.publish(
-        target, _out(target), lambda staging: writing.write_text("other", staging / "other.txt")
-    )
+    _publish(target, "v1")
+    _publish(target, "other", "other.txt")
     assert _files(target) == {"_SUCCESS": b"", "other.txt": b"other"}
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or retired folder left
 
 
 def test_a_failing_write_leaves_the_previous_report_byte_identical(tmp_path: Path) -> None:
     target = tmp_path / "out"
-    publishing.publish(target, _out(target), _write_report("v1"))
+    _publish(target, "v1")
     before = _files(target)
 
-    def half_written(staging: Path) -> None:
-        writing.write_text("partial", staging / "report.txt")
+    with (
+        pytest.raises(RuntimeError, match="disk full"),
+        publishing.staging(target, _out(target)) as folder,
+    ):
+        writing.write_text("partial", folder / "report.txt")
         raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError, match="disk full"):
-        publishing.publish(target, _out(target), half_written)
     assert _files(target) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_a_killed_run_leaves_the_previous_report_byte_identical(tmp_path: Path) -> None:
     target = tmp_path / "out"
-    publishing.publish(target, _out(target), _write_report("v1"))
+    _publish(target, "v1")
     before = _files(target)
     script = textwrap.dedent(
         f"""
@@ -78,11 +73,9 @@ def test_a_killed_run_leaves_the_previous_report_byte_identical(tmp_path: Path) 
         from pathlib import Path
         from klrank.io import publishing, writing
 
-        def write(staging):
-            writing.write_text("partial", staging / "report.txt")
+        with publishing.staging(Path({str(target)!r}), Path({str(target)!r})) as folder:
+            writing.write_text("partial", folder / "report.txt")
             os.kill(os.getpid(), signal.SIGKILL)
-
-        publishing.publish(Path({str(target)!r}), Path({str(target)!r}), write)
         """
     )
     result = subprocess.run([sys.executable, "-c", script], check=False)

@@ -4,7 +4,8 @@ import ctypes
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from klrank.io import targets
@@ -35,14 +36,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def publish(target: Path, out: Path, write: Callable[[Path], None]) -> None:
-    """Fill a staging directory with ``write``, add ``_SUCCESS``, and swap it in for ``target``.
+@contextmanager
+def staging(target: Path, out: Path) -> Iterator[Path]:
+    """A staging folder to fill; when the block ends, ``_SUCCESS`` is added and it replaces ``target``.
 
-    ``target`` is ``out`` or a folder in it; the staging directory is made in ``out``'s parent,
+    ``target`` is ``out`` or a folder in it; the staging folder is made in ``out``'s parent,
     outside the reports tree, so that no reader's glob under ``out`` ever lists it (see
-    :mod:`pipeline.targets`). If ``write`` raises, or the process dies, ``target`` is untouched;
-    the staging directory is removed on an exception, and the next run of the same target removes
-    one that a SIGKILL left. Call it holding ``target``'s lock.
+    :mod:`klrank.io.targets`). If the block raises, or the process dies, ``target`` is
+    untouched; the staging folder is removed on an exception, and the next run of the same target
+    removes one that a SIGKILL left. Enter it holding ``target``'s lock.
+
+    >>> with staging(target, out) as folder:  # doctest: +SKIP
+    ...     write_text("...", folder / "summary.md")
 
     Raises
     ------
@@ -53,32 +58,36 @@ def publish(target: Path, out: Path, write: Callable[[Path], None]) -> None:
     with storage(out.parent, "create a staging folder in"):
         target.parent.mkdir(parents=True, exist_ok=True)
         targets.remove_stale_staging(target, out)
-        staging = (
+        folder = (
             out.parent / f"{STAGING_PREFIX}{targets.staging_key(target, out)}-{uuid.uuid4().hex}"
         )
-        staging.mkdir()
+        folder.mkdir()
     try:
-        write(staging)
-        write_text("", staging / SUCCESS_FILE)
-        with storage(staging, "sync"):
-            for file in staging.rglob("*"):  # a folder too: the Ray engine's rows.parquet/
-                if file.is_dir():
-                    _fsync_dir(file)
-                    continue
-                with open(file, "rb") as handle:
-                    os.fsync(handle.fileno())
-        # A SIGTERM between the two renames of the fallback would leave no report at all.
-        with interrupts.deferred(), storage(target, "publish"):
-            if not target.exists():
-                staging.rename(target)
-            elif _exchange(staging, target):
-                shutil.rmtree(staging)  # now holds the previous report
-            else:
-                retired = staging.with_name(f"{staging.name[:-32]}{uuid.uuid4().hex}")
-                target.rename(retired)
-                staging.rename(target)
-                shutil.rmtree(retired)
-            _fsync_dir(target.parent)
+        yield folder
+        _swap_in(folder, target)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    write_text("", staging / SUCCESS_FILE)
+    with storage(staging, "sync"):
+        for file in staging.rglob("*"):  # a folder too: the Ray engine's rows.parquet/
+            if file.is_dir():
+                _fsync_dir(file)
+                continue
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+    # A SIGTERM between the two renames of the fallback would leave no report at all.
+    with interrupts.deferred(), storage(target, "publish"):
+        if not target.exists():
+            staging.rename(target)
+        elif _exchange(staging, target):
+            shutil.rmtree(staging)  # now holds the previous report
+        else:
+            retired = staging.with_name(f"{staging.name[:-32]}{uuid.uuid4().hex}")
+            target.rename(retired)
+            staging.rename(target)
+            shutil.rmtree(retired)
+        _fsync_dir(target.parent)
