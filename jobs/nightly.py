@@ -1,7 +1,7 @@
 """Nightly history: finding and reading earlier runs' reports (``--baseline``, ``klrank history``).
 
 Nightly runs publish to ``OUT/run_date=YYYY-MM-DD/report.parquet``. Nothing here prints or exits;
-errors are raised as :mod:`pipeline.errors` classes.
+errors are raised as :mod:`klrank.pipeline.errors` classes.
 """
 
 import datetime as dt

@@ -3,7 +3,7 @@
 With one expression per class, a thousand classes make expressions a thousand terms deep. Here
 each batch's distributions become ``Array(Float64, K)`` columns (``_P``, ``_Q`` and their logs),
 the element-wise terms are computed on the flattened N·K values by the same builders as the
-column layout (:mod:`pipeline.divergence`, applied to one flat "class"), and each row's sum is
+column layout (:mod:`klrank.pipeline.divergence`, applied to one flat "class"), and each row's sum is
 taken by reshaping back to N × K. The conventions are the same; the results match the column
 layout to rounding.
 """
@@ -88,7 +88,7 @@ def prepare_predictions(batch: pl.DataFrame, layout: Layout, epsilon: float) -> 
     Notes
     -----
     log q = (z − m) − log Σ exp(z − m), m the row maximum, as
-    :func:`pipeline.divergence.log_softmax`: no exp overflows, and the log-sum is subtracted
+    :func:`klrank.pipeline.divergence.log_softmax`: no exp overflows, and the log-sum is subtracted
     from the shifted logit, not added to m, where it would be lost for a large m.
     """
     width = len(layout.classes)

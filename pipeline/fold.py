@@ -271,7 +271,7 @@ class Partial:
     """What one partition of the rows adds to a report: mergeable states, no rows.
 
     Failure cases, alignment and validation time; with no failures, per (slice, model) the
-    scalar and class states, the kl sketch's bin counts (:mod:`pipeline.sketch`) and the states
+    scalar and class states, the kl sketch's bin counts (:mod:`klrank.pipeline.sketch`) and the states
     of kl differences against every other model (the best one is known only after merging),
     and each model's worst rows.
     """

@@ -44,7 +44,7 @@ class GateResult:
     """The outcome of one gate for one model (``model`` None: the gate as a whole).
 
     ``message`` is one line: model names in it are quoted as ``repr`` quotes them, so that no
-    name can break the line on stderr (Markdown escapes it again, :mod:`pipeline.summary`).
+    name can break the line on stderr (Markdown escapes it again, :mod:`klrank.pipeline.summary`).
     """
 
     gate: str

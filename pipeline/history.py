@@ -1,6 +1,6 @@
 """Every night's mean KL per model, as a table, a text table and a chart (``klrank history``).
 
-Pure functions of frames; :mod:`jobs.nightly` finds and reads the reports.
+Pure functions of frames; :mod:`klrank.nightly` finds and reads the reports.
 """
 
 import datetime as dt
@@ -58,7 +58,7 @@ def history_table(reports: Sequence[tuple[dt.date, pl.DataFrame]], slice_name: s
 def history_markdown(table: pl.DataFrame, unit: str, slice_name: str) -> str:
     """Markdown: one line per night and model with the mean KL and its 95% interval.
 
-    The slice and model names go through :func:`pipeline.text.markdown_text`.
+    The slice and model names go through :func:`klrank.pipeline.text.markdown_text`.
     """
     lines = [
         f"# klrank history: mean KL ({unit}) per night, slice {markdown_text(slice_name)}",
@@ -91,7 +91,7 @@ def history_chart_html(table: pl.DataFrame, unit: str, slice_name: str, plotly_j
     """A self-contained HTML page (plotly.js inlined): mean KL ± 95% CI per model over nights.
 
     An infinite mean is left out of its line (a gap), as plotly cannot draw it; the table says
-    so with ``n_infinite``. The figure is a plain dict (:mod:`pipeline.plotlyjs`): plotly's
+    so with ``n_infinite``. The figure is a plain dict (:mod:`klrank.pipeline.plotlyjs`): plotly's
     Python side is not imported.
     """
     traces = []

@@ -3,13 +3,13 @@
 The page holds the ranked tables, each model's mean KL with its 95% interval, the distribution
 of per-row KL (an ECDF on a log axis) and each class's contribution to the mean KL. Figures are
 drawn by plotly.js, whose bundle (the one in the ``plotly`` package) is inlined once, so the file
-opens without a network. The figures are plain dicts (:mod:`pipeline.plotlyjs`): plotly's Python
+opens without a network. The figures are plain dicts (:mod:`klrank.pipeline.plotlyjs`): plotly's Python
 side, which cost 0.2 s a page, is never imported.
 
 Notes
 -----
 * The ECDF is drawn from a bounded number of exact points per model
-  (:func:`pipeline.aggregate.ecdf_points`), never from the rows themselves.
+  (:func:`klrank.pipeline.aggregate.ecdf_points`), never from the rows themselves.
 * A log axis has no place for KL <= 0 (0 for a perfect row; slightly below 0 within the row-sum
   tolerance): each curve starts at the left edge at the share of such rows, which is the exact
   ECDF there, and the legend states that share. Rows with KL = +inf are never reached: a curve
@@ -17,8 +17,8 @@ Notes
 * Infinite values are not plotted as numbers (JSON has none); they are written out in the text.
 * The same frames give the same bytes: figure ids are fixed, nothing depends on the clock.
 * Names are data, not markup: plotly.js reads a few HTML tags in labels, so names are escaped
-  for it (:func:`pipeline.plotlyjs.label`), and the JSON in the page's scripts cannot end them
-  (:func:`pipeline.plotlyjs.script_json`).
+  for it (:func:`klrank.pipeline.plotlyjs.label`), and the JSON in the page's scripts cannot end them
+  (:func:`klrank.pipeline.plotlyjs.script_json`).
 """
 
 import html

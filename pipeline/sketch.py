@@ -118,7 +118,7 @@ class Sketch:
     def ecdf(self, points: int) -> pl.DataFrame:
         """The empirical CDF at up to ``points`` evenly spaced ranks of the finite values.
 
-        As :func:`pipeline.aggregate.ecdf_points`, with each value within α of the true one;
+        As :func:`klrank.pipeline.aggregate.ecdf_points`, with each value within α of the true one;
         the share of rows at or below 0 is exact.
         """
         schema = {"kl": pl.Float64, "ecdf": pl.Float64}

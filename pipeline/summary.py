@@ -1,7 +1,7 @@
 """The human-readable ranked table (``summary.md``, also printed by ``klrank run``).
 
 Every name or path that comes from the data or the command line goes through
-:func:`pipeline.text.markdown_text`, so a model called ``a|b`` stays in its table cell and a
+:func:`klrank.pipeline.text.markdown_text`, so a model called ``a|b`` stays in its table cell and a
 slice value with a newline cannot start a heading.
 """
 

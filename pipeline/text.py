@@ -9,7 +9,7 @@ called ``<script>``. Two escapers, one per kind of output:
   Markdown renders the literal text, in a table cell, a heading or a list item alike.
 
 JSON output needs neither (``json.dumps`` escapes by construction), nor do the HTML pages
-(:mod:`pipeline.html` escapes for HTML).
+(:mod:`klrank.pipeline.html` escapes for HTML).
 """
 
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}

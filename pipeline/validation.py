@@ -343,7 +343,7 @@ def summarise(failures: pl.DataFrame, examples: int = 5) -> list[str]:
     """One line per failed check: dataset, check, column, count and up to ``examples`` cases.
 
     Column and model names are quoted as ``repr`` quotes them, ids, values and check names go
-    through :func:`pipeline.text.one_line`: whatever the data holds, each check is one line.
+    through :func:`klrank.pipeline.text.one_line`: whatever the data holds, each check is one line.
     """
     lines = []
     groups = failures.group_by(["dataset", "check", "column", "model"], maintain_order=True)

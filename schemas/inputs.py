@@ -6,7 +6,7 @@ columns; other columns in the files are ignored) and the **row rules** of the co
 Polars expression per (column, check), true where a row passes. Pandera runs the rules as one
 fused check, so validating a batch is one pass over it however many classes there are; when it
 fails, :func:`row_rules` tells which rule failed for which rows. The rules that span rows (unique
-keys, each model covering the label ids) are checked across batches in ``pipeline.validation``.
+keys, each model covering the label ids) are checked across batches in ``klrank.pipeline.validation``.
 
 Which dtype of an accepted set a column declares is taken from the data (``accepted_dtype``),
 so Float32 and Float64 both pass while a probability stored as a string fails the dtype check.

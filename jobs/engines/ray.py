@@ -3,21 +3,21 @@
 1. **Split** (one Ray task per chunk of an input: up to a batch of rows, from up to
    ``CHUNK_FILES`` consecutive files): read the chunk's columns, in the whole
    input's dtypes, with each row's position in its input and among its model's rows, and split
-   the rows into ``n`` parts by a hash of the id (:func:`pipeline.partitions.split`); the
+   the rows into ``n`` parts by a hash of the id (:func:`klrank.pipeline.partitions.split`); the
    pieces stay in Ray's object store. Inputs already bucketed alike (``bucket=`` folders, see
    :func:`buckets`) skip this step: each bucket is a part and reads its own files.
 2. **Evaluate** (one task per part): the part's label rows and every model's rows for the same
-   ids go through :func:`pipeline.evaluate.evaluate_partition`, the same Pandera checks and
+   ids go through :func:`klrank.engines.local.evaluate_partition`, the same Pandera checks and
    Polars expressions as the local engine; all rows of an id are in one part, so duplicate ids
    and coverage are checked globally. The task writes its per-row output as one part file of
-   the ``rows.parquet`` dataset and returns mergeable states (:class:`pipeline.evaluate.Partial`).
-3. **Merge** (the driver): :func:`pipeline.evaluate.merge_partials` builds the report; quantiles
-   and the ECDF come from a mergeable sketch (:mod:`pipeline.sketch`).
+   the ``rows.parquet`` dataset and returns mergeable states (:class:`klrank.pipeline.fold.Partial`).
+3. **Merge** (the driver): :func:`klrank.pipeline.fold.merge_partials` builds the report; quantiles
+   and the ECDF come from a mergeable sketch (:mod:`klrank.pipeline.sketch`).
 
 Ray is an optional dependency, imported only here and only when this engine runs. A task whose
 worker dies is retried by Ray (``TASK_RETRIES`` times); a part file is written under a temporary
 name and renamed, so a retried task leaves one complete file. A task that keeps failing ends the
-run with :class:`pipeline.errors.EngineError` and nothing is published.
+run with :class:`klrank.pipeline.errors.EngineError` and nothing is published.
 """
 
 import math
@@ -298,7 +298,7 @@ def _connect(ray: ModuleType, options: RayOptions) -> bool:
     if ray.is_initialized():
         return False
     # ray.init installs its own SIGTERM handler, which would end the run with exit 1 and skip
-    # the cleanup: klrank's (pipeline.interrupts) is put back.
+    # the cleanup: klrank's (klrank.runtime.interrupts) is put back.
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         if options.address:

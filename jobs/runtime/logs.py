@@ -1,4 +1,4 @@
-"""How klrank's events (:mod:`pipeline.events`) are shown on stderr.
+"""How klrank's events (:mod:`klrank.runtime.events`) are shown on stderr.
 
 Two formats: ``text`` (one readable line an event) and ``json`` (one JSON object a line, with
 ``timestamp``, ``level`` and ``event`` first, then the event's fields), and a live progress line
