@@ -14,13 +14,9 @@ import traceback
 from typing import NoReturn
 
 import typer
-from klrank.cli import errors
+from klrank.cli import config_command, errors, history_command, run_command, validate_command
 from klrank.cli._compat import ClickException
-from klrank.cli.config_command import config_app
-from klrank.cli.history_command import history_command
 from klrank.cli.options import Config, Version
-from klrank.cli.run_command import run_command
-from klrank.cli.validate_command import validate_command
 from klrank.pipeline.errors import ExitCode, Interrupted
 from klrank.runtime import interrupts
 
@@ -38,10 +34,11 @@ def _root(version: Version = False, config: Config = None) -> None:
     """Rank models by the KL divergence of their predicted distributions from the truth."""
 
 
-app.command("run")(run_command)
-app.command("validate")(validate_command)
-app.command("history")(history_command)
-app.add_typer(config_app, name="config")
+# Each module is one command (dlt's cli/*_command.py), named for it here.
+app.command("run")(run_command.run_command)
+app.command("validate")(validate_command.validate_command)
+app.command("history")(history_command.history_command)
+app.add_typer(config_command.config_app, name="config")
 
 
 def run_cli() -> int:
