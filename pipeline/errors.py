@@ -1,4 +1,8 @@
-"""The errors klrank raises on purpose; the CLI maps each class to one exit code."""
+"""The errors klrank raises on purpose, each with the exit code the CLI ends with.
+
+:class:`ExitCode` is the one table of klrank's exit codes; each error class names its code in
+``exit_code`` (as click's ``ClickException.exit_code`` does), and the CLI exits with it.
+"""
 
 import enum
 import errno
@@ -8,23 +12,48 @@ import polars as pl
 
 
 class ExitCode(enum.IntEnum):
-    """The exit codes of ``klrank``: the one table of them (sysexits.h where one fits)."""
+    """Every exit status of ``klrank``; a scheduler retries only what a retry can fix.
+
+    The codes above 3 follow sysexits.h where one fits, and a stopping signal gives 128 + its
+    number, as a shell reports it.
+    """
 
     OK = 0
-    INVALID_DATA = 1  # the data broke the input contract: fix the data, do not retry
-    USAGE = 2  # the command cannot run as asked: fix the command
-    GATE_FAILED = 3  # published, but a quality gate failed
-    ENGINE = 69  # EX_UNAVAILABLE: the cluster, not the data or the command
-    INTERNAL = 70  # EX_SOFTWARE: a bug in klrank
-    STORAGE = 74  # EX_IOERR: the machine (disk, permissions), not the data or a bug
-    LOCK_BUSY = 75  # EX_TEMPFAIL: another run held the partition's lock
-    SIGNAL_BASE = 128  # + the signal's number, as a shell reports a process a signal ended
+    """Success: the report is published (``run``), the inputs are valid (``validate``)."""
+    INVALID_DATA = 1
+    """The data failed validation; nothing is published. Retrying cannot help."""
+    USAGE = 2
+    """A bad option, path or config file. Retrying cannot help."""
+    GATE_FAILED = 3
+    """A gate failed; the report IS published. Someone should look at it."""
+    ENGINE = 69
+    """EX_UNAVAILABLE: the Ray engine failed (the cluster, not the data). Retry later."""
+    INTERNAL = 70
+    """EX_SOFTWARE: a bug in klrank. Retry (it may be transient) and report it."""
+    STORAGE = 74
+    """EX_IOERR: the machine refused an I/O step (no space, read-only, permission). Retry."""
+    LOCK_BUSY = 75
+    """EX_TEMPFAIL: another run holds the output partition's lock. Retry later."""
+    SIGINT = 130
+    """128 + SIGINT: stopped by Ctrl-C or SIGINT; temporary files removed. Retry."""
+    SIGTERM = 143
+    """128 + SIGTERM: stopped by SIGTERM (a scheduler's timeout); temporary files removed. Retry."""
+
+    @classmethod
+    def for_signal(cls, signum: int) -> "ExitCode":
+        """The code of a run that signal ``signum`` stopped: 128 + ``signum``.
+
+        >>> ExitCode.for_signal(15)
+        <ExitCode.SIGTERM: 143>
+        """
+        return cls(128 + signum)
 
 
 class KlrankError(Exception):
     """Base of every error klrank raises on purpose (anything else is a bug)."""
 
     exit_code: ClassVar[ExitCode] = ExitCode.INTERNAL
+    """A subclass without a code of its own is still not a crash, but no retry policy knows it."""
 
 
 class UsageError(KlrankError):
@@ -93,3 +122,8 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by signal {signum}")
         self.signum = signum
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """128 + the signal's number: :attr:`ExitCode.SIGINT` or :attr:`ExitCode.SIGTERM`."""
+        return ExitCode.for_signal(self.signum)
