@@ -1,6 +1,6 @@
 """The README and the manual in docs/, read and run as a reader would.
 
-Every code block of README.md and docs/*.md is run, page by page and in document order, from a
+Every code block of README.md, docs/*.md and BENCHMARKS.md is run, page by page and in document order, from a
 folder that mirrors the checkout's root (its top-level entries linked there, `.venv/bin` first on
 ``PATH``, ``/srv/klrank`` moved inside it), or is listed in ``ILLUSTRATIVE`` with the reason it
 cannot run here. A page's Python blocks share one interpreter, as a notebook's cells do. A
@@ -36,7 +36,12 @@ from markdown_helpers import Block, blocks, heading_anchors, links, raw_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [
+    README,
+    *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "BENCHMARKS.md",
+    ROOT / "CHANGELOG.md",
+]
 EXAMPLES = ROOT / "examples" / "data"
 VENV = Path(sys.prefix)  # the environment running the tests, whose klrank is the checkout's
 HOME = "/srv/klrank"  # the deployment folder of docs/operations.md
@@ -47,11 +52,9 @@ READ = {"text"}
 # Outputs a page may write: not mirrored from the checkout, so that they land in the sandbox.
 NOT_MIRRORED = {".git", "demo-out", "reports", "out", "build", "srv-klrank"}
 
+# (page, how the block's first line starts): why it is not run here.
 ILLUSTRATIVE = {
-    (
-        "README.md",
-        "make demo   # creates .venv, ranks the three example models in examples/data, prints the table",
-    ): (
+    ("README.md", "make demo"): (
         "builds .venv, and `make test` is this suite; the demo's klrank command is the README's "
         "next block (test_make_demo_runs_the_readme_example)"
     ),
@@ -59,32 +62,25 @@ ILLUSTRATIVE = {
         "installs klrank into a new environment (minutes, over the network); the walkthrough "
         "runs the checkout's own install, linked as /srv/klrank/.venv"
     ),
-    (
-        "docs/engines.md",
-        "pip install 'klrank[ray]'   # Ray is an optional extra; the core install stays light",
-    ): (
-        "needs a Ray cluster at head-node:6379; tests/test_ray_engine.py runs the engine on a local Ray"
+    ("docs/engines.md", "pip install 'klrank[ray]'"): (
+        "needs a Ray cluster at head-node:6379; tests/test_ray_engine.py runs the engine on a "
+        "local Ray"
     ),
-    (
-        "docs/airflow.md",
-        "export AIRFLOW_HOME=$(mktemp -d) AIRFLOW__CORE__DAGS_FOLDER=$PWD/jobs/airflow AIRFLOW__CORE__LOAD_EXAMPLES=False",
-    ): (
+    ("docs/airflow.md", "export AIRFLOW_HOME="): (
         "needs Airflow in .venv-airflow; `make test-airflow` runs the same `airflow dags test` "
         "(tests/test_airflow.py)"
     ),
-    (
-        "docs/scaling.md",
-        """make bench ARGS="--sizes 2m --repeat 3 --contenders 'read floor,klrank,klrank ray,duckdb'\"""",
-    ): (
-        "times the 2m benchmark set (0.65 GiB to generate, minutes); tests/test_benchmark_runs.py "
-        "runs the harness on the tiny set"
+    ("docs/scaling.md", "make bench"): (
+        "times the 2m benchmark set (0.65 GiB to generate, minutes); "
+        "tests/test_benchmark_runs.py runs the harness on the tiny set"
     ),
-    (
-        "docs/scaling.md",
-        ".venv/bin/python benchmarks/ray_rates.py      # the split and part rates, and a partial's size",
-    ): (
+    ("docs/scaling.md", ".venv/bin/python benchmarks/ray_rates.py"): (
         "measures rates on the 2m benchmark set with a local Ray (minutes); "
         "tests/test_benchmark_runs.py runs it on the tiny set"
+    ),
+    ("BENCHMARKS.md", "make bench"): (
+        "the benchmarks generate up to 10 GiB of data and take minutes to hours; "
+        "tests/test_benchmark_runs.py runs the harness and each script on tiny sizes"
     ),
 }
 
@@ -93,8 +89,10 @@ def _name(page: Path) -> str:
     return page.relative_to(ROOT).as_posix()
 
 
-def _key(page: Path, block: Block) -> tuple[str, str]:
-    return _name(page), block.text.split("\n", 1)[0]
+def _illustrative(page: Path, block: Block) -> list[tuple[str, str]]:
+    """The ILLUSTRATIVE entries that name ``block``."""
+    first = block.text.split("\n", 1)[0]
+    return [key for key in ILLUSTRATIVE if key[0] == _name(page) and first.startswith(key[1])]
 
 
 def _section(page: Path, heading: str) -> str:
@@ -130,8 +128,10 @@ def test_every_block_is_run_or_listed_as_illustrative() -> None:
                 f"{where}: a ```{block.language} block: use one of {sorted(RUN | READ)}, so that "
                 "it is run (or text, for output and synopses)"
             )
+            named = _illustrative(page, block)
+            assert len(named) <= 1, f"{where}: named by {named}"
             if block.language in RUN:
-                seen.add(_key(page, block))
+                seen.update(named)
             if block.comment == "output":
                 assert block.language == "text", f"{where}: output is a ```text block"
     stale = set(ILLUSTRATIVE) - seen
@@ -354,7 +354,7 @@ AFTER: dict[str, Callable[[Path], None]] = {"docs/operations.md": _after_operati
 
 def _runs(page: Path) -> bool:
     return any(
-        b.language in RUN and _key(page, b) not in ILLUSTRATIVE
+        b.language in RUN and not _illustrative(page, b)
         for b in blocks(page.read_text(encoding="utf-8"))
     )
 
@@ -376,7 +376,7 @@ def test_the_blocks_of_the_page_run(page: Path, tmp_path: Path, nights: Path) ->
             if block.language in READ:
                 continue
             printed = None
-            if _key(page, block) not in ILLUSTRATIVE:
+            if not _illustrative(page, block):
                 printed = reader.run(page, block)
         AFTER.get(_name(page), lambda root: None)(reader.root)
 
