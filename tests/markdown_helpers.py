@@ -2,13 +2,16 @@
 
 Two independent readings: tables split into cells by GFM's rule (a pipe is a cell boundary
 unless a backslash stands right before it), and the whole text rendered by markdown-it-py
-(CommonMark with GFM tables and strikethrough), whose tokens say what a reader sees.
+(CommonMark with GFM tables and strikethrough), whose tokens say what a reader sees. The docs'
+code blocks, links and heading anchors are read from the same tokens.
 """
 
+import itertools
 import re
 from dataclasses import dataclass
 
 from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
 _BOUNDARY = re.compile(r"(?<!\\)\|")
 
@@ -85,3 +88,73 @@ def render(markdown: str) -> Rendered:
             else:
                 paragraphs.append(text)
     return Rendered(tables, headings, paragraphs, markup)
+
+
+# ---------------------------------------------------------------------------------------------
+# The docs' own structure: fenced blocks, links and heading anchors (tests/test_docs.py)
+
+
+def _parse(markdown: str) -> list[Token]:
+    return MarkdownIt("commonmark").enable(["table", "strikethrough"]).parse(markdown)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A code block as a reader sees it: its language, text and the comment right before it."""
+
+    language: str  # the fence's info string; "(indented)" for an indented code block
+    text: str
+    line: int  # 1-based line of the opening fence
+    comment: str | None  # an HTML comment ``<!-- ... -->`` just before the block, its inside
+
+
+_COMMENT = re.compile(r"<!--\s*(.*?)\s*-->\s*", re.S)
+
+
+def blocks(markdown: str) -> list[Block]:
+    """Every code block of ``markdown``, fenced or indented, in document order."""
+    found: list[Block] = []
+    previous: Token | None = None
+    for token in _parse(markdown):
+        if token.type in ("fence", "code_block") and token.map is not None:
+            comment = None
+            if previous is not None and previous.type == "html_block":
+                match = _COMMENT.fullmatch(previous.content)
+                comment = match.group(1) if match else None
+            language = token.info.strip() if token.type == "fence" else "(indented)"
+            found.append(Block(language, token.content, token.map[0] + 1, comment))
+        previous = token
+    return found
+
+
+def links(markdown: str) -> list[str]:
+    """The targets of every Markdown link (not of URLs inside code)."""
+    return [
+        str(child.attrs["href"])
+        for token in _parse(markdown)
+        if token.type == "inline"
+        for child in token.children or []
+        if child.type == "link_open"
+    ]
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings: lower case, punctuation dropped, spaces as ``-``.
+
+    Code spans count with their text; a repeated heading gets ``-1``, ``-2``, ... as on GitHub.
+    """
+    anchors: set[str] = set()
+    tokens = _parse(markdown)
+    for opening, inline in itertools.pairwise(tokens):
+        if opening.type != "heading_open":
+            continue
+        text = "".join(
+            c.content for c in inline.children or [] if c.type in ("text", "code_inline")
+        )
+        slug = re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
