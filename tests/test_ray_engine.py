@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
-from cli_helpers import KLRANK, corrupt_first_page, expect, klrank, start
+from cli_helpers import KLRANK, corrupt_first_page, expect, invoke, klrank, start
 from helpers import class_frame, random_distributions
 from klrank.config import InputOptions, RunOptions
 from klrank.engines import ray as ray_engine
@@ -320,7 +320,7 @@ def test_without_ray_installed_the_engine_is_a_usage_error_saying_how_to_install
 
 def test_ray_options_without_the_ray_engine_are_a_usage_error(tmp_path: Path) -> None:
     labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(9), n=50)
-    result = klrank(
+    result = invoke(
         "run", "--labels", labels, "--predictions", predictions, "--out", tmp_path / "out",
         "--partitions", "4",
     )  # fmt: skip
