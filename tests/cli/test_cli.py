@@ -557,7 +557,7 @@ def test_logits_at_the_float64_extremes_publish_the_exact_means(tmp_path: Path) 
             "logit_b": [1e308, 1e308, 1e15 + 1, 1e15 + 1],
         }
     )
-    # Above 64 classes the measures run on arrays (tests/test_arrays.py has Array columns).
+    # Above 64 classes the measures run on arrays (tests/pipeline/test_arrays.py has Array columns).
     classes = [f"c{i:02d}" for i in range(65)]
     uniform = pl.DataFrame({"id": [1], **{f"prob_{c}": [1 / 65] for c in classes}})
     wide = pl.DataFrame({"id": [1], "model": ["huge"], **{f"logit_{c}": [1e16] for c in classes}})

@@ -29,7 +29,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-EXAMPLES = Path(__file__).parent.parent / "examples" / "data"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 FIGURES = ("#klrank-mean", "#klrank-ecdf", "#klrank-contributions")
 
 

@@ -8,13 +8,11 @@ against it with --ray-address.
 import json
 import math
 import os
-import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,32 +36,6 @@ RELATIVE = 1e-12
 # D(mean P ‖ mean Q) of close means cancels: the class sums' last bits, which depend on the
 # order of additions, move it by ~1e-16 absolute; relative to a small value that is more.
 MARGINAL_ABSOLUTE = 1e-14
-
-
-@pytest.fixture(scope="session")
-def ray_token() -> Iterator[str]:
-    """Token authentication on, with a token of the tests' own, for every Ray process."""
-    token = secrets.token_hex(16)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_AUTH_MODE", "token")
-        patch.setenv("RAY_AUTH_TOKEN", token)
-        yield token
-
-
-@pytest.fixture(scope="session")
-def local_ray(ray_token: str) -> Iterator[None]:
-    """A local Ray instance of 2 CPUs for the whole session (the engine joins it)."""
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-    )
-    yield
-    ray.shutdown()
 
 
 def _inputs(folder: Path, rng: np.random.Generator, n: int = 2_000) -> tuple[Path, Path]:

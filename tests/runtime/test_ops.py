@@ -40,7 +40,7 @@ from cli_helpers import (
 from klrank.io.targets import STAGING_PREFIX
 from klrank.runtime.lock import lock_path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 RUN_DATE = "2026-01-02"
 BIG_ROWS = 1_000_000  # enough that a run is still measuring well after its staging folder exists
 
