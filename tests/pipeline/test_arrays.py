@@ -1,5 +1,5 @@
 """The Array/List layout (and many classes): scipy oracle, equality with the column layout,
-positional and joined alignment, and bad array input through the real CLI."""
+positional and joined alignment, and bad array input through the CLI (in-process)."""
 
 import json
 import math

@@ -1,6 +1,7 @@
-"""class_contributions.parquet and worst_rows.parquet through the real CLI, against independent
-oracles: scipy's rel_entr per class for the contributions, a full sort of rows.parquet for the
-worst rows. Both layouts (one column per class, one array column) and several batches."""
+"""class_contributions.parquet and worst_rows.parquet through the CLI (in-process), against
+independent oracles: scipy's rel_entr per class for the contributions, a full sort of
+rows.parquet for the worst rows. Both layouts (one column per class, one array column) and
+several batches."""
 
 import json
 import math

@@ -1,5 +1,6 @@
 """summary.md, the run's stdout and ``klrank history``'s table with names that are hostile to
-Markdown and to log lines: the real CLI, read back as a reader would (tests/markdown_helpers.py).
+Markdown and to log lines: the CLI (in-process), read back as a reader would
+(tests/markdown_helpers.py).
 
 What broke: a model folder ``model=a|b`` split its table row, a model named with a newline
 and ``<script>`` ended the row and passed the tag into the Markdown, a slice value with a

@@ -1,10 +1,10 @@
 """Operating ``klrank run`` as a scheduler does: logs, progress, locks, signals and cron.
 
-Logs and messages run the command in this process (:func:`invoke`); locks, signals, progress on
-a terminal and cron run the real console script in subprocesses. Where two runs must overlap, the test
-makes the overlap certain rather than likely: it holds the partition's lock itself, or stops
-the first run (SIGSTOP) once its staging folder exists, and it waits for events, never for
-time.
+Logs and messages run the command in this process (:func:`invoke`); locks, signals, progress
+on a terminal and cron run the real console script in subprocesses. Where two runs must
+overlap, the test makes the overlap certain rather than likely: it holds the partition's lock
+itself, or stops the first run (SIGSTOP) once its staging folder exists, and it waits for
+events, never for time.
 """
 
 import fcntl
