@@ -1,18 +1,28 @@
-"""Helpers of tests/test_cli.py: run the installed ``klrank`` command and build tiny inputs.
+"""Helpers of the CLI tests: run the ``klrank`` command and build tiny inputs.
 
-The command runs in a subprocess exactly as a scheduler would start it, with every ``KLRANK_*``
-variable of the test environment removed so that only what a test passes is seen.
+Two ways to run it, with the same :class:`Result`: :func:`invoke` runs the command in this
+process through :func:`klrank.cli.run_cli` (options, messages, exit codes and files: ~50 ms),
+and :func:`klrank` starts the installed console script in a subprocess exactly as a scheduler
+would (~1 s, mostly Python start-up and imports), for what only a real process shows: signals,
+locks held by another process, resource limits, the environment read at import, the exit of
+``main()``. Both remove every ``KLRANK_*`` variable of the test environment, so that only what
+a test passes is seen.
 """
 
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
+from klrank.cli import run_cli
+from klrank.runtime.events import LOGGER
+from typer.testing import CliRunner  # noqa: TID251 (the CLI's own test harness)
 
 KLRANK = Path(sys.executable).with_name("klrank")
 TIMEOUT_S = 60
@@ -111,6 +121,62 @@ def klrank_together(*commands: Sequence[str | Path]) -> list[Result]:
     """Run several independent ``klrank`` commands at the same time (each starts in ~1 s)."""
     running = [start(*args) for args in commands]
     return [r.wait() for r in running]
+
+
+EXIT_INTERNAL = 70  # what main() exits with when an exception escapes run_cli (--debug)
+
+
+@contextmanager
+def _logging_kept() -> Iterator[None]:
+    """Undo what a command's ``--log-format``/``--quiet`` did to klrank's logger.
+
+    The handler it installs writes to that command's captured stderr; left in place, later
+    library calls in this process would log there. (The text/JSON choice it also keeps is set
+    again by every command before it writes anything.)
+    """
+    handlers, level, propagate = list(LOGGER.handlers), LOGGER.level, LOGGER.propagate
+    try:
+        yield
+    finally:
+        LOGGER.handlers[:] = handlers
+        LOGGER.setLevel(level)
+        LOGGER.propagate = propagate
+
+
+def invoke(
+    *args: str | Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Result:
+    """Run ``klrank ARGS`` in this process and return what it did, as :func:`klrank` would.
+
+    It goes through :func:`klrank.cli.run_cli`, the whole command but for ``main()``'s signal
+    handlers and ``os._exit``: stdout and stderr are captured (neither is a terminal), the
+    environment is the test's without ``KLRANK_*`` plus ``env``, and an exception that escapes
+    (``--debug``) is printed and exits 70, as ``main()`` does.
+    """
+    strings = tuple(str(a) for a in args)
+    environment: dict[str, str | None] = {k: None for k in os.environ if k.startswith("KLRANK_")}
+    environment |= {"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"}
+    environment |= dict(env or {})
+    argv, here = sys.argv, Path.cwd()
+    runner = CliRunner()
+    with _logging_kept(), runner.isolation(env=environment) as (stdout, stderr, _):
+        sys.argv = ["klrank", *strings]
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            code = run_cli()
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+        except Exception:
+            traceback.print_exc()
+            code = EXIT_INTERNAL
+        finally:
+            sys.argv = argv
+            os.chdir(here)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        out, err = stdout.getvalue(), stderr.getvalue()
+    return Result(strings, code, out.decode(), err.decode())
 
 
 def expect(result: Result, code: int) -> None:

@@ -1,9 +1,10 @@
-"""Nightly history through the real ``klrank`` command: baselines, gates (exit 3) and history.
+"""Nightly history through the ``klrank`` command: baselines, gates (exit 3) and history.
 
 Every night ranks the same 200 soft labels; a model's predictions are the truth mixed with the
 uniform distribution, ``(1 − w)·p + w/K``, and a larger ``w`` tonight is a regression. The
 oracles are scipy's: per-row KL from ``scipy.special.rel_entr`` and Welch's test from
-``scipy.stats.ttest_ind`` on those rows, never klrank's own standard errors.
+``scipy.stats.ttest_ind`` on those rows, never klrank's own standard errors. The command runs in
+this process (:func:`invoke`); ``history`` and a failed gate's exit 3 also as the console script.
 """
 
 import html
@@ -18,7 +19,7 @@ import polars as pl
 import pytest
 import scipy.special
 import scipy.stats
-from cli_helpers import Result, expect, klrank, klrank_together, write
+from cli_helpers import Result, expect, invoke, klrank, write
 from klrank.io import reading
 from klrank.schemas.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 from markdown_helpers import render
@@ -117,7 +118,7 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Nights:
     results = {}
     for day in NIGHT_DATES:  # one after another: each night's baseline is an earlier night
         inputs = _inputs(root / day, NIGHT_WEIGHTS[day])
-        results[day] = klrank(
+        results[day] = invoke(
             "run",
             *inputs,
             "--out",
@@ -232,7 +233,7 @@ def test_history_prints_every_night_and_writes_the_chart(nights: Nights) -> None
     # Folders that are no published night: ignored.
     (nights.out / "run_date=garbage").mkdir()
     (nights.out / "run_date=2026-03-09").mkdir()  # no report.parquet
-    result = klrank("history", nights.out)
+    result = klrank("history", nights.out)  # the console script: history end to end
     expect(result, 0)
     lines = [line for line in result.stdout.splitlines() if line.startswith("| 2026-")]
     assert len(lines) == 4 * 2
@@ -254,7 +255,7 @@ def test_history_prints_every_night_and_writes_the_chart(nights: Nights) -> None
 
 def test_history_json_holds_each_reports_values(nights: Nights, tmp_path: Path) -> None:
     chart = tmp_path / "charts" / "kl.html"
-    result = klrank("history", nights.out, "--json", "--chart", chart)
+    result = invoke("history", nights.out, "--json", "--chart", chart)
     expect(result, 0)
     document = json.loads(result.stdout)
     assert document["nights"] == sorted(NIGHT_DATES)
@@ -329,13 +330,13 @@ GATE_CASES = {
 def gate_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Result, Path]]:
     root = tmp_path_factory.mktemp("gates")
     baseline = root / "baseline"
-    expect(klrank("run", *_inputs(root / "night1", NIGHT1), "--out", baseline, "--no-rows"), 0)
+    expect(invoke("run", *_inputs(root / "night1", NIGHT1), "--out", baseline, "--no-rows"), 0)
     tonight = _inputs(root / "night2", NIGHT2)
     commands = [
         ["run", *tonight, "--out", root / name, "--baseline", baseline, "--no-rows", *case.options]
         for name, case in GATE_CASES.items()
     ]
-    results = klrank_together(*commands)
+    results = [invoke(*command) for command in commands]
     return {name: (result, root / name) for name, result in zip(GATE_CASES, results, strict=True)}
 
 
@@ -355,10 +356,10 @@ def test_each_gate_passes_or_fails(gate_runs: dict[str, tuple[Result, Path]], na
 
 def test_json_output_of_a_failed_gate(tmp_path: Path) -> None:
     baseline = tmp_path / "baseline"
-    expect(klrank("run", *_inputs(tmp_path / "n1", NIGHT1), "--out", baseline, "--no-rows"), 0)
+    expect(invoke("run", *_inputs(tmp_path / "n1", NIGHT1), "--out", baseline, "--no-rows"), 0)
     tonight = _inputs(tmp_path / "n2", NIGHT2)
     out = tmp_path / "out"
-    result = klrank(
+    result = klrank(  # the console script: exit 3 end to end
         "run", *tonight, "--out", out, "--baseline", baseline, "--expect-best", "n", "--json"
     )
     expect(result, 3)
@@ -375,11 +376,11 @@ def test_json_output_of_a_failed_gate(tmp_path: Path) -> None:
 
 def test_baseline_in_another_unit_is_converted(tmp_path: Path) -> None:
     bits = tmp_path / "bits"
-    expect(klrank("run", *_inputs(tmp_path / "n1", NIGHT1), "--out", bits, "--no-rows"), 0)
+    expect(invoke("run", *_inputs(tmp_path / "n1", NIGHT1), "--out", bits, "--no-rows"), 0)
     out = tmp_path / "nats"
     tonight = _inputs(tmp_path / "n2", NIGHT1)
     expect(
-        klrank("run", *tonight, "--out", out, "--base", "e", "--baseline", bits / "report.parquet"),
+        invoke("run", *tonight, "--out", out, "--base", "e", "--baseline", bits / "report.parquet"),
         0,
     )
     before, now = _all_rows(_report(bits)), _all_rows(_report(out))
@@ -393,10 +394,10 @@ def test_baseline_in_another_unit_is_converted(tmp_path: Path) -> None:
 
 def test_new_model_tonight_gets_nulls_and_skips_the_regression_gate(tmp_path: Path) -> None:
     baseline = tmp_path / "baseline"
-    expect(klrank("run", *_inputs(tmp_path / "n1", NIGHT1), "--out", baseline, "--no-rows"), 0)
+    expect(invoke("run", *_inputs(tmp_path / "n1", NIGHT1), "--out", baseline, "--no-rows"), 0)
     out = tmp_path / "out"
     tonight = _inputs(tmp_path / "n2", NIGHT1 | {"o": 0.2})
-    result = klrank("run", *tonight, "--out", out, "--baseline", baseline, "--max-regression", "5")
+    result = invoke("run", *tonight, "--out", out, "--baseline", baseline, "--max-regression", "5")
     expect(result, 0)
     rows = _all_rows(_report(out))
     assert [rows["o"][c] for c in CHANGE_COLUMNS] == [None] * 4
@@ -408,7 +409,7 @@ def test_new_model_tonight_gets_nulls_and_skips_the_regression_gate(tmp_path: Pa
 
 def test_report_schema_version_is_2(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    expect(klrank("run", *_inputs(tmp_path, NIGHT1), "--out", out, "--no-rows"), 0)
+    expect(invoke("run", *_inputs(tmp_path, NIGHT1), "--out", out, "--no-rows"), 0)
     metadata = reading.read_parquet_metadata(out / "report.parquet")
     assert metadata["klrank.report_schema_version"] == REPORT_SCHEMA_VERSION == "2"
     assert _report(out).columns[-4:] == CHANGE_COLUMNS
@@ -472,7 +473,7 @@ def _usage_cases(root: Path) -> dict[str, tuple[Sequence[str | Path], str]]:
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     cases = _usage_cases(tmp_path)
-    results = klrank_together(*(args for args, _ in cases.values()))
+    results = [invoke(*args) for args, _ in cases.values()]
     for (name, (_, message)), result in zip(cases.items(), results, strict=True):
         expect(result, 2)
         assert message in result.stderr, f"{name}: {message!r} not in\n{result}"
@@ -480,7 +481,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 
 
 def test_history_of_an_unknown_slice_exits_2(nights: Nights) -> None:
-    result = klrank("history", nights.out, "--slice", "region=mars")
+    result = invoke("history", nights.out, "--slice", "region=mars")
     expect(result, 2)
     assert "no night's report has the slice 'region=mars'" in result.stderr
 

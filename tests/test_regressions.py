@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from cli_helpers import expect, inputs, klrank, write_hive
+from cli_helpers import expect, inputs, invoke, write_hive
 from helpers import class_frame, random_distributions, run_job
 from klrank.config import InputOptions, RunOptions
 from klrank.io import reading
@@ -28,7 +28,7 @@ def test_null_id_in_a_joined_model_used_to_pass_validation(tmp_path: Path) -> No
             "prob_b": [0.5, 0.5, 0.5, math.nan],
         }
     )
-    result = klrank(
+    result = invoke(
         "run",
         *inputs(tmp_path, labels, predictions),
         "--out", tmp_path / "out",
@@ -88,7 +88,7 @@ def test_list_slice_column_used_to_crash_with_exit_70(tmp_path: Path, dtype: pl.
         }
     )
     predictions = labels.select("id", "prob_a", "prob_b").with_columns(model=pl.lit("m"))
-    result = klrank(
+    result = invoke(
         "run",
         *inputs(tmp_path, labels, predictions),
         "--out", tmp_path / "out",
@@ -105,9 +105,9 @@ def _examples_run(out: Path, *extra: str | Path) -> list[str | Path]:
 
 def test_a_run_without_run_date_used_to_replace_every_night(tmp_path: Path) -> None:
     out = tmp_path / "reports"
-    expect(klrank(*_examples_run(out, "--run-date", "2026-01-01", "--no-html")), 0)
+    expect(invoke(*_examples_run(out, "--run-date", "2026-01-01", "--no-html")), 0)
     before = sorted(p.name for p in out.iterdir())
-    result = klrank(*_examples_run(out, "--no-html"))
+    result = invoke(*_examples_run(out, "--no-html"))
     expect(result, 2)
     assert "holds nightly partitions" in result.stderr and "--run-date" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == before  # the night and its lock file stay
@@ -116,7 +116,7 @@ def test_a_run_without_run_date_used_to_replace_every_night(tmp_path: Path) -> N
 
 def test_out_dot_used_to_fail_with_exit_70_after_all_the_work(tmp_path: Path) -> None:
     examples = Path(__file__).parent.parent / "examples" / "data"
-    result = klrank(
+    result = invoke(
         "run", "-l", examples / "labels.parquet", "-p", examples / "predictions", "-o", ".",
         cwd=tmp_path,
     )  # fmt: skip
@@ -129,8 +129,8 @@ def test_top_level_out_in_a_config_used_to_become_the_history_chart(tmp_path: Pa
     out = tmp_path / "reports"
     config = tmp_path / "klrank.toml"
     config.write_text(f'out = "{out}"\n', encoding="utf-8")
-    expect(klrank(*_examples_run(out, "--run-date", "2026-01-01", "--no-html")), 0)
-    result = klrank("history", out, "--config", config)
+    expect(invoke(*_examples_run(out, "--run-date", "2026-01-01", "--no-html")), 0)
+    result = invoke("history", out, "--config", config)
     expect(result, 0)
     assert (out / "history.html").is_file()
 
@@ -148,7 +148,7 @@ def test_a_bad_config_value_used_to_be_blamed_on_an_unset_variable(
 ) -> None:
     config = tmp_path / "klrank.toml"
     config.write_text(f'labels = "a"\npredictions = "b"\n[run]\nout = "o"\n{line}\n', "utf-8")
-    result = klrank("run", "--config", config)
+    result = invoke("run", "--config", config)
     expect(result, 2)
     message = " ".join(result.stderr.replace("│", " ").split())
     assert f"klrank.toml: {key} =" in message, message
@@ -179,7 +179,7 @@ def test_run_date_folders_not_in_iso_form_used_to_count_as_nights(tmp_path: Path
 def test_json_used_to_print_nothing_for_errors_the_option_parser_finds(
     tmp_path: Path, args: list[str], named: str
 ) -> None:
-    result = klrank(*args, "--json", cwd=tmp_path)
+    result = invoke(*args, "--json", cwd=tmp_path)
     expect(result, 2)
     (line,) = result.stdout.splitlines()
     summary = json.loads(line)
@@ -189,7 +189,7 @@ def test_json_used_to_print_nothing_for_errors_the_option_parser_finds(
 
 def test_a_baseline_that_is_no_report_used_to_print_a_query_plan(tmp_path: Path) -> None:
     labels = Path(__file__).parent.parent / "examples" / "data" / "labels.parquet"
-    result = klrank(*_examples_run(tmp_path / "out", "--baseline", labels, "-q"))
+    result = invoke(*_examples_run(tmp_path / "out", "--baseline", labels, "-q"))
     expect(result, 2)
     assert "no column 'slice' (is it a klrank report.parquet?)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -197,7 +197,7 @@ def test_a_baseline_that_is_no_report_used_to_print_a_query_plan(tmp_path: Path)
 
 def test_a_missing_input_used_to_leave_folders_and_a_lock_file_behind(tmp_path: Path) -> None:
     out = tmp_path / "deep" / "reports"
-    result = klrank(
+    result = invoke(
         "run", "-l", tmp_path / "nope.parquet", "-p", tmp_path / "nope", "-o", out,
         "--run-date", "2026-05-01",
     )  # fmt: skip

@@ -231,7 +231,7 @@ KL_HALVES_FROM_LOGITS_0_1 = 0.5 * math.log((1 + math.e) ** 2 / (4 * math.e))
 EXTREME_LOGITS = {
     "two_at_1e308": ((1e308, 1e308), (0.5, 0.5), 0.0),
     "1e15_and_1e15_plus_1": ((1e15, 1e15 + 1), (0.5, 0.5), KL_HALVES_FROM_LOGITS_0_1),
-    # Column by column (the review's 65 classes go to the array layout: tests/test_arrays.py).
+    # Column by column (the review's 65 classes go to the array layout: tests/pipeline/test_arrays.py).
     "five_equal_at_1e16": ((1e16,) * 5, (0.2,) * 5, 0.0),
 }
 

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import scipy.special
 import scipy.stats
-from cli_helpers import expect, inputs, klrank
+from cli_helpers import expect, inputs, invoke
 from hypothesis import given
 from hypothesis import strategies as st
 from klrank.config import InputOptions, RunOptions
@@ -377,7 +377,7 @@ def test_colliding_slice_labels_and_null_versus_the_text_null_stay_apart(tmp_pat
         | {f"prob_{c}": q[:, k] for k, c in enumerate(CLASSES)}
     )
     out = tmp_path / "out"
-    result = klrank(
+    result = invoke(
         "run",
         *inputs(tmp_path, labels, predictions),
         "--out", out, "--run-date", "2026-01-02", "--slice-by", "a", "--slice-by", "a=b", "-q",
@@ -407,7 +407,7 @@ def test_colliding_slice_labels_and_null_versus_the_text_null_stay_apart(tmp_pat
         assert r["mean_kl"] == pytest.approx(kl.mean(), rel=1e-12), label
     # `klrank history --slice` finds each of the two "null" slices by its label.
     for label, rows_of in [("a=(null)", a.is_null()), (r"a=\(null)", a == "(null)")]:
-        history = klrank("history", out, "--slice", label, "--json", "-q")
+        history = invoke("history", out, "--slice", label, "--json", "-q")
         expect(history, 0)
         (row,) = json.loads(history.stdout)["rows"]
         assert row["n_rows"] == labels.filter(rows_of).height

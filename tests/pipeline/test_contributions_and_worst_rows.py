@@ -1,6 +1,7 @@
-"""class_contributions.parquet and worst_rows.parquet through the real CLI, against independent
-oracles: scipy's rel_entr per class for the contributions, a full sort of rows.parquet for the
-worst rows. Both layouts (one column per class, one array column) and several batches."""
+"""class_contributions.parquet and worst_rows.parquet through the CLI (in-process), against
+independent oracles: scipy's rel_entr per class for the contributions, a full sort of
+rows.parquet for the worst rows. Both layouts (one column per class, one array column) and
+several batches."""
 
 import json
 import math
@@ -16,7 +17,7 @@ from cli_helpers import (
     TRUTH,
     expect,
     inputs,
-    klrank,
+    invoke,
     prob_predictions,
     set_value,
     soft_labels,
@@ -72,7 +73,7 @@ def test_class_contributions_match_scipy_and_add_up_to_mean_kl(tmp_path: Path, l
         labels, predictions = _as_arrays(labels), _as_arrays(predictions)
         extra = ["--classes", ",".join(CLASSES)]
     out = tmp_path / "out"
-    result = klrank(
+    result = invoke(
         "run",
         *inputs(tmp_path, labels, predictions),
         "--slice-by",
@@ -152,7 +153,7 @@ def _sorted_oracle(rows: pl.DataFrame, labels: pl.DataFrame, n: int) -> pl.DataF
 def test_worst_rows_equal_a_full_sort_of_rows_parquet(tmp_path: Path) -> None:
     labels, predictions = _tied_inputs(60)
     out = tmp_path / "out"
-    result = klrank(
+    result = invoke(
         "run",
         *inputs(tmp_path, labels, predictions),
         "--slice-by",
@@ -221,7 +222,7 @@ def test_worst_rows_and_contributions_do_not_depend_on_the_batch_size(
 
 def test_worst_zero_and_no_html_leave_those_files_out(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = klrank(
+    result = invoke(
         "run",
         *inputs(tmp_path, soft_labels(), prob_predictions()),
         "--out",
@@ -239,7 +240,7 @@ def test_worst_zero_and_no_html_leave_those_files_out(tmp_path: Path) -> None:
 
 
 def test_negative_worst_is_a_usage_error(tmp_path: Path) -> None:
-    result = klrank(
+    result = invoke(
         "run",
         "--labels",
         "x.parquet",
@@ -256,7 +257,7 @@ def test_negative_worst_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_slice_column_named_like_a_worst_rows_column_is_a_usage_error(tmp_path: Path) -> None:
     labels = soft_labels().rename({"region": "rank"})
-    result = klrank(
+    result = invoke(
         "run",
         *inputs(tmp_path, labels, prob_predictions()),
         "--slice-by",

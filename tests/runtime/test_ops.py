@@ -1,9 +1,10 @@
 """Operating ``klrank run`` as a scheduler does: logs, progress, locks, signals and cron.
 
-Every test runs the real console script in subprocesses. Where two runs must overlap, the test
-makes the overlap certain rather than likely: it holds the partition's lock itself, or stops
-the first run (SIGSTOP) once its staging folder exists, and it waits for events, never for
-time.
+Logs and messages run the command in this process (:func:`invoke`); locks, signals, progress
+on a terminal and cron run the real console script in subprocesses. Where two runs must
+overlap, the test makes the overlap certain rather than likely: it holds the partition's lock
+itself, or stops the first run (SIGSTOP) once its staging folder exists, and it waits for
+events, never for time.
 """
 
 import fcntl
@@ -28,6 +29,7 @@ from cli_helpers import (
     Running,
     expect,
     inputs,
+    invoke,
     klrank,
     prob_predictions,
     set_value,
@@ -38,7 +40,7 @@ from cli_helpers import (
 from klrank.io.targets import STAGING_PREFIX
 from klrank.runtime.lock import lock_path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 RUN_DATE = "2026-01-02"
 BIG_ROWS = 1_000_000  # enough that a run is still measuring well after its staging folder exists
 
@@ -125,7 +127,7 @@ def _json_lines(stderr: str) -> list[dict[str, Any]]:
 
 
 def test_json_logs_are_one_object_a_line_with_the_run_events(tmp_path: Path) -> None:
-    result = klrank("run", *_small(tmp_path), "--out", tmp_path / "out", "--log-format", "json")
+    result = invoke("run", *_small(tmp_path), "--out", tmp_path / "out", "--log-format", "json")
     expect(result, 0)
     assert result.stdout.startswith("# klrank: models ranked by mean_kl")  # stdout unchanged
     records = _json_lines(result.stderr)  # every line parses
@@ -159,7 +161,7 @@ def test_json_logs_are_one_object_a_line_with_the_run_events(tmp_path: Path) -> 
 def test_json_logs_of_a_failed_run_name_the_checks_and_stay_json(tmp_path: Path) -> None:
     labels = set_value(set_value(soft_labels(), "prob_a", -0.1, id=3), "prob_b", 0.3, id=3)
     given = inputs(tmp_path, labels, prob_predictions())
-    result = klrank("run", *given, "--out", tmp_path / "out", "--log-format", "json")
+    result = invoke("run", *given, "--out", tmp_path / "out", "--log-format", "json")
     expect(result, 1)
     records = _json_lines(result.stderr)
     failed = [r for r in records if r["event"] == "validation.failed"]
@@ -171,7 +173,7 @@ def test_json_logs_of_a_failed_run_name_the_checks_and_stay_json(tmp_path: Path)
 
 
 def test_text_logs_by_default(tmp_path: Path) -> None:
-    result = klrank("validate", *_small(tmp_path))
+    result = invoke("validate", *_small(tmp_path))
     expect(result, 0)
     scanned = [line for line in result.stderr.splitlines() if " inputs.scanned " in line]
     assert len(scanned) == 1
@@ -179,11 +181,11 @@ def test_text_logs_by_default(tmp_path: Path) -> None:
 
 
 def test_quiet_run_writes_nothing_to_stderr_but_errors(tmp_path: Path) -> None:
-    result = klrank("run", *_small(tmp_path / "in"), "--out", tmp_path / "out", "--quiet")
+    result = invoke("run", *_small(tmp_path / "in"), "--out", tmp_path / "out", "--quiet")
     expect(result, 0)
     assert result.stderr == ""
     assert result.stdout.startswith("# klrank")
-    failed = klrank("run", *_small(tmp_path / "in"), "--out", tmp_path / "out", "-q", "--base", "3")
+    failed = invoke("run", *_small(tmp_path / "in"), "--out", tmp_path / "out", "-q", "--base", "3")
     expect(failed, 2)
     assert "--base" in failed.stderr
 
@@ -220,7 +222,7 @@ def test_progress_is_drawn_on_a_terminal(tmp_path: Path) -> None:
 
 
 def test_no_progress_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
-    result = klrank("run", *_small(tmp_path), "--out", tmp_path / "out")
+    result = invoke("run", *_small(tmp_path), "--out", tmp_path / "out")
     expect(result, 0)
     assert "batches" not in result.stderr
     assert "\r" not in result.stderr and "\x1b" not in result.stderr
@@ -264,7 +266,7 @@ def test_busy_partition_fails_at_once_with_exit_75(tmp_path: Path) -> None:
 def test_other_partitions_are_not_locked(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with _holding_lock(out / "run_date=2026-01-01"):
-        result = klrank(
+        result = invoke(
             "run", *_small(tmp_path), "--out", out, "--run-date", RUN_DATE, "--lock-timeout", "0"
         )
     expect(result, 0)
@@ -274,13 +276,13 @@ def test_second_run_fails_while_a_real_run_holds_the_partition(
     tmp_path: Path, big: list[str | Path]
 ) -> None:
     out = tmp_path / "out"
-    expect(klrank("run", *_small(tmp_path), "--out", out, "--run-date", RUN_DATE), 0)
+    expect(invoke("run", *_small(tmp_path), "--out", out, "--run-date", RUN_DATE), 0)
     first = start("run", *big, "--out", out, "--run-date", RUN_DATE, "--no-rows")
     _wait_for_staging(first, out.parent)
     os.kill(first.process.pid, signal.SIGSTOP)  # it holds the lock for as long as the test wants
     try:
         before = snapshot(out)
-        second = klrank(
+        second = invoke(
             "run", *_small(tmp_path), "--out", out, "--run-date", RUN_DATE, "--lock-timeout", "0"
         )
         expect(second, 75)
@@ -326,7 +328,7 @@ def test_lock_of_a_killed_run_does_not_block_the_next(
     first.process.kill()  # SIGKILL: no cleanup at all
     assert first.wait().returncode == -signal.SIGKILL
     assert lock_path(out / f"run_date={RUN_DATE}").exists()  # left behind
-    result = klrank(
+    result = invoke(
         "run", *_small(tmp_path), "--out", out, "--run-date", RUN_DATE, "--lock-timeout", "0"
     )
     expect(result, 0)
@@ -344,7 +346,7 @@ def test_signal_mid_run_keeps_previous_report_and_removes_staging(
     tmp_path: Path, big: list[str | Path], signum: signal.Signals, code: int
 ) -> None:
     out = tmp_path / "out"
-    expect(klrank("run", *_small(tmp_path), "--out", out, "--run-date", RUN_DATE), 0)
+    expect(invoke("run", *_small(tmp_path), "--out", out, "--run-date", RUN_DATE), 0)
     before = snapshot(out)
     running = start("run", *big, "--out", out, "--run-date", RUN_DATE, "--json")
     _wait_for_staging(running, out.parent)

@@ -1,8 +1,9 @@
-"""``--config klrank.toml`` through the real command: precedence, errors and ``config show``.
+"""``--config klrank.toml`` through the whole command: precedence, errors and ``config show``.
 
 Precedence is command line > ``KLRANK_*`` environment > config file > defaults; each test
 checks which value a real run used from what it recorded (the manifest's ``options``, printed
-by ``--json``) or from what ``klrank config show`` prints.
+by ``--json``) or from what ``klrank config show`` prints. The command runs in this process
+(:func:`invoke`); ``config show`` also once as the console script, end to end.
 """
 
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import expect, klrank, prob_predictions, soft_labels, write
+from cli_helpers import expect, invoke, klrank, prob_predictions, soft_labels, write
 
 
 def _inputs(root: Path) -> tuple[Path, Path]:
@@ -38,14 +39,14 @@ def _base_config(root: Path, extra: str = "") -> Path:
 
 
 def _run_options(*args: str | Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    result = klrank("run", *args, "--json", env=env)
+    result = invoke("run", *args, "--json", env=env)
     expect(result, 0)
     options: dict[str, Any] = json.loads(result.stdout)["options"]
     return options
 
 
 def _shown(*args: str | Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    result = klrank("config", "show", *args, "--json", env=env)
+    result = invoke("config", "show", *args, "--json", env=env)
     expect(result, 0)
     shown: dict[str, Any] = json.loads(result.stdout)
     return shown
@@ -78,7 +79,7 @@ def test_environment_beats_file_and_command_line_beats_both(tmp_path: Path) -> N
 def test_config_from_environment_variable_and_before_the_command(tmp_path: Path) -> None:
     config = _base_config(tmp_path)
     assert _run_options(env={"KLRANK_CONFIG": str(config)})["base"] == "e"
-    result = klrank("--config", config, "run", "--json")
+    result = invoke("--config", config, "run", "--json")
     expect(result, 0)
     assert json.loads(result.stdout)["options"]["base"] == "e"
 
@@ -87,7 +88,7 @@ def test_config_on_the_command_line_beats_klrank_config(tmp_path: Path) -> None:
     config = _base_config(tmp_path)
     other = _config(tmp_path, 'base = "10"\n', "other.toml")
     env = {"KLRANK_CONFIG": str(other)}
-    result = klrank("--config", config, "run", "--json", env=env)
+    result = invoke("--config", config, "run", "--json", env=env)
     expect(result, 0)
     assert json.loads(result.stdout)["options"]["base"] == "e"
     assert _run_options("--config", config, env=env)["base"] == "e"
@@ -107,7 +108,7 @@ def test_command_table_beats_the_top_level_and_applies_to_its_command_only(
     shown = _shown("--config", config)
     assert shown["run"]["tolerance"] == {"value": 0.02, "source": "config file"}
     assert shown["validate"]["tolerance"] == {"value": 0.03, "source": "config file"}
-    result = klrank("validate", "--config", config, "--json")
+    result = invoke("validate", "--config", config, "--json")
     expect(result, 0)
 
 
@@ -132,7 +133,7 @@ def test_bad_config_file_is_a_usage_error_naming_file_and_key(
     tmp_path: Path, text: str, mentions: list[str]
 ) -> None:
     config = _config(tmp_path, text, "broken.toml")
-    result = klrank("run", "--config", config, "--out", tmp_path / "out")
+    result = invoke("run", "--config", config, "--out", tmp_path / "out")
     expect(result, 2)
     message = " ".join(result.stderr.split())  # the error box may wrap lines
     for mention in ["broken.toml", *mentions]:
@@ -141,14 +142,14 @@ def test_bad_config_file_is_a_usage_error_naming_file_and_key(
 
 
 def test_missing_config_file_is_a_usage_error(tmp_path: Path) -> None:
-    result = klrank("validate", "--config", tmp_path / "absent.toml")
+    result = invoke("validate", "--config", tmp_path / "absent.toml")
     expect(result, 2)
     assert "does not exist" in result.stderr
 
 
 def test_bad_value_in_file_is_a_usage_error_naming_the_option(tmp_path: Path) -> None:
     config = _base_config(tmp_path, 'rank-by = "fastest"\n')
-    result = klrank("run", "--config", config)
+    result = invoke("run", "--config", config)
     expect(result, 2)
     assert "--rank-by" in result.stderr
 
@@ -165,14 +166,14 @@ def test_show_says_where_each_value_came_from(tmp_path: Path) -> None:
 
 
 def test_show_marks_required_options_nothing_sets(tmp_path: Path) -> None:
-    result = klrank("config", "show", "validate")
+    result = klrank("config", "show", "validate")  # the console script: a smoke test of config
     expect(result, 0)
     assert "# labels = ...  # required, not set" in result.stdout
 
 
 def test_show_prints_toml_that_is_a_config_file(tmp_path: Path) -> None:
     config = _base_config(tmp_path, "run-date = 2026-01-02\n")
-    printed = klrank("config", "show", "--config", config, env={"KLRANK_EPSILON": "0.01"})
+    printed = invoke("config", "show", "--config", config, env={"KLRANK_EPSILON": "0.01"})
     expect(printed, 0)
     document = tomllib.loads(printed.stdout)
     assert document["run"]["epsilon"] == 0.01
@@ -189,13 +190,13 @@ def test_show_prints_toml_that_is_a_config_file(tmp_path: Path) -> None:
 
 
 def test_show_rejects_an_unknown_command() -> None:
-    result = klrank("config", "show", "deploy")
+    result = invoke("config", "show", "deploy")
     expect(result, 2)
     assert "deploy" in result.stderr
 
 
 def test_readme_example_config_is_accepted(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     # The Operations example (the "Run it every night" one is run by tests/test_readme.py).
     (example,) = [
         e for e in re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL) if "lock-timeout" in e

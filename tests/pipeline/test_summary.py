@@ -1,5 +1,6 @@
 """summary.md, the run's stdout and ``klrank history``'s table with names that are hostile to
-Markdown and to log lines: the real CLI, read back as a reader would (tests/markdown_helpers.py).
+Markdown and to log lines: the CLI (in-process), read back as a reader would
+(tests/markdown_helpers.py).
 
 What broke: a model folder ``model=a|b`` split its table row, a model named with a newline
 and ``<script>`` ended the row and passed the tag into the Markdown, a slice value with a
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from cli_helpers import Result, expect, klrank, write
+from cli_helpers import Result, expect, invoke, write
 from markdown_helpers import raw_tables, render
 
 # Model names, as hive folders (URL-quoted) and as read back, and how a reader must see them.
@@ -71,8 +72,8 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Nights:
     out = root / "out_[x]*_"
     args = ["run", "--labels", labels, "--predictions", root / "predictions", "--out", out]
     args += ["--slice-by", "region", "--quiet"]
-    first = klrank(*args, "--run-date", "2026-05-01")
-    second = klrank(
+    first = invoke(*args, "--run-date", "2026-05-01")
+    second = invoke(
         *args, "--run-date", "2026-05-02", "--baseline", "auto", "--max-mean-kl", "0",
         "--expect-best", "a|b\nklrank: forged",
     )  # fmt: skip
@@ -128,7 +129,7 @@ def test_gate_failures_are_one_stderr_line_each(nights: Nights) -> None:
 
 
 def test_history_table_keeps_its_shape(nights: Nights) -> None:
-    result = klrank("history", nights.out, "--quiet")
+    result = invoke("history", nights.out, "--quiet")
     expect(result, 0)
     (table,) = raw_tables(result.stdout)
     assert len(table) == 1 + 2 * len(MODELS)  # header, then each night's models
@@ -138,7 +139,7 @@ def test_history_table_keeps_its_shape(nights: Nights) -> None:
 
 
 def test_history_of_a_slice_with_a_newline_keeps_its_heading(nights: Nights) -> None:
-    result = klrank("history", nights.out, "--slice", "region=\n# forged heading", "--quiet")
+    result = invoke("history", nights.out, "--slice", "region=\n# forged heading", "--quiet")
     expect(result, 0)
     rendered = render(result.stdout)
     assert rendered.markup == []

@@ -1,7 +1,9 @@
 """The ``klrank`` command as a scheduler runs it: exit codes, messages and what lands on disk.
 
-Every test starts the installed console script in a subprocess on tiny Parquet files written in
-``tmp_path``. Exit codes: 0 success, 1 the data failed validation, 2 usage error; a Python
+Every test runs the command on tiny Parquet files written in ``tmp_path``, in this process
+(:func:`invoke`, through ``run_cli``); the installed console script runs in a subprocess for one
+command of each kind and each exit code, end to end (0, 1, 2), and where the environment must be
+read at start-up. Exit codes: 0 success, 1 the data failed validation, 2 usage error; a Python
 traceback never reaches the user.
 """
 
@@ -21,6 +23,7 @@ from cli_helpers import (
     corrupt_first_page,
     expect,
     hard_labels,
+    invoke,
     klrank,
     klrank_together,
     logit_predictions,
@@ -176,7 +179,7 @@ BAD_INPUTS = {
 def test_bad_input_exits_1_naming_check_and_example(tmp_path: Path, case: BadInput) -> None:
     inputs = input_options(tmp_path, case.labels, case.predictions)
     out = tmp_path / "out"
-    validated, ran = klrank_together(["validate", *inputs], ["run", *inputs, "--out", out])
+    validated, ran = invoke("validate", *inputs), invoke("run", *inputs, "--out", out)
     for result in (validated, ran):
         expect(result, 1)
         assert f"[{case.check}" in result.stderr, str(result)
@@ -189,6 +192,7 @@ def test_bad_input_exits_1_naming_check_and_example(tmp_path: Path, case: BadInp
 
 
 def test_validation_reports_every_failed_check_in_one_run(tmp_path: Path) -> None:
+    # The console script, both commands side by side: exit 1 end to end.
     labels = soft_labels()
     labels = set_value(labels, "prob_a", -0.1, id=1)
     labels = set_value(labels, "prob_b", 0.4, id=1)  # row 1 still sums to 1: only out of range
@@ -222,7 +226,7 @@ def test_column_failures_are_reported_before_row_checks_run(tmp_path: Path) -> N
     labels = _duplicate(soft_labels(), id=3).with_columns(pl.col("prob_a").cast(pl.String))
     predictions = prob_predictions().with_columns(pl.col("prob_b").cast(pl.String))
 
-    result = klrank("validate", *input_options(tmp_path, labels, predictions))
+    result = invoke("validate", *input_options(tmp_path, labels, predictions))
 
     expect(result, 1)
     assert "labels column 'prob_a': wrong dtype" in result.stderr, str(result)
@@ -256,7 +260,7 @@ def test_run_writes_every_failure_case(tmp_path: Path, options: list[str], locat
     inputs = input_options(tmp_path, _three_negative_probabilities(), prob_predictions())
     options = [str(tmp_path / o) if o.endswith(".parquet") else o for o in options]
 
-    result = klrank("run", *inputs, "--out", tmp_path / "out", *options)
+    result = invoke("run", *inputs, "--out", tmp_path / "out", *options)
 
     expect(result, 1)
     failures = _failures(tmp_path / location)
@@ -274,7 +278,7 @@ def test_validate_writes_failure_cases_where_asked(tmp_path: Path) -> None:
     inputs = input_options(tmp_path, _three_negative_probabilities(), prob_predictions())
     path = tmp_path / "cases.parquet"
 
-    result = klrank("validate", *inputs, "--failures", path)
+    result = invoke("validate", *inputs, "--failures", path)
 
     expect(result, 1)
     assert _failures(path).height == 3
@@ -289,7 +293,7 @@ def test_failed_run_leaves_published_report_byte_identical(
     tmp_path: Path, broken: str, run_date: list[str]
 ) -> None:
     out = tmp_path / "out"
-    expect(klrank("run", *_good_inputs(tmp_path / "good"), "--out", out, *run_date), 0)
+    expect(invoke("run", *_good_inputs(tmp_path / "good"), "--out", out, *run_date), 0)
     before = snapshot(out)
     assert PUBLISHED_FILES <= {Path(p).name for p in before}
     bad = tmp_path / "bad"
@@ -299,7 +303,7 @@ def test_failed_run_leaves_published_report_byte_identical(
         inputs, code = _good_inputs(bad), 2
         (bad / "predictions.parquet").write_bytes(b"PAR1 this is not Parquet")
 
-    result = klrank("run", *inputs, "--out", out, *run_date)
+    result = invoke("run", *inputs, "--out", out, *run_date)
 
     expect(result, code)
     # The failure cases go to OUT/_failures/, which readers skip; nothing else may change.
@@ -370,7 +374,7 @@ def test_unusable_input_exits_2(
 ) -> None:
     inputs = make(tmp_path)
     out = tmp_path / "out"
-    validated, ran = klrank_together(["validate", *inputs], ["run", *inputs, "--out", out])
+    validated, ran = invoke("validate", *inputs), invoke("run", *inputs, "--out", out)
     for result in (validated, ran):
         expect(result, 2)
         assert message in result.stderr, str(result)
@@ -380,9 +384,7 @@ def test_unusable_input_exits_2(
 def test_corrupt_data_page_exits_2(tmp_path: Path) -> None:
     inputs = _good_inputs(tmp_path)
     corrupt_first_page(tmp_path / "predictions.parquet")
-    validated, ran = klrank_together(
-        ["validate", *inputs], ["run", *inputs, "--out", tmp_path / "out"]
-    )
+    validated, ran = invoke("validate", *inputs), invoke("run", *inputs, "--out", tmp_path / "out")
     for result in (validated, ran):
         expect(result, 2)
         assert "predictions.parquet" in result.stderr, str(result)
@@ -402,11 +404,10 @@ BAD_OPTIONS = {
 def bad_option_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Result, Path]]:
     root = tmp_path_factory.mktemp("bad_options")
     inputs = _good_inputs(root)
-    running = {
-        name: start("run", *inputs, "--out", root / name, *option)
+    return {
+        name: (invoke("run", *inputs, "--out", root / name, *option), root / name)
         for name, option in BAD_OPTIONS.items()
     }
-    return {name: (r.wait(), root / name) for name, r in running.items()}
 
 
 @pytest.mark.parametrize("option", BAD_OPTIONS)
@@ -424,7 +425,7 @@ def test_out_that_is_a_file_exits_74_and_keeps_the_file(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.write_text("not a folder\n")
 
-    result = klrank("run", *_good_inputs(tmp_path), "--out", out)
+    result = invoke("run", *_good_inputs(tmp_path), "--out", out)
 
     expect(result, 74)  # a file where a folder is needed: the I/O exit code
     assert f"--out: '{out}' exists and is not a directory" in result.stderr
@@ -433,6 +434,7 @@ def test_out_that_is_a_file_exits_74_and_keeps_the_file(tmp_path: Path) -> None:
 
 
 def test_missing_required_option_exits_2(tmp_path: Path) -> None:
+    # The console script: the option parser's exit 2 end to end.
     result = klrank("run", "--labels", write(soft_labels(), tmp_path / "labels.parquet"))
 
     expect(result, 2)
@@ -448,7 +450,11 @@ Runs = dict[str, tuple[Result, Path]]
 
 @pytest.fixture(scope="module")
 def successes(tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    """Every successful command of this section, started side by side; each has its own OUT."""
+    """Every successful command of this section; each has its own OUT.
+
+    One run, one validate and ``--version`` start the console script (side by side, while the
+    others run in this process): the smoke tests of exit 0 end to end.
+    """
     root = tmp_path_factory.mktemp("success")
     inputs = _good_inputs(root)
     _, labels, _, predictions = inputs
@@ -460,16 +466,19 @@ def successes(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     }
     running = {
         "default": start("run", *inputs, "--out", root / "default"),
-        "no_rows": start("run", *inputs, "--out", root / "no_rows", "--no-rows"),
-        "run_date": start("run", *inputs, "--out", root / "run_date", "--run-date", RUN_DATE),
-        "json": start("run", *inputs, "--out", root / "json", "--json"),
-        "hard_logits": start("run", *hard, "--out", root / "hard_logits", "--json"),
-        "env": start("run", env=env),
         "validate": start("validate", *inputs),
-        "validate_json": start("validate", *inputs, "--json"),
         "version": start("--version"),
     }
-    return {name: (r.wait(), root / name) for name, r in running.items()}
+    invoked = {
+        "no_rows": invoke("run", *inputs, "--out", root / "no_rows", "--no-rows"),
+        "run_date": invoke("run", *inputs, "--out", root / "run_date", "--run-date", RUN_DATE),
+        "json": invoke("run", *inputs, "--out", root / "json", "--json"),
+        "hard_logits": invoke("run", *hard, "--out", root / "hard_logits", "--json"),
+        "env": invoke("run", env=env),
+        "validate_json": invoke("validate", *inputs, "--json"),
+    }
+    results = {name: r.wait() for name, r in running.items()} | invoked
+    return {name: (result, root / name) for name, result in results.items()}
 
 
 def test_run_prints_ranked_table_and_publishes_report(successes: Runs) -> None:
@@ -548,7 +557,7 @@ def test_logits_at_the_float64_extremes_publish_the_exact_means(tmp_path: Path) 
             "logit_b": [1e308, 1e308, 1e15 + 1, 1e15 + 1],
         }
     )
-    # Above 64 classes the measures run on arrays (tests/test_arrays.py has Array columns).
+    # Above 64 classes the measures run on arrays (tests/pipeline/test_arrays.py has Array columns).
     classes = [f"c{i:02d}" for i in range(65)]
     uniform = pl.DataFrame({"id": [1], **{f"prob_{c}": [1 / 65] for c in classes}})
     wide = pl.DataFrame({"id": [1], "model": ["huge"], **{f"logit_{c}": [1e16] for c in classes}})
@@ -556,9 +565,9 @@ def test_logits_at_the_float64_extremes_publish_the_exact_means(tmp_path: Path) 
         "columns": input_options(tmp_path / "columns", halves, columns),
         "65_classes": input_options(tmp_path / "65_classes", uniform, wide),
     }
-    results = klrank_together(
-        *[("run", *options, "--out", tmp_path / name / "out") for name, options in runs.items()]
-    )
+    results = [
+        invoke("run", *options, "--out", tmp_path / name / "out") for name, options in runs.items()
+    ]
     expected = {
         "columns": {"huge": _EXACT_ZERO, "offset": _HALF_AND_LOGITS_0_1},
         "65_classes": {"huge": _EXACT_ZERO},
@@ -618,7 +627,7 @@ def test_json_on_failure_reports_status(
     write(set_value(prob_predictions(), "prob_a", -1.0, id=1), tmp_path / "bad.parquet")
     paths = ["--labels", tmp_path / labels, "--predictions", tmp_path / predictions]
 
-    result = klrank("run", *paths, "--out", tmp_path / "out", "--json")
+    result = invoke("run", *paths, "--out", tmp_path / "out", "--json")
 
     expect(result, code)
     summary = json.loads(result.stdout)
@@ -646,7 +655,7 @@ def test_folder_inputs_are_read_recursively(tmp_path: Path) -> None:
     (tmp_path / "predictions" / "_temporary" / "part-9.parquet").write_text("half written")
     (tmp_path / "predictions" / ".part-0.parquet.crc").write_text("checksum")
 
-    result = klrank(
+    result = invoke(
         "run",
         *("--labels", tmp_path / "labels", "--predictions", tmp_path / "predictions"),
         *("--out", tmp_path / "out", "--json"),
@@ -667,7 +676,7 @@ def test_glob_inputs(tmp_path: Path) -> None:
     stray = predictions.filter(model="m").with_columns(id=pl.lit(99, pl.Int64))
     write(stray, tmp_path / "preds" / "m" / "stray.parquet")
 
-    result = klrank(
+    result = invoke(
         "run",
         *("--labels", tmp_path / "labels.parquet"),
         *("--predictions", f"{tmp_path}/preds/*/part.parquet"),
@@ -685,10 +694,8 @@ def test_hive_model_folders_without_model_column(tmp_path: Path) -> None:
     glob = ["--labels", tmp_path / "labels.parquet"]
     glob += ["--predictions", f"{tmp_path}/predictions/model=*/*.parquet"]
 
-    folder, globbed = klrank_together(
-        ["run", *paths, "--out", tmp_path / "out", "--json"],
-        ["validate", *glob, "--json"],
-    )
+    folder = invoke("run", *paths, "--out", tmp_path / "out", "--json")
+    globbed = invoke("validate", *glob, "--json")
 
     assert _models_run(folder) == ["m", "n"]
     assert _models_run(globbed) == ["m", "n"]
@@ -701,7 +708,7 @@ def test_hive_model_missing_ids_names_the_model(tmp_path: Path) -> None:
     predictions = prob_predictions().filter(~((pl.col("id") == 2) & (pl.col("model") == "n")))
     write_hive(predictions, tmp_path / "predictions")
 
-    result = klrank(
+    result = invoke(
         "validate",
         *("--labels", tmp_path / "labels.parquet", "--predictions", tmp_path / "predictions"),
     )
@@ -724,7 +731,7 @@ def test_folder_of_files_with_differing_schemas(tmp_path: Path, difference: str)
     write(second, tmp_path / "labels" / "part-1.parquet")
     predictions = write(prob_predictions(), tmp_path / "predictions.parquet")
 
-    result = klrank("validate", "--labels", tmp_path / "labels", "--predictions", predictions)
+    result = invoke("validate", "--labels", tmp_path / "labels", "--predictions", predictions)
 
     assert result.returncode in (0, 2), str(result)
     assert "internal error" not in result.stderr
@@ -734,6 +741,7 @@ def test_folder_of_files_with_differing_schemas(tmp_path: Path, difference: str)
 
 def test_pandera_environment_cannot_switch_the_checks_off(tmp_path: Path) -> None:
     # PANDERA_VALIDATION_DEPTH=SCHEMA_ONLY would skip Pandera's data checks on a DataFrame.
+    # A subprocess: pandera reads these variables when it is imported.
     labels = set_value(soft_labels(), "prob_a", 1.5, id=2)
     env = {"PANDERA_VALIDATION_DEPTH": "SCHEMA_ONLY", "PANDERA_VALIDATION_ENABLED": "False"}
     result = klrank("validate", *input_options(tmp_path, labels, prob_predictions()), env=env)

@@ -1,9 +1,9 @@
-"""A hostile-input matrix through the real CLI: odd paths, odd Parquet files, extreme numbers.
+"""A hostile-input matrix through the whole CLI: odd paths, odd Parquet files, extreme numbers.
 
 Every case states the exit code a user should get. Whatever the case, klrank must answer with a
 documented code, never an internal error (70) or a Python traceback, and a success must publish
-numbers that agree with an independent numpy oracle. The cases run a few at a time, side by
-side, and every mismatch is reported at once.
+numbers that agree with an independent numpy oracle. The cases run one after another in this
+process (:func:`invoke`), and every mismatch is reported at once.
 """
 
 import math
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from cli_helpers import Result, prob_predictions, soft_labels, start, write
+from cli_helpers import Result, invoke, prob_predictions, soft_labels, write
 
 CLASSES = ("a", "b", "c")
 DOCUMENTED = {0, 1, 2, 3, 69, 74, 75}
@@ -250,27 +250,21 @@ CASES: dict[str, Case] = {
 
 def test_hostile_matrix(tmp_path: Path) -> None:
     problems = []
-    names = list(CASES)
-    for first in range(0, len(names), 4):  # a few at a time: the machine has two cores
-        running = {}
-        for name in names[first : first + 4]:
-            root = tmp_path / name
-            root.mkdir()
-            args = CASES[name].make(root)
-            if "--out" not in args:
-                args = [*args, "--out", root / "out"]
-            out = Path(args[args.index("--out") + 1])
-            running[name] = (start("run", *args, "--no-html"), out)
-        for name, (process, out) in running.items():
-            result = process.wait()
-            case = CASES[name]
-            if "Traceback" in result.stderr or result.returncode not in DOCUMENTED:
-                problems.append(f"{name}: undocumented outcome\n{result}")
-            elif result.returncode != case.code:
-                problems.append(f"{name}: expected exit {case.code}\n{result}")
-            elif case.code == 0 and case.check is not None:
-                try:
-                    case.check(out, result)
-                except AssertionError as error:
-                    problems.append(f"{name}: wrong output: {error}")
+    for name, case in CASES.items():
+        root = tmp_path / name
+        root.mkdir()
+        args = case.make(root)
+        if "--out" not in args:
+            args = [*args, "--out", root / "out"]
+        out = Path(args[args.index("--out") + 1])
+        result = invoke("run", *args, "--no-html")
+        if "Traceback" in result.stderr or result.returncode not in DOCUMENTED:
+            problems.append(f"{name}: undocumented outcome\n{result}")
+        elif result.returncode != case.code:
+            problems.append(f"{name}: expected exit {case.code}\n{result}")
+        elif case.code == 0 and case.check is not None:
+            try:
+                case.check(out, result)
+            except AssertionError as error:
+                problems.append(f"{name}: wrong output: {error}")
     assert not problems, "\n\n".join(problems)

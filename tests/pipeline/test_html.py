@@ -1,6 +1,6 @@
 """pipeline/html.py without a browser: what the page is made of, and what a run without it skips.
 
-The rendering itself is checked in a real browser in tests/test_html_browser.py.
+The rendering itself is checked in a real browser in tests/pipeline/test_html_browser.py.
 """
 
 import ast

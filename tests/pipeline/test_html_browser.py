@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from cli_helpers import expect, inputs, klrank, prob_predictions, set_value, soft_labels
+from cli_helpers import expect, inputs, invoke, prob_predictions, set_value, soft_labels
 
 pytestmark = pytest.mark.browser
 
@@ -29,7 +29,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-EXAMPLES = Path(__file__).parent.parent / "examples" / "data"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 FIGURES = ("#klrank-mean", "#klrank-ecdf", "#klrank-contributions")
 
 
@@ -96,7 +96,7 @@ def test_example_report_renders_offline_with_plots_and_the_ranking(
     browser: Any, tmp_path: Path
 ) -> None:
     out = tmp_path / "demo-out"
-    result = klrank(
+    result = invoke(
         "run",
         "--labels",
         EXAMPLES / "labels.parquet",
@@ -148,7 +148,7 @@ def test_zeros_infinities_and_markup_in_names_are_shown_as_they_are(
     predictions = set_value(predictions, "prob_a", 0.0, model=name, id=3)
     predictions = set_value(predictions, "prob_c", 0.7, model=name, id=3)
     out = tmp_path / "out"
-    result = klrank(
+    result = invoke(
         "run",
         *inputs(tmp_path, labels, predictions),
         "--out",
@@ -174,7 +174,7 @@ def test_history_chart_renders_offline_with_one_line_per_model(
 ) -> None:
     out = tmp_path / "nightly"
     for night in ("2026-11-23", "2026-11-24", "2026-11-25"):
-        result = klrank(
+        result = invoke(
             "run",
             "--labels",
             EXAMPLES / "labels.parquet",
@@ -187,7 +187,7 @@ def test_history_chart_renders_offline_with_one_line_per_model(
             "--no-html",
         )
         expect(result, 0)
-    expect(klrank("history", out), 0)
+    expect(invoke("history", out), 0)
     page = Page(browser, out / "history.html", figures=("#klrank-history",))
     assert page.errors == [] and page.blocked == []
     models = sorted(

@@ -13,7 +13,7 @@ from klrank.run import run
 from klrank.schemas.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 from polars.testing import assert_frame_equal
 
-EXAMPLES = Path(__file__).parent.parent / "examples" / "data"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 GOLDEN = Path(__file__).parent / "golden" / "example_report.csv"
 
 

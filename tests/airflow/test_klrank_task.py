@@ -1,6 +1,6 @@
 """The Airflow task's exit-code mapping and command line (jobs/airflow/klrank_task.py), no Airflow.
 
-tests/test_airflow.py runs the DAG itself in real Airflow.
+tests/airflow/test_airflow.py runs the DAG itself in real Airflow.
 """
 
 import doctest

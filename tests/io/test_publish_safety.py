@@ -1,8 +1,9 @@
 """klrank deletes only what it wrote: every ``--out`` that could destroy something is refused.
 
-Each case runs the real ``klrank`` command and checks, byte for byte, that what was there before
-is still there afterwards (:func:`snapshot`), and that the refusal came before any work (no lock
-file, no staging folder, no report).
+Each case runs the ``klrank`` command (in this process, :func:`invoke`, unless a real process
+matters: a run that another one waits for, or one that is killed) and checks, byte for byte,
+that what was there before is still there afterwards (:func:`snapshot`), and that the refusal
+came before any work (no lock file, no staging folder, no report).
 """
 
 import fcntl
@@ -25,7 +26,7 @@ from cli_helpers import (
     Running,
     expect,
     inputs,
-    klrank,
+    invoke,
     many_rows,
     prob_predictions,
     snapshot,
@@ -56,7 +57,7 @@ def test_out_holding_the_inputs_is_refused_and_they_survive(tmp_path: Path) -> N
     data = tmp_path / "d"
     args = inputs(data, soft_labels(), prob_predictions())
     before = snapshot(data)
-    result = klrank("run", *args, "--out", data)
+    result = invoke("run", *args, "--out", data)
     expect(result, 2)
     assert "is or holds the labels input" in result.stderr
     assert snapshot(data) == before
@@ -66,7 +67,7 @@ def test_out_holding_the_inputs_is_refused_and_they_survive(tmp_path: Path) -> N
 def test_out_an_ancestor_of_the_inputs_is_refused(tmp_path: Path) -> None:
     args = inputs(tmp_path / "a" / "b" / "c", soft_labels(), prob_predictions())
     before = snapshot(tmp_path)
-    result = klrank("run", *args, "--out", tmp_path / "a", "--run-date", RUN_DATE)
+    result = invoke("run", *args, "--out", tmp_path / "a", "--run-date", RUN_DATE)
     expect(result, 2)
     assert "holds the labels input" in result.stderr
     assert snapshot(tmp_path) == before
@@ -76,7 +77,7 @@ def test_out_inside_the_predictions_folder_is_refused(tmp_path: Path) -> None:
     labels = write(soft_labels(), tmp_path / "labels.parquet")
     predictions = write_hive(prob_predictions(), tmp_path / "predictions")
     before = snapshot(tmp_path)
-    result = klrank(
+    result = invoke(
         "run", "-l", labels, "-p", predictions, "--out", predictions / "reports",
         "--run-date", RUN_DATE,
     )  # fmt: skip
@@ -88,7 +89,7 @@ def test_out_inside_the_predictions_folder_is_refused(tmp_path: Path) -> None:
 def test_out_inside_a_glob_input_root_is_refused(tmp_path: Path) -> None:
     labels = write(soft_labels(), tmp_path / "labels.parquet")
     predictions = write_hive(prob_predictions(), tmp_path / "predictions")
-    result = klrank(
+    result = invoke(
         "run", "-l", labels, "-p", f"{predictions}/**/*.parquet", "--out",
         predictions / "model=m" / "out",
     )  # fmt: skip
@@ -121,7 +122,7 @@ def test_out_that_a_glob_reads_through_links_or_a_last_star_star_is_refused(
     write_hive(prob_predictions(), tmp_path / "predictions")
     spec, out = case(tmp_path)
     failures = tmp_path / "failures.parquet"  # not below --out: only the --out check can refuse
-    result = klrank("run", "-l", labels, "-p", spec, "--out", out, "--failures", failures)
+    result = invoke("run", "-l", labels, "-p", spec, "--out", out, "--failures", failures)
     expect(result, 2)
     assert "lies inside the predictions input" in result.stderr
     assert not out.exists()
@@ -136,7 +137,7 @@ def test_failures_file_that_is_an_input_is_refused_and_kept(tmp_path: Path) -> N
     args = _inputs(tmp_path)
     labels = Path(args[1])
     before = labels.read_bytes()
-    result = klrank("run", *args, "--out", tmp_path / "out", "--failures", labels)
+    result = invoke("run", *args, "--out", tmp_path / "out", "--failures", labels)
     expect(result, 2)
     assert "--failures" in result.stderr and "labels input" in result.stderr
     assert labels.read_bytes() == before
@@ -146,7 +147,7 @@ def test_failures_file_klrank_did_not_write_is_refused_and_kept(tmp_path: Path) 
     mine = tmp_path / "notes.parquet"
     pl.DataFrame({"x": [1]}).write_parquet(mine)
     before = mine.read_bytes()
-    result = klrank("run", *_inputs(tmp_path), "--out", tmp_path / "out", "--failures", mine)
+    result = invoke("run", *_inputs(tmp_path), "--out", tmp_path / "out", "--failures", mine)
     expect(result, 2)
     assert "not a failure-cases file of klrank" in result.stderr
     assert mine.read_bytes() == before
@@ -155,7 +156,7 @@ def test_failures_file_klrank_did_not_write_is_refused_and_kept(tmp_path: Path) 
 def test_out_that_is_the_labels_file_is_refused_as_an_input(tmp_path: Path) -> None:
     args = _inputs(tmp_path)
     before = snapshot(tmp_path)
-    result = klrank("run", *args, "--out", args[1])
+    result = invoke("run", *args, "--out", args[1])
     expect(result, 2)  # a usage error, not an I/O one (74): the path is an input
     assert "is or holds the labels input" in result.stderr
     assert snapshot(tmp_path) == before
@@ -175,7 +176,7 @@ def test_failures_that_readers_of_the_reports_would_read_are_refused(
 ) -> None:
     bad = prob_predictions().with_columns(pl.lit(2.0).alias("prob_a"))  # fails validation
     args = inputs(tmp_path / "in", soft_labels(), bad)
-    result = klrank("run", *args, "--out", "out", "--failures", failures, *extra, cwd=tmp_path)
+    result = invoke("run", *args, "--out", "out", "--failures", failures, *extra, cwd=tmp_path)
     expect(result, 2)
     assert "--failures" in result.stderr and "lies in it" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing written, no lock
@@ -184,7 +185,7 @@ def test_failures_that_readers_of_the_reports_would_read_are_refused(
 def test_failures_under_an_underscore_folder_of_out_are_written(tmp_path: Path) -> None:
     bad = prob_predictions().with_columns(pl.lit(2.0).alias("prob_a"))
     failures = tmp_path / "out" / "_checks" / "failures.parquet"
-    result = klrank(
+    result = invoke(
         "run", *inputs(tmp_path, soft_labels(), bad), "--out", tmp_path / "out",
         "--run-date", RUN_DATE, "--failures", failures,
     )  # fmt: skip
@@ -202,7 +203,7 @@ def test_an_existing_folder_that_is_not_a_report_is_refused_untouched(tmp_path: 
     (docs / "thesis.tex").write_text("chapter 1")
     (docs / "private" / "notes.txt").write_text("keep")
     before = snapshot(docs)
-    result = klrank("run", *_inputs(tmp_path), "--out", docs)
+    result = invoke("run", *_inputs(tmp_path), "--out", docs)
     expect(result, 2)
     assert "exists and is not a klrank report" in result.stderr
     assert snapshot(docs) == before
@@ -214,7 +215,7 @@ def test_a_dated_partition_that_is_not_a_report_is_refused(tmp_path: Path) -> No
     night.mkdir(parents=True)
     (night / "mine.csv").write_text("a,b")
     before = snapshot(tmp_path / "out")
-    result = klrank("run", *_inputs(tmp_path), "--out", tmp_path / "out", "--run-date", RUN_DATE)
+    result = invoke("run", *_inputs(tmp_path), "--out", tmp_path / "out", "--run-date", RUN_DATE)
     expect(result, 2)
     assert snapshot(tmp_path / "out") == before
 
@@ -222,8 +223,8 @@ def test_a_dated_partition_that_is_not_a_report_is_refused(tmp_path: Path) -> No
 def test_an_empty_folder_and_a_report_are_replaced(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    expect(klrank("run", *_inputs(tmp_path), "--out", out), 0)
-    expect(klrank("run", *_inputs(tmp_path), "--out", out, "--base", "e"), 0)
+    expect(invoke("run", *_inputs(tmp_path), "--out", out), 0)
+    expect(invoke("run", *_inputs(tmp_path), "--out", out, "--base", "e"), 0)
     assert pl.read_parquet(out / "report.parquet").get_column("unit").unique().to_list() == ["nats"]
 
 
@@ -232,26 +233,26 @@ def test_a_report_holding_a_file_the_user_added_is_refused(tmp_path: Path, dated
     out = tmp_path / "out"
     extra = ["--run-date", RUN_DATE] if dated else []
     target = out / f"run_date={RUN_DATE}" if dated else out
-    expect(klrank("run", *_inputs(tmp_path), "--out", out, *extra), 0)
+    expect(invoke("run", *_inputs(tmp_path), "--out", out, *extra), 0)
     (target / "notes.md").write_text("why model m won")
     (target / "data").symlink_to(tmp_path)
     before = snapshot(out)
-    result = klrank("run", *_inputs(tmp_path), "--out", out, *extra)
+    result = invoke("run", *_inputs(tmp_path), "--out", out, *extra)
     expect(result, 2)
     assert "klrank did not write 'data'" in result.stderr
     assert snapshot(out) == before
     (target / "data").unlink()
     (target / "notes.md").unlink()
-    expect(klrank("run", *_inputs(tmp_path), "--out", out, *extra), 0)  # its own files: replaced
+    expect(invoke("run", *_inputs(tmp_path), "--out", out, *extra), 0)  # its own files: replaced
 
 
 def test_a_folder_holding_only_failure_records_is_klranks(tmp_path: Path) -> None:
     out = tmp_path / "out"
     bad = prob_predictions().with_columns(pl.lit(2.0).alias("prob_a"))
-    failed = klrank("run", *inputs(tmp_path / "bad", soft_labels(), bad), "--out", out)
+    failed = invoke("run", *inputs(tmp_path / "bad", soft_labels(), bad), "--out", out)
     expect(failed, 1)
     assert (out / "_failures" / "failures.parquet").is_file()
-    expect(klrank("run", *_inputs(tmp_path), "--out", out), 0)
+    expect(invoke("run", *_inputs(tmp_path), "--out", out), 0)
     assert not (out / "_failures").exists()  # the stale record went with the swap
 
 
@@ -260,14 +261,14 @@ def test_out_through_a_symlink_publishes_into_its_target(tmp_path: Path) -> None
     real.mkdir()
     link = tmp_path / "link"
     link.symlink_to(real)
-    expect(klrank("run", *_inputs(tmp_path), "--out", link, "--run-date", RUN_DATE), 0)
-    expect(klrank("run", *_inputs(tmp_path), "--out", link), 2)  # it holds a night now
+    expect(invoke("run", *_inputs(tmp_path), "--out", link, "--run-date", RUN_DATE), 0)
+    expect(invoke("run", *_inputs(tmp_path), "--out", link), 2)  # it holds a night now
     assert link.is_symlink() and link.resolve() == real
     assert (real / f"run_date={RUN_DATE}" / "report.parquet").is_file()
     undated = tmp_path / "undated-link"
     undated.symlink_to(tmp_path / "undated")
-    expect(klrank("run", *_inputs(tmp_path), "--out", undated), 0)
-    expect(klrank("run", *_inputs(tmp_path), "--out", undated), 0)  # a rerun: the same link
+    expect(invoke("run", *_inputs(tmp_path), "--out", undated), 0)
+    expect(invoke("run", *_inputs(tmp_path), "--out", undated), 0)  # a rerun: the same link
     assert undated.is_symlink() and (tmp_path / "undated" / "report.parquet").is_file()
 
 
@@ -275,7 +276,7 @@ def test_a_mount_point_out_is_refused_before_any_work(tmp_path: Path) -> None:
     if not os.path.ismount("/dev/shm"):
         pytest.skip("needs /dev/shm as a mount point")
     for extra in ([], ["--run-date", RUN_DATE]):
-        result = klrank("run", *_inputs(tmp_path), "--out", "/dev/shm", *extra)
+        result = invoke("run", *_inputs(tmp_path), "--out", "/dev/shm", *extra)
         expect(result, 2)
         assert "is a mount point" in result.stderr and "/dev/shm/klrank" in result.stderr
     assert not list(Path("/dev/shm").glob(".run_date=*.klrank.lock"))
@@ -301,7 +302,7 @@ def test_a_bind_mount_of_the_same_file_system_is_refused_before_any_work(tmp_pat
     with _bind_mounted(tmp_path / "source", point):
         assert not os.path.ismount(point)  # what the check cannot rely on alone
         for extra in ([], ["--run-date", RUN_DATE]):
-            result = klrank("run", *_inputs(tmp_path), "--out", point, *extra)
+            result = invoke("run", *_inputs(tmp_path), "--out", point, *extra)
             expect(result, 2)  # not 74 (EBUSY, EXDEV) once all the work is done
             assert "is a mount point" in result.stderr
         assert list(point.iterdir()) == [] and _staging(tmp_path) == []
@@ -312,7 +313,7 @@ def test_an_out_name_of_230_characters_publishes(tmp_path: Path, dated: bool) ->
     out = tmp_path / ("r" * 230)
     extra = ["--run-date", RUN_DATE] if dated else []
     for _ in range(2):  # the rerun swaps: its staging name must fit too
-        expect(klrank("run", *_inputs(tmp_path), "--out", out, *extra), 0)
+        expect(invoke("run", *_inputs(tmp_path), "--out", out, *extra), 0)
     assert (out / (f"run_date={RUN_DATE}" if dated else "") / "_SUCCESS").is_file()
 
 
@@ -333,12 +334,12 @@ def test_an_undated_run_waits_for_a_dated_one_then_refuses_its_night(tmp_path: P
     args = _inputs(tmp_path)
     # A dated run holds the tree's lock shared while it works; the undated run must wait.
     with _holding(lock_path(out), fcntl.LOCK_SH):
-        busy = klrank("run", *args, "--out", out, "--lock-timeout", "0")
+        busy = invoke("run", *args, "--out", out, "--lock-timeout", "0")
         expect(busy, 75)
         waiting = start("run", *args, "--out", out, "--lock-timeout", "60")
         time.sleep(1.5)  # it has passed its first check and waits for the lock
         assert waiting.process.poll() is None
-        expect(klrank("run", *args, "--out", out, "--run-date", RUN_DATE), 0)  # shared: in
+        expect(invoke("run", *args, "--out", out, "--run-date", RUN_DATE), 0)  # shared: in
     night = snapshot(out)
     result = waiting.wait()
     expect(result, 2)  # checked again under the lock: the night it would replace is there
@@ -349,7 +350,7 @@ def test_an_undated_run_waits_for_a_dated_one_then_refuses_its_night(tmp_path: P
 def test_a_dated_run_waits_for_an_undated_one(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with _holding(lock_path(out), fcntl.LOCK_EX):
-        result = klrank(
+        result = invoke(
             "run", *_inputs(tmp_path), "--out", out, "--run-date", RUN_DATE, "--lock-timeout", "0"
         )
     expect(result, 75)
@@ -387,7 +388,7 @@ def test_sigkill_leftovers_never_reach_the_readme_readers_and_are_removed(
 ) -> None:
     reports = tmp_path / "reports"
     for day in ("2026-01-01", RUN_DATE):
-        expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", day), 0)
+        expect(invoke("run", *_inputs(tmp_path), "--out", reports, "--run-date", day), 0)
     expected = _readme_readers(reports)
     before = snapshot(reports)
     running = start("run", *slow_inputs, "--out", reports, "--run-date", RUN_DATE)
@@ -397,7 +398,7 @@ def test_sigkill_leftovers_never_reach_the_readme_readers_and_are_removed(
     assert _staging(tmp_path) != [] and _staging(reports) == []
     assert snapshot(reports) == before
     assert _readme_readers(reports) == expected
-    expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    expect(invoke("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
     assert _staging(tmp_path) == []  # the next run of the night removed what the dead one left
 
 
@@ -406,7 +407,7 @@ def test_sigkill_at_random_moments_of_a_rerun(
 ) -> None:
     reports = tmp_path / "reports"
     night = reports / f"run_date={RUN_DATE}"
-    expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    expect(invoke("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
     before = snapshot(reports)
     expected = _readme_readers(reports)
     rng = random.Random(12)
@@ -425,45 +426,45 @@ def test_sigkill_at_random_moments_of_a_rerun(
             before = snapshot(reports)
         assert _readme_readers(reports) == expected
     assert mid_work >= 1  # else no kill landed in the work and the loop proved nothing
-    expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    expect(invoke("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
     assert _staging(tmp_path) == [] and _staging(reports) == []
 
 
 def test_a_report_published_before_staging_moved_is_still_cleaned(tmp_path: Path) -> None:
     """Older klranks staged beside the target, named after it; such a leftover is removed."""
     reports = tmp_path / "reports"
-    expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    expect(invoke("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
     leftover = reports / f"{STAGING_PREFIX}run_date={RUN_DATE}-{'0' * 32}"
     leftover.mkdir()
     (leftover / "report.parquet").write_bytes(b"half")
     unrelated = reports / f"{STAGING_PREFIX}mine"
     unrelated.mkdir()
-    expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    expect(invoke("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
     assert not leftover.exists() and unrelated.exists()  # only what klrank names its own
 
 
 def test_history_never_replaces_a_file_it_did_not_write(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     args = _inputs(tmp_path)
-    expect(klrank("run", *args, "--out", reports, "--run-date", RUN_DATE), 0)
+    expect(invoke("run", *args, "--out", reports, "--run-date", RUN_DATE), 0)
     labels = Path(args[1])
     before = labels.read_bytes()
-    result = klrank("history", reports, "--chart", labels)
+    result = invoke("history", reports, "--chart", labels)
     expect(result, 2)
     assert "is not a chart klrank wrote" in result.stderr
     assert labels.read_bytes() == before
     chart = tmp_path / "chart.html"
-    expect(klrank("history", reports, "--chart", chart), 0)
-    expect(klrank("history", reports, "--chart", chart), 0)  # its own chart: replaced
+    expect(invoke("history", reports, "--chart", chart), 0)
+    expect(invoke("history", reports, "--chart", chart), 0)  # its own chart: replaced
 
 
 def test_a_chart_through_a_link_is_written_where_the_link_points(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
-    expect(klrank("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    expect(invoke("run", *_inputs(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
     link = tmp_path / "chart.html"
     link.symlink_to(tmp_path / "charts" / "latest.html")  # dangling until the first chart
     (tmp_path / "charts").mkdir()
     for _ in range(2):
-        expect(klrank("history", reports, "--chart", link), 0)
+        expect(invoke("history", reports, "--chart", link), 0)
         assert link.is_symlink()
         assert (tmp_path / "charts" / "latest.html").read_text().startswith("<!DOCTYPE html>")

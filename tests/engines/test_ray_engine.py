@@ -8,20 +8,18 @@ against it with --ray-address.
 import json
 import math
 import os
-import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pytest
-from cli_helpers import KLRANK, corrupt_first_page, expect, klrank, start
+from cli_helpers import KLRANK, corrupt_first_page, expect, invoke, klrank, start
 from helpers import class_frame, random_distributions
 from klrank.config import InputOptions, RunOptions
 from klrank.engines import ray as ray_engine
@@ -38,32 +36,6 @@ RELATIVE = 1e-12
 # D(mean P ‖ mean Q) of close means cancels: the class sums' last bits, which depend on the
 # order of additions, move it by ~1e-16 absolute; relative to a small value that is more.
 MARGINAL_ABSOLUTE = 1e-14
-
-
-@pytest.fixture(scope="session")
-def ray_token() -> Iterator[str]:
-    """Token authentication on, with a token of the tests' own, for every Ray process."""
-    token = secrets.token_hex(16)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_AUTH_MODE", "token")
-        patch.setenv("RAY_AUTH_TOKEN", token)
-        yield token
-
-
-@pytest.fixture(scope="session")
-def local_ray(ray_token: str) -> Iterator[None]:
-    """A local Ray instance of 2 CPUs for the whole session (the engine joins it)."""
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-    )
-    yield
-    ray.shutdown()
 
 
 def _inputs(folder: Path, rng: np.random.Generator, n: int = 2_000) -> tuple[Path, Path]:
@@ -320,7 +292,7 @@ def test_without_ray_installed_the_engine_is_a_usage_error_saying_how_to_install
 
 def test_ray_options_without_the_ray_engine_are_a_usage_error(tmp_path: Path) -> None:
     labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(9), n=50)
-    result = klrank(
+    result = invoke(
         "run", "--labels", labels, "--predictions", predictions, "--out", tmp_path / "out",
         "--partitions", "4",
     )  # fmt: skip
@@ -363,7 +335,9 @@ def test_the_cli_joins_a_separately_started_head_node(tmp_path: Path, ray_token:
         assert json.loads(result.stdout)["status"] == "success"
         _assert_equivalent(local, tmp_path / "ray")
     finally:
-        os.killpg(head.pid, 15)
+        # SIGKILL, the whole group: after SIGTERM the head's GCS lingers for ~30 s, and nothing
+        # of this throwaway cluster needs to be shut down in order.
+        os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=60)
     assert KLRANK.exists()
 

@@ -24,7 +24,7 @@ from cli_helpers import PUBLISHED_FILES, set_value
 
 pytestmark = pytest.mark.airflow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = REPO / ".venv-airflow" / "bin" / "airflow"
 KLRANK = Path(sys.executable).with_name("klrank")
 EXAMPLES = REPO / "examples" / "data"

@@ -3,6 +3,8 @@
 A full disk and a read-only folder are real: a small tmpfs mounted for the test (as root, which
 CI is: ``.ci/run`` sets ``KLRANK_REQUIRE_MOUNT=1`` there, so these tests cannot be skipped in
 CI), and a file-size limit (``RLIMIT_FSIZE``), which needs no privileges. Exit 70 stays for bugs.
+The command runs in this process (:func:`invoke`), but under the file-size limit, which is set
+on a process of its own.
 """
 
 import os
@@ -18,7 +20,7 @@ from cli_helpers import (
     _environment,
     expect,
     inputs,
-    klrank,
+    invoke,
     many_rows,
     prob_predictions,
     snapshot,
@@ -69,9 +71,9 @@ def test_a_full_disk_exits_74_and_keeps_the_previous_report(
     tmp_path: Path, small_disk: Path
 ) -> None:
     reports = small_disk / "reports"
-    expect(klrank("run", *_small(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    expect(invoke("run", *_small(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
     before = snapshot(small_disk)
-    result = klrank("run", *_many_rows(tmp_path / "big"), "--out", reports, "--run-date", RUN_DATE)
+    result = invoke("run", *_many_rows(tmp_path / "big"), "--out", reports, "--run-date", RUN_DATE)
     expect(result, 74)
     assert "No space left on device (ENOSPC)" in result.stderr
     assert "internal error" not in result.stderr
@@ -80,9 +82,9 @@ def test_a_full_disk_exits_74_and_keeps_the_previous_report(
 
 def test_a_read_only_out_exits_74_naming_the_path(tmp_path: Path, small_disk: Path) -> None:
     reports = small_disk / "reports"
-    expect(klrank("run", *_small(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    expect(invoke("run", *_small(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
     _read_only(small_disk)
-    result = klrank("run", *_small(tmp_path), "--out", reports, "--run-date", RUN_DATE)
+    result = invoke("run", *_small(tmp_path), "--out", reports, "--run-date", RUN_DATE)
     expect(result, 74)
     assert "Read-only file system (EROFS)" in result.stderr and str(reports) in result.stderr
 
@@ -92,7 +94,7 @@ def test_invalid_data_stays_exit_1_when_its_failures_cannot_be_written(
 ) -> None:
     _read_only(small_disk)
     bad = prob_predictions().with_columns(pl.lit(2.0).alias("prob_a"))
-    result = klrank(
+    result = invoke(
         "run", *inputs(tmp_path, soft_labels(), bad), "--out", tmp_path / "out",
         "--failures", small_disk / "failures.parquet",
     )  # fmt: skip
@@ -103,9 +105,9 @@ def test_invalid_data_stays_exit_1_when_its_failures_cannot_be_written(
 
 def test_a_read_only_history_chart_exits_74(tmp_path: Path, small_disk: Path) -> None:
     reports = tmp_path / "reports"
-    expect(klrank("run", *_small(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    expect(invoke("run", *_small(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
     _read_only(small_disk)
-    result = klrank("history", reports, "--chart", small_disk / "history.html")
+    result = invoke("history", reports, "--chart", small_disk / "history.html")
     expect(result, 74)
     assert "history.html" in result.stderr and "EROFS" in result.stderr
 
@@ -116,7 +118,7 @@ def test_failures_naming_a_folder_exits_74(tmp_path: Path) -> None:
     bad = prob_predictions().with_columns(pl.lit(2.0).alias("prob_a"))
     for command in ("run", "validate"):
         extra = ["--out", tmp_path / "out"] if command == "run" else []
-        result = klrank(
+        result = invoke(
             command, *inputs(tmp_path, soft_labels(), bad), *extra, "--failures", folder
         )
         expect(result, 74)
@@ -146,7 +148,7 @@ def test_a_file_size_limit_exits_74_without_privileges(tmp_path: Path) -> None:
 def test_a_config_file_that_is_not_utf8_is_a_usage_error(tmp_path: Path) -> None:
     config = tmp_path / "klrank.toml"
     config.write_bytes(b'base = "\xff"\n')
-    result = klrank("--config", config, "run", *_small(tmp_path), "--out", tmp_path / "out")
+    result = invoke("--config", config, "run", *_small(tmp_path), "--out", tmp_path / "out")
     expect(result, 2)
     assert "is not UTF-8 text" in result.stderr
 
@@ -184,7 +186,7 @@ def test_a_baseline_that_is_not_a_valid_report_is_a_usage_error(
     tmp_path: Path, broken: str
 ) -> None:
     baseline = _fake_report(tmp_path / "old" / "report.parquet", **BROKEN_COLUMNS[broken])
-    result = klrank("run", *_small(tmp_path), "--out", tmp_path / "out", "--baseline", baseline)
+    result = invoke("run", *_small(tmp_path), "--out", tmp_path / "out", "--baseline", baseline)
     expect(result, 2)
     assert f"'{baseline}' is not a valid klrank report" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -195,10 +197,10 @@ def test_a_history_night_that_is_not_a_valid_report_is_a_usage_error(
     tmp_path: Path, broken: str
 ) -> None:
     reports = tmp_path / "reports"
-    expect(klrank("run", *_small(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
+    expect(invoke("run", *_small(tmp_path), "--out", reports, "--run-date", RUN_DATE), 0)
     night = _fake_report(
         reports / "run_date=2026-01-03" / "report.parquet", **BROKEN_COLUMNS[broken]
     )
-    result = klrank("history", reports)
+    result = invoke("history", reports)
     expect(result, 2)
     assert f"'{night}' is not a valid klrank report" in result.stderr

@@ -1,5 +1,5 @@
 """The Array/List layout (and many classes): scipy oracle, equality with the column layout,
-positional and joined alignment, and bad array input through the real CLI."""
+positional and joined alignment, and bad array input through the CLI (in-process)."""
 
 import json
 import math
@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import scipy.special
 import scipy.stats
-from cli_helpers import expect, inputs, klrank
+from cli_helpers import expect, inputs, invoke
 from helpers import (
     class_frame,
     dyadic_distributions,
@@ -397,7 +397,7 @@ def test_bad_array_input_is_reported_by_the_cli(tmp_path: Path, change: object, 
         _array(p, "prob")
     )
     labels, predictions = change(labels, predictions)  # type: ignore[operator]
-    result = klrank(
+    result = invoke(
         "run",
         *inputs(tmp_path, labels, predictions),
         "--out", tmp_path / "out",
@@ -414,7 +414,7 @@ def test_logit_array_with_infinity_is_reported(tmp_path: Path) -> None:
     predictions = pl.DataFrame({"id": [1, 2], "model": ["m", "m"]}).with_columns(
         _array(np.array([[0.0, math.inf], [1.0, 2.0]]), "logit")
     )
-    result = klrank(
+    result = invoke(
         "validate",
         *inputs(tmp_path, labels, predictions),
         "--json",

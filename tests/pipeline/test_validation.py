@@ -13,7 +13,7 @@ from pathlib import Path
 import pandera.errors
 import polars as pl
 import pytest
-from cli_helpers import expect, inputs, klrank
+from cli_helpers import expect, inputs, invoke
 from klrank.pipeline.layout import ROW, Layout, resolve_layout
 from klrank.pipeline.validation import (
     FAILURE_SCHEMA,
@@ -195,7 +195,7 @@ def test_validate_with_hostile_ids_and_values_writes_one_stderr_line_per_check(
         }
     )
     failures = tmp_path / "fail\nures.parquet"
-    result = klrank(
+    result = invoke(
         "validate", *inputs(tmp_path, labels, predictions), "--failures", failures, "--quiet"
     )
     expect(result, 1)
