@@ -8,7 +8,7 @@ page, for a figure that plotly.js draws by itself.
 Notes
 -----
 * Nothing here validates a figure as plotly's Python side did: a misspelt attribute is ignored
-  by plotly.js, so the browser tests (tests/test_html_browser.py) check what is drawn.
+  by plotly.js, so the browser tests (tests/pipeline/test_html_browser.py) check what is drawn.
 * plotly.js 3 and later take an axis or figure title only as ``{"text": ...}``, never a string.
 * The JSON is strict (:func:`script_json`): a non-finite number raises instead of being written
   as ``NaN``, which JSON has not; callers turn them into ``None`` (:func:`finite`) and say in

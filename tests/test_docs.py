@@ -63,12 +63,12 @@ ILLUSTRATIVE = {
         "runs the checkout's own install, linked as /srv/klrank/.venv"
     ),
     ("docs/engines.md", "pip install 'klrank[ray]'"): (
-        "needs a Ray cluster at head-node:6379; tests/test_ray_engine.py runs the engine on a "
+        "needs a Ray cluster at head-node:6379; tests/engines/test_ray_engine.py runs the engine on a "
         "local Ray"
     ),
     ("docs/airflow.md", "export AIRFLOW_HOME="): (
         "needs Airflow in .venv-airflow; `make test-airflow` runs the same `airflow dags test` "
-        "(tests/test_airflow.py)"
+        "(tests/airflow/test_airflow.py)"
     ),
     ("docs/scaling.md", "make bench"): (
         "times the 2m benchmark set (0.65 GiB to generate, minutes); "

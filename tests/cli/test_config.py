@@ -196,8 +196,10 @@ def test_show_rejects_an_unknown_command() -> None:
 
 
 def test_readme_example_config_is_accepted(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    # The Operations example (the "Run it every night" one is run by tests/test_readme.py).
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text(
+        encoding="utf-8"
+    )
+    # The config-file example of docs/operations.md (tests/test_docs.py runs it too).
     (example,) = [
         e for e in re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL) if "lock-timeout" in e
     ]

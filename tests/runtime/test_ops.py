@@ -40,7 +40,7 @@ from cli_helpers import (
 from klrank.io.targets import STAGING_PREFIX
 from klrank.runtime.lock import lock_path
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 RUN_DATE = "2026-01-02"
 BIG_ROWS = 1_000_000  # enough that a run is still measuring well after its staging folder exists
 
@@ -379,13 +379,13 @@ def test_sigterm_while_waiting_for_the_lock(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The README's cron line, run for real (without cron)
+# The manual's cron line (docs/operations.md), run for real (without cron)
 
 
 def _cron_line() -> str:
-    text = README.read_text(encoding="utf-8")
+    text = OPERATIONS.read_text(encoding="utf-8")
     block = re.search(r"<!-- cron-line -->\n```cron\n(.+?)\n```\n<!-- /cron-line -->", text)
-    assert block, "README.md lost its cron-line markers"
+    assert block, "docs/operations.md lost its cron-line markers"
     return block.group(1)
 
 

@@ -2,7 +2,7 @@
 option hands to the job layer, and how each error becomes an exit code and a JSON summary.
 
 The job layer (klrank.run.run, validate, klrank.nightly.history) is replaced where a test is
-about the CLI's translation only; tests/test_cli.py runs the real thing in a process.
+about the CLI's translation only; tests/cli/test_cli.py keeps one real process per command and exit code.
 """
 
 import datetime as dt
