@@ -519,7 +519,14 @@ class Evaluation:
                     _copy(self._rows_path, folder / ROWS_FILE)
                 self.write(folder, options)
         events.emit("published", target=str(options.target))
+        remove_stale_failures(options)
         return options.target
+
+
+def remove_stale_failures(options: RunOptions) -> None:
+    """Delete the failure cases an earlier failed run of this target left, if klrank wrote them."""
+    if targets.is_failures_file(options.failures_path):
+        writing.remove_file(options.failures_path)
 
 
 def _copy(source: Path, target: Path) -> None:

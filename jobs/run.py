@@ -20,9 +20,10 @@ from klrank.evaluation import (
     input_paths,
     measure,
     open_inputs,
+    remove_stale_failures,
 )
 from klrank.evaluation import Timings as Timings  # the CLI times validate with it
-from klrank.io import publishing, targets, writing
+from klrank.io import publishing, targets
 from klrank.pipeline.fold import Measures
 from klrank.pipeline.gates import GateResult
 from klrank.runtime import events
@@ -113,6 +114,5 @@ def run(options: RunOptions) -> RunSummary:
     events.emit(
         "published", target=str(options.target), seconds=round(time.perf_counter() - clock, 4)
     )
-    if targets.is_failures_file(options.failures_path):  # a stale record of an earlier failed run
-        writing.remove_file(options.failures_path)
+    remove_stale_failures(options)
     return RunSummary(options.target, evaluation.report, summary, manifest, evaluation.gates)

@@ -241,3 +241,17 @@ def test_classes_name_the_array_positions() -> None:
     assert evaluation.class_contributions.get_column("class").to_list() == ["cat", "dog"]
     assert evaluation.worst_rows is None
     assert CLASSES  # the helpers' classes are a, b, c; these are named here
+
+
+def test_publish_removes_the_failure_cases_of_an_earlier_failed_run(tmp_path: Path) -> None:
+    labels, predictions = _inputs(tmp_path)
+    bad = write(
+        set_value(prob_predictions(), "prob_a", -0.5, model="n", id=2), tmp_path / "bad.parquet"
+    )
+    out = tmp_path / "out"
+    expect(klrank("run", "--labels", labels, "--predictions", bad, "--out", out), 1)
+    failures = out / "_failures" / "failures.parquet"
+    assert failures.is_file()
+    api.evaluate(labels, predictions).publish(out)
+    assert not failures.exists()  # as klrank run removes it
+    assert (out / "report.parquet").is_file()
