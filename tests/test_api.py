@@ -243,15 +243,15 @@ def test_classes_name_the_array_positions() -> None:
     assert CLASSES  # the helpers' classes are a, b, c; these are named here
 
 
-def test_publish_removes_the_failure_cases_of_an_earlier_failed_run(tmp_path: Path) -> None:
+def test_publish_removes_the_failure_cases_of_an_earlier_failed_night(tmp_path: Path) -> None:
     labels, predictions = _inputs(tmp_path)
-    bad = write(
-        set_value(prob_predictions(), "prob_a", -0.5, model="n", id=2), tmp_path / "bad.parquet"
-    )
-    out = tmp_path / "out"
-    expect(klrank("run", "--labels", labels, "--predictions", bad, "--out", out), 1)
-    failures = out / "_failures" / "failures.parquet"
-    assert failures.is_file()
-    api.evaluate(labels, predictions).publish(out)
+    bad = set_value(prob_predictions(), "prob_a", -0.5, model="n", id=2)
+    bad_path = write(bad, tmp_path / "bad.parquet")
+    out, night = tmp_path / "out", "2026-03-04"
+    args = ("--labels", labels, "--out", out, "--run-date", night)
+    expect(klrank("run", *args, "--predictions", bad_path), 1)
+    failures = out / "_failures" / f"run_date={night}" / "failures.parquet"
+    assert failures.is_file()  # outside the night's folder: publishing the night keeps it
+    api.evaluate(labels, predictions).publish(out, run_date=night)
     assert not failures.exists()  # as klrank run removes it
-    assert (out / "report.parquet").is_file()
+    assert (out / f"run_date={night}" / "report.parquet").is_file()
