@@ -41,7 +41,7 @@ $(AIRFLOW_STAMP): jobs/airflow/constraints.txt
 	touch $(AIRFLOW_STAMP)
 
 test-airflow: $(STAMP) $(AIRFLOW_STAMP) ## Install Airflow in .venv-airflow, type-check the DAG and run it (airflow dags test)
-	MYPYPATH=jobs/airflow $(BIN)/mypy --python-executable $(AIRFLOW_VENV)/bin/python jobs/airflow/klrank_nightly.py
+	MYPYPATH=jobs/airflow $(BIN)/mypy --python-executable $(AIRFLOW_VENV)/bin/python -m klrank_nightly
 	$(BIN)/pytest -m airflow
 
 lint: $(STAMP) ## ruff, ruff format --check, mypy --strict and the layering contracts (.importlinter)
