@@ -103,7 +103,7 @@ def show(
     command: Annotated[
         str | None,
         typer.Argument(
-            help="The command whose options to show [default: every one].", show_default=False
+            help="The command whose options to show \\[default: every one].", show_default=False
         ),
     ] = None,
     config: Config = None,

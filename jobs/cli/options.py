@@ -119,7 +119,7 @@ Classes = Annotated[
         "--classes",
         envvar="KLRANK_CLASSES",
         help="Comma-separated class names of the positions of Array/List distribution columns "
-        "[default: 0..K-1].",
+        "\\[default: 0..K-1].",
         show_default=False,
     ),
 ]

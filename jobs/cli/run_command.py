@@ -158,7 +158,7 @@ EngineOption = Annotated[
     typer.Option(
         "--engine",
         envvar="KLRANK_ENGINE",
-        help="local: this machine. ray: a Ray cluster (pip install 'klrank[ray]'); "
+        help="local: this machine. ray: a Ray cluster (pip install 'klrank\\[ray]'); "
         "quantiles then come from a sketch within 0.1 %.",
     ),
 ]

@@ -295,3 +295,17 @@ def test_version(cli: Cli) -> None:
 def test_every_command_has_help(cli: Cli, command: str) -> None:
     result = cli(*command.split(), "--help")
     assert result.code == 0 and "Usage: klrank " + command in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ("run", "pip install 'klrank[ray]'"),
+        ("run", "columns [default: 0..K-1]."),
+        ("config show", "options to show [default: every one]."),
+    ],
+)
+def test_brackets_in_help_are_shown_not_read_as_markup(cli: Cli, command: str, shown: str) -> None:
+    # Rich read "[ray]" and "[default: ...]" as markup tags and dropped them from the help.
+    result = cli(*command.split(), "--help")
+    assert shown in " ".join(result.stdout.replace("│", " ").split())
