@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 from klrank.config import InputOptions
 from klrank.engines import ray as ray_engine
+from klrank.engines.local import label_means
 from klrank.evaluation import Timings, open_inputs
 from klrank.io import reading
 from klrank.pipeline.fold import Measures
@@ -76,6 +77,7 @@ def main() -> None:
         spec = ray_engine._PartSpec(
             layout, Measures(), models, label_schema, prediction_schema,
             ray_engine._offsets(counts), rows_dir, True, None,
+            label_means(labels, layout, Measures()),
         )  # fmt: skip
         for attempt in range(2):
             start = _cpu()

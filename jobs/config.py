@@ -12,6 +12,8 @@ from klrank.pipeline.gates import Gates
 from klrank.schemas.outputs import FAILURES_FILE, FAILURES_FOLDER, RUN_DATE_KEY
 
 TruthOption = Literal["auto", "hard", "soft"]
+# Replicates of the Poisson bootstrap of the ranking (p_best, rank_low, rank_high) by default.
+DEFAULT_BOOTSTRAP = 200
 Engine = Literal["local", "ray"]
 
 
@@ -30,6 +32,8 @@ class InputOptions:
     tolerance: float = 1e-6
     slice_by: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()  # names of array positions; default "0".."K-1"
+    weight_col: str | None = None  # a labels column of row weights
+    cluster_by: str | None = None  # a labels column of cluster keys (cluster-robust errors)
 
     def __post_init__(self) -> None:
         if len(set(self.classes)) != len(self.classes):
@@ -60,6 +64,8 @@ class RunOptions:
     engine: Engine = "local"
     ray_address: str | None = None  # engine "ray": a cluster to join; None starts a local one
     partitions: int | None = None  # engine "ray": parts the rows are split into; None: automatic
+    bootstrap: int = DEFAULT_BOOTSTRAP  # Poisson bootstrap replicates of the ranking; 0: none
+    seed: int = 0  # of the bootstrap's weights
 
     def __post_init__(self) -> None:
         if self.engine not in ("local", "ray"):
@@ -78,6 +84,8 @@ class RunOptions:
             raise UsageError(f"--base must be one of {', '.join(LOG_BASES)}, got {self.base!r}")
         if not (0.0 <= self.epsilon < 1.0):
             raise UsageError(f"--epsilon must be in [0, 1), got {self.epsilon}")
+        if self.bootstrap < 0:
+            raise UsageError(f"--bootstrap must be >= 0, got {self.bootstrap}")
         if self.worst < 0:
             raise UsageError(f"--worst must be >= 0, got {self.worst}")
         if self.rank_by not in RANK_METRICS:
@@ -119,6 +127,8 @@ class RunOptions:
             "worst": self.worst,
             "engine": self.engine,
             "partitions": self.partitions,
+            "bootstrap": self.bootstrap,
+            "seed": self.seed,
         }
         options["slice_by"] = list(self.inputs.slice_by)
         options["classes"] = list(self.inputs.classes)

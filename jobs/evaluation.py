@@ -24,7 +24,7 @@ from typing import Any
 
 import polars as pl
 from klrank._version import __version__
-from klrank.config import Engine, InputOptions, RunOptions, TruthOption
+from klrank.config import DEFAULT_BOOTSTRAP, Engine, InputOptions, RunOptions, TruthOption
 from klrank.engines.local import evaluate as evaluate_locally
 from klrank.engines.ray import RayOptions, evaluate_on_ray
 from klrank.io import oserrors, plotly_bundle, publishing, reading, targets, writing
@@ -187,6 +187,8 @@ def open_inputs(
             classes=options.classes,
             label_list_width=_list_widths(labels, options),
             prediction_list_width=_list_widths(predictions, options),
+            weight_col=options.weight_col,
+            cluster_col=options.cluster_by,
         )
         with timings.phase("validate_structure"):  # inside scan: columns and dtypes
             structure = check_structure(labels.frame, predictions.frame, layout)
@@ -286,6 +288,8 @@ def measures_of(options: RunOptions) -> Measures:
         options.rank_by,
         options.inputs.tolerance,
         worst_rows=options.worst,
+        bootstrap=options.bootstrap,
+        seed=options.seed,
     )
 
 
@@ -592,6 +596,8 @@ def evaluate(
     tolerance: float = 1e-6,
     slice_by: Sequence[str] = (),
     classes: Sequence[str] = (),
+    weight_col: str | None = None,
+    cluster_by: str | None = None,
     base: str | int = "2",
     epsilon: float = 0.0,
     rank_by: str = "mean_kl",
@@ -603,6 +609,9 @@ def evaluate(
     max_regression: float | None = None,
     alpha: float = 0.05,
     expect_best: str | None = None,
+    expect_beats_prior: bool = False,
+    bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
     failures: str | os.PathLike[str] | None = None,
     lock_timeout: float = 600.0,
     engine: Engine = "local",
@@ -669,6 +678,8 @@ def evaluate(
         tolerance=tolerance,
         slice_by=tuple(slice_by),
         classes=tuple(classes),
+        weight_col=weight_col,
+        cluster_by=cluster_by,
     )
     options = RunOptions(
         inputs=input_options,
@@ -679,13 +690,15 @@ def evaluate(
         write_rows=rows,
         failures=None if failures is None else Path(failures),
         baseline=None if baseline is None else os.fspath(baseline),
-        gates=Gates(max_mean_kl, max_regression, alpha, expect_best),
+        gates=Gates(max_mean_kl, max_regression, alpha, expect_best, expect_beats_prior),
         lock_timeout=lock_timeout,
         write_html=html,
         worst=worst,
         engine=engine,
         ray_address=ray_address,
         partitions=partitions,
+        bootstrap=bootstrap,
+        seed=seed,
     )
     failures_path = options.failures
     if failures_path is not None:

@@ -105,6 +105,9 @@ def load_baseline(spec: str, out: Path, run_date: dt.date | None, unit: str) -> 
     if file is None:
         return Baseline(spec, None, None, None, None)
     frame, found_unit = _read_report(file, BASELINE_INPUT_COLUMNS)
+    if frame.height and reading.report_version(file) not in ("1", "2"):  # n_clusters since 3
+        clusters, _ = _read_report(file, (*BASELINE_INPUT_COLUMNS[:2], "n_clusters"))
+        frame = frame.join(clusters, on=list(BASELINE_INPUT_COLUMNS[:2]), how="left")
     return Baseline(spec, file, run_date_text, found_unit, in_unit(frame, found_unit, unit))
 
 

@@ -124,28 +124,69 @@ def slice_key_columns(slice_cols: Sequence[str]) -> dict[str, pl.Expr]:
     return keys
 
 
-def _moments(value: pl.Expr, prefix: str) -> list[pl.Expr]:
-    # Count, sum and centred second moment of the finite values; non-finite ones are counted apart.
-    finite = value.filter(value.is_finite())
+# The moments of a mean's state (:func:`_moments`), after the prefix ("kl_n", "kl_w", ...).
+MOMENTS = ("n", "w", "sum", "m2", "q", "r", "c")
+INFINITE_COUNTS = ("n_pos_inf", "n_neg_inf", "n_nan")
+WEIGHT_SUM = "w_sum"  # Σ w over a slice's rows (their number without weights)
+
+
+def _moments(value: pl.Expr, prefix: str, weight: pl.Expr | None = None) -> list[pl.Expr]:
+    """The mergeable state of a weighted mean and its standard error, over the finite values.
+
+    Of the rows of positive weight with a finite value: their count ``n``, ``w`` = Σw,
+    ``sum`` = Σwx, ``m2`` = Σw(x − x̄)², ``q`` = Σw²(x − x̄)², ``r`` = Σw²(x − x̄) and
+    ``c`` = Σw², x̄ their weighted mean; the non-finite values of positive weight are counted
+    apart. Without weights every w is 1: ``w`` = ``c`` = n, ``q`` = ``m2``, ``r`` = 0.
+    """
+    counted = value.is_finite() if weight is None else value.is_finite() & (weight > 0)
+    finite = value.filter(counted)
+    n = finite.len()
+    positive = pl.lit(True) if weight is None else weight > 0
+    counts = [
+        ((value == math.inf) & positive).sum().cast(pl.Int64).alias(f"{prefix}_n_pos_inf"),
+        ((value == -math.inf) & positive).sum().cast(pl.Int64).alias(f"{prefix}_n_neg_inf"),
+        (value.is_nan() & positive).sum().cast(pl.Int64).alias(f"{prefix}_n_nan"),
+    ]
+    if weight is None:
+        m2 = finite.var(ddof=0).fill_null(0.0) * n
+        return [
+            n.cast(pl.Int64).alias(f"{prefix}_n"),
+            n.cast(pl.Float64).alias(f"{prefix}_w"),
+            finite.sum().alias(f"{prefix}_sum"),
+            m2.alias(f"{prefix}_m2"),
+            m2.alias(f"{prefix}_q"),
+            pl.lit(0.0).alias(f"{prefix}_r"),
+            n.cast(pl.Float64).alias(f"{prefix}_c"),
+            *counts,
+        ]
+    w = weight.filter(counted)
+    deviation = finite - (w * finite).sum() / w.sum()
     return [
-        finite.len().cast(pl.Int64).alias(f"{prefix}_n"),
-        finite.sum().alias(f"{prefix}_sum"),
-        (finite.var(ddof=0).fill_null(0.0) * finite.len()).alias(f"{prefix}_m2"),
-        (value == math.inf).sum().cast(pl.Int64).alias(f"{prefix}_n_pos_inf"),
-        (value == -math.inf).sum().cast(pl.Int64).alias(f"{prefix}_n_neg_inf"),
-        value.is_nan().sum().cast(pl.Int64).alias(f"{prefix}_n_nan"),
+        n.cast(pl.Int64).alias(f"{prefix}_n"),
+        w.sum().alias(f"{prefix}_w"),
+        (w * finite).sum().alias(f"{prefix}_sum"),
+        (w * deviation**2).sum().alias(f"{prefix}_m2"),
+        (w * w * deviation**2).sum().alias(f"{prefix}_q"),
+        (w * w * deviation).sum().alias(f"{prefix}_r"),
+        (w * w).sum().alias(f"{prefix}_c"),
+        *counts,
     ]
 
 
 def _merged_moments(prefix: str) -> list[pl.Expr]:
-    n, total, m2 = pl.col(f"{prefix}_n"), pl.col(f"{prefix}_sum"), pl.col(f"{prefix}_m2")
-    grand_mean = total.sum() / n.sum()
-    part_mean = pl.when(n > 0).then(total / n).otherwise(grand_mean)
+    """:func:`_moments` of disjoint parts combined: each part's moments moved to the grand mean."""
+    n, w, total, m2, q, r, c = (pl.col(f"{prefix}_{m}") for m in MOMENTS)
+    grand_mean = total.sum() / w.sum()
+    shift = pl.when(w > 0).then(total / w).otherwise(grand_mean) - grand_mean
     return [
         n.sum(),
+        w.sum(),
         total.sum(),
-        (m2.sum() + (n * (part_mean - grand_mean) ** 2).sum()).fill_nan(0.0),
-        *[pl.col(f"{prefix}_{count}").sum() for count in ("n_pos_inf", "n_neg_inf", "n_nan")],
+        (m2 + w * shift**2).sum().fill_nan(0.0).alias(f"{prefix}_m2"),
+        (q + 2.0 * shift * r + shift**2 * c).sum().fill_nan(0.0).alias(f"{prefix}_q"),
+        (r + shift * c).sum().fill_nan(0.0).alias(f"{prefix}_r"),
+        c.sum(),
+        *[pl.col(f"{prefix}_{count}").sum() for count in INFINITE_COUNTS],
     ]
 
 
@@ -154,22 +195,26 @@ ClassSums = Callable[[pl.DataFrame], tuple[Sequence[float], Sequence[float], Seq
 CLASS = "class"
 
 
-def _aggregations() -> list[pl.Expr]:
+def weighted(value: pl.Expr, weight: pl.Expr | None) -> pl.Expr:
+    """``value`` times the row's weight (``value`` itself without weights)."""
+    return value if weight is None else value * weight
+
+
+def _aggregations(weight: pl.Expr | None) -> list[pl.Expr]:
+    """The scalar state of rows of positive weight (``n_rows`` is added by the caller)."""
     return [
-        pl.len().cast(pl.Int64).alias("n_rows"),
-        *_moments(pl.col("kl"), "kl"),
-        pl.col("kl").min().alias("kl_min"),
-        pl.col("kl").max().alias("kl_max"),
-        *[pl.col(m).sum().alias(f"{m}_sum") for m in MEANS],
-        pl.col("top1_match").sum().cast(pl.Int64).alias("top1_sum"),
+        *_moments(pl.col("kl"), "kl", weight),
+        (pl.len().cast(pl.Float64) if weight is None else weight.sum()).alias(WEIGHT_SUM),
+        *[weighted(pl.col(m), weight).sum().alias(f"{m}_sum") for m in MEANS],
+        weighted(pl.col("top1_match").cast(pl.Float64), weight).sum().alias("top1_sum"),
     ]
 
 
-def column_class_sums(n_classes: int) -> ClassSums:
-    """Per-class sums of P, Q (for marginal_kl) and KL terms (contributions), one column a class."""
-    p = [pl.col(p_col(i)).sum() for i in range(n_classes)]
-    q = [pl.col(q_col(i)).sum() for i in range(n_classes)]
-    k = [pl.col(kl_term_col(i)).sum() for i in range(n_classes)]
+def column_class_sums(n_classes: int, weight: pl.Expr | None = None) -> ClassSums:
+    """Per-class (weighted) sums of P, Q (marginal_kl) and KL terms (contributions), by column."""
+    p = [weighted(pl.col(p_col(i)), weight).sum() for i in range(n_classes)]
+    q = [weighted(pl.col(q_col(i)), weight).sum() for i in range(n_classes)]
+    k = [weighted(pl.col(kl_term_col(i)), weight).sum() for i in range(n_classes)]
 
     def sums(rows: pl.DataFrame) -> tuple[Sequence[float], Sequence[float], Sequence[float]]:
         values = rows.select(
@@ -181,28 +226,115 @@ def column_class_sums(n_classes: int) -> ClassSums:
 
 
 def partial_states(
-    rows: pl.DataFrame, model: str, slice_keys: Sequence[str], class_sums: ClassSums
+    rows: pl.DataFrame,
+    model: str,
+    slice_keys: Sequence[str],
+    class_sums: ClassSums,
+    weight: str | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """States per slice of one model's rows (measures, P, Q and KL terms, and slice key columns).
 
     ``slice_keys`` name columns holding ``COL=value`` strings, one per ``--slice-by`` column;
     ``class_sums`` sums P, Q and the KL terms per class (:func:`column_class_sums`,
-    ``arrays.class_sums``).
+    ``arrays.class_sums``), weighted by the ``weight`` column if there is one.
     Returns the scalar states, one row per slice, and the class states, one row per slice and
     class (``p_sum``, ``q_sum``, ``kl_term_sum`` in nats: long, so a thousand classes are a
     thousand rows, not columns).
+
+    Notes
+    -----
+    With weights, rows of weight 0 count in ``n_rows`` only: they add nothing to any sum, even
+    where their kl is infinite (0·inf would be NaN).
     """
     scalars, classes = [], []
+    w = pl.col(weight) if weight is not None else None
     for name, part in slice_parts(rows, slice_keys):
         keys = [pl.lit(name).alias(SLICE), pl.lit(model).alias(MODEL)]
-        scalars.append(part.select(*keys, *_aggregations()))
-        p, q, k = class_sums(part)
+        counted = part if w is None else part.filter(w > 0)
+        every_row = part.select(
+            *keys,
+            pl.len().cast(pl.Int64).alias("n_rows"),
+            pl.col("kl").min().alias("kl_min"),  # over every row, as the quantiles are
+            pl.col("kl").max().alias("kl_max"),
+        )
+        scalars.append(pl.concat([every_row, counted.select(_aggregations(w))], how="horizontal"))
+        p, q, k = class_sums(counted)
         sums = pl.DataFrame(
             {CLASS: range(len(p)), "p_sum": p, "q_sum": q, "kl_term_sum": k},
             schema_overrides={CLASS: pl.Int32},
         )
         classes.append(sums.select(*keys, pl.all()))
     return pl.concat(scalars), pl.concat(classes)
+
+
+CLUSTER_KEY = "cluster"  # in cluster states: the cluster's key, as the labels hold it
+PRIOR_SUM = "prior_sum"  # in cluster states: Σ w·D(P‖P̄) of the cluster's rows
+
+
+def cluster_states(
+    rows: pl.DataFrame,
+    model: str,
+    slice_keys: Sequence[str],
+    cluster: str,
+    weight: str | None,
+    priors: Sequence[str],
+) -> pl.DataFrame:
+    """Per (slice, cluster): Σ w·kl (``kl_sum``, finite values), Σ w (``w_sum``) and the prior's.
+
+    The cluster-robust errors need every cluster's sums over all its rows, wherever they are in
+    the input, so these are kept per cluster (a row per slice and cluster a model) and merged by
+    :func:`merge_cluster_states`. ``priors`` name the per-row D(P‖P̄) columns: the first for
+    ``ALL``, then one per slice key column.
+    """
+    w = pl.col(weight) if weight is not None else pl.lit(1.0)
+    counted = rows if weight is None else rows.filter(pl.col(weight) > 0)
+    kl = pl.col("kl")
+
+    def sums(prior: str) -> list[pl.Expr]:
+        return [
+            (w * kl).filter(kl.is_finite()).sum().alias("kl_sum"),
+            (pl.len().cast(pl.Float64) if weight is None else w.sum()).alias(WEIGHT_SUM),
+            (w * pl.col(prior)).filter(pl.col(prior).is_finite()).sum().alias(PRIOR_SUM),
+        ]
+
+    frames = [
+        counted.group_by(pl.col(cluster).alias(CLUSTER_KEY)).agg(sums(priors[0]))
+        .select(pl.lit(ALL_ROWS).alias(SLICE), pl.all())
+    ]  # fmt: skip
+    for key, prior in zip(slice_keys, priors[1:], strict=True):
+        frames.append(
+            counted.group_by(pl.col(key).alias(SLICE), pl.col(cluster).alias(CLUSTER_KEY)).agg(
+                sums(prior)
+            )
+        )
+    return pl.concat(frames).select(SLICE, pl.lit(model).alias(MODEL), pl.exclude(SLICE))
+
+
+def merge_cluster_states(states: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """Combine cluster states of disjoint shards into one row per (slice, model, cluster)."""
+    return (
+        states.lazy()
+        .group_by([*KEYS, CLUSTER_KEY])
+        .agg(pl.col("kl_sum").sum(), pl.col(WEIGHT_SUM).sum(), pl.col(PRIOR_SUM).sum())
+        .collect(engine="in-memory")
+    )
+
+
+def cluster_meat(clusters: pl.DataFrame, means: pl.DataFrame) -> pl.DataFrame:
+    """Per (slice, model): the clusters of positive weight ``n_clusters`` and Σ_g u_g² (``meat``).
+
+    u_g = Σ_{i∈g} w_i (x_i − x̄) = ``kl_sum`` − x̄·``w_sum``, x̄ the (slice, model)'s mean in
+    ``means`` (column ``mean``): the middle of the sandwich variance of a weighted mean.
+    """
+    centred = clusters.join(means.select(*KEYS, "mean"), on=list(KEYS)).select(
+        *KEYS,
+        (pl.col(WEIGHT_SUM) > 0).alias("_counted"),
+        (pl.col("kl_sum") - pl.col("mean") * pl.col(WEIGHT_SUM)).alias("_u"),
+    )
+    return centred.group_by(KEYS).agg(
+        pl.col("_counted").sum().cast(pl.Int64).alias("n_clusters"),
+        (pl.col("_u") ** 2).filter(pl.col("_counted")).sum().alias("meat"),
+    )
 
 
 def merge_class_states(states: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
@@ -217,7 +349,7 @@ def merge_class_states(states: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
 
 def merge_states(states: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """Combine partial states of disjoint shards into one state per (slice, model)."""
-    sums = [f"{m}_sum" for m in MEANS] + ["n_rows", "top1_sum"]
+    sums = [f"{m}_sum" for m in MEANS] + ["n_rows", WEIGHT_SUM, "top1_sum"]
     return (
         states.lazy()
         .group_by(KEYS, maintain_order=True)
@@ -232,13 +364,21 @@ def merge_states(states: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
 
 
 def slice_parts(
-    frame: pl.DataFrame, slice_keys: Sequence[str]
+    frame: pl.DataFrame, slice_keys: Sequence[str], priors: Sequence[str] = ()
 ) -> Iterator[tuple[str, pl.DataFrame]]:
-    """The rows of every slice: all of them, then one part per value of each slice key column."""
-    yield ALL_ROWS, frame
-    for key in slice_keys:
+    """The rows of every slice: all of them, then one part per value of each slice key column.
+
+    ``priors``, when given, name the per-row D(P‖P̄) columns, one for ``ALL`` and one per slice
+    key column: each part gets its own as ``PRIOR``.
+    """
+
+    def with_prior(part: pl.DataFrame, dimension: int) -> pl.DataFrame:
+        return part.with_columns(pl.col(priors[dimension]).alias(PRIOR)) if priors else part
+
+    yield ALL_ROWS, with_prior(frame, 0)
+    for j, key in enumerate(slice_keys, start=1):
         for (value,), part in frame.partition_by(key, as_dict=True, maintain_order=True).items():
-            yield str(value), part
+            yield str(value), with_prior(part, j)
 
 
 def _linear_quantile(ordered: pl.Series, q: float) -> float | None:
@@ -307,25 +447,67 @@ def distributions(
     return quantile_frame, pl.concat([empty, *ecdfs])
 
 
+PRIOR = "_klprior"  # in a part of the kept rows: each row's D(P‖P̄), P̄ the slice's mean P
+
+
+def _weight_of(weight: str | None) -> pl.Expr | None:
+    return pl.col(weight) if weight is not None else None
+
+
 def paired_states(
-    parts: Sequence[tuple[str, pl.DataFrame]], kl_columns: Mapping[str, str], best: pl.DataFrame
+    parts: Sequence[tuple[str, pl.DataFrame]],
+    kl_columns: Mapping[str, str],
+    best: pl.DataFrame,
+    weight: str | None = None,
 ) -> pl.DataFrame:
     """States of d = kl − kl_best per (slice, model); the rows of a part are the same ids."""
     best_of = dict(zip(best.get_column(SLICE), best.get_column(MODEL), strict=True))
     rows = []
     for name, part in parts:
         best_column = pl.col(kl_columns[best_of[name]])
+        w = _weight_of(weight)
         for model, column in kl_columns.items():
-            state = part.select(_moments(pl.col(column) - best_column, "delta"))
+            state = part.select(_moments(pl.col(column) - best_column, "delta", w))
             rows.append(state.with_columns(pl.lit(name).alias(SLICE), pl.lit(model).alias(MODEL)))
     return pl.concat(rows).select(*KEYS, pl.exclude(*KEYS))
+
+
+def prior_states(
+    parts: Sequence[tuple[str, pl.DataFrame]],
+    kl_columns: Mapping[str, str],
+    weight: str | None = None,
+) -> pl.DataFrame:
+    """States of d = kl − D(P‖P̄) per (slice, model): each model against the prior's rows.
+
+    The parts carry the ``PRIOR`` column (see :func:`slice_parts`); merge with
+    :func:`merge_prior_states`.
+    """
+    rows = []
+    for name, part in parts:
+        w = _weight_of(weight)
+        for model, column in kl_columns.items():
+            state = part.select(_moments(pl.col(column) - pl.col(PRIOR), "dprior", w))
+            rows.append(state.with_columns(pl.lit(name).alias(SLICE), pl.lit(model).alias(MODEL)))
+    return pl.concat(rows).select(*KEYS, pl.exclude(*KEYS))
+
+
+def merge_prior_states(states: pl.DataFrame) -> pl.DataFrame:
+    """Combine :func:`prior_states` of disjoint shards into one per (slice, model)."""
+    return (
+        states.lazy()
+        .group_by(KEYS, maintain_order=True)
+        .agg(*_merged_moments("dprior"))
+        .collect(engine="in-memory")
+    )
 
 
 VERSUS = "versus"  # the other model of a pair, in paired_states_all
 
 
 def paired_states_all(
-    parts: Sequence[tuple[str, pl.DataFrame]], kl_columns: Mapping[str, str]
+    parts: Sequence[tuple[str, pl.DataFrame]],
+    kl_columns: Mapping[str, str],
+    weight: str | None = None,
 ) -> pl.DataFrame:
     """States of d = kl − kl_other per (slice, model, other) for every pair of models.
 
@@ -334,9 +516,10 @@ def paired_states_all(
     """
     rows = []
     for name, part in parts:
+        w = _weight_of(weight)
         for other, other_column in kl_columns.items():
             for model, column in kl_columns.items():
-                state = part.select(_moments(pl.col(column) - pl.col(other_column), "delta"))
+                state = part.select(_moments(pl.col(column) - pl.col(other_column), "delta", w))
                 rows.append(
                     state.with_columns(
                         pl.lit(name).alias(SLICE),
@@ -360,27 +543,45 @@ def merge_paired_states(states: pl.DataFrame, best: pl.DataFrame) -> pl.DataFram
     )
 
 
+def cluster_deltas(clusters: pl.DataFrame, best: pl.DataFrame | None) -> pl.DataFrame:
+    """Per (slice, model, cluster) the sums of d = kl − kl_best, or of kl − D(P‖P̄) (``best`` None).
+
+    In the columns :func:`cluster_meat` reads (``kl_sum`` holding the sum of d).
+    """
+    if best is None:
+        value = pl.col("kl_sum") - pl.col(PRIOR_SUM)
+        return clusters.select(*KEYS, CLUSTER_KEY, value.alias("kl_sum"), WEIGHT_SUM)
+    best_sums = clusters.join(best, on=list(KEYS), how="semi").select(
+        SLICE, CLUSTER_KEY, pl.col("kl_sum").alias("_best_sum")
+    )
+    return clusters.join(best_sums, on=[SLICE, CLUSTER_KEY]).select(
+        *KEYS, CLUSTER_KEY, (pl.col("kl_sum") - pl.col("_best_sum")).alias("kl_sum"), WEIGHT_SUM
+    )
+
+
 def marginal_kl(class_states: pl.DataFrame, states: pl.DataFrame, base: str) -> pl.DataFrame:
     """D(mean P ‖ mean Q) per (slice, model), with the conventions of the per-row divergence."""
-    mean = class_states.join(states.select(*KEYS, "n_rows"), on=list(KEYS)).select(
+    mean = class_states.join(states.select(*KEYS, WEIGHT_SUM), on=list(KEYS)).select(
         *KEYS,
-        (pl.col("p_sum") / pl.col("n_rows")).alias("p"),
-        (pl.col("q_sum") / pl.col("n_rows")).alias("q"),
+        (pl.col("p_sum") / pl.col(WEIGHT_SUM)).alias("p"),
+        (pl.col("q_sum") / pl.col(WEIGHT_SUM)).alias("q"),
     )
     p, q = pl.col("p"), pl.col("q")
     term = divergence.kl_divergence([p], [p.log()], [q.log()])  # one class a row: the term
+    entropy = divergence.entropy([p], [p.log()])
     return mean.group_by(KEYS, maintain_order=True).agg(
-        divergence.to_base(term.sum(), base).alias("marginal_kl")
+        divergence.to_base(term.sum(), base).alias("marginal_kl"),
+        divergence.to_base(entropy.sum(), base).alias("_entropy_of_mean"),
     )
 
 
 def class_contributions(
     class_states: pl.DataFrame, states: pl.DataFrame, base: str
 ) -> pl.DataFrame:
-    """How much each class adds to the mean KL, per (slice, model): Σ_rows p_c·log(p_c/q_c) / n.
+    """How much each class adds to the mean KL, per (slice, model): Σ_rows w·p_c·log(p_c/q_c) / Σw.
 
     Returns ``slice``, ``model``, ``class`` (position), ``contribution`` in ``base`` units, and
-    ``mean_p``, ``mean_q`` (the class's mean true and predicted probability).
+    ``mean_p``, ``mean_q`` (the class's (weighted) mean true and predicted probability).
 
     Notes
     -----
@@ -388,58 +589,94 @@ def class_contributions(
     negative (a class predicted more often than it occurs) and is +inf when some row has
     p_c > 0 and q_c = 0; terms are never -inf or NaN.
     """
-    n_rows = pl.col("n_rows")
+    total = pl.col(WEIGHT_SUM)
     return class_states.join(
-        states.select(*KEYS, "n_rows"), on=list(KEYS), maintain_order="left"
+        states.select(*KEYS, WEIGHT_SUM), on=list(KEYS), maintain_order="left"
     ).select(
         *KEYS,
         CLASS,
-        divergence.to_base(pl.col("kl_term_sum") / n_rows, base).alias("contribution"),
-        (pl.col("p_sum") / n_rows).alias("mean_p"),
-        (pl.col("q_sum") / n_rows).alias("mean_q"),
+        divergence.to_base(pl.col("kl_term_sum") / total, base).alias("contribution"),
+        (pl.col("p_sum") / total).alias("mean_p"),
+        (pl.col("q_sum") / total).alias("mean_q"),
     )
 
 
-def _interval(m2: float, n: int) -> tuple[float | None, float | None, float | None]:
-    """Sample standard deviation, standard error and 95% t half-width; None when n < 2."""
-    if n < 2:
-        return None, None, None
-    std = math.sqrt(m2 / (n - 1))
-    sem = std / math.sqrt(n)
-    return std, sem, student_t_ppf(0.975, n - 1) * sem
+STATS = ("mean", "std", "sem", "half_width", "p_value", "n_clusters")
 
 
-def _summary_stats(states: pl.DataFrame, prefix: str) -> pl.DataFrame:
+def _summary_stats(
+    states: pl.DataFrame, prefix: str, meat: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """Mean, std, sem, 95% CI half-width and t-test p-value (mean = 0) from moment states.
 
     With infinite values the mean is that infinity (None when both signs or NaN occur) and the
     spread statistics are None: they are undefined, and a number there would mislead.
+
+    Notes
+    -----
+    The weighted mean x̄ = Σwx / Σw of n rows has the sandwich (HC1) variance
+    n/(n−1) · Σw²(x − x̄)² / (Σw)², and std = sqrt(n/(n−1) · Σw(x − x̄)² / Σw); without
+    weights these are s²/n and the sample standard deviation s. With clusters (``meat``:
+    ``n_clusters`` G and Σ_g u_g² per (slice, model), :func:`cluster_meat`) the variance is
+    CR1's G/(G−1) · Σ_g u_g² / (Σw)², and the interval and p-value use Student's t with G − 1
+    degrees of freedom instead of n − 1: what statsmodels gives for a regression on a constant
+    with ``cov_type="cluster"`` and ``use_t=True`` (WLS with the weights).
     """
+    clusters: dict[tuple[str, str], tuple[int, float]] = {}
+    if meat is not None:
+        for slice_name, model, groups, middle in meat.select(
+            *KEYS, "n_clusters", "meat"
+        ).iter_rows():
+            clusters[(slice_name, model)] = (groups, middle)
     out = []
     for row in states.iter_rows(named=True):
-        pos, neg, nan = (row[f"{prefix}_{c}"] for c in ("n_pos_inf", "n_neg_inf", "n_nan"))
+        pos, neg, nan = (row[f"{prefix}_{c}"] for c in INFINITE_COUNTS)
         n = row[f"{prefix}_n"] + pos + neg + nan
+        total = row[f"{prefix}_w"]
         std = sem = half_width = p_value = None
         mean: float | None
-        if nan or (pos and neg) or n == 0:
+        groups = None
+        if meat is not None:
+            groups, middle = clusters.get((row[SLICE], row[MODEL]), (0, 0.0))
+        if nan or (pos and neg) or n == 0 or (not pos and not neg and total == 0):
             mean = None
         elif pos or neg:
             mean = math.inf if pos else -math.inf
         else:
-            mean = row[f"{prefix}_sum"] / n
-            std, sem, half_width = _interval(row[f"{prefix}_m2"], n)
-            if sem is not None:
+            mean = row[f"{prefix}_sum"] / total
+            df: float | None = None
+            if groups is not None:
+                if groups >= 2:
+                    df = groups - 1
+                    sem = math.sqrt(groups / df * middle) / total
+            elif n >= 2:
+                df = n - 1
+                sem = math.sqrt(n / df * row[f"{prefix}_q"]) / total
+            if n >= 2:
+                std = math.sqrt(n / (n - 1) * row[f"{prefix}_m2"] / total)
+            if sem is not None and df is not None:
+                half_width = student_t_ppf(0.975, df) * sem
                 p_value = (
-                    (1.0 if mean == 0 else 0.0)
-                    if sem == 0
-                    else two_sided_p_value(mean / sem, n - 1)
+                    (1.0 if mean == 0 else 0.0) if sem == 0 else two_sided_p_value(mean / sem, df)
                 )
         out.append(
-            {"mean": mean, "std": std, "sem": sem, "half_width": half_width, "p_value": p_value}
+            {
+                "mean": mean,
+                "std": std,
+                "sem": sem,
+                "half_width": half_width,
+                "p_value": p_value,
+                "n_clusters": groups,
+            }
         )
     return pl.DataFrame(
-        out, schema=dict.fromkeys(("mean", "std", "sem", "half_width", "p_value"), pl.Float64)
+        out, schema=dict.fromkeys(STATS[:-1], pl.Float64) | {"n_clusters": pl.Int64}
     )
+
+
+def means_of(states: pl.DataFrame, prefix: str) -> pl.DataFrame:
+    """Per (slice, model) the finite weighted mean of a moment state (``mean``), for the meat."""
+    return states.select(*KEYS, (pl.col(f"{prefix}_sum") / pl.col(f"{prefix}_w")).alias("mean"))
 
 
 def finalize(
@@ -448,9 +685,15 @@ def finalize(
     quantile_frame: pl.DataFrame,
     base: str,
     rank_by: str,
+    clusters: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """Report rows (without the paired comparison) from merged states and quantiles, ranked."""
-    stats = _summary_stats(states, "kl")
+    """Report rows (without the comparisons) from merged states and quantiles, ranked.
+
+    ``clusters``: the merged cluster states (:func:`merge_cluster_states`) of a clustered run.
+    """
+    meat = None if clusters is None else cluster_meat(clusters, means_of(states, "kl"))
+    stats = _summary_stats(states, "kl", meat)
+    total = pl.col(WEIGHT_SUM)
     frame = (
         pl.concat([states, stats], how="horizontal")
         .join(quantile_frame, on=list(KEYS), how="left")
@@ -469,9 +712,16 @@ def finalize(
         *QUANTILES,
         pl.col("kl_max").alias("max_kl"),
         pl.col("kl_n_pos_inf").alias("n_infinite"),
-        *[(pl.col(f"{m}_sum") / pl.col("n_rows")).alias(f"mean_{m}") for m in MEANS],
+        *[(pl.col(f"{m}_sum") / total).alias(f"mean_{m}") for m in MEANS],
         "marginal_kl",
-        (pl.col("top1_sum") / pl.col("n_rows")).alias("top1_agreement"),
+        (pl.col("top1_sum") / total).alias("top1_agreement"),
+        "n_clusters",
+        # H(P̄) − mean H(P) = the mean over rows of D(P‖P̄): the prior predicts the mean P.
+        (pl.col("_entropy_of_mean") - pl.col("entropy_sum") / total).alias("prior_mean_kl"),
+        # Filled by the bootstrap (klrank.pipeline.bootstrap), when the run asks for one.
+        pl.lit(None, pl.Float64).alias("p_best"),
+        pl.lit(None, pl.Int64).alias("rank_low"),
+        pl.lit(None, pl.Int64).alias("rank_high"),
     )
     descending = rank_by in HIGHER_IS_BETTER
     return report.with_columns(
@@ -494,32 +744,89 @@ def best_models(report: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def with_paired_comparison(report: pl.DataFrame, paired: pl.DataFrame) -> pl.DataFrame:
-    """Add delta_vs_best, its standard error and the two-sided paired t-test p-value."""
-    stats = _summary_stats(paired, "delta")
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of p-values; None stays None and is not counted.
+
+    Examples
+    --------
+    >>> holm([0.01, 0.04, None, 0.03])
+    [0.03, 0.06, None, 0.06]
+    """
+    present = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(present)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def with_paired_comparison(
+    report: pl.DataFrame, paired: pl.DataFrame, clusters: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """Add delta_vs_best, its standard error, the paired t-test p-value and its Holm adjustment.
+
+    ``clusters``: the merged cluster states of a clustered run, for cluster-robust errors. Holm
+    runs over the non-best models of each slice with a p-value.
+    """
+    best = best_models(report)
+    meat = None
+    if clusters is not None:
+        meat = cluster_meat(cluster_deltas(clusters, best), means_of(paired, "delta"))
+    stats = _summary_stats(paired, "delta", meat)
     deltas = pl.concat([paired.select(KEYS), stats], how="horizontal").select(
         *KEYS,
         pl.col("mean").alias("delta_vs_best"),
         pl.col("sem").alias("delta_vs_best_sem"),
         pl.col("p_value").alias("p_value_vs_best"),
     )
-    best = best_models(report).with_columns(is_best=pl.lit(True))
-    return (
+    is_best = pl.col("is_best")
+    compared = (
         report.join(deltas, on=list(KEYS), how="left")
-        .join(best, on=list(KEYS), how="left")
+        .join(best.with_columns(is_best=pl.lit(True)), on=list(KEYS), how="left")
         .with_columns(
-            pl.when(pl.col("is_best"))
-            .then(0.0)
-            .otherwise(pl.col("delta_vs_best"))
-            .alias("delta_vs_best"),
-            pl.when(pl.col("is_best"))
+            pl.when(is_best).then(0.0).otherwise(pl.col("delta_vs_best")).alias("delta_vs_best"),
+            pl.when(is_best)
             .then(0.0)
             .otherwise(pl.col("delta_vs_best_sem"))
             .alias("delta_vs_best_sem"),
-            pl.when(pl.col("is_best"))
+            pl.when(is_best)
             .then(None)
             .otherwise(pl.col("p_value_vs_best"))
             .alias("p_value_vs_best"),
         )
         .drop("is_best")
     )
+    adjusted = [
+        part.select(KEYS).with_columns(
+            pl.Series(
+                "p_value_vs_best_holm",
+                holm(part.get_column("p_value_vs_best").to_list()),
+                pl.Float64,
+            )
+        )
+        for part in compared.partition_by(SLICE, maintain_order=True)
+    ]
+    return compared.join(pl.concat(adjusted), on=list(KEYS), how="left", maintain_order="left")
+
+
+def with_prior_comparison(
+    report: pl.DataFrame, prior: pl.DataFrame | None, clusters: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """Add delta_vs_prior (mean kl − D(P‖P̄)), its standard error and paired p-value.
+
+    ``prior``: the merged :func:`prior_states`; None (no prior rows were kept) gives nulls.
+    """
+    columns = ("delta_vs_prior", "delta_vs_prior_sem", "p_value_vs_prior")
+    if prior is None:
+        return report.with_columns(pl.lit(None, pl.Float64).alias(c) for c in columns)
+    meat = None
+    if clusters is not None:
+        meat = cluster_meat(cluster_deltas(clusters, None), means_of(prior, "dprior"))
+    stats = _summary_stats(prior, "dprior", meat)
+    deltas = pl.concat([prior.select(KEYS), stats], how="horizontal").select(
+        *KEYS,
+        *(pl.col(s).alias(c) for s, c in zip(("mean", "sem", "p_value"), columns, strict=True)),
+    )
+    return report.join(deltas, on=list(KEYS), how="left", maintain_order="left")

@@ -11,7 +11,7 @@ layout to rounding.
 import polars as pl
 from klrank.pipeline import divergence
 from klrank.pipeline.aggregate import ClassSums
-from klrank.pipeline.layout import ARGMAX_P, ENTROPY, ID, Layout
+from klrank.pipeline.layout import ARGMAX_P, ENTROPY, ID, Layout, unit_columns
 
 P, LOG_P, Q, LOG_Q = "_P", "_LP", "_Q", "_LQ"
 KL_TERMS = "_KT"  # each class's term p·(log p − log q) of D(P‖Q), in nats
@@ -27,16 +27,17 @@ def _array(frame: pl.DataFrame, columns: list[str], width: int) -> pl.Series:
     return frame.select(pl.concat_arr([pl.col(c).cast(pl.Float64) for c in columns])).to_series()
 
 
-def _broadcast(values: pl.Series, width: int) -> pl.Series:
+def broadcast(values: pl.Series, width: int) -> pl.Series:
     """Each row's value once per class: the flat, row-major companion of an N × width array."""
     return values.gather(pl.int_range(0, values.len() * width, eager=True) // width)
 
 
-def _row_sums(flat: pl.Series, width: int) -> pl.Series:
+def row_sums(flat: pl.Series, width: int) -> pl.Series:
+    """The sum of each row of a flat, row-major N × width array."""
     return flat.reshape((-1, width)).arr.sum()
 
 
-def _label_values(batch: pl.DataFrame, layout: Layout) -> pl.Series:
+def label_values(batch: pl.DataFrame, layout: Layout) -> pl.Series:
     """P flattened row by row, in the order of ``layout.classes``."""
     width = len(layout.classes)
     if layout.truth == "hard":
@@ -48,7 +49,7 @@ def _label_values(batch: pl.DataFrame, layout: Layout) -> pl.Series:
             names = list(layout.classes)
             index = label.cast(pl.String).replace_strict(names, range(width), return_dtype=pl.Int64)
         position = pl.int_range(0, batch.height * width, eager=True) % width
-        return (position == _broadcast(index, width)).cast(pl.Float64)
+        return (position == broadcast(index, width)).cast(pl.Float64)
     columns = layout.label_prob_cols
     if layout.label_array is None:  # one column per class, read in class order
         columns = [layout.label_prefix + c for c in layout.classes]
@@ -66,18 +67,20 @@ def _label_values(batch: pl.DataFrame, layout: Layout) -> pl.Series:
 def prepare_labels(batch: pl.DataFrame, layout: Layout, base: str) -> pl.DataFrame:
     """Per label row, once: ``id``, slice columns, P and log P arrays, entropy and argmax of P."""
     width = len(layout.classes)
-    p = _label_values(batch, layout)
+    p = label_values(batch, layout)
     log_p = p.log()
     entropy = pl.DataFrame({"p": p, "lp": log_p}).select(
         divergence.entropy([pl.col("p")], [pl.col("lp")])
     )
     probabilities = p.reshape((-1, width))
     return batch.select(
-        pl.col(layout.id_col).alias(ID), *[pl.col(c) for c in layout.slice_cols]
+        pl.col(layout.id_col).alias(ID),
+        *[pl.col(c) for c in layout.slice_cols],
+        *unit_columns(layout),
     ).with_columns(
         probabilities.alias(P),
         log_p.reshape((-1, width)).alias(LOG_P),
-        divergence.to_base(pl.lit(_row_sums(entropy.to_series(), width)), base).alias(ENTROPY),
+        divergence.to_base(pl.lit(row_sums(entropy.to_series(), width)), base).alias(ENTROPY),
         probabilities.arr.arg_max().cast(pl.Int32).alias(ARGMAX_P),
     )
 
@@ -95,9 +98,9 @@ def prepare_predictions(batch: pl.DataFrame, layout: Layout, epsilon: float) -> 
     values = _array(batch, layout.prediction_cols, width)
     flat = values.reshape((-1,))
     if layout.prediction_kind == "logit":
-        shifted = flat - _broadcast(values.arr.max(), width)
-        log_sum = _row_sums(shifted.exp(), width).log()
-        log_q = shifted - _broadcast(log_sum, width)
+        shifted = flat - broadcast(values.arr.max(), width)
+        log_sum = row_sums(shifted.exp(), width).log()
+        log_q = shifted - broadcast(log_sum, width)
         q = log_q.exp()
     else:
         q, log_q = flat, flat.log()
@@ -133,7 +136,7 @@ def row_measures(
         )
         .collect()
     )
-    sums = {name: _row_sums(terms.get_column(name), width) for name in terms.columns}
+    sums = {name: row_sums(terms.get_column(name), width) for name in terms.columns}
     reverse = pl.lit(sums["reverse_kl"])
     if layout.prediction_kind == "logit":  # softmax is never 0: D(Q‖P) = inf wherever some p = 0
         reverse = pl.when(pl.col(P).arr.min() == 0).then(float("inf")).otherwise(reverse)
@@ -150,7 +153,7 @@ def row_measures(
     )
 
 
-def _column_sums(values: pl.Series, width: int) -> list[float]:
+def column_sums(values: pl.Series, width: int) -> list[float]:
     """Per-class sums of an Array(width) column, summing halves of the rows pairwise.
 
     Each step adds the second half of the remaining rows to the first, as whole vectors, so the
@@ -171,14 +174,16 @@ def _column_sums(values: pl.Series, width: int) -> list[float]:
     return leftover.to_list()
 
 
-def class_sums(n_classes: int) -> ClassSums:
-    """Per-class sums of P, Q (for marginal_kl) and the KL terms (contributions) from the arrays."""
+def class_sums(n_classes: int, weight: str | None = None) -> ClassSums:
+    """Per-class (weighted) sums of P, Q (marginal_kl) and the KL terms (contributions), by array."""
+
+    def total(rows: pl.DataFrame, column: str) -> list[float]:
+        values = rows.get_column(column)
+        if weight is not None:
+            values = rows.select(pl.col(column) * pl.col(weight)).to_series()
+        return column_sums(values, n_classes)
 
     def sums(rows: pl.DataFrame) -> tuple[list[float], list[float], list[float]]:
-        return (
-            _column_sums(rows.get_column(P), n_classes),
-            _column_sums(rows.get_column(Q), n_classes),
-            _column_sums(rows.get_column(KL_TERMS), n_classes),
-        )
+        return total(rows, P), total(rows, Q), total(rows, KL_TERMS)
 
     return sums

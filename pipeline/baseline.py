@@ -7,7 +7,8 @@ Rows are matched on (slice, model). For each, the report gains
 - ``change_mean_kl_pct``: that change as a percentage of |prev_mean_kl| (what
   ``--max-regression`` compares);
 - ``p_value_change``: a two-sided Welch t-test of the two means being equal, from each run's
-  ``sem_kl`` and ``n_rows``.
+  ``sem_kl`` and ``n_rows`` (``n_clusters`` for a clustered run: its errors have G − 1 degrees of
+  freedom).
 
 Everything is null for a model (or slice) the baseline lacks, and all four columns are null
 when there is no baseline.
@@ -108,19 +109,26 @@ def welch_p_value(
     return two_sided_p_value(change / math.sqrt(variance), df)
 
 
+def _units(row: dict[str, Any]) -> int:
+    """The independent units behind a report row's sem_kl: its clusters, or its rows."""
+    clusters: int | None = row.get("n_clusters")
+    return clusters if clusters is not None else int(row["n_rows"])
+
+
 def compare_with_baseline(report: pl.DataFrame, baseline: pl.DataFrame | None) -> pl.DataFrame:
     """``report`` with the :data:`BASELINE_COLUMNS`, matched on (slice, model).
 
-    ``baseline`` has the :data:`BASELINE_INPUT_COLUMNS`, already in ``report``'s unit; None
-    (no earlier run) gives null columns.
+    ``baseline`` has the :data:`BASELINE_INPUT_COLUMNS` (and ``n_clusters``, from a report of
+    schema version 3 on), already in ``report``'s unit; None (no earlier run) gives null
+    columns.
     """
     nulls = dict.fromkeys(BASELINE_COLUMNS, None)
     previous: dict[tuple[str, str], dict[str, Any]] = {}
     if baseline is not None:
-        for row in baseline.select(BASELINE_INPUT_COLUMNS).iter_rows(named=True):
+        for row in baseline.iter_rows(named=True):
             previous[(row[KEYS[0]], row[KEYS[1]])] = row
     out = []
-    for row in report.select(BASELINE_INPUT_COLUMNS).iter_rows(named=True):
+    for row in report.iter_rows(named=True):
         prev = previous.get((row[KEYS[0]], row[KEYS[1]]))
         if prev is None or prev["mean_kl"] is None or row["mean_kl"] is None:
             out.append(nulls)
@@ -134,10 +142,10 @@ def compare_with_baseline(report: pl.DataFrame, baseline: pl.DataFrame | None) -
                 "p_value_change": welch_p_value(
                     row["mean_kl"],
                     row["sem_kl"],
-                    row["n_rows"],
+                    _units(row),
                     prev["mean_kl"],
                     prev["sem_kl"],
-                    prev["n_rows"],
+                    _units(prev),
                 ),
             }
         )

@@ -14,13 +14,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
-from klrank.pipeline import aggregate, arrays, sketch
+from klrank.pipeline import aggregate, arrays, prior, sketch
 from klrank.pipeline.layout import (
+    CLUSTER,
     ID,
     MEASURE_COLUMNS,
     MODEL,
     ROW,
     ROW_COLUMNS,
+    WEIGHT,
     Layout,
     cross_entropy,
     kl_terms,
@@ -48,6 +50,8 @@ class Measures:
     rank_by: str = "mean_kl"
     tolerance: float = 1e-6
     worst_rows: int = 20  # highest-KL rows kept per model (0: none)
+    bootstrap: int = 0  # Poisson bootstrap replicates of the ranking (0: none)
+    seed: int = 0  # of the bootstrap's weights
 
 
 @dataclass
@@ -91,6 +95,7 @@ class ModelState:
     batches: Iterator[pl.DataFrame]
     states: list[pl.DataFrame] = field(default_factory=list)
     class_states: list[pl.DataFrame] = field(default_factory=list)
+    cluster_states: list[pl.DataFrame] = field(default_factory=list)  # with --cluster-by
     kl: list[pl.Series] = field(default_factory=list)
     worst: pl.DataFrame | None = None  # the highest-KL rows so far, at most Measures.worst_rows
 
@@ -141,12 +146,17 @@ def measure_batch(
     slice_keys: Sequence[str],
     rows_sink: RowsSink | None,
 ) -> None:
-    """Measure one batch of a model against its label rows and fold it into ``model``."""
+    """Measure one batch of a model against its label rows and fold it into ``model``.
+
+    ``labels`` are the prepared label rows with their slice keys and prior columns
+    (:func:`klrank.pipeline.prior.with_prior_kl`).
+    """
     n_classes = len(layout.classes)
+    weight = WEIGHT if layout.weight_col is not None else None
     if layout.uses_arrays:
         predicted = arrays.prepare_predictions(batch, layout, measures.epsilon)
         rows = arrays.row_measures(labels, predicted, layout, measures.base)
-        class_sums = arrays.class_sums(n_classes)
+        class_sums = arrays.class_sums(n_classes, weight)
     else:
         # One lazy query per batch: the streaming engine shares subexpressions (log(p + q) in
         # JS) and spreads the rows over the cores, about three times faster than eager here.
@@ -165,10 +175,18 @@ def measure_batch(
             )
             .collect()
         )
-        class_sums = aggregate.column_class_sums(n_classes)
-    states, class_states = aggregate.partial_states(rows, model.name, slice_keys, class_sums)
+        class_sums = aggregate.column_class_sums(n_classes, pl.col(WEIGHT) if weight else None)
+    states, class_states = aggregate.partial_states(
+        rows, model.name, slice_keys, class_sums, weight
+    )
     model.states.append(states)
     model.class_states.append(class_states)
+    if layout.cluster_col is not None:
+        model.cluster_states.append(
+            aggregate.cluster_states(
+                rows, model.name, slice_keys, CLUSTER, weight, prior.prior_columns(layout)
+            )
+        )
     model.kl.append(rows.get_column("kl"))
     if measures.worst_rows:
         _keep_worst(model, rows, layout, measures.worst_rows)
@@ -219,10 +237,23 @@ def gather_worst_rows(models: Sequence[ModelState], layout: Layout) -> pl.DataFr
     return pl.concat(frames).sort(MODEL, "rank")
 
 
+def kept_label_columns(prepared: pl.DataFrame, layout: Layout) -> pl.DataFrame:
+    """What the end of a run needs of each label row: slice keys, weight and prior columns."""
+    weight = [WEIGHT] if layout.weight_col is not None else []
+    slice_keys = list(aggregate.slice_key_columns(layout.slice_cols))
+    return prepared.select(*slice_keys, *weight, *prior.prior_columns(layout))
+
+
 def _kl_parts(
-    models: Sequence[ModelState], key_batches: Sequence[pl.DataFrame], slice_keys: Sequence[str]
+    models: Sequence[ModelState],
+    key_batches: Sequence[pl.DataFrame],
+    slice_keys: Sequence[str],
+    layout: Layout,
 ) -> tuple[dict[str, str], list[tuple[str, pl.DataFrame]]]:
-    """Each model's kl column (its name in the parts), and the rows of every slice."""
+    """Each model's kl column (its name in the parts), and the rows of every slice.
+
+    ``key_batches`` are the :func:`kept_label_columns` of the label batches, in order.
+    """
     kl_columns = {m.name: f"_kl{j}" for j, m in enumerate(models)}
     columns = []
     for m in models:
@@ -232,7 +263,8 @@ def _kl_parts(
     frame = pl.DataFrame(columns)
     if key_batches:
         frame = pl.concat([pl.concat(key_batches), frame], how="horizontal")
-    return kl_columns, list(aggregate.slice_parts(frame, slice_keys))
+    priors = prior.prior_columns(layout) if key_batches else []
+    return kl_columns, list(aggregate.slice_parts(frame, slice_keys, priors))
 
 
 def ranked_report(
@@ -247,12 +279,46 @@ def ranked_report(
     class_states = aggregate.merge_class_states(
         pl.concat(s for m in models for s in m.class_states)
     )
-    kl_columns, parts = _kl_parts(models, key_batches, slice_keys)
+    clusters = None
+    if layout.cluster_col is not None:
+        clusters = aggregate.merge_cluster_states(
+            pl.concat(s for m in models for s in m.cluster_states)
+        )
+    weight = WEIGHT if layout.weight_col is not None else None
+    kl_columns, parts = _kl_parts(models, key_batches, slice_keys, layout)
     quantiles, ecdf = aggregate.distributions(parts, kl_columns, aggregate.ECDF_POINTS)
-    ranked = aggregate.finalize(states, class_states, quantiles, measures.base, measures.rank_by)
-    paired = aggregate.paired_states(parts, kl_columns, aggregate.best_models(ranked))
-    report = aggregate.with_paired_comparison(ranked, paired)
+    ranked = aggregate.finalize(
+        states, class_states, quantiles, measures.base, measures.rank_by, clusters
+    )
+    paired = aggregate.paired_states(parts, kl_columns, aggregate.best_models(ranked), weight)
+    report = aggregate.with_paired_comparison(ranked, paired, clusters)
+    against_prior = aggregate.prior_states(parts, kl_columns, weight)
+    report = aggregate.with_prior_comparison(report, against_prior, clusters)
     return report, _contributions(class_states, states, layout, measures), ecdf
+
+
+def weightless_slices(states: pl.DataFrame, layout: Layout) -> pl.DataFrame:
+    """The failure of every slice whose rows' weights sum to 0 (its means are undefined)."""
+    if layout.weight_col is None or not states.height:
+        return no_failures()
+    totals = states.group_by(aggregate.SLICE, maintain_order=True).agg(
+        pl.col(aggregate.WEIGHT_SUM).first()
+    )
+    empty = totals.filter(~(pl.col(aggregate.WEIGHT_SUM) > 0)).get_column(aggregate.SLICE)
+    return pl.concat(
+        [
+            no_failures(),
+            *[
+                failure(
+                    "labels",
+                    "weight_sum_positive",
+                    column=layout.weight_col,
+                    value=f"slice {name}: every weight is 0",
+                )
+                for name in empty
+            ],
+        ]
+    )
 
 
 def _contributions(
@@ -272,8 +338,8 @@ class Partial:
 
     Failure cases, alignment and validation time; with no failures, per (slice, model) the
     scalar and class states, the kl sketch's bin counts (:mod:`klrank.pipeline.sketch`) and the states
-    of kl differences against every other model (the best one is known only after merging),
-    and each model's worst rows.
+    of kl differences against every other model (the best one is known only after merging)
+    and against the prior, the cluster states of a clustered run, and each model's worst rows.
     """
 
     failures: pl.DataFrame
@@ -283,6 +349,8 @@ class Partial:
     class_states: pl.DataFrame | None = None
     sketches: pl.DataFrame | None = None
     paired: pl.DataFrame | None = None
+    against_prior: pl.DataFrame | None = None
+    cluster_states: pl.DataFrame | None = None
     worst: dict[str, pl.DataFrame] = field(default_factory=dict)
 
 
@@ -296,7 +364,9 @@ def partial(part: Partition, layout: Layout) -> Partial:
     result.class_states = pl.concat(s for m in measured for s in m.class_states)
     result.worst = {m.name: m.worst for m in measured if m.worst is not None}
     slice_keys = list(aggregate.slice_key_columns(layout.slice_cols))
-    kl_columns, parts = _kl_parts(measured, part.key_batches, slice_keys)
+    if layout.cluster_col is not None:
+        result.cluster_states = pl.concat(s for m in measured for s in m.cluster_states)
+    kl_columns, parts = _kl_parts(measured, part.key_batches, slice_keys, layout)
     counts = []
     for name, rows in parts:
         for model, column in kl_columns.items():
@@ -305,7 +375,9 @@ def partial(part: Partition, layout: Layout) -> Partial:
                 sketch.bin_counts(rows.select(*keys, column), column, list(aggregate.KEYS))
             )
     result.sketches = pl.concat(counts)
-    result.paired = aggregate.paired_states_all(parts, kl_columns)
+    weight = WEIGHT if layout.weight_col is not None else None
+    result.paired = aggregate.paired_states_all(parts, kl_columns, weight)
+    result.against_prior = aggregate.prior_states(parts, kl_columns, weight)
     return result
 
 
@@ -347,6 +419,9 @@ def merge_partials(
         return Outcome(all_failures, None, dict(sorted(alignment.items())), seconds)
     measured = [p for p in partials if p.states is not None]
     states = aggregate.merge_states(pl.concat(p.states for p in measured if p.states is not None))
+    weightless = weightless_slices(states, layout)
+    if weightless.height:
+        return Outcome(weightless, None, dict(sorted(alignment.items())), seconds)
     class_states = aggregate.merge_class_states(
         pl.concat(p.class_states for p in measured if p.class_states is not None)
     )
@@ -369,14 +444,23 @@ def merge_partials(
         schema={aggregate.SLICE: pl.String, MODEL: pl.String}
         | dict.fromkeys(aggregate.QUANTILES, pl.Float64),
     )
+    clusters = None
+    if layout.cluster_col is not None:
+        clusters = aggregate.merge_cluster_states(
+            pl.concat(p.cluster_states for p in measured if p.cluster_states is not None)
+        )
     ranked = aggregate.finalize(
-        states, class_states, quantile_frame, measures.base, measures.rank_by
+        states, class_states, quantile_frame, measures.base, measures.rank_by, clusters
     )
     paired = aggregate.merge_paired_states(
         pl.concat(p.paired for p in measured if p.paired is not None),
         aggregate.best_models(ranked),
     )
-    report = aggregate.with_paired_comparison(ranked, paired)
+    report = aggregate.with_paired_comparison(ranked, paired, clusters)
+    against_prior = aggregate.merge_prior_states(
+        pl.concat(p.against_prior for p in measured if p.against_prior is not None)
+    )
+    report = aggregate.with_prior_comparison(report, against_prior, clusters)
     worst_of = []
     for name in sorted(alignment):
         frames = [p.worst[name] for p in measured if name in p.worst]

@@ -25,6 +25,7 @@ class Gates:
     max_regression_pct: float | None = None
     alpha: float = 0.05
     expect_best: str | None = None
+    expect_beats_prior: bool = False
 
     def __post_init__(self) -> None:
         if self.max_mean_kl is not None and math.isnan(self.max_mean_kl):
@@ -156,6 +157,36 @@ def _expect_best(overall: pl.DataFrame, model: str) -> GateResult:
     )
 
 
+def _beats_prior(overall: pl.DataFrame, alpha: float, unit: str) -> list[GateResult]:
+    """Every model's mean KL must be below the prior's, by a paired test at ``alpha``."""
+    results = []
+    for row in overall.iter_rows(named=True):
+        model, delta, p_value = row[MODEL], row["delta_vs_prior"], row["p_value_vs_prior"]
+        beats = delta is not None and delta < 0 and p_value is not None and p_value < alpha
+        if delta is None:
+            detail = "its difference from the prior is undefined"
+        else:
+            p_text = "p undefined" if p_value is None else f"p={p_value:.2g}"
+            detail = (
+                f"mean KL {_number(row['mean_kl'])} vs the prior's "
+                f"{_number(row['prior_mean_kl'])} {unit} ({p_text})"
+            )
+        verdict = (
+            f"beats the prior at alpha {alpha}"
+            if beats
+            else f"does not beat the prior at alpha {alpha}"
+        )
+        results.append(
+            GateResult(
+                "expect_beats_prior",
+                "passed" if beats else "failed",
+                model,
+                f"expect_beats_prior: model {model!r} {detail}: {verdict}",
+            )
+        )
+    return results
+
+
 def evaluate_gates(
     report: pl.DataFrame, gates: Gates, unit: str, has_baseline: bool
 ) -> list[GateResult]:
@@ -176,7 +207,7 @@ def evaluate_gates(
     -------
     list of GateResult
         One per gate and model (``--expect-best``: one), in the order max_mean_kl,
-        max_regression, expect_best.
+        max_regression, expect_best, expect_beats_prior.
     """
     overall = report.filter(pl.col(SLICE) == ALL_ROWS)
     results: list[GateResult] = []
@@ -188,4 +219,6 @@ def evaluate_gates(
         )
     if gates.expect_best is not None:
         results.append(_expect_best(overall, gates.expect_best))
+    if gates.expect_beats_prior:
+        results += _beats_prior(overall, gates.alpha, unit)
     return results

@@ -22,6 +22,8 @@ PredictionKind = Literal["prob", "logit"]
 
 ID, MODEL = "id", "model"
 ROW = "__klrank_row"  # 0-based position of a row in its input
+WEIGHT = "_w"  # a prepared label row's weight (Float64), with --weight-col
+CLUSTER = "_cluster"  # a prepared label row's cluster key, with --cluster-by
 # Above this many classes the measures run on arrays: one expression per class stops paying.
 MAX_CLASS_COLUMNS = 64
 
@@ -67,6 +69,8 @@ class Layout:
     slice_cols: tuple[str, ...]
     label_array: str | None = None  # soft labels as one Array/List column, class = position
     prediction_array: str | None = None  # predictions as one Array/List column
+    weight_col: str | None = None  # a labels column of row weights (--weight-col)
+    cluster_col: str | None = None  # a labels column of cluster keys (--cluster-by)
 
     @property
     def label_prob_cols(self) -> list[str]:
@@ -145,6 +149,8 @@ def resolve_layout(
     classes: Sequence[str] | None = None,
     label_list_width: Mapping[str, int] | None = None,
     prediction_list_width: Mapping[str, int] | None = None,
+    weight_col: str | None = None,
+    cluster_col: str | None = None,
 ) -> Layout:
     """Decide from the columns and dtypes what kind of truth and predictions the inputs hold.
 
@@ -157,7 +163,8 @@ def resolve_layout(
     ------
     UsageError
         When no distribution columns are found, the predictions hold both probabilities and
-        logits, or a slice column is missing or clashes with an output column.
+        logits, or a slice, weight or cluster column is missing or clashes with an output
+        column.
     """
     label_columns, prediction_columns = list(label_schema), list(prediction_schema)
     prob_array = _array_column(prediction_schema, prob_prefix)
@@ -221,6 +228,13 @@ def resolve_layout(
             raise UsageError(f"--slice-by {name!r}: a list column cannot name a slice")
         if name in (*ROW_COLUMNS, *WORST_ROW_COLUMNS) or name.startswith("_"):
             raise UsageError(f"--slice-by {name!r}: the name clashes with an output column")
+    for option, name in (("--weight-col", weight_col), ("--cluster-by", cluster_col)):
+        if name is None:
+            continue
+        if name not in label_columns:
+            raise UsageError(f"{option} {name!r}: no such column in the labels")
+        if isinstance(label_schema[name], pl.List | pl.Array):
+            raise UsageError(f"{option} {name!r}: a list column cannot be used")
 
     return Layout(
         id_col=id_col,
@@ -235,6 +249,8 @@ def resolve_layout(
         slice_cols=tuple(dict.fromkeys(slice_by)),
         label_array=label_array if truth == "soft" else None,
         prediction_array=prediction_array,
+        weight_col=weight_col,
+        cluster_col=cluster_col,
     )
 
 
@@ -261,6 +277,7 @@ def prepare_labels(labels: pl.LazyFrame, layout: Layout, base: str) -> pl.LazyFr
         labels.select(
             pl.col(layout.id_col).alias(ID),
             *[pl.col(c) for c in layout.slice_cols],
+            *unit_columns(layout),
             *[pi.alias(p_col(i)) for i, pi in enumerate(p)],
         )
         .with_columns(pl.col(p_col(i)).log().alias(log_p_col(i)) for i in range(n))
@@ -269,6 +286,16 @@ def prepare_labels(labels: pl.LazyFrame, layout: Layout, base: str) -> pl.LazyFr
             divergence.argmax_index(p_cols).alias(ARGMAX_P),
         )
     )
+
+
+def unit_columns(layout: Layout) -> list[pl.Expr]:
+    """A label row's weight (``WEIGHT``) and cluster key (``CLUSTER``), where the run has them."""
+    columns = []
+    if layout.weight_col is not None:
+        columns.append(pl.col(layout.weight_col).cast(pl.Float64).alias(WEIGHT))
+    if layout.cluster_col is not None:
+        columns.append(pl.col(layout.cluster_col).alias(CLUSTER))
+    return columns
 
 
 def prepare_predictions(predictions: pl.LazyFrame, layout: Layout, epsilon: float) -> pl.LazyFrame:

@@ -64,6 +64,8 @@ _CHECK_DESCRIPTIONS = {
     "finite": "NaN or infinite logit",
     "list_length": "the list does not hold one value per class",
     "column_not_in_schema": "unexpected column",
+    "weight_finite_non_negative": "weight is negative, NaN or infinite",
+    "weight_sum_positive": "the weights of these rows sum to 0",
 }
 
 
@@ -110,7 +112,9 @@ def failure(
 def label_columns(layout: Layout) -> list[str]:
     """The label columns klrank reads (and validates), in order."""
     truth = [layout.label_col] if layout.label_col is not None else layout.label_prob_cols
-    return list(dict.fromkeys([layout.id_col, *truth, *layout.slice_cols]))  # a slice may be one
+    units = [c for c in (layout.weight_col, layout.cluster_col) if c is not None]
+    # A slice, weight or cluster column may be one of the others (the label, say).
+    return list(dict.fromkeys([layout.id_col, *truth, *layout.slice_cols, *units]))
 
 
 def prediction_columns(layout: Layout) -> list[str]:
@@ -125,6 +129,8 @@ def _label_kwargs(layout: Layout) -> dict[str, Any]:
         "label_col": layout.label_col,
         "classes": layout.label_classes if layout.truth == "soft" else layout.classes,
         "label_is_index": layout.prediction_array is not None,
+        "weight_col": layout.weight_col,
+        "cluster_col": layout.cluster_col,
     }
 
 

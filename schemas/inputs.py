@@ -33,6 +33,8 @@ ROWS_SUM_TO_ONE = "rows_sum_to_one"
 KNOWN_LABEL = "known_label"
 FINITE = "finite"
 LIST_LENGTH = "list_length"
+WEIGHT_RULE = "weight_finite_non_negative"
+WEIGHT_DTYPES: tuple[pl.DataType, ...] = (*FLOAT_DTYPES, *INTEGER_DTYPES)
 ROW_RULES = "row_rules"
 # Beyond this many per-class columns the fused check tests them as one array.
 MAX_RULE_COLUMNS = 64
@@ -157,13 +159,22 @@ def label_rules(
     classes: Sequence[str] = (),
     label_is_index: bool = False,
     tolerance: float = 1e-6,
+    weight_col: str | None = None,
+    cluster_col: str | None = None,
 ) -> Rules:
     """Row rules of the labels: a present id, and a valid soft distribution or a known hard label.
 
     A hard label names a class (string) or indexes one (integer: ``k`` is class ``"k"``, or the
-    k-th of ``classes`` with ``label_is_index``, when the predictions are arrays).
+    k-th of ``classes`` with ``label_is_index``, when the predictions are arrays). A weight is
+    present, finite and >= 0; a cluster key is present.
     """
     rules: Rules = {(id_col, NOT_NULLABLE): _present(id_col, schema.get(id_col))}
+    if weight_col is not None:
+        rules[(weight_col, NOT_NULLABLE)] = _present(weight_col, schema.get(weight_col))
+        weight = pl.col(weight_col).cast(pl.Float64)
+        rules[(weight_col, WEIGHT_RULE)] = (weight.is_finite() & (weight >= 0)).fill_null(True)
+    if cluster_col is not None:
+        rules[(cluster_col, NOT_NULLABLE)] = _present(cluster_col, schema.get(cluster_col))
     if label_col is not None:
         rules[(label_col, NOT_NULLABLE)] = _present(label_col, schema.get(label_col))
         label = pl.col(label_col)
@@ -274,6 +285,8 @@ def labels_schema(
     slice_cols: Sequence[str] = (),
     label_is_index: bool = False,
     tolerance: float = 1e-6,
+    weight_col: str | None = None,
+    cluster_col: str | None = None,
 ) -> pa.DataFrameSchema:
     """Labels: an integer or string key, and either soft ``prob_cols`` or a hard ``label_col``.
 
@@ -295,6 +308,11 @@ def labels_schema(
         Integer hard labels index ``classes`` (array predictions) rather than name ``"k"``.
     tolerance
         Allowed distance of a row sum from 1.
+    weight_col
+        Row weights: an integer or float column, each weight finite and >= 0 (that they do not
+        all sum to 0 is checked across batches).
+    cluster_col
+        Cluster keys: any dtype but a list, no nulls.
     """
     columns: dict[str, pa.Column] = {id_col: _key_column(schema.get(id_col))}
     if label_col is not None:
@@ -302,7 +320,11 @@ def labels_schema(
     whole = len(prob_cols) == 1 and is_array(schema.get(prob_cols[0]))
     for c in prob_cols:
         columns[c] = _distribution_column(schema.get(c), len(classes), whole)
-    for c in slice_cols:  # a slice may be a column declared above (the label, say)
+    if weight_col is not None:
+        weight_dtype = accepted_dtype(schema.get(weight_col), WEIGHT_DTYPES, pl.Float64())
+        columns.setdefault(weight_col, pa.Column(weight_dtype, nullable=True))
+    for c in [*slice_cols, *([cluster_col] if cluster_col else [])]:
+        # A slice or cluster may be a column declared above (the label, say).
         columns.setdefault(c, pa.Column(schema.get(c), nullable=True))
     rules = label_rules(
         schema,
@@ -312,6 +334,8 @@ def labels_schema(
         classes=classes,
         label_is_index=label_is_index,
         tolerance=tolerance,
+        weight_col=weight_col,
+        cluster_col=cluster_col,
     )
     fused = _fused(_compact(rules, prob_cols if not whole else (), "prob", tolerance))
     return pa.DataFrameSchema(columns, checks=[fused], strict=True, coerce=False, name="labels")

@@ -12,7 +12,7 @@ are never renormalised, so a divergence can honestly come out slightly below zer
 import pandera.polars as pa
 import polars as pl
 
-REPORT_SCHEMA_VERSION = "2"
+REPORT_SCHEMA_VERSION = "3"
 UNIT_NAMES = ("bits", "nats", "bans")
 
 _non_negative = [pa.Check.ge(0.0)]
@@ -55,6 +55,18 @@ REPORT_COLUMNS: dict[str, pa.Column] = {
     "change_mean_kl": _float(nullable=True),
     "change_mean_kl_pct": _float(nullable=True),
     "p_value_change": _float(nullable=True, checks=_probability),
+    # Version 3: the ranking's uncertainty. Clusters (null without --cluster-by), Holm's
+    # adjustment of p_value_vs_best, the bootstrap's p_best and rank interval (null without
+    # --bootstrap), and the comparison with the prior, which predicts the slice's mean P.
+    "n_clusters": pa.Column(pl.Int64, nullable=True, checks=[pa.Check.ge(1)]),
+    "p_value_vs_best_holm": _float(nullable=True, checks=_probability),
+    "p_best": _float(nullable=True, checks=_probability),
+    "rank_low": pa.Column(pl.Int64, nullable=True, checks=[pa.Check.ge(1)]),
+    "rank_high": pa.Column(pl.Int64, nullable=True, checks=[pa.Check.ge(1)]),
+    "prior_mean_kl": _float(),
+    "delta_vs_prior": _float(nullable=True),
+    "delta_vs_prior_sem": _float(nullable=True, checks=_non_negative),
+    "p_value_vs_prior": _float(nullable=True, checks=_probability),
 }
 
 REPORT_SCHEMA = pa.DataFrameSchema(
@@ -70,7 +82,18 @@ REPORT_SCHEMA = pa.DataFrameSchema(
 _FLOAT_COLUMNS = frozenset(
     name
     for name in REPORT_COLUMNS
-    if name not in ("slice", "model", "unit", "rank", "n_rows", "n_infinite")
+    if name
+    not in (
+        "slice",
+        "model",
+        "unit",
+        "rank",
+        "n_rows",
+        "n_infinite",
+        "n_clusters",
+        "rank_low",
+        "rank_high",
+    )
 )
 _not_nan = pa.Check(lambda data: data.lazyframe.select(~pl.col(data.key).is_nan()), name="not_nan")
 

@@ -123,6 +123,25 @@ Classes = Annotated[
         show_default=False,
     ),
 ]
+WeightCol = Annotated[
+    str | None,
+    typer.Option(
+        "--weight-col",
+        envvar="KLRANK_WEIGHT_COL",
+        help="Labels column of row weights (finite, >= 0): every mean becomes a weighted mean.",
+        show_default=False,
+    ),
+]
+ClusterBy = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster-by",
+        envvar="KLRANK_CLUSTER_BY",
+        help="Labels column naming each row's cluster (document, patient, user): standard errors, "
+        "intervals and p-values become cluster-robust (CR1).",
+        show_default=False,
+    ),
+]
 
 # How a command reports.
 Json = Annotated[
@@ -176,6 +195,8 @@ def input_options(
     tolerance: float,
     slice_by: list[str] | None,
     classes: str | None,
+    weight_col: str | None = None,
+    cluster_by: str | None = None,
 ) -> InputOptions:
     """The :class:`InputOptions` of the input options above, as the command line gave them."""
     return InputOptions(
@@ -190,4 +211,6 @@ def input_options(
         tolerance=tolerance,
         slice_by=tuple(slice_by or ()),
         classes=tuple(c.strip() for c in classes.split(",")) if classes else (),
+        weight_col=weight_col,
+        cluster_by=cluster_by,
     )

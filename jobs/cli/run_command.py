@@ -11,6 +11,7 @@ from klrank.cli import output
 from klrank.cli.errors import guarded
 from klrank.cli.options import (
     Classes,
+    ClusterBy,
     Config,
     Debug,
     IdCol,
@@ -27,9 +28,10 @@ from klrank.cli.options import (
     SliceBy,
     Tolerance,
     Truth,
+    WeightCol,
     input_options,
 )
-from klrank.config import Engine, RunOptions
+from klrank.config import DEFAULT_BOOTSTRAP, Engine, RunOptions
 from klrank.pipeline.aggregate import RankMetric
 from klrank.pipeline.divergence import Base
 from klrank.pipeline.errors import ExitCode
@@ -136,6 +138,28 @@ ExpectBest = Annotated[
         show_default=False,
     ),
 ]
+ExpectBeatsPrior = Annotated[
+    bool,
+    typer.Option(
+        "--expect-beats-prior",
+        envvar="KLRANK_EXPECT_BEATS_PRIOR",
+        help="Gate: every model's mean KL (ALL rows) must be below the prior's, which predicts "
+        "the mean label distribution, with paired p < --alpha; else exit 3.",
+    ),
+]
+Bootstrap = Annotated[
+    int,
+    typer.Option(
+        "--bootstrap",
+        envvar="KLRANK_BOOTSTRAP",
+        min=0,
+        help="Poisson bootstrap replicates for p_best and the rank interval (0: none).",
+    ),
+]
+Seed = Annotated[
+    int,
+    typer.Option("--seed", envvar="KLRANK_SEED", help="Seed of the bootstrap's weights."),
+]
 Html = Annotated[
     bool,
     typer.Option(
@@ -196,6 +220,8 @@ def run_command(
     tolerance: Tolerance = 1e-6,
     slice_by: SliceBy = None,
     classes: Classes = None,
+    weight_col: WeightCol = None,
+    cluster_by: ClusterBy = None,
     base: LogBase = "2",
     epsilon: Epsilon = 0.0,
     rank_by: RankBy = "mean_kl",
@@ -207,6 +233,9 @@ def run_command(
     max_regression: MaxRegression = None,
     alpha: Alpha = 0.05,
     expect_best: ExpectBest = None,
+    expect_beats_prior: ExpectBeatsPrior = False,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    seed: Seed = 0,
     write_html: Html = True,
     worst: Worst = 20,
     engine: EngineOption = "local",
@@ -240,6 +269,8 @@ def run_command(
                     tolerance=tolerance,
                     slice_by=slice_by,
                     classes=classes,
+                    weight_col=weight_col,
+                    cluster_by=cluster_by,
                 ),
                 out=out,
                 base=base,
@@ -254,6 +285,7 @@ def run_command(
                     max_regression_pct=max_regression,
                     alpha=alpha,
                     expect_best=expect_best,
+                    expect_beats_prior=expect_beats_prior,
                 ),
                 lock_timeout=lock_timeout,
                 write_html=write_html,
@@ -261,6 +293,8 @@ def run_command(
                 engine=engine,
                 ray_address=ray_address if engine == "ray" else None,
                 partitions=partitions,
+                bootstrap=bootstrap,
+                seed=seed,
             )
         )
         _report(summary, as_json=as_json, quiet=quiet)

@@ -9,6 +9,7 @@ from klrank.cli import output
 from klrank.cli.errors import guarded
 from klrank.cli.options import (
     Classes,
+    ClusterBy,
     Config,
     Debug,
     IdCol,
@@ -24,6 +25,7 @@ from klrank.cli.options import (
     SliceBy,
     Tolerance,
     Truth,
+    WeightCol,
     input_options,
 )
 from klrank.run import Timings, ValidationSummary, validate
@@ -51,6 +53,8 @@ def validate_command(
     tolerance: Tolerance = 1e-6,
     slice_by: SliceBy = None,
     classes: Classes = None,
+    weight_col: WeightCol = None,
+    cluster_by: ClusterBy = None,
     failures: Failures = None,
     as_json: Json = False,
     debug: Debug = False,
@@ -74,6 +78,8 @@ def validate_command(
             tolerance=tolerance,
             slice_by=slice_by,
             classes=classes,
+            weight_col=weight_col,
+            cluster_by=cluster_by,
         )
         timings = Timings()
         _report(validate(options, failures, timings), timings, as_json=as_json)

@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 from klrank.io import reading
 from klrank.io.reading import ParquetInput
-from klrank.pipeline import aggregate, arrays
+from klrank.pipeline import aggregate, arrays, prior
 from klrank.pipeline.fold import (
     MODEL_RANK,
     Measures,
@@ -37,10 +37,12 @@ from klrank.pipeline.fold import (
     comparable_ids,
     empty_inputs,
     gather_worst_rows,
+    kept_label_columns,
     measure_batch,
     ranked_report,
     slices,
     sorted_failures,
+    weightless_slices,
 )
 from klrank.pipeline.layout import (
     ROW,
@@ -148,6 +150,9 @@ def evaluate(
     """Validate everything and, if it is all valid and ``compute``, build the ranked report."""
     part = evaluate_partition(labels, predictions, layout, measures, rows_sink, compute)
     failures = [part.failures, *empty_inputs(labels.n_rows, part.models_found)]
+    if part.models and part.models[0].states:
+        states = aggregate.merge_states(pl.concat(part.models[0].states))
+        failures.append(weightless_slices(states, layout))
     all_failures = sorted_failures(pl.concat(failures))
     if all_failures.height or not compute:
         return Outcome(all_failures, None, part.alignment, part.validation_seconds)
@@ -169,8 +174,12 @@ def evaluate_partition(
     rows_sink: RowsSink | None = None,
     compute: bool = True,
     models: Sequence[str] | None = None,
+    prior_means: prior.LogMeans | None = None,
 ) -> Partition:
     """Validate the label rows and every model's rows for them, and measure them if all is valid.
+
+    ``prior_means``: log P̄ per slice of the whole labels (:func:`label_means`), given for a
+    partition of the rows; the whole inputs find them first by a pass over the labels.
 
     ``labels`` and ``predictions`` may be the whole inputs or one partition of their rows (the
     rows of some ids, carrying their ``ROW`` positions in the whole inputs, and predictions a
@@ -184,7 +193,29 @@ def evaluate_partition(
     model positional in every partition, as the whole-input check would never have made them.
     """
     with ExitStack() as streams:  # every reader thread ends with the evaluation
-        return _evaluate(labels, predictions, layout, measures, rows_sink, compute, streams, models)
+        return _evaluate(
+            labels, predictions, layout, measures, rows_sink, compute, streams, models, prior_means
+        )
+
+
+def label_means(
+    labels: ParquetInput, layout: Layout, measures: Measures, checked: _Stopwatch | None = None
+) -> prior.LogMeans | None:
+    """Log P̄ per slice, the prior's prediction, from one pass over valid labels.
+
+    Each batch is validated first (in ``checked``'s time); at the first that fails, None: the
+    labels are invalid, and the evaluation reports why.
+    """
+    checks = checked or _Stopwatch()
+    selected = [*label_columns(layout), ROW]
+    size = batch_rows(len(layout.classes))
+    sums = []
+    with closing(reading.batches(labels.windows(selected), labels, size)) as batches:
+        for batch in batches:
+            if checks(check_rows, batch, "labels", layout, measures.tolerance).height:
+                return None
+            sums.append(prior.label_sums(batch, layout))
+    return prior.log_means(pl.concat([pl.DataFrame(schema=prior.LABEL_SUMS_SCHEMA), *sums]))
 
 
 def _label_keys(labels: ParquetInput, frame: pl.LazyFrame, layout: Layout) -> pl.DataFrame:
@@ -204,6 +235,7 @@ def _evaluate(
     compute: bool,
     streams: ExitStack,
     names: Sequence[str] | None,
+    means: prior.LogMeans | None,
 ) -> Partition:
     def read(window: reading.Window, source: ParquetInput) -> reading.Batches:
         return streams.enter_context(closing(reading.batches(window, source, size)))
@@ -214,6 +246,10 @@ def _evaluate(
     checked = _Stopwatch()
     label_keys = _label_keys(labels, label_frame, layout)
     failures = [checked(check_label_keys, label_keys, layout)]  # failures[0]: duplicate ids
+    labels_checked = False  # whether label_means has validated every label row already
+    if compute and means is None and names is None:  # a partition is given the whole labels'
+        means = label_means(labels, layout, measures, checked)
+        labels_checked = means is not None
 
     label_batches = read(labels.windows(label_selected), labels)  # starts reading now
     aligned: list[ModelState] = []
@@ -269,18 +305,19 @@ def _evaluate(
     key_batches: list[pl.DataFrame] = []
     n_batches = -(-labels.n_rows // size)
     for done, label_batch in enumerate(label_batches, start=1):
-        failures.append(checked(check_rows, label_batch, "labels", layout, measures.tolerance))
+        if not labels_checked:
+            failures.append(checked(check_rows, label_batch, "labels", layout, measures.tolerance))
         prepared = None
-        if compute and not failed():
+        if compute and means is not None and not failed():
             if layout.uses_arrays:
                 prepared = arrays.prepare_labels(label_batch, layout, measures.base)
             else:
                 prepared = prepare_labels(label_batch.lazy(), layout, measures.base).collect()
             prepared = prepared.with_columns(**slice_keys)
+            prepared = prior.with_prior_kl(prepared, layout, means, measures.base)
             if measures.worst_rows:  # label row positions: the worst rows' tie-break and `row`
                 prepared = prepared.with_columns(label_batch.get_column(ROW))
-            if slice_keys:
-                key_batches.append(prepared.select(*slice_keys))
+            key_batches.append(kept_label_columns(prepared, layout))
         for model in aligned:
             batch = next(model.batches)
             failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))

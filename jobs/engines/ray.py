@@ -32,9 +32,9 @@ from types import ModuleType
 from typing import Any
 
 import polars as pl
-from klrank.engines.local import batch_rows, evaluate_partition
+from klrank.engines.local import batch_rows, evaluate_partition, label_means
 from klrank.io import reading, writing
-from klrank.pipeline import partitions
+from klrank.pipeline import partitions, prior
 from klrank.pipeline.errors import EngineError, UsageError
 from klrank.pipeline.fold import (
     MODEL_RANK,
@@ -85,6 +85,7 @@ class _PartSpec:
     rows_dir: str | None
     compute: bool
     fault: str | None
+    prior_means: prior.LogMeans | None  # log P̄ per slice of the whole labels
 
 
 def import_ray() -> ModuleType:
@@ -271,7 +272,14 @@ def _evaluate_frames(
 
     def evaluated(rows_sink: RowsSink | None) -> Partial:
         part_ = evaluate_partition(
-            labels, predictions, spec.layout, spec.measures, rows_sink, spec.compute, spec.models
+            labels,
+            predictions,
+            spec.layout,
+            spec.measures,
+            rows_sink,
+            spec.compute,
+            spec.models,
+            spec.prior_means,
         )
         return partial(part_, spec.layout)
 
@@ -397,6 +405,7 @@ class _Run:
     measures: Measures
     rows_dir: Path | None
     compute: bool
+    prior_means: prior.LogMeans | None
 
     def schema(self, source: reading.ParquetInput, columns: list[str]) -> pl.Schema:
         """The columns read from ``source``, with ROW, in the whole input's dtypes."""
@@ -419,6 +428,7 @@ class _Run:
             str(self.rows_dir) if self.rows_dir is not None and self.compute else None,
             self.compute,
             os.environ.get(FAULT_ENV) or None,
+            self.prior_means,
         )
 
 
@@ -432,7 +442,9 @@ def _evaluate(
     rows_dir: Path | None,
     compute: bool,
 ) -> Outcome:
-    run = _Run(labels, predictions, layout, measures, rows_dir, compute)
+    # The prior's P̄ needs the whole labels: one pass here, before the parts are measured.
+    means = label_means(labels, layout, measures) if compute else None
+    run = _Run(labels, predictions, layout, measures, rows_dir, compute, means)
     if rows_dir is not None:
         rows_dir.mkdir(parents=True, exist_ok=True)
     bucketed = buckets(labels, predictions)

@@ -450,6 +450,13 @@ def run_partitions(root: Path, report_file: str) -> list[tuple[dt.date, Path]]:
     return sorted(found)
 
 
+def report_version(path: Path) -> str | None:
+    """The report schema version a report.parquet records (None: none)."""
+    metadata = pq.read_metadata(path).metadata or {}
+    found = metadata.get(b"klrank.report_schema_version")
+    return found.decode() if found is not None else None
+
+
 def read_report(path: Path, columns: Sequence[str]) -> tuple[pl.DataFrame, dict[str, str]]:
     """Read ``columns`` of a published report and its footer metadata.
 
