@@ -228,13 +228,13 @@ def resolve_layout(
             raise UsageError(f"--slice-by {name!r}: a list column cannot name a slice")
         if name in (*ROW_COLUMNS, *WORST_ROW_COLUMNS) or name.startswith("_"):
             raise UsageError(f"--slice-by {name!r}: the name clashes with an output column")
-    for option, name in (("--weight-col", weight_col), ("--cluster-by", cluster_col)):
-        if name is None:
+    for option, unit_col in (("--weight-col", weight_col), ("--cluster-by", cluster_col)):
+        if unit_col is None:
             continue
-        if name not in label_columns:
-            raise UsageError(f"{option} {name!r}: no such column in the labels")
-        if isinstance(label_schema[name], pl.List | pl.Array):
-            raise UsageError(f"{option} {name!r}: a list column cannot be used")
+        if unit_col not in label_columns:
+            raise UsageError(f"{option} {unit_col!r}: no such column in the labels")
+        if isinstance(label_schema[unit_col], pl.List | pl.Array):
+            raise UsageError(f"{option} {unit_col!r}: a list column cannot be used")
 
     return Layout(
         id_col=id_col,

@@ -46,8 +46,14 @@ def _probabilities(batch: pl.DataFrame, layout: Layout) -> pl.DataFrame:
             frame = pl.concat([batch.select(**keys), frame], how="horizontal")
     else:
         columns = [p_col(i) for i in range(len(layout.classes))]
-        frame = prepare_labels(batch.lazy(), layout, "e").with_columns(**keys).collect()
-        frame = frame.select(*keys, *([WEIGHT] if layout.weight_col else []), *columns)
+        weight = [WEIGHT] if layout.weight_col else []
+        # Selected before collecting: the logs and entropies of prepare_labels are not computed.
+        frame = (
+            prepare_labels(batch.lazy(), layout, "e")
+            .with_columns(**keys)
+            .select(*keys, *weight, *columns)
+            .collect()
+        )
     if layout.weight_col is not None and WEIGHT not in frame.columns:
         frame = frame.with_columns(
             batch.get_column(layout.weight_col).cast(pl.Float64).alias(WEIGHT)
