@@ -434,7 +434,9 @@ class Evaluation:
 
     def summary(self, out: Path | None = None) -> str:
         """``summary.md``: the ranking as a Markdown table, the baseline and the gates."""
-        summary = ranked_summary(self.report, self.unit, self._options.rank_by)
+        summary = ranked_summary(
+            self.report, self.unit, self._options.rank_by, self._options.gates.alpha
+        )
         if self._baseline is not None:
             path = self._baseline.path
             where = str(out if out is not None else self._options.out)
@@ -488,6 +490,7 @@ class Evaluation:
                     details=self._html_details(options),
                     failed_gates=[g.message for g in self.failed_gates],
                     plotly_js=plotly_bundle.plotly_js(),
+                    alpha=options.gates.alpha,
                 )
                 writing.write_text(page, folder / HTML_FILE)
         manifest = self._manifest(options, dt.datetime.now(dt.UTC))

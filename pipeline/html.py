@@ -83,14 +83,16 @@ def _change(r: dict[str, Any]) -> str:
     return f"{change} (p={p_text})"
 
 
-def _table(rows: pl.DataFrame, unit: str) -> str:
+def _table(rows: pl.DataFrame, unit: str, alpha: float) -> str:
     # The comparison with an earlier night, only when the run had one (--baseline).
     with_baseline = "prev_mean_kl" in rows.columns and rows["prev_mean_kl"].is_not_null().any()
     header = (
         "<tr><th>rank</th><th class='model'>model</th><th>rows</th>"
         f"<th>mean KL [95% CI] ({html.escape(unit)})</th><th>median</th><th>p90</th>"
         "<th>p99</th><th>max</th><th>n ∞</th><th>marginal KL</th><th>top-1</th>"
-        "<th>Δ vs best (p)</th>" + ("<th>vs baseline (p)</th>" if with_baseline else "") + "</tr>"
+        "<th>Δ vs best (Holm p)</th><th>P(best)</th><th>rank 95%</th>"
+        + ("<th>vs baseline (p)</th>" if with_baseline else "")
+        + "</tr>"
     )
     lines = ["<table class='ranking'>", f"<thead>{header}</thead>", "<tbody>"]
     for r in rows.iter_rows(named=True):
@@ -102,9 +104,13 @@ def _table(rows: pl.DataFrame, unit: str) -> str:
         if r["p_value_vs_best"] is None and r["delta_vs_best"] == 0:
             delta = "best"
         else:
-            p = r["p_value_vs_best"]
+            p = r["p_value_vs_best_holm"]
             p_text = "–" if p is None else ("<1e-16" if p < 1e-16 else f"{p:.2g}")
             delta = f"{_number(r['delta_vs_best'])} (p={p_text})"
+            if p is not None and p >= alpha:
+                delta += " ≈ best"
+        low, high = r["rank_low"], r["rank_high"]
+        ranks = "–" if low is None else (str(low) if low == high else f"{low}–{high}")
         cells = [
             str(r["rank"]),
             f"<td class='model'>{html.escape(r[MODEL])}</td>",
@@ -118,6 +124,8 @@ def _table(rows: pl.DataFrame, unit: str) -> str:
             _number(r["marginal_kl"]),
             f"{r['top1_agreement']:.3f}",
             html.escape(delta),
+            "–" if r["p_best"] is None else f"{r['p_best']:.3f}",
+            ranks,
             *([html.escape(_change(r))] if with_baseline else []),
         ]
         row = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells)
@@ -290,6 +298,7 @@ def report_html(
     details: Sequence[str] = (),
     failed_gates: Sequence[str] = (),
     plotly_js: str,
+    alpha: float = 0.05,
 ) -> str:
     """The page: tables, mean KL with 95% CI, KL ECDF and per-class contributions (ALL rows).
 
@@ -307,6 +316,9 @@ def report_html(
         Short lines shown under the title (inputs, run date, version).
     failed_gates
         The messages of the gates that failed, shown first.
+    alpha
+        Models whose Holm-adjusted p-value against the best is at least this are marked
+        "≈ best": they cannot be told apart from it.
     """
     overall = report.filter(pl.col(SLICE) == ALL_ROWS)
     n_rows = overall.get_column("n_rows").max() if overall.height else 0
@@ -350,11 +362,14 @@ def report_html(
             else []
         ),
         "<h2 id='ranking'>Ranking</h2>",
-        _table(overall, unit),
+        _table(overall, unit, alpha),
         f"<p class='note'>KL divergence D(P‖Q) in {html.escape(unit)}: 0 means the predicted "
         "distribution equals the truth on every row; lower is better, and ∞ means some true "
         "class got probability 0. Δ vs best is the mean per-row KL difference from the rank-1 "
-        "model on the same rows; p is a paired two-sided t-test of that difference being 0.</p>",
+        "model on the same rows; p is a paired two-sided t-test of that difference being 0, "
+        "Holm-adjusted over the slice's models; ≈ best: not significantly worse at alpha "
+        f"{alpha}. P(best) is the share of bootstrap replicates in which the model ranks first, "
+        "and rank 95% the interval of its rank over them (--bootstrap).</p>",
         "<h2 id='mean'>Mean KL with 95% confidence interval</h2>",
         *plotly_js_lines(plotly_js),  # once, before the first figure
         divs["mean"],
@@ -378,6 +393,6 @@ def report_html(
     if sliced.height:
         sections.append("<h2 id='slices'>Slices</h2>")
         for (name,), rows in sliced.group_by(SLICE, maintain_order=True):
-            sections += [f"<h3>{html.escape(str(name))}</h3>", _table(rows, unit)]
+            sections += [f"<h3>{html.escape(str(name))}</h3>", _table(rows, unit, alpha)]
     sections += ["</body>", "</html>", ""]
     return "\n".join(s for s in sections if s)

@@ -29,48 +29,93 @@ def _p_value(value: float | None) -> str:
     return "<1e-16" if value < 1e-16 else f"{value:.2g}"
 
 
-def _table(rows: pl.DataFrame) -> list[str]:
+def _rank_interval(row: dict[str, object]) -> str:
+    low, high = row["rank_low"], row["rank_high"]
+    if low is None:
+        return "–"
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def _table(rows: pl.DataFrame, alpha: float) -> list[str]:
     header = (
-        "| rank | model | mean KL [95% CI] | median | p99 | max | n inf | top-1 | Δ vs best (p) |"
+        "| rank | model | mean KL [95% CI] | median | p99 | max | n inf | top-1 | "
+        "Δ vs best (Holm p) | P(best) | rank 95% |"
     )
-    lines = [header, "|---:|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [header, "|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows.iter_rows(named=True):
         interval = (
             f" [{number(r['ci95_low'])}, {number(r['ci95_high'])}]"
             if r["ci95_low"] is not None
             else ""
         )
-        delta = (
-            "best"
-            if r["p_value_vs_best"] is None and r["delta_vs_best"] == 0
-            else (f"{number(r['delta_vs_best'])} (p={_p_value(r['p_value_vs_best'])})")
-        )
+        holm = r["p_value_vs_best_holm"]
+        if r["p_value_vs_best"] is None and r["delta_vs_best"] == 0:
+            delta = "best"
+        else:
+            delta = f"{number(r['delta_vs_best'])} (p={_p_value(holm)})"
+            if holm is not None and holm >= alpha:
+                delta += " ≈ best"
+        p_best = "–" if r["p_best"] is None else f"{r['p_best']:.3f}"
         lines.append(
             f"| {r['rank']} | {markdown_text(r['model'])} | {number(r['mean_kl'])}{interval} | "
             f"{number(r['median_kl'])} | {number(r['p99_kl'])} | {number(r['max_kl'])} | "
-            f"{r['n_infinite']} | {r['top1_agreement']:.3f} | {delta} |"
+            f"{r['n_infinite']} | {r['top1_agreement']:.3f} | {delta} | {p_best} | "
+            f"{_rank_interval(r)} |"
         )
     return lines
 
 
-def ranked_summary(report: pl.DataFrame, unit: str, rank_by: str) -> str:
-    """Markdown: the overall ranking, a two-line reading guide, then one table per slice value."""
+def _prior_line(overall: pl.DataFrame, unit: str, alpha: float) -> str:
+    """One line: the prior's mean KL and the models that do not beat it significantly."""
+    if not overall.height:
+        return ""
+    prior = overall.get_column("prior_mean_kl")[0]
+    worse = [
+        markdown_text(r["model"])
+        for r in overall.iter_rows(named=True)
+        if not (
+            r["delta_vs_prior"] is not None
+            and r["delta_vs_prior"] < 0
+            and r["p_value_vs_prior"] is not None
+            and r["p_value_vs_prior"] < alpha
+        )
+    ]
+    verdict = (
+        f"not better than it at alpha {alpha}: {', '.join(worse)}."
+        if worse
+        else f"every model beats it (paired p < {alpha})."
+    )
+    return (
+        f"The prior, which predicts the mean label distribution for every row, has mean KL "
+        f"{number(prior)} {unit}; {verdict}"
+    )
+
+
+def ranked_summary(report: pl.DataFrame, unit: str, rank_by: str, alpha: float = 0.05) -> str:
+    """Markdown: the overall ranking, a short reading guide, then one table per slice value.
+
+    A model marked "≈ best" cannot be told apart from the rank-1 model at ``alpha`` (Holm's
+    adjustment of the paired tests).
+    """
     overall = report.filter(pl.col(SLICE) == ALL_ROWS)
     n_rows = overall.get_column("n_rows").max() if overall.height else 0
     lines = [
         f"# klrank: models ranked by {rank_by} ({unit}), {n_rows!s} rows",
         "",
-        *_table(overall),
+        *_table(overall, alpha),
         "",
         f"KL divergence D(P‖Q) in {unit}: 0 means the predicted distribution equals the truth on "
         "every row; lower is better, and inf means some true class got probability 0.",
         "Δ vs best is the mean per-row KL difference from the rank-1 model on the same rows; "
-        "p is a paired two-sided t-test of that difference being 0.",
+        "p is a paired two-sided t-test of that difference being 0, Holm-adjusted over the "
+        f"slice's models; ≈ best: not significantly worse at alpha {alpha}. P(best) and the rank "
+        "95% interval come from the bootstrap (--bootstrap).",
+        _prior_line(overall, unit, alpha),
     ]
     for (name,), rows in report.filter(pl.col(SLICE) != ALL_ROWS).group_by(
         SLICE, maintain_order=True
     ):
-        lines += ["", f"## {markdown_text(name)}", "", *_table(rows)]
+        lines += ["", f"## {markdown_text(name)}", "", *_table(rows, alpha)]
     return "\n".join(lines) + "\n"
 
 
