@@ -32,7 +32,7 @@ from klrank.nightly import Baseline, load_baseline
 from klrank.pipeline import sketch
 from klrank.pipeline.divergence import UNITS
 from klrank.pipeline.errors import InvalidDataError, StorageError, UsageError
-from klrank.pipeline.fold import Measures, Outcome
+from klrank.pipeline.fold import BOOTSTRAP_METRICS, Measures, Outcome
 from klrank.pipeline.gates import GateResult, Gates, evaluate_gates
 from klrank.pipeline.html import report_html
 from klrank.pipeline.layout import ROW, Layout, resolve_layout
@@ -281,14 +281,27 @@ def check_publishable(options: RunOptions, inputs: dict[str, str]) -> None:
 
 
 def measures_of(options: RunOptions) -> Measures:
-    """What a run with ``options`` computes."""
+    """What a run with ``options`` computes.
+
+    The bootstrap ranks by a weighted mean (:data:`klrank.pipeline.fold.BOOTSTRAP_METRICS`); with
+    another ``--rank-by`` it is left out, and a warning says so.
+    """
+    replicates = options.bootstrap
+    if replicates and options.rank_by not in BOOTSTRAP_METRICS:
+        events.emit(
+            "bootstrap.skipped",
+            logging.WARNING,
+            message=f"--bootstrap ranks by a mean; --rank-by {options.rank_by} is not one: "
+            "p_best, rank_low and rank_high are null",
+        )
+        replicates = 0
     return Measures(
         options.base,
         options.epsilon,
         options.rank_by,
         options.inputs.tolerance,
         worst_rows=options.worst,
-        bootstrap=options.bootstrap,
+        bootstrap=replicates,
         seed=options.seed,
     )
 

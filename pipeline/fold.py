@@ -13,8 +13,9 @@ makes the report from all of them, with the quantiles from merged sketches
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
-from klrank.pipeline import aggregate, arrays, prior, sketch
+from klrank.pipeline import aggregate, arrays, bootstrap, prior, sketch
 from klrank.pipeline.layout import (
     CLUSTER,
     ID,
@@ -97,6 +98,7 @@ class ModelState:
     class_states: list[pl.DataFrame] = field(default_factory=list)
     cluster_states: list[pl.DataFrame] = field(default_factory=list)  # with --cluster-by
     kl: list[pl.Series] = field(default_factory=list)
+    ranked_values: pl.Series | None = None  # the last batch's --rank-by row values (bootstrap)
     worst: pl.DataFrame | None = None  # the highest-KL rows so far, at most Measures.worst_rows
 
 
@@ -113,6 +115,7 @@ class Partition:
     alignment: dict[str, str]  # model -> "positional" or "joined"
     key_batches: list[pl.DataFrame]
     validation_seconds: float
+    replicates: list[pl.DataFrame] = field(default_factory=list)  # replicate_states per batch
     models_found: int = 0  # models in the predictions, a null model counted
 
 
@@ -188,11 +191,143 @@ def measure_batch(
             )
         )
     model.kl.append(rows.get_column("kl"))
+    if measures.bootstrap:
+        model.ranked_values = rows.get_column(BOOTSTRAP_METRICS[measures.rank_by])
     if measures.worst_rows:
         _keep_worst(model, rows, layout, measures.worst_rows)
     if rows_sink is not None:
         output = rows.with_columns(pl.lit(model.name).alias(MODEL))
         rows_sink(output.select(*ROW_COLUMNS, *layout.slice_cols))
+
+
+# --rank-by metrics the bootstrap can rank by: a weighted mean of this row measure.
+BOOTSTRAP_METRICS = {
+    "mean_kl": "kl",
+    "mean_reverse_kl": "reverse_kl",
+    "mean_js": "js",
+    "mean_cross_entropy": "cross_entropy",
+    "top1_agreement": "top1_match",
+}
+REPLICATE = "replicate"
+# Per (slice, model, replicate) of the bootstrap: Σ v·w·x over finite x, Σ v·w over rows with
+# x = +inf, and Σ v·w (v the row's Poisson weight in the replicate, w its weight).
+REPLICATE_SCHEMA = pl.Schema(
+    {
+        aggregate.SLICE: pl.String,
+        MODEL: pl.String,
+        REPLICATE: pl.Int32,
+        "x_sum": pl.Float64,
+        "inf_sum": pl.Float64,
+        aggregate.WEIGHT_SUM: pl.Float64,
+    }
+)
+
+
+def _unit_keys(labels: pl.DataFrame, layout: Layout) -> pl.Series:
+    """Each row's bootstrap unit: its cluster, or its id (integer ids as Int64 whatever the file)."""
+    if layout.cluster_col is not None:
+        return labels.get_column(CLUSTER)
+    ids = labels.get_column(ID)
+    return ids.cast(pl.Int64) if ids.dtype.is_integer() and ids.dtype != pl.UInt64 else ids
+
+
+def replicate_states(
+    labels: pl.DataFrame,
+    models: Sequence[ModelState],
+    layout: Layout,
+    measures: Measures,
+    slice_keys: Sequence[str],
+) -> pl.DataFrame:
+    """The bootstrap's sums of one batch of label rows, for every model measured on it.
+
+    Each model's ``ranked_values`` are its row values of the ``--rank-by`` measure on these
+    rows. A row's Poisson weight in a replicate follows from its unit's key (its id, or its
+    cluster's key), the replicate and the seed alone (:mod:`klrank.pipeline.bootstrap`), so the
+    states of any split of the rows add up to the same sums.
+    """
+    measured = [m for m in models if m.ranked_values is not None]
+    if not measured:
+        return pl.DataFrame(schema=REPLICATE_SCHEMA)
+    hashes = bootstrap.unit_hashes(_unit_keys(labels, layout), measures.seed)
+    weight = (
+        labels.get_column(WEIGHT).to_numpy()
+        if layout.weight_col is not None
+        else np.ones(labels.height)
+    )
+    columns = [weight]
+    for m in measured:
+        assert m.ranked_values is not None
+        x = m.ranked_values.cast(pl.Float64).to_numpy()
+        finite = np.isfinite(x)
+        columns += [np.where(finite, x, 0.0) * weight, np.where(x == np.inf, weight, 0.0)]
+        m.ranked_values = None
+    values = np.column_stack(columns)
+    frames = []
+
+    def add(name: str, rows: np.ndarray | None) -> None:
+        sums = bootstrap.replicate_sums(
+            hashes if rows is None else hashes[rows],
+            values if rows is None else values[rows],
+            measures.bootstrap,
+        )
+        for j, m in enumerate(measured):
+            frames.append(
+                pl.DataFrame(
+                    {
+                        aggregate.SLICE: name,
+                        MODEL: m.name,
+                        REPLICATE: np.arange(measures.bootstrap, dtype=np.int32),
+                        "x_sum": sums[:, 1 + 2 * j],
+                        "inf_sum": sums[:, 2 + 2 * j],
+                        aggregate.WEIGHT_SUM: sums[:, 0],
+                    },
+                    schema=REPLICATE_SCHEMA,
+                )
+            )
+
+    add(aggregate.ALL_ROWS, None)
+    for key in slice_keys:
+        groups = labels.select(pl.col(key)).with_row_index("_i").group_by(key, maintain_order=True)
+        for value, group in groups.agg(pl.col("_i")).iter_rows():
+            add(str(value), np.asarray(group, dtype=np.int64))
+    return pl.concat(frames)
+
+
+def with_rank_uncertainty(
+    report: pl.DataFrame, replicates: Sequence[pl.DataFrame], measures: Measures
+) -> pl.DataFrame:
+    """``report`` with ``p_best``, ``rank_low`` and ``rank_high`` from the bootstrap's states.
+
+    Nulls without a bootstrap (or with a ``--rank-by`` it cannot rank by, a quantile or
+    marginal_kl). A replicate's value of a model is its weighted mean of the ``--rank-by``
+    measure over the replicate's draws: +inf when it draws a row of infinite value, undefined
+    when it draws no row of positive weight.
+    """
+    if not measures.bootstrap or not replicates:
+        return report
+    merged = (
+        pl.concat(replicates)
+        .group_by(aggregate.SLICE, MODEL, REPLICATE)
+        .agg(pl.col("x_sum").sum(), pl.col("inf_sum").sum(), pl.col(aggregate.WEIGHT_SUM).sum())
+    )
+    values = merged.select(
+        aggregate.SLICE,
+        MODEL,
+        REPLICATE,
+        pl.when(pl.col("inf_sum") > 0)
+        .then(float("inf"))
+        .when(pl.col(aggregate.WEIGHT_SUM) > 0)
+        .then(pl.col("x_sum") / pl.col(aggregate.WEIGHT_SUM))
+        .otherwise(None)
+        .alias("value"),
+    )
+    ranks = bootstrap.rank_uncertainty(values, measures.rank_by in aggregate.HIGHER_IS_BETTER)
+    return report.drop("p_best", "rank_low", "rank_high").join(
+        ranks.select(aggregate.SLICE, MODEL, "p_best", "rank_low", "rank_high"),
+        on=list(aggregate.KEYS),
+        how="left",
+        maintain_order="left",
+    )
 
 
 def _highest_kl(rows: pl.DataFrame, n: int) -> pl.DataFrame:
@@ -273,8 +408,12 @@ def ranked_report(
     slice_keys: Sequence[str],
     layout: Layout,
     measures: Measures,
+    replicates: Sequence[pl.DataFrame] = (),
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """The ranked report, the class contributions and the KL ECDFs (exact quantiles)."""
+    """The ranked report, the class contributions and the KL ECDFs (exact quantiles).
+
+    ``replicates``: the :func:`replicate_states` of every label batch (with a bootstrap).
+    """
     states = aggregate.merge_states(pl.concat(s for m in models for s in m.states))
     class_states = aggregate.merge_class_states(
         pl.concat(s for m in models for s in m.class_states)
@@ -294,6 +433,7 @@ def ranked_report(
     report = aggregate.with_paired_comparison(ranked, paired, clusters)
     against_prior = aggregate.prior_states(parts, kl_columns, weight)
     report = aggregate.with_prior_comparison(report, against_prior, clusters)
+    report = with_rank_uncertainty(report, replicates, measures)
     return report, _contributions(class_states, states, layout, measures), ecdf
 
 
@@ -351,6 +491,7 @@ class Partial:
     paired: pl.DataFrame | None = None
     against_prior: pl.DataFrame | None = None
     cluster_states: pl.DataFrame | None = None
+    replicates: pl.DataFrame | None = None
     worst: dict[str, pl.DataFrame] = field(default_factory=dict)
 
 
@@ -378,6 +519,8 @@ def partial(part: Partition, layout: Layout) -> Partial:
     weight = WEIGHT if layout.weight_col is not None else None
     result.paired = aggregate.paired_states_all(parts, kl_columns, weight)
     result.against_prior = aggregate.prior_states(parts, kl_columns, weight)
+    if part.replicates:
+        result.replicates = pl.concat(part.replicates)
     return result
 
 
@@ -461,6 +604,8 @@ def merge_partials(
         pl.concat(p.against_prior for p in measured if p.against_prior is not None)
     )
     report = aggregate.with_prior_comparison(report, against_prior, clusters)
+    replicates = [p.replicates for p in measured if p.replicates is not None]
+    report = with_rank_uncertainty(report, replicates, measures)
     worst_of = []
     for name in sorted(alignment):
         frames = [p.worst[name] for p in measured if name in p.worst]

@@ -40,6 +40,7 @@ from klrank.pipeline.fold import (
     kept_label_columns,
     measure_batch,
     ranked_report,
+    replicate_states,
     slices,
     sorted_failures,
     weightless_slices,
@@ -158,7 +159,7 @@ def evaluate(
         return Outcome(all_failures, None, part.alignment, part.validation_seconds)
     slice_keys = list(aggregate.slice_key_columns(layout.slice_cols))
     report, contributions, ecdf = ranked_report(
-        part.models, part.key_batches, slice_keys, layout, measures
+        part.models, part.key_batches, slice_keys, layout, measures, part.replicates
     )
     worst = gather_worst_rows(part.models, layout) if measures.worst_rows else None
     return Outcome(
@@ -303,6 +304,7 @@ def _evaluate(
 
     slice_keys = aggregate.slice_key_columns(layout.slice_cols)
     key_batches: list[pl.DataFrame] = []
+    replicates: list[pl.DataFrame] = []
     n_batches = -(-labels.n_rows // size)
     for done, label_batch in enumerate(label_batches, start=1):
         if not labels_checked:
@@ -323,6 +325,10 @@ def _evaluate(
             failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))
             if prepared is not None and not failed():
                 measure_batch(model, prepared, batch, layout, measures, list(slice_keys), rows_sink)
+        if prepared is not None and measures.bootstrap and not failed():
+            replicates.append(
+                replicate_states(prepared, aligned, layout, measures, list(slice_keys))
+            )
         events.progress("batches", done, n_batches)
     for window in validate_only:
         for batch in read(window, predictions):
@@ -334,5 +340,6 @@ def _evaluate(
         alignment,
         key_batches,
         checked.seconds,
-        len(inputs),
+        models_found=len(inputs),
+        replicates=replicates,
     )
