@@ -27,7 +27,7 @@ from klrank._version import __version__
 from klrank.config import Engine, InputOptions, RunOptions, TruthOption
 from klrank.engines.local import evaluate as evaluate_locally
 from klrank.engines.ray import RayOptions, evaluate_on_ray
-from klrank.io import oserrors, plotly_bundle, publishing, reading, targets, writing
+from klrank.io import oserrors, publishing, reading, targets, writing
 from klrank.nightly import Baseline, load_baseline
 from klrank.pipeline import sketch
 from klrank.pipeline.divergence import UNITS
@@ -483,7 +483,6 @@ class Evaluation:
                     rank_by=options.rank_by,
                     details=self._html_details(options),
                     failed_gates=[g.message for g in self.failed_gates],
-                    plotly_js=plotly_bundle.plotly_js(),
                 )
                 writing.write_text(page, folder / HTML_FILE)
         manifest = self._manifest(options, dt.datetime.now(dt.UTC))
