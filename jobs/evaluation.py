@@ -36,7 +36,7 @@ from klrank.pipeline.fold import Measures, Outcome
 from klrank.pipeline.gates import GateResult, Gates, evaluate_gates
 from klrank.pipeline.html import report_html
 from klrank.pipeline.layout import ROW, Layout, resolve_layout
-from klrank.pipeline.published import published_contributions, published_report
+from klrank.pipeline.published import published_contributions, published_report, ranking_record
 from klrank.pipeline.summary import baseline_section, gates_section, ranked_summary
 from klrank.pipeline.text import one_line
 from klrank.pipeline.validation import check_structure, summarise
@@ -419,6 +419,7 @@ class Evaluation:
             "versions": _versions(),
             "gates": [g.recorded() for g in self.gates],
             "models": sorted(self._alignment),
+            "ranking": ranking_record(self.report, options.rank_by),
             "alignment": self._alignment,
             "timings_s": dict(self._timings.seconds),
             "finished_at": finished.isoformat(),
