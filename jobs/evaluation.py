@@ -27,7 +27,7 @@ from klrank._version import __version__
 from klrank.config import DEFAULT_BOOTSTRAP, Engine, InputOptions, RunOptions, TruthOption
 from klrank.engines.local import evaluate as evaluate_locally
 from klrank.engines.ray import RayOptions, evaluate_on_ray
-from klrank.io import oserrors, plotly_bundle, publishing, reading, targets, writing
+from klrank.io import oserrors, publishing, reading, targets, writing
 from klrank.nightly import Baseline, load_baseline
 from klrank.pipeline import sketch
 from klrank.pipeline.divergence import UNITS
@@ -36,7 +36,7 @@ from klrank.pipeline.fold import BOOTSTRAP_METRICS, Measures, Outcome
 from klrank.pipeline.gates import GateResult, Gates, evaluate_gates
 from klrank.pipeline.html import report_html
 from klrank.pipeline.layout import ROW, Layout, resolve_layout
-from klrank.pipeline.published import published_contributions, published_report
+from klrank.pipeline.published import published_contributions, published_report, ranking_record
 from klrank.pipeline.summary import baseline_section, gates_section, ranked_summary
 from klrank.pipeline.text import one_line
 from klrank.pipeline.validation import check_structure, summarise
@@ -436,6 +436,7 @@ class Evaluation:
             "versions": _versions(),
             "gates": [g.recorded() for g in self.gates],
             "models": sorted(self._alignment),
+            "ranking": ranking_record(self.report, options.rank_by),
             "alignment": self._alignment,
             "timings_s": dict(self._timings.seconds),
             "finished_at": finished.isoformat(),
@@ -502,7 +503,6 @@ class Evaluation:
                     rank_by=options.rank_by,
                     details=self._html_details(options),
                     failed_gates=[g.message for g in self.failed_gates],
-                    plotly_js=plotly_bundle.plotly_js(),
                     alpha=options.gates.alpha,
                 )
                 writing.write_text(page, folder / HTML_FILE)

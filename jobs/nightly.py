@@ -11,7 +11,7 @@ from typing import Any
 
 import pandera.polars as pa
 import polars as pl
-from klrank.io import plotly_bundle, reading, writing
+from klrank.io import reading, writing
 from klrank.pipeline.baseline import BASELINE_INPUT_COLUMNS, in_unit
 from klrank.pipeline.divergence import UNITS
 from klrank.pipeline.errors import UsageError
@@ -178,7 +178,7 @@ def history(options: HistoryOptions) -> HistorySummary:
     )
     if table.height == 0:
         raise UsageError(f"no night's report has the slice {options.slice!r}")
-    html = history_chart_html(table, unit, options.slice, plotly_bundle.plotly_js())
+    html = history_chart_html(table, unit, options.slice)
     _check_replaceable_chart(options.chart_path)
     writing.write_atomically(options.chart_path, lambda path: writing.write_text(html, path))
     nights = [day.isoformat() for day, _ in partitions]

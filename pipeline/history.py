@@ -6,17 +6,21 @@ Pure functions of frames; :mod:`klrank.nightly` finds and reads the reports.
 import datetime as dt
 import html
 from collections.abc import Sequence
-from typing import Any
 
 import polars as pl
 from klrank.pipeline.aggregate import SLICE
 from klrank.pipeline.layout import MODEL
-from klrank.pipeline.plotlyjs import axis, figure_html, finite, label, layout, plotly_js_lines
 from klrank.pipeline.summary import number
+from klrank.pipeline.svg import CHART_STYLE, DatedSeries, line_chart
 from klrank.pipeline.text import markdown_text
 from klrank.schemas.outputs import RUN_DATE_KEY
 
 RUN_DATE = RUN_DATE_KEY
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1rem auto;
+       max-width: 1100px; padding: 0 1rem; color: #2a3f5f; }
+h1 { font-size: 1.2rem; font-weight: 500; }
+"""
 # What a night's report must have; all of them exist since report schema version 1.
 HISTORY_INPUT_COLUMNS = (
     SLICE,
@@ -79,51 +83,25 @@ def history_markdown(table: pl.DataFrame, unit: str, slice_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _date_axis(dates: list[dt.date]) -> dict[str, Any]:
-    # Ticks on whole days: plotly would label a few nights with hours (06:00, 12:00, ...).
-    settings: dict[str, Any] = {"tickformat": "%Y-%m-%d"}
-    if dates and (max(dates) - min(dates)).days <= 31:
-        settings["dtick"] = 86_400_000  # one day, in milliseconds
-    return settings
+def history_chart_html(table: pl.DataFrame, unit: str, slice_name: str) -> str:
+    """A self-contained HTML page (a static SVG chart): mean KL ± 95% CI per model over nights.
 
-
-def history_chart_html(table: pl.DataFrame, unit: str, slice_name: str, plotly_js: str) -> str:
-    """A self-contained HTML page (plotly.js inlined): mean KL ± 95% CI per model over nights.
-
-    An infinite mean is left out of its line (a gap), as plotly cannot draw it; the table says
-    so with ``n_infinite``. The figure is a plain dict (:mod:`klrank.pipeline.plotlyjs`): plotly's
-    Python side is not imported.
+    An infinite mean is left out of its model's line, as an axis has no place for it; the table
+    says so with ``n_infinite``.
     """
-    traces = []
+    series = []
     for (model,), rows in table.sort(RUN_DATE).group_by(MODEL, maintain_order=True):
         finite_rows = rows.filter(pl.col("mean_kl").is_finite())
-        means = finite_rows.get_column("mean_kl")
-        upper = (finite_rows.get_column("ci95_high") - means).to_list()
-        lower = (means - finite_rows.get_column("ci95_low")).to_list()
-        traces.append(
-            {
-                "type": "scatter",
-                "x": [d.isoformat() for d in finite_rows.get_column(RUN_DATE).to_list()],
-                "y": means.to_list(),
-                "error_y": {
-                    "type": "data",
-                    "array": [finite(v) for v in upper],
-                    "arrayminus": [finite(v) for v in lower],
-                    "visible": True,
-                },
-                "mode": "lines+markers",
-                "name": label(str(model)),
-            }
+        series.append(
+            DatedSeries(
+                str(model),
+                finite_rows.get_column(RUN_DATE).to_list(),
+                finite_rows.get_column("mean_kl").to_list(),
+                finite_rows.get_column("ci95_low").to_list(),
+                finite_rows.get_column("ci95_high").to_list(),
+            )
         )
     title = f"klrank: mean KL per night, slice {slice_name} (95% CI)"
-    figure = {
-        "data": traces,
-        "layout": layout(
-            title={"text": label(title)},
-            xaxis=axis("run date", **_date_axis(table.get_column(RUN_DATE).to_list())),
-            yaxis=axis(f"mean KL ({unit})"),
-        ),
-    }
     return "\n".join(
         [
             "<!DOCTYPE html>",
@@ -131,12 +109,12 @@ def history_chart_html(table: pl.DataFrame, unit: str, slice_name: str, plotly_j
             "<head>",
             "<meta charset='utf-8'>",
             f"<title>{html.escape(title)}</title>",
-            # The figure fills the window: it has no height of its own.
-            "<style>html, body { height: 100%; margin: 0; }</style>",
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+            f"<style>{_STYLE}{CHART_STYLE}</style>",
             "</head>",
             "<body>",
-            *plotly_js_lines(plotly_js),
-            figure_html("history", figure),
+            f"<h1>{html.escape(title)}</h1>",
+            line_chart("history", series, x_title="run date", y_title=f"mean KL ({unit})"),
             "</body>",
             "</html>",
             "",

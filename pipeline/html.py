@@ -1,10 +1,10 @@
 """``report.html``: the ranked report as one self-contained page, for people rather than programs.
 
 The page holds the ranked tables, each model's mean KL with its 95% interval, the distribution
-of per-row KL (an ECDF on a log axis) and each class's contribution to the mean KL. Figures are
-drawn by plotly.js, whose bundle (the one in the ``plotly`` package) is inlined once, so the file
-opens without a network. The figures are plain dicts (:mod:`klrank.pipeline.plotlyjs`): plotly's Python
-side, which cost 0.2 s a page, is never imported.
+of per-row KL (an ECDF on a log axis) and each class's contribution to the mean KL. The figures
+are static SVG drawn here (:mod:`klrank.pipeline.svg`): the page has no script at all, opens
+without a network and stays small (tens of kilobytes: its size grows with the models, slices and
+classes, never with the rows).
 
 Notes
 -----
@@ -14,11 +14,9 @@ Notes
   tolerance): each curve starts at the left edge at the share of such rows, which is the exact
   ECDF there, and the legend states that share. Rows with KL = +inf are never reached: a curve
   ends below 1 by their share, also stated in the legend.
-* Infinite values are not plotted as numbers (JSON has none); they are written out in the text.
+* Infinite values have no place on an axis: they are not drawn, and the text says what they were.
 * The same frames give the same bytes: figure ids are fixed, nothing depends on the clock.
-* Names are data, not markup: plotly.js reads a few HTML tags in labels, so names are escaped
-  for it (:func:`klrank.pipeline.plotlyjs.label`), and the JSON in the page's scripts cannot end them
-  (:func:`klrank.pipeline.plotlyjs.script_json`).
+* Names are data, not markup: they are escaped wherever they go, tables and figures alike.
 """
 
 import html
@@ -29,15 +27,7 @@ from typing import Any
 import polars as pl
 from klrank.pipeline.aggregate import ALL_ROWS, CLASS, ECDF_POINTS, SLICE
 from klrank.pipeline.layout import MODEL
-from klrank.pipeline.plotlyjs import (
-    Figure,
-    axis,
-    figure_html,
-    finite,
-    label,
-    layout,
-    plotly_js_lines,
-)
+from klrank.pipeline.svg import CHART_STYLE, Curve, bar_chart, dot_chart, step_chart
 
 MAX_CLASSES_SHOWN = 40  # more bars than this are unreadable; the largest contributions are shown
 
@@ -134,64 +124,28 @@ def _table(rows: pl.DataFrame, unit: str, alpha: float) -> str:
     return "\n".join(lines)
 
 
-def _mean_figure(overall: pl.DataFrame, unit: str) -> Figure:
-    models = [label(m) for m in overall.get_column(MODEL).to_list()]
-    means = [finite(v) for v in overall.get_column("mean_kl").to_list()]
-    lows, highs = (
+def _mean_figure(overall: pl.DataFrame, unit: str) -> str:
+    means = overall.get_column("mean_kl").to_list()
+    notes = [
+        "mean = ∞ (rows with KL = ∞)" if mean is not None and math.isinf(mean) else ""
+        for mean in means
+    ]
+    return dot_chart(
+        "mean",
+        overall.get_column(MODEL).to_list(),
+        means,
         overall.get_column("ci95_low").to_list(),
         overall.get_column("ci95_high").to_list(),
+        x_title=f"mean KL ({unit}), 95% t-interval",
+        notes=notes,
     )
-    plus = [
-        finite(h - m) if m is not None and h is not None else None
-        for m, h in zip(means, highs, strict=True)
-    ]
-    minus = [
-        finite(m - lo) if m is not None and lo is not None else None
-        for m, lo in zip(means, lows, strict=True)
-    ]
-    trace = {
-        "type": "scatter",
-        "x": means,
-        "y": models,
-        "mode": "markers",
-        "marker": {"size": 10},
-        "error_x": {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus},
-        "hovertemplate": "%{y}: %{x:.4g}<extra></extra>",
-    }
-    annotations = [
-        {
-            "x": 1,
-            "xref": "paper",
-            "y": model,
-            "text": "mean = ∞ (rows with KL = ∞)",
-            "showarrow": False,
-            "xanchor": "right",
-        }
-        for model, mean in zip(models, overall.get_column("mean_kl").to_list(), strict=True)
-        if mean is not None and math.isinf(mean)
-    ]
-    return {
-        "data": [trace],
-        "layout": layout(
-            height=120 + 40 * len(models),
-            margin={"l": 10, "r": 10, "t": 10, "b": 40},
-            xaxis=axis(f"mean KL ({unit}), 95% t-interval"),
-            yaxis={
-                "type": "category",
-                "categoryorder": "array",
-                "categoryarray": models,
-                "autorange": "reversed",
-            },
-            annotations=annotations,
-        ),
-    }
 
 
-def _ecdf_figure(overall: pl.DataFrame, ecdf: pl.DataFrame, unit: str) -> Figure:
+def _ecdf_figure(overall: pl.DataFrame, ecdf: pl.DataFrame, unit: str) -> str:
     positive = ecdf.filter(pl.col("kl") > 0).get_column("kl")
     left = float(positive.min()) / 2 if positive.len() else 1e-6  # type: ignore[arg-type]
     right = float(positive.max()) * 2 if positive.len() else 1.0  # type: ignore[arg-type]
-    traces = []
+    curves = []
     for r in overall.iter_rows(named=True):
         curve = ecdf.filter(pl.col(MODEL) == r[MODEL])
         at_or_below_zero = curve.filter(pl.col("kl") <= 0).get_column("ecdf")
@@ -206,27 +160,17 @@ def _ecdf_figure(overall: pl.DataFrame, ecdf: pl.DataFrame, unit: str) -> Figure
             f"KL=∞: {_percent(infinite_share)}" if infinite_share else "",
         ]
         note = ", ".join(n for n in notes if n)
-        traces.append(
-            {
-                "type": "scatter",
-                "x": x,
-                "y": y,
-                "mode": "lines",
-                "line": {"shape": "hv"},
-                "name": f"{label(r[MODEL])} ({note})" if note else label(r[MODEL]),
-                "hovertemplate": "KL ≤ %{x:.4g}: %{y:.2%}<extra>" + label(r[MODEL]) + "</extra>",
-            }
-        )
-    return {
-        "data": traces,
-        "layout": layout(
-            height=420,
-            margin={"l": 10, "r": 10, "t": 10, "b": 40},
-            xaxis=axis(f"per-row KL ({unit}), log scale", type="log"),
-            yaxis=axis("share of rows with KL ≤ x", range=[0, 1.02], tickformat=".0%"),
-            legend={"orientation": "h", "y": -0.2},
-        ),
-    }
+        curves.append(Curve(f"{r[MODEL]} ({note})" if note else r[MODEL], x, y))
+    return step_chart(
+        "ecdf",
+        curves,
+        x_range=(left, right),
+        y_range=(0.0, 1.02),
+        x_title=f"per-row KL ({unit}), log scale",
+        y_title="share of rows with KL ≤ x",
+        x_log=True,
+        y_percent=True,
+    )
 
 
 def _shown_classes(contributions: pl.DataFrame) -> list[str]:
@@ -244,34 +188,21 @@ def _shown_classes(contributions: pl.DataFrame) -> list[str]:
     return [c for c in classes.to_list() if c in shown]
 
 
-def _contribution_figure(overall: pl.DataFrame, contributions: pl.DataFrame, unit: str) -> Figure:
+def _contribution_figure(overall: pl.DataFrame, contributions: pl.DataFrame, unit: str) -> str:
     shown = _shown_classes(contributions)
-    traces = []
+    series = []
     for model in overall.get_column(MODEL).to_list():
         values = dict(
             contributions.filter(pl.col(MODEL) == model).select(CLASS, "contribution").iter_rows()
         )
-        traces.append(
-            {
-                "type": "bar",
-                "x": [label(c) for c in shown],
-                "y": [finite(values.get(c)) for c in shown],
-                "name": label(model),
-                "hovertemplate": "class %{x}: %{y:.4g}<extra>" + label(model) + "</extra>",
-                "marker": {"line": {"color": "white", "width": 0.5}},
-            }
-        )
-    return {
-        "data": traces,
-        "layout": layout(
-            barmode="group",
-            height=420,
-            margin={"l": 10, "r": 10, "t": 10, "b": 40},
-            xaxis=axis("class", type="category"),
-            yaxis=axis(f"contribution to mean KL ({unit})"),
-            legend={"orientation": "h", "y": -0.2},
-        ),
-    }
+        series.append((model, [values.get(c) for c in shown]))
+    return bar_chart(
+        "contributions",
+        shown,
+        series,
+        x_title="class",
+        y_title=f"contribution to mean KL ({unit})",
+    )
 
 
 def _infinite_contributions(contributions: pl.DataFrame) -> str:
@@ -297,7 +228,6 @@ def report_html(
     rank_by: str,
     details: Sequence[str] = (),
     failed_gates: Sequence[str] = (),
-    plotly_js: str,
     alpha: float = 0.05,
 ) -> str:
     """The page: tables, mean KL with 95% CI, KL ECDF and per-class contributions (ALL rows).
@@ -324,11 +254,9 @@ def report_html(
     n_rows = overall.get_column("n_rows").max() if overall.height else 0
     overall_contributions = contributions.filter(pl.col(SLICE) == ALL_ROWS)
     divs = {
-        "mean": figure_html("mean", _mean_figure(overall, unit)),
-        "ecdf": figure_html("ecdf", _ecdf_figure(overall, ecdf, unit)),
-        "contributions": figure_html(
-            "contributions", _contribution_figure(overall, overall_contributions, unit)
-        ),
+        "mean": _mean_figure(overall, unit),
+        "ecdf": _ecdf_figure(overall, ecdf, unit),
+        "contributions": _contribution_figure(overall, overall_contributions, unit),
     }
     n_classes = overall_contributions.get_column(CLASS).n_unique()
     shown = min(n_classes, MAX_CLASSES_SHOWN)
@@ -345,7 +273,7 @@ def report_html(
         "<meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>klrank: models ranked by {html.escape(rank_by)}</title>",
-        f"<style>{_STYLE}</style>",
+        f"<style>{_STYLE}{CHART_STYLE}</style>",
         "</head>",
         "<body>",
         f"<h1>klrank: models ranked by {html.escape(rank_by)} ({html.escape(unit)}), "
@@ -371,7 +299,6 @@ def report_html(
         f"{alpha}. P(best) is the share of bootstrap replicates in which the model ranks first, "
         "and rank 95% the interval of its rank over them (--bootstrap).</p>",
         "<h2 id='mean'>Mean KL with 95% confidence interval</h2>",
-        *plotly_js_lines(plotly_js),  # once, before the first figure
         divs["mean"],
         "<h2 id='distribution'>Distribution of per-row KL</h2>",
         divs["ecdf"],

@@ -1,5 +1,8 @@
 """The report and the class contributions in the order and columns they are published in."""
 
+import math
+from typing import Any
+
 import polars as pl
 from klrank.pipeline import aggregate
 from klrank.pipeline.baseline import compare_with_baseline
@@ -39,3 +42,33 @@ def published_contributions(
             pl.lit(unit).alias("unit"),
         )
     )
+
+
+RANKING_COLUMNS = ("rank", MODEL, "mean_kl", "ci95_low", "ci95_high", "n_rows", "n_infinite")
+
+
+def ranking_record(report: pl.DataFrame, rank_by: str) -> list[dict[str, Any]]:
+    """The ``ALL`` slice of a published report as JSON-ready rows, in rank order.
+
+    Each row holds :data:`RANKING_COLUMNS` and the ``rank_by`` column, for the manifest and the
+    run's ``--json`` summary: a scheduler reads the ranking there without reading Parquet.
+
+    Notes
+    -----
+    JSON has no infinity or NaN: a non-finite value is ``None`` (null), and ``n_infinite`` says
+    why a mean is missing.
+
+    Examples
+    --------
+    >>> report = pl.DataFrame({"slice": ["ALL"], "rank": [1], "model": ["m"],
+    ...     "mean_kl": [float("inf")], "ci95_low": [None], "ci95_high": [None], "n_rows": [4],
+    ...     "n_infinite": [1]})
+    >>> ranking_record(report, "mean_kl")
+    [{'rank': 1, 'model': 'm', 'mean_kl': None, 'ci95_low': None, 'ci95_high': None, 'n_rows': 4, 'n_infinite': 1}]
+    """
+    columns = list(dict.fromkeys([*RANKING_COLUMNS, rank_by]))
+    rows = report.filter(pl.col(aggregate.SLICE) == aggregate.ALL_ROWS).sort("rank", MODEL)
+    return [
+        {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+        for row in rows.select(columns).iter_rows(named=True)
+    ]

@@ -70,6 +70,10 @@ ILLUSTRATIVE = {
         "needs Airflow in .venv-airflow; `make test-airflow` runs the same `airflow dags test` "
         "(tests/airflow/test_airflow.py)"
     ),
+    ("docs/airflow.md", "# after_klrank.py"): (
+        "a DAG file, which needs Airflow; tests/airflow/test_airflow.py runs it from this page "
+        "(test_a_downstream_dag_scheduled_on_the_asset_is_queued_by_a_good_night)"
+    ),
     ("docs/scaling.md", "make bench"): (
         "times the 2m benchmark set (0.65 GiB to generate, minutes); "
         "tests/test_benchmark_runs.py runs the harness on the tiny set"

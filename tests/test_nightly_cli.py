@@ -248,8 +248,12 @@ def test_history_prints_every_night_and_writes_the_chart(nights: Nights) -> None
     )
     chart = nights.out / "history.html"
     html = chart.read_text()
-    assert "Plotly.newPlot" in html and '"name":"m"' in html and '"name":"n"' in html
-    assert "<script src=" not in html  # plotly.js is inlined: opens without a network
+    # One static SVG line per model, named in the legend: nothing to run or fetch.
+    assert html.count('<g class="series"') == 2
+    assert (
+        '<span class="legendtext">m</span>' in html and '<span class="legendtext">n</span>' in html
+    )
+    assert "<script" not in html and " src=" not in html
     assert f"klrank: chart written to {chart}" in result.stderr
 
 

@@ -5,10 +5,19 @@ Pure standard library, so that it is unit tested without Airflow and deployed be
 """
 
 import enum
+import json
 import shlex
 import signal
+import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+REPORT_ASSET_NAME = "klrank_nightly_report"
+"""The Asset a successful night updates: ``schedule=Asset("klrank_nightly_report")`` downstream."""
+# What klrank publishes in OUT/run_date=D/ (klrank.schemas.outputs, not importable here).
+REPORT_FILE, MANIFEST_FILE = "report.parquet", "manifest.json"
 
 
 class Outcome(enum.Enum):
@@ -154,3 +163,65 @@ def klrank_argv(
         run_date,
         "--json",
     ]
+
+
+def night_folder(out: str, run_date: str) -> PurePosixPath:
+    """Where klrank publishes the night ``run_date`` under ``out``: ``OUT/run_date=D``."""
+    return PurePosixPath(out) / f"run_date={run_date}"
+
+
+def report_uri(out: str, run_date: str) -> str:
+    """The URI of the night's ``report.parquet`` (``out`` is absolute, see :func:`klrank_argv`).
+
+    Percent-encoded but for ``/`` and the ``=`` of the hive key, which RFC 3986 allows in a path
+    (``PurePath.as_uri`` would write ``%3D``).
+
+    >>> report_uri("/d/out", "2026-11-25")
+    'file:///d/out/run_date=2026-11-25/report.parquet'
+    >>> report_uri("/d/my reports", "2026-11-25")
+    'file:///d/my%20reports/run_date=2026-11-25/report.parquet'
+    """
+    return "file://" + urllib.parse.quote(str(night_folder(out, run_date) / REPORT_FILE), safe="/=")
+
+
+def read_manifest(out: str, run_date: str) -> dict[str, Any]:
+    """The night's ``manifest.json``: what ``klrank run --json`` printed, as klrank published it.
+
+    Read from the published folder rather than from the task log, where stderr is merged.
+    """
+    document: dict[str, Any] = json.loads(
+        Path(night_folder(out, run_date), MANIFEST_FILE).read_text(encoding="utf-8")
+    )
+    return document
+
+
+def xcom_summary(manifest: Mapping[str, Any], out: str, run_date: str) -> dict[str, Any]:
+    """The night's summary for XCom, from its manifest (JSON-ready).
+
+    Returns
+    -------
+    dict
+        ``status`` (``success`` or ``gate_failed``), ``run_date``, ``report_uri``, ``unit``,
+        ``rank_by``, ``models`` (the ``ALL`` slice in rank order: ``rank``, ``model``,
+        ``mean_kl``, ``ci95_low``, ``ci95_high``, ``n_rows``, ``n_infinite``; null for an
+        infinite value), ``failed_gates`` (the manifest's records of the gates that failed:
+        ``gate``, ``model``, ``message``, ...) and ``klrank_version``.
+
+    Examples
+    --------
+    >>> manifest = {"status": "success", "unit": "bits", "options": {"rank_by": "mean_kl"},
+    ...     "ranking": [{"rank": 1, "model": "m", "mean_kl": 0.5}], "gates": [],
+    ...     "klrank_version": "0.1.0"}
+    >>> xcom_summary(manifest, "/d/out", "2026-11-25")["report_uri"]
+    'file:///d/out/run_date=2026-11-25/report.parquet'
+    """
+    return {
+        "status": manifest["status"],
+        "run_date": run_date,
+        "report_uri": report_uri(out, run_date),
+        "unit": manifest["unit"],
+        "rank_by": manifest["options"]["rank_by"],
+        "models": list(manifest["ranking"]),
+        "failed_gates": [dict(g) for g in manifest["gates"] if g["outcome"] == "failed"],
+        "klrank_version": manifest["klrank_version"],
+    }

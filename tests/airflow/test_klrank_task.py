@@ -4,11 +4,23 @@ tests/airflow/test_airflow.py runs the DAG itself in real Airflow.
 """
 
 import doctest
+import json
 import signal
+import urllib.request
+from pathlib import Path
 
+import polars as pl
 import pytest
+from cli_helpers import expect, inputs, invoke, prob_predictions, soft_labels
 from klrank.airflow import klrank_task
-from klrank.airflow.klrank_task import Outcome, judge, klrank_argv
+from klrank.airflow.klrank_task import (
+    Outcome,
+    judge,
+    klrank_argv,
+    read_manifest,
+    report_uri,
+    xcom_summary,
+)
 
 
 @pytest.mark.parametrize(
@@ -129,3 +141,34 @@ def test_klrank_argv_rejects_an_empty_command() -> None:
 
 def test_docstring_examples() -> None:
     assert doctest.testmod(klrank_task).failed == 0
+
+
+def test_the_summary_is_the_published_nights_manifest_read_for_xcom(tmp_path: Path) -> None:
+    # A real night with a failed gate (--max-mean-kl 0.01, which some model exceeds),
+    # published by the CLI where the task would find it.
+    out, night = tmp_path / "reports", "2026-11-25"
+    args = [*inputs(tmp_path, soft_labels(), prob_predictions()), "--out", out, "--run-date", night]
+    expect(invoke("run", *args, "--max-mean-kl", "0.01"), 3)
+    summary = xcom_summary(read_manifest(str(out), night), str(out), night)
+    report = pl.read_parquet(out / f"run_date={night}" / "report.parquet").filter(slice="ALL")
+    assert summary["status"] == "gate_failed" and summary["run_date"] == night
+    assert urllib.request.url2pathname(summary["report_uri"].removeprefix("file://")) == str(
+        out / f"run_date={night}" / "report.parquet"
+    )
+    assert [(m["rank"], m["model"], m["mean_kl"]) for m in summary["models"]] == report.sort(
+        "rank"
+    ).select("rank", "model", "mean_kl").rows()
+    over = report.filter(pl.col("mean_kl") > 0.01).get_column("model").to_list()
+    assert [(g["gate"], g["model"]) for g in summary["failed_gates"]] == [
+        ("max_mean_kl", m) for m in over
+    ]
+    assert over  # the gate did fail for some model
+    json.dumps(summary, allow_nan=False)  # XCom takes JSON
+
+
+def test_the_report_uri_keeps_the_hive_key_readable_and_quotes_the_rest() -> None:
+    uri = report_uri("/data/k rank/out#1", "2026-11-25")
+    assert uri == "file:///data/k%20rank/out%231/run_date=2026-11-25/report.parquet"
+    assert urllib.request.url2pathname(uri.removeprefix("file://")) == (
+        "/data/k rank/out#1/run_date=2026-11-25/report.parquet"
+    )

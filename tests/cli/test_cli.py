@@ -521,6 +521,41 @@ def test_run_json_prints_one_success_object(successes: Runs) -> None:
     assert summary["status"] == "success"
     assert Path(summary["target"]) == out
     assert summary["models"] == ["m", "n"]
+    # The ranking of the ALL slice, as report.parquet has it: schedulers need not read Parquet.
+    columns = ["rank", "model", "mean_kl", "ci95_low", "ci95_high", "n_rows", "n_infinite"]
+    report = pl.read_parquet(out / "report.parquet").filter(slice=ALL_ROWS).sort("rank")
+    assert summary["ranking"] == report.select(columns).to_dicts()
+    assert summary["ranking"] == json.loads((out / "manifest.json").read_text())["ranking"]
+
+
+def test_run_json_writes_an_infinite_mean_as_null_not_as_invalid_json(tmp_path: Path) -> None:
+    predictions = set_value(prob_predictions(), "prob_a", 0.0, model="n", id=3)
+    predictions = set_value(predictions, "prob_c", 0.7, model="n", id=3)
+    result = invoke(
+        "run",
+        *input_options(tmp_path, soft_labels(), predictions),
+        "--out",
+        tmp_path / "out",
+        "--json",
+    )
+    expect(result, 0)
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    summary = json.loads(result.stdout, parse_constant=no_constants)
+    infinite = [r for r in summary["ranking"] if r["model"] == "n"]
+    assert infinite == [
+        {
+            "rank": 2,
+            "model": "n",
+            "mean_kl": None,
+            "ci95_low": None,
+            "ci95_high": None,
+            "n_rows": 4,
+            "n_infinite": 1,
+        }
+    ]
 
 
 def test_hard_labels_and_logits_run(successes: Runs) -> None:
