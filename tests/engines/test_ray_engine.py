@@ -182,6 +182,30 @@ def test_slice_labels_that_once_collided_are_kept_apart_as_locally(
     )
 
 
+def test_weighted_clustered_reports_are_the_local_ones(tmp_path: Path, local_ray: None) -> None:
+    # Documents of 10 rows scattered over the input, so that every part holds pieces of most of
+    # them and the per-cluster sums must be merged across parts; weights 0 on about 1 row in 8.
+    rng = np.random.default_rng(5)
+    labels, predictions = _inputs(tmp_path / "in", rng, n=800)
+    frame = pl.read_parquet(labels)
+    weights = rng.uniform(0.1, 3.0, frame.height) * (rng.random(frame.height) > 0.125)
+    frame.with_columns(
+        w=pl.Series(weights), doc=pl.Series(rng.permutation(np.arange(frame.height) // 10))
+    ).write_parquet(labels)
+    inputs = InputOptions(
+        str(labels), str(predictions), slice_by=("region",), weight_col="w", cluster_by="doc"
+    )
+    local = tmp_path / "local"
+    run(RunOptions(inputs=inputs, out=local))
+    distributed = tmp_path / "ray"
+    run(RunOptions(inputs=inputs, out=distributed, engine="ray", partitions=4))
+    _assert_equivalent(local, distributed)
+    report = pl.read_parquet(distributed / "report.parquet")
+    overall = report.filter(pl.col("slice") == ALL_ROWS)
+    assert overall.get_column("n_clusters").to_list() == [80, 80, 80]
+    assert overall.get_column("sem_kl").null_count() == 1  # 'zeros': infinite rows
+
+
 @pytest.mark.parametrize("partitions", [1, 3, 16])
 def test_the_number_of_parts_changes_nothing(
     tmp_path: Path, local_ray: None, partitions: int
