@@ -77,7 +77,7 @@ def main() -> None:
         spec = ray_engine._PartSpec(
             layout, Measures(), models, label_schema, prediction_schema,
             ray_engine._offsets(counts), rows_dir, True, None,
-            label_means(labels, layout, Measures()),
+            label_means(labels, layout, Measures())[0],
         )  # fmt: skip
         for attempt in range(2):
             start = _cpu()

@@ -762,6 +762,21 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
     return adjusted
 
 
+# A paired difference whose mean and standard error are both within this share of the KL it
+# compares is rounding, not evidence: two models (or a model and the prior) that predict the same
+# up to the last bits get p = 1, as identical ones do, not a p-value of the rounding noise.
+ROUNDING = 1e-12
+
+
+def _within_rounding(delta: str, sem: str, p_value: str, scale: pl.Expr) -> pl.Expr:
+    """``p_value``, or 1 where the difference and its error are below ``ROUNDING`` of ``scale``."""
+    bound = ROUNDING * scale.abs()
+    rounding = (
+        (pl.col(delta).abs() <= bound) & (pl.col(sem) <= bound) & pl.col(p_value).is_not_null()
+    )
+    return pl.when(rounding).then(1.0).otherwise(pl.col(p_value)).alias(p_value)
+
+
 def with_paired_comparison(
     report: pl.DataFrame, paired: pl.DataFrame, clusters: pl.DataFrame | None = None
 ) -> pl.DataFrame:
@@ -796,6 +811,11 @@ def with_paired_comparison(
             .otherwise(pl.col("p_value_vs_best"))
             .alias("p_value_vs_best"),
         )
+        .with_columns(
+            _within_rounding(
+                "delta_vs_best", "delta_vs_best_sem", "p_value_vs_best", pl.col("mean_kl")
+            )
+        )
         .drop("is_best")
     )
     adjusted = [
@@ -829,4 +849,8 @@ def with_prior_comparison(
         *KEYS,
         *(pl.col(s).alias(c) for s, c in zip(("mean", "sem", "p_value"), columns, strict=True)),
     )
-    return report.join(deltas, on=list(KEYS), how="left", maintain_order="left")
+    compared = report.join(deltas, on=list(KEYS), how="left", maintain_order="left")
+    scale = pl.max_horizontal(pl.col("mean_kl").abs(), pl.col("prior_mean_kl").abs())
+    return compared.with_columns(
+        _within_rounding("delta_vs_prior", "delta_vs_prior_sem", "p_value_vs_prior", scale)
+    )

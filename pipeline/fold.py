@@ -437,14 +437,8 @@ def ranked_report(
     return report, _contributions(class_states, states, layout, measures), ecdf
 
 
-def weightless_slices(states: pl.DataFrame, layout: Layout) -> pl.DataFrame:
+def weightless_slices(empty: Sequence[str], layout: Layout) -> pl.DataFrame:
     """The failure of every slice whose rows' weights sum to 0 (its means are undefined)."""
-    if layout.weight_col is None or not states.height:
-        return no_failures()
-    totals = states.group_by(aggregate.SLICE, maintain_order=True).agg(
-        pl.col(aggregate.WEIGHT_SUM).first()
-    )
-    empty = totals.filter(~(pl.col(aggregate.WEIGHT_SUM) > 0)).get_column(aggregate.SLICE)
     return pl.concat(
         [
             no_failures(),
@@ -562,9 +556,6 @@ def merge_partials(
         return Outcome(all_failures, None, dict(sorted(alignment.items())), seconds)
     measured = [p for p in partials if p.states is not None]
     states = aggregate.merge_states(pl.concat(p.states for p in measured if p.states is not None))
-    weightless = weightless_slices(states, layout)
-    if weightless.height:
-        return Outcome(weightless, None, dict(sorted(alignment.items())), seconds)
     class_states = aggregate.merge_class_states(
         pl.concat(p.class_states for p in measured if p.class_states is not None)
     )

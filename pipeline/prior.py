@@ -109,6 +109,12 @@ def log_means(sums: pl.DataFrame) -> dict[str, list[float]]:
     return out
 
 
+def weightless(sums: pl.DataFrame) -> list[str]:
+    """The slices of merged label sums whose weights add up to 0: their means are undefined."""
+    totals = merge_label_sums(sums).filter(pl.col(CLASS) == _WEIGHT_CLASS)
+    return totals.filter(~(pl.col("p_sum") > 0)).get_column(SLICE).to_list()
+
+
 def _slice_names(layout: Layout) -> list[str]:
     return list(slice_key_columns(layout.slice_cols))
 

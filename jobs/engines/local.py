@@ -151,9 +151,6 @@ def evaluate(
     """Validate everything and, if it is all valid and ``compute``, build the ranked report."""
     part = evaluate_partition(labels, predictions, layout, measures, rows_sink, compute)
     failures = [part.failures, *empty_inputs(labels.n_rows, part.models_found)]
-    if part.models and part.models[0].states:
-        states = aggregate.merge_states(pl.concat(part.models[0].states))
-        failures.append(weightless_slices(states, layout))
     all_failures = sorted_failures(pl.concat(failures))
     if all_failures.height or not compute:
         return Outcome(all_failures, None, part.alignment, part.validation_seconds)
@@ -201,11 +198,12 @@ def evaluate_partition(
 
 def label_means(
     labels: ParquetInput, layout: Layout, measures: Measures, checked: _Stopwatch | None = None
-) -> prior.LogMeans | None:
+) -> tuple[prior.LogMeans | None, pl.DataFrame]:
     """Log P̄ per slice, the prior's prediction, from one pass over valid labels.
 
     Each batch is validated first (in ``checked``'s time); at the first that fails, None: the
-    labels are invalid, and the evaluation reports why.
+    labels are invalid, and the evaluation reports why. Also the failures of the slices whose
+    weights sum to 0 (:func:`klrank.pipeline.fold.weightless_slices`).
     """
     checks = checked or _Stopwatch()
     selected = [*label_columns(layout), ROW]
@@ -214,9 +212,11 @@ def label_means(
     with closing(reading.batches(labels.windows(selected), labels, size)) as batches:
         for batch in batches:
             if checks(check_rows, batch, "labels", layout, measures.tolerance).height:
-                return None
+                return None, no_failures()
             sums.append(prior.label_sums(batch, layout))
-    return prior.log_means(pl.concat([pl.DataFrame(schema=prior.LABEL_SUMS_SCHEMA), *sums]))
+    merged = pl.concat([pl.DataFrame(schema=prior.LABEL_SUMS_SCHEMA), *sums])
+    empty = prior.weightless(merged) if layout.weight_col is not None else []
+    return prior.log_means(merged), weightless_slices(empty, layout)
 
 
 def _label_keys(labels: ParquetInput, frame: pl.LazyFrame, layout: Layout) -> pl.DataFrame:
@@ -248,9 +248,11 @@ def _evaluate(
     label_keys = _label_keys(labels, label_frame, layout)
     failures = [checked(check_label_keys, label_keys, layout)]  # failures[0]: duplicate ids
     labels_checked = False  # whether label_means has validated every label row already
-    if compute and means is None and names is None:  # a partition is given the whole labels'
-        means = label_means(labels, layout, measures, checked)
+    # A partition is given the whole labels' means; validating alone needs the weights' sums.
+    if (compute or layout.weight_col is not None) and means is None and names is None:
+        means, weightless = label_means(labels, layout, measures, checked)
         labels_checked = means is not None
+        failures.append(weightless)
 
     label_batches = read(labels.windows(label_selected), labels)  # starts reading now
     aligned: list[ModelState] = []

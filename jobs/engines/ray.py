@@ -44,10 +44,11 @@ from klrank.pipeline.fold import (
     RowsSink,
     merge_partials,
     partial,
+    sorted_failures,
 )
 from klrank.pipeline.layout import ROW, Layout
 from klrank.pipeline.text import one_line
-from klrank.pipeline.validation import label_columns, prediction_columns
+from klrank.pipeline.validation import label_columns, no_failures, prediction_columns
 from klrank.runtime import interrupts
 
 TASK_RETRIES = 3
@@ -443,7 +444,9 @@ def _evaluate(
     compute: bool,
 ) -> Outcome:
     # The prior's P̄ needs the whole labels: one pass here, before the parts are measured.
-    means = label_means(labels, layout, measures) if compute else None
+    means, weightless = None, no_failures()
+    if compute or layout.weight_col is not None:
+        means, weightless = label_means(labels, layout, measures)
     run = _Run(labels, predictions, layout, measures, rows_dir, compute, means)
     if rows_dir is not None:
         rows_dir.mkdir(parents=True, exist_ok=True)
@@ -457,7 +460,11 @@ def _evaluate(
         for leftover in rows_dir.glob(".*.tmp"):  # from attempts whose worker died
             leftover.unlink(missing_ok=True)
     models_found = len(spec.models) or int(predictions.n_rows > 0)  # > 0: null model rows
-    return merge_partials(partials, layout, measures, labels.n_rows, models_found)
+    outcome = merge_partials(partials, layout, measures, labels.n_rows, models_found)
+    if weightless.height:  # found by the driver's pass over the labels: no report
+        failures = sorted_failures(pl.concat([outcome.failures, weightless]))
+        return Outcome(failures, None, outcome.alignment, outcome.validation_seconds)
+    return outcome
 
 
 def _evaluate_buckets(

@@ -169,11 +169,6 @@ def test_run_refuses_weights_that_sum_to_zero_in_a_slice(tmp_path: Path) -> None
     assert not (tmp_path / "out" / "report.parquet").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="klrank validate checks weight_sum_positive nowhere: it exits 0 on weights that "
-    "klrank run refuses with exit 1 (the check runs on the measured states only)",
-)
 def test_validate_refuses_weights_that_sum_to_zero_in_a_slice(tmp_path: Path) -> None:
     labels = _labels(np.random.default_rng(6)).with_columns(
         w=pl.when(pl.col("label") == "b").then(0.0).otherwise(pl.col("w"))

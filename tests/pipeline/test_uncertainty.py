@@ -593,12 +593,6 @@ def test_a_model_that_predicts_the_prior_exactly_does_not_beat_it(cluster_by: st
     _close(good["p_value_vs_prior"], float(fit.pvalues[0]), "good")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a model predicting the soft labels' mean P̄ (equal to klrank's P̄ up to rounding) "
-    "differs from the prior by ~1e-16 a row with a spread of ~1e-17, so p_value_vs_prior is "
-    "~1e-100 and, where the rounding makes delta_vs_prior negative, --expect-beats-prior passes",
-)
 def test_a_model_that_predicts_the_prior_up_to_rounding_does_not_beat_it() -> None:
     outcomes = []
     for seed in range(6):
