@@ -40,9 +40,12 @@ PYTHON = sys.executable
 READ_FLOOR, KLRANK, DUCKDB, PANDAS = "read floor", "klrank", "duckdb", "pandas+scipy"
 # klrank run --engine ray, starting a local Ray instance on this machine as a user's run would.
 KLRANK_RAY = "klrank ray"
-CONTENDERS = (READ_FLOOR, KLRANK, KLRANK_RAY, DUCKDB, PANDAS)
+# klrank without its bootstrap (--bootstrap 0): what the default --bootstrap 200 costs.
+KLRANK_NO_BOOTSTRAP = "klrank --bootstrap 0"
+CONTENDERS = (READ_FLOOR, KLRANK, KLRANK_NO_BOOTSTRAP, KLRANK_RAY, DUCKDB, PANDAS)
 # The contenders that publish a report.parquet with `model` and `mean_kl` to check against klrank.
-CHECKED = (KLRANK_RAY, DUCKDB, PANDAS)
+CHECKED = (KLRANK_NO_BOOTSTRAP, KLRANK_RAY, DUCKDB, PANDAS)
+KLRANKS = (KLRANK, KLRANK_NO_BOOTSTRAP, KLRANK_RAY)
 # "<size>-array" runs the array-layout copy of a size that has one (a `prob` Array column).
 ARRAY_SUFFIX = "-array"
 
@@ -125,6 +128,8 @@ def command(contender: str, folder: Path, out: Path, klrank: str) -> list[str]:
         return [klrank, "run", *inputs, "--out", str(out)]
     if contender == KLRANK_RAY:
         return [klrank, "run", *inputs, "--out", str(out), "--engine", "ray"]
+    if contender == KLRANK_NO_BOOTSTRAP:
+        return [klrank, "run", *inputs, "--out", str(out), "--bootstrap", "0"]
     script = {DUCKDB: "duckdb_job.py", PANDAS: "pandas_job.py"}[contender]
     return [PYTHON, str(HERE / script), *inputs, "--out", str(out)]
 
@@ -151,7 +156,7 @@ def timed(argv: Sequence[str], log: Path, timeout_s: int = 0) -> Run:
 def mean_kl(report: Path, contender: str) -> dict[str, float]:
     """Model -> mean KL over all rows from a contender's report.parquet."""
     frame = pl.read_parquet(report)
-    if contender in (KLRANK, KLRANK_RAY):
+    if contender in KLRANKS:
         frame = frame.filter(pl.col("slice") == "ALL")
     return dict(frame.select("model", "mean_kl").iter_rows())
 
@@ -293,6 +298,14 @@ def table(
             f"| {_ratio(r.median_s, floor)} | {r.cpu_s:.2f} | {r.peak_rss_mib:,.0f} |"
         )
     notes = [validation_share(by_name[KLRANK])] if KLRANK in by_name else []
+    plain = by_name.get(KLRANK_NO_BOOTSTRAP)
+    if KLRANK in by_name and plain is not None and plain.runs and by_name[KLRANK].runs:
+        with_bootstrap = by_name[KLRANK]
+        notes.append(
+            "the bootstrap's cost: klrank (its default --bootstrap 200) takes "
+            f"{with_bootstrap.median_s / plain.median_s:.2f} × the wall time and "
+            f"{with_bootstrap.cpu_s / plain.cpu_s:.2f} × the CPU time of klrank --bootstrap 0"
+        )
     if KLRANK_RAY in by_name and not by_name[KLRANK_RAY].skipped:
         notes.append(
             "klrank ray: `--engine ray`, starting a local Ray instance on this machine each run "
