@@ -453,8 +453,7 @@ def rank_uncertainty(stats: pl.DataFrame, higher_is_better: bool) -> pl.DataFram
     keys = [SLICE, MODEL, REPLICATE]
     if stats.select(pl.struct(keys).is_duplicated().any()).item():
         raise ValueError("stats has more than one row for a slice, model and replicate")
-    # NaN as null, and -0.0 as 0.0 (x + 0.0), so that ranking sees one undefined and one zero.
-    clean = stats.select(*keys, (pl.col(VALUE).fill_nan(None) + 0.0).alias(VALUE))
+    clean = stats.select(*keys, pl.col(VALUE).fill_nan(None))  # one undefined: null
     models = clean.select(SLICE, MODEL).unique()
     replicates = (
         clean.group_by(SLICE, REPLICATE)

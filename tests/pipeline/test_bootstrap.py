@@ -203,6 +203,31 @@ def test_sparse_cells_take_their_weight_from_all_48_bits() -> None:
     assert set(np.unique(got)) >= {0, 1, 2, 3, 4, 5, 6, 7}
 
 
+def test_sparse_cells_at_the_edges_of_their_classes() -> None:
+    # The low 32 bits come from the lane k(1, b // 2): crafted here so that the 48-bit offsets
+    # land on, just below and just above each edge between classes in the sparse cells.
+    cell_size = 1 << 32
+    first_sparse = bootstrap._FIRST_SPARSE
+    whole = [c // cell_size for c in COUNTS[:6]]
+    whole[0] = whole[1] = min(whole[:2])
+    left = [c - w * cell_size for c, w in zip(COUNTS, whole, strict=False)] + COUNTS[6:]
+    edges = np.cumsum(left)
+    offsets = np.unique(np.clip(np.add.outer(edges, [-1, 0, 1]).ravel(), 0, edges[-1] - 1))
+    tops = (first_sparse + offsets // cell_size).astype(np.uint64)
+    lows = (offsets % cell_size).astype(np.uint64)
+    low_keys = np.array([lane_key(1, j) for j in range(3)], dtype=np.uint64)
+    noise = np.random.default_rng(4).integers(0, 2**32, size=len(offsets), dtype=np.uint64)
+    for b in (0, 1, 5):
+        shift = np.uint64(32 * (b % 2))
+        words = (lows << shift) | (noise << (np.uint64(32) - shift))
+        hashes = unmix64_array(words) ^ low_keys[b // 2]
+        replicate = np.full(len(offsets), b, dtype=np.int64)
+        got = bootstrap._sparse_weights(hashes, replicate, tops, low_keys)
+        expected = documented_weights((tops << np.uint64(32)) | lows)
+        np.testing.assert_array_equal(got, expected)
+        assert set(expected) == set(range(len(COUNTS))) - {k for k, n in enumerate(left) if not n}
+
+
 # --- The distribution ---------------------------------------------------------------------------
 
 
