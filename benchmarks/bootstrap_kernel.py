@@ -40,6 +40,7 @@ def _line(name: str, walls: list[float], cpus: list[float]) -> str:
 
 
 def main() -> None:
+    """Parse the options, make the data, time and print."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--replicates", type=int, default=200)

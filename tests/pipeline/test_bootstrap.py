@@ -6,6 +6,7 @@ published SplitMix64 outputs, the inverse-CDF layout rebuilt from exact decimal 
 the sums against ``w.T @ values`` from numpy; the ranks against a brute-force count in Python.
 """
 
+import itertools
 import math
 import subprocess
 import sys
@@ -406,7 +407,7 @@ def test_replicate_sums_of_batches_add_up_to_the_sums_of_their_union() -> None:
     values = np.random.default_rng(8).exponential(size=(20_000, 4))
     whole = replicate_sums(hashes, values, 100)
     cuts = [0, 1, 4_000, 4_001, 13_000, 20_000]
-    parts = sum(replicate_sums(hashes[a:b], values[a:b], 100) for a, b in zip(cuts, cuts[1:]))
+    parts = sum(replicate_sums(hashes[a:b], values[a:b], 100) for a, b in itertools.pairwise(cuts))
     np.testing.assert_allclose(parts, whole, rtol=1e-12)
     order = np.random.default_rng(1).permutation(20_000)
     np.testing.assert_allclose(replicate_sums(hashes[order], values[order], 100), whole, rtol=1e-12)
