@@ -23,7 +23,7 @@ of four replicates, and the low bits are computed only where the top bits leave 
 *The inverse CDF.* ``N_k = round(2**48 F(k)) - round(2**48 F(k - 1))`` of the 2**48 values of
 ``u`` give weight ``k`` (``F`` is the Poisson(1) CDF, in exact rational arithmetic from a
 60-term series for ``1/e``): every ``P(w = k)`` is right to within ``2**-48``, and no weight
-exceeds 17 (``P(w > 17) < 2**-49``). The map is laid out for speed rather than monotone in ``u``.
+exceeds 16 (``P(w > 16) < 2**-49``). The map is laid out for speed rather than monotone in ``u``.
 The top 16 bits of ``u`` pick one of 65,536 cells: the first ``q`` cells give weight 0, the next
 ``q`` weight 1 (``q`` the smaller of ``N_0 >> 32`` and ``N_1 >> 32``, so that these two read as
 ``cell // q``), then ``N_k >> 32`` cells each give weight ``k`` for ``k = 2, ..., 5``. What is
@@ -348,12 +348,12 @@ def replicate_sums(hashes: U64, values: F64, replicates: int) -> F64:
 
     Notes
     -----
-    The weights are never formed whole: chunks of about 2**18 cells are hashed and
-    thresholded into ``uint8`` weights and multiplied into the sums by float64 matrix
-    products over a few hundred rows each; the rare sparse cells (0.064 %) are counted at
-    weight 5 there and corrected afterwards from their full 48-bit uniforms. The scratch
-    space is a few MB whatever the number of rows. The sums carry the rounding of float64
-    products, accumulated in a different order than ``w.T @ values``.
+    The weights are never formed whole: chunks of about half a million cells are hashed and
+    thresholded into ``uint8`` weights, which float64 matrix products of a few hundred rows
+    each add into the sums; the rare sparse cells (0.064 %) count as weight 5 there and are
+    corrected afterwards from their full 48-bit uniforms. The scratch space is a few MB
+    whatever the number of rows. The sums carry the rounding of float64 products summed in
+    another order than ``w.T @ values``.
     """
     hashes = _checked(hashes, replicates)
     if values.ndim != 2 or values.shape[0] != len(hashes):

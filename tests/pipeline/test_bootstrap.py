@@ -414,7 +414,9 @@ def test_replicate_sums_of_batches_add_up_to_the_sums_of_their_union() -> None:
 
 
 def test_identical_columns_get_identical_sums() -> None:
-    # Two models with the same values must tie exactly in every replicate.
+    # Two models with the same values should tie exactly in every replicate. The products run
+    # equal rows of V^T through the same operations in OpenBLAS; another BLAS could round them
+    # apart, which this would show.
     hashes = random_hashes(10_000, seed=12)
     column = np.random.default_rng(12).normal(size=10_000)
     for columns in range(2, 9):
