@@ -73,10 +73,10 @@ _SPARSE_BASE: Final = _DENSE_CLASSES - 1  # what the dense thresholds make of a 
 # Weights are made in chunks of about this many cells (rows x replicates, rounded up to a
 # multiple of four); each chunk's few MB of scratch space stay in a core's L2 and L3 caches.
 _CHUNK_CELLS: Final = 1 << 19
-# replicate_sums multiplies them into the sums by products of rows x replicates x columns
-# < 2**19, which OpenBLAS runs on one thread (it gives a product one thread a 2**18). Threaded,
-# such products ran ten times slower on this machine while its other core was busy, and no
-# faster while it was idle.
+# replicate_sums adds them into the sums by matrix products of rows x replicates x columns
+# < 2**19 multiply-adds, which OpenBLAS runs on one thread however many cores there are (it
+# wants 2**18 a thread). Threaded, such products ran ten times slower on a 2-core machine
+# whose other core was busy, and no faster when it was idle.
 _PRODUCT_CELLS: Final = (1 << 19) - 1
 # Sparse cells are resolved in groups of this many at most, which bounds their memory.
 _SPARSE_GROUP: Final = 1 << 16
@@ -109,7 +109,7 @@ def _lane_keys(stream: int, lanes: U64) -> U64:
 
 
 def _poisson_counts() -> tuple[int, ...]:
-    """``N_k``: how many of the 2**48 uniforms give weight ``k``, for ``k = 0, 1, ..., 17``."""
+    """``N_k``: how many of the 2**48 uniforms give weight ``k``, for ``k = 0, 1, ..., 16``."""
     # The alternating series for 1/e: its 60th term is below 1e-81.
     inverse_e = sum((Fraction((-1) ** m, math.factorial(m)) for m in range(60)), Fraction(0))
     total = 1 << _UNIFORM_BITS
@@ -302,12 +302,17 @@ def poisson_weights(hashes: U64, replicates: int) -> U8:
         ``uint8`` of shape ``(len(hashes), replicates)``: entry ``(i, b)`` is a Poisson(1) draw
         determined by ``(hashes[i], b)`` alone.
 
+    Raises
+    ------
+    ValueError
+        If ``hashes`` is not one-dimensional or ``replicates`` is negative.
+
     Notes
     -----
     Exact inverse-CDF sampling at 48-bit resolution: each ``P(w = k)`` is the Poisson(1)
-    probability to within ``2**-48``, and no weight exceeds 16 (module notes). The weights of
-    different cells are as independent as SplitMix64's outputs: different replicates of a unit
-    take different 64-bit mixes, or disjoint bits of one.
+    probability to within ``2**-48``, and no weight exceeds 16 (module notes). Independence
+    rests on SplitMix64's mixing: the replicates of a unit take ``mix64`` of its hash XORed
+    with distinct keys, or disjoint bits of one such mix.
     """
     hashes = _checked(hashes, replicates)
     out = np.empty((len(hashes), replicates), dtype=np.uint8)
@@ -346,6 +351,12 @@ def replicate_sums(hashes: U64, values: F64, replicates: int) -> F64:
         ``w = poisson_weights(hashes, replicates)``. The sums of disjoint batches add up to
         the sums of their union, up to rounding.
 
+    Raises
+    ------
+    ValueError
+        If ``values`` is not of shape ``(len(hashes), C)`` or not finite, or ``replicates``
+        is negative.
+
     Notes
     -----
     The weights are never formed whole: chunks of about half a million cells are hashed and
@@ -375,6 +386,8 @@ def replicate_sums(hashes: U64, values: F64, replicates: int) -> F64:
             pending.append((sparse + start * kernel.columns, tops))
             waiting += len(sparse)
         block = np.ascontiguousarray(values[start : start + n], dtype=np.float64)
+        if not np.isfinite(block).all():
+            raise ValueError("values must be finite: put 0 for the others and flag them")
         for first in range(0, n, product):
             part = kernel.weights[first : min(n, first + product)]
             weights = as_float[: len(part)]

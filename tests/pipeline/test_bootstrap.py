@@ -434,6 +434,11 @@ def test_replicate_sums_edge_shapes_and_errors() -> None:
         replicate_sums(hashes, np.ones((9, 2)), 5)
     with pytest.raises(ValueError, match="replicates"):
         replicate_sums(hashes, np.ones((10, 2)), -1)
+    for bad in (math.nan, math.inf):
+        values = np.ones((10, 2))
+        values[7, 1] = bad
+        with pytest.raises(ValueError, match="finite"):
+            replicate_sums(hashes, values, 5)
 
 
 def test_benchmark_script_runs() -> None:
