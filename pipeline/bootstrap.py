@@ -23,7 +23,7 @@ of four replicates, and the low bits are computed only where the top bits leave 
 *The inverse CDF.* ``N_k = round(2**48 F(k)) - round(2**48 F(k - 1))`` of the 2**48 values of
 ``u`` give weight ``k`` (``F`` is the Poisson(1) CDF, in exact rational arithmetic from a
 60-term series for ``1/e``): every ``P(w = k)`` is right to within ``2**-48``, and no weight
-exceeds 17 (``P(w > 17) < 2**-49``). The map is laid out for speed rather than monotone in ``u``.
+exceeds 16 (``P(w > 16) < 2**-49``). The map is laid out for speed rather than monotone in ``u``.
 The top 16 bits of ``u`` pick one of 65,536 cells: the first ``q`` cells give weight 0, the next
 ``q`` weight 1 (``q`` the smaller of ``N_0 >> 32`` and ``N_1 >> 32``, so that these two read as
 ``cell // q``), then ``N_k >> 32`` cells each give weight ``k`` for ``k = 2, ..., 5``. What is
@@ -70,12 +70,13 @@ _CELLS: Final = 1 << 16
 _DENSE_CLASSES: Final = 6
 _SPARSE_BASE: Final = _DENSE_CLASSES - 1  # what the dense thresholds make of a sparse cell
 
-# replicate_sums works on chunks of about this many cells (rows x replicates, rounded up to a
-# multiple of four): a chunk's lanes, weights and masks stay within the 2 MB of a core's L2.
-_CHUNK_CELLS: Final = 1 << 18
-# A matrix product has rows x replicates x columns < 2**19, which OpenBLAS runs on one thread
-# (it splits a product over threads from 2**18 per thread up). Threaded, the small products
-# here ran ten times slower on a machine whose other core was busy, and no faster on an idle one.
+# Weights are made in chunks of about this many cells (rows x replicates, rounded up to a
+# multiple of four); each chunk's few MB of scratch space stay in a core's L2 and L3 caches.
+_CHUNK_CELLS: Final = 1 << 19
+# replicate_sums adds them into the sums by matrix products of rows x replicates x columns
+# < 2**19 multiply-adds, which OpenBLAS runs on one thread however many cores there are (it
+# wants 2**18 a thread). Threaded, such products ran ten times slower on a 2-core machine
+# whose other core was busy, and no faster when it was idle.
 _PRODUCT_CELLS: Final = (1 << 19) - 1
 # Sparse cells are resolved in groups of this many at most, which bounds their memory.
 _SPARSE_GROUP: Final = 1 << 16
@@ -108,7 +109,7 @@ def _lane_keys(stream: int, lanes: U64) -> U64:
 
 
 def _poisson_counts() -> tuple[int, ...]:
-    """``N_k``: how many of the 2**48 uniforms give weight ``k``, for ``k = 0, 1, ..., 17``."""
+    """``N_k``: how many of the 2**48 uniforms give weight ``k``, for ``k = 0, 1, ..., 16``."""
     # The alternating series for 1/e: its 60th term is below 1e-81.
     inverse_e = sum((Fraction((-1) ** m, math.factorial(m)) for m in range(60)), Fraction(0))
     total = 1 << _UNIFORM_BITS
@@ -269,12 +270,10 @@ class _Kernel:
         return marked[sparse].astype(np.int64), top[sparse].astype(np.uint64)
 
 
-def _chunk_rows(replicates: int, per_product: int) -> tuple[int, int, int]:
-    """Lanes, rows a chunk and rows a matrix product, for ``replicates`` and ``per_product``
-    columns in each product.
-    """
+def _chunk_rows(replicates: int, columns: int) -> tuple[int, int, int]:
+    """Lanes, rows a chunk and rows a matrix product for ``replicates`` and ``columns``."""
     lanes = -(-replicates // 4)
-    product = max(1, _PRODUCT_CELLS // (4 * lanes * per_product))
+    product = max(1, _PRODUCT_CELLS // (4 * lanes * max(1, columns)))
     chunk = max(1, _CHUNK_CELLS // (4 * lanes * product)) * product
     return lanes, chunk, product
 
@@ -303,12 +302,17 @@ def poisson_weights(hashes: U64, replicates: int) -> U8:
         ``uint8`` of shape ``(len(hashes), replicates)``: entry ``(i, b)`` is a Poisson(1) draw
         determined by ``(hashes[i], b)`` alone.
 
+    Raises
+    ------
+    ValueError
+        If ``hashes`` is not one-dimensional or ``replicates`` is negative.
+
     Notes
     -----
     Exact inverse-CDF sampling at 48-bit resolution: each ``P(w = k)`` is the Poisson(1)
-    probability to within ``2**-48``, and no weight exceeds 16 (module notes). The weights of
-    different cells are as independent as SplitMix64's outputs: different replicates of a unit
-    take different 64-bit mixes, or disjoint bits of one.
+    probability to within ``2**-48``, and no weight exceeds 16 (module notes). Independence
+    rests on SplitMix64's mixing: the replicates of a unit take ``mix64`` of its hash XORed
+    with distinct keys, or disjoint bits of one such mix.
     """
     hashes = _checked(hashes, replicates)
     out = np.empty((len(hashes), replicates), dtype=np.uint8)
@@ -347,14 +351,20 @@ def replicate_sums(hashes: U64, values: F64, replicates: int) -> F64:
         ``w = poisson_weights(hashes, replicates)``. The sums of disjoint batches add up to
         the sums of their union, up to rounding.
 
+    Raises
+    ------
+    ValueError
+        If ``values`` is not of shape ``(len(hashes), C)`` or not finite, or ``replicates``
+        is negative.
+
     Notes
     -----
-    The weights are never formed whole: chunks of about 2**18 cells are hashed and
-    thresholded into ``uint8`` weights and multiplied into the sums by float64 matrix
-    products over a few hundred rows each; the rare sparse cells (0.064 %) are counted at
-    weight 5 there and corrected afterwards from their full 48-bit uniforms. The scratch
-    space is a few MB whatever the number of rows. The sums carry the rounding of float64
-    products, accumulated in a different order than ``w.T @ values``.
+    The weights are never formed whole: chunks of about half a million cells are hashed and
+    thresholded into ``uint8`` weights, which float64 matrix products of a few hundred rows
+    each add into the sums; the rare sparse cells (0.064 %) count as weight 5 there and are
+    corrected afterwards from their full 48-bit uniforms. The scratch space is a few MB
+    whatever the number of rows. The sums carry the rounding of float64 products summed in
+    another order than ``w.T @ values``.
     """
     hashes = _checked(hashes, replicates)
     if values.ndim != 2 or values.shape[0] != len(hashes):
@@ -364,7 +374,7 @@ def replicate_sums(hashes: U64, values: F64, replicates: int) -> F64:
         return np.zeros((replicates, columns), dtype=np.float64)
     lanes, rows, product = _chunk_rows(replicates, columns)
     kernel = _Kernel(min(rows, len(hashes)), lanes)
-    as_float = np.empty((kernel.rows, kernel.columns), dtype=np.float64)
+    as_float = np.empty((min(product, kernel.rows), kernel.columns), dtype=np.float64)
     sums = np.zeros((columns, kernel.columns), dtype=np.float64)  # transposed
     pending: list[tuple[I64, U64]] = []
     waiting = 0
@@ -375,17 +385,14 @@ def replicate_sums(hashes: U64, values: F64, replicates: int) -> F64:
         if len(sparse):
             pending.append((sparse + start * kernel.columns, tops))
             waiting += len(sparse)
-        weights = as_float[:n]
-        np.copyto(weights, kernel.weights[:n])
         block = np.ascontiguousarray(values[start : start + n], dtype=np.float64)
-        whole = n - n % product
-        if whole:
-            # One call, one small product per `product` rows (each run on one thread).
-            stacked_values = block[:whole].reshape(-1, product, columns).transpose(0, 2, 1)
-            stacked_weights = weights[:whole].reshape(-1, product, kernel.columns)
-            sums += np.matmul(stacked_values, stacked_weights).sum(axis=0)
-        if whole < n:
-            sums += block[whole:].T @ weights[whole:]
+        if not np.isfinite(block).all():
+            raise ValueError("values must be finite: put 0 for the others and flag them")
+        for first in range(0, n, product):
+            part = kernel.weights[first : min(n, first + product)]
+            weights = as_float[: len(part)]
+            np.copyto(weights, part)
+            sums += block[first : first + len(part)].T @ weights
         if waiting >= _SPARSE_GROUP:
             _add_sparse(sums, pending, hashes, values, kernel, replicates)
             pending, waiting = [], 0
@@ -459,8 +466,7 @@ def rank_uncertainty(stats: pl.DataFrame, higher_is_better: bool) -> pl.DataFram
     keys = [SLICE, MODEL, REPLICATE]
     if stats.select(pl.struct(keys).is_duplicated().any()).item():
         raise ValueError("stats has more than one row for a slice, model and replicate")
-    # NaN as null, and -0.0 as 0.0 (x + 0.0), so that ranking sees one undefined and one zero.
-    clean = stats.select(*keys, (pl.col(VALUE).fill_nan(None) + 0.0).alias(VALUE))
+    clean = stats.select(*keys, pl.col(VALUE).fill_nan(None))  # one undefined: null
     models = clean.select(SLICE, MODEL).unique()
     replicates = (
         clean.group_by(SLICE, REPLICATE)
