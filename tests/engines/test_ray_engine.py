@@ -21,14 +21,17 @@ import polars as pl
 import pytest
 from cli_helpers import KLRANK, corrupt_first_page, expect, invoke, klrank, start
 from helpers import class_frame, random_distributions
+from klrank import evaluate
 from klrank.config import InputOptions, RunOptions
 from klrank.engines import ray as ray_engine
 from klrank.io import reading
 from klrank.pipeline import sketch
 from klrank.pipeline.aggregate import ALL_ROWS, parse_slice_label
+from klrank.pipeline.bootstrap import poisson_weights, unit_hashes
 from klrank.pipeline.errors import EngineError, InvalidDataError, UsageError
 from klrank.run import run
 from polars.testing import assert_frame_equal
+from scipy.special import rel_entr
 
 QUANTILE_COLUMNS = ("median_kl", "p90_kl", "p95_kl", "p99_kl")
 QUANTILES = {"median_kl": 0.5, "p90_kl": 0.9, "p95_kl": 0.95, "p99_kl": 0.99}
@@ -684,3 +687,83 @@ def test_many_small_files_in_chunks_of_several_give_the_local_report(
     # A model's rank among its rows (from the rows per model of each chunk) finds it positional.
     assert manifests[0]["alignment"]["sharp"] == "positional"
     assert manifests[1]["alignment"] == manifests[0]["alignment"]
+
+
+def _bootstrap_oracle(
+    kl: dict[str, np.ndarray], masks: dict[str, np.ndarray], units: np.ndarray, seed: int, b: int
+) -> dict[tuple[str, str], tuple[float, int, int]]:
+    """(slice, model) -> (p_best, rank_low, rank_high) from the kernel's weights, in numpy.
+
+    A replicate's value is the model's mean KL under its units' Poisson weights; a tie for first
+    splits evenly; rank_low and rank_high are the sorted ranks at floor(0.025 (b − 1)) and
+    ceil(0.975 (b − 1)) (the bootstrap module's docstring).
+    """
+    weights = poisson_weights(unit_hashes(pl.Series(units), seed), b).astype(np.float64)
+    models = sorted(kl)
+    out = {}
+    for name, mask in masks.items():
+        v = weights[mask]
+        means = np.array([kl[m][mask] @ v / v.sum(axis=0) for m in models])
+        ranks = (means[None, :, :] < means[:, None, :]).sum(axis=1) + 1
+        first = ranks == 1
+        ordered = np.sort(ranks, axis=1)
+        for j, model in enumerate(models):
+            p_best = float((first[j] / first.sum(axis=0)).mean())
+            low, high = (
+                ordered[j, math.floor(0.025 * (b - 1))],
+                ordered[j, math.ceil(0.975 * (b - 1))],
+            )
+            out[(name, model)] = (p_best, int(low), int(high))
+    return out
+
+
+def test_the_bootstrap_draws_the_local_replicates_on_ray(tmp_path: Path, local_ray: None) -> None:
+    # 900 rows of 90 documents scattered over the input, so that every part holds pieces of
+    # most documents and a document's weight must follow its key, not its part; 'a' and 'b' are
+    # close, so their p_best are inside (0, 1); 'b' is shuffled (joined), 'a' positional.
+    rng = np.random.default_rng(16)
+    n, classes = 900, ["x", "y", "z"]
+    p = rng.dirichlet(np.ones(len(classes)), n)
+    ids = rng.permutation(10 * n)[:n]
+    doc = rng.permutation(np.arange(n) // 10)
+    region = rng.choice(["eu", "us"], n)
+    labels = pl.DataFrame(
+        {"id": ids, "doc": doc, "region": region} | class_frame(p, classes, "prob_")
+    )
+    folder = tmp_path / "in"
+    folder.mkdir()
+    labels.write_parquet(folder / "labels.parquet", row_group_size=200)
+    q = {}
+    for model, noise in (("a", 0.30), ("b", 0.31), ("c", 0.6)):
+        q[model] = (1 - noise) * p + noise * rng.dirichlet(np.ones(len(classes)), n)
+        frame = pl.DataFrame({"id": ids} | class_frame(q[model], classes, "prob_"))
+        if model != "a":
+            frame = frame.sample(fraction=1.0, shuffle=True, seed=1)
+        target = folder / "predictions" / f"model={model}" / "part-0.parquet"
+        target.parent.mkdir(parents=True)
+        frame.write_parquet(target, row_group_size=300)
+    common: dict[str, Any] = {
+        "slice_by": ["region"], "cluster_by": "doc", "bootstrap": 100, "seed": 7,
+        "html": False, "rows": False, "worst": 0,
+    }  # fmt: skip
+    runs = {
+        engine: evaluate(
+            folder / "labels.parquet", folder / "predictions", engine=engine, **options
+        )
+        for engine, options in (("local", common), ("ray", common | {"partitions": 3}))
+    }
+    assert runs["ray"].manifest["engine"] == "ray"
+    assert runs["ray"].manifest["alignment"] == {"a": "positional", "b": "joined", "c": "joined"}
+    kl = {m: rel_entr(p, v).sum(axis=1) for m, v in q.items()}
+    masks = {"ALL": np.ones(n, dtype=bool)} | {f"region={r}": region == r for r in ("eu", "us")}
+    expected = _bootstrap_oracle(kl, masks, doc, seed=7, b=100)
+    columns = ["slice", "model", "p_best", "rank_low", "rank_high"]
+    for engine, run_ in runs.items():
+        got = {(r[0], r[1]): r[2:] for r in run_.report.select(columns).iter_rows()}
+        assert sorted(got) == sorted(expected), engine
+        for key, (p_best, low, high) in expected.items():
+            assert got[key][0] == pytest.approx(p_best, abs=1e-12), (engine, key, got[key])
+            assert got[key][1:] == (low, high), (engine, key, got[key], (low, high))
+    local_numbers, ray_numbers = (runs[e].report.select(columns).sort(columns[:2]) for e in runs)
+    assert_frame_equal(ray_numbers, local_numbers, check_exact=True)
+    assert any(0 < expected[(s, "a")][0] < 1 for s in masks)
