@@ -231,65 +231,100 @@ def _unit_keys(labels: pl.DataFrame, layout: Layout) -> pl.Series:
     return ids.cast(pl.Int64) if ids.dtype.is_integer() and ids.dtype != pl.UInt64 else ids
 
 
-def replicate_states(
+@dataclass(frozen=True)
+class ReplicateInputs:
+    """What the bootstrap needs of one batch of label rows, taken while the batch is current.
+
+    ``values`` holds, per row, its weight w, then per model w·x (0 where x is not finite) and,
+    where the model has an infinite x in the batch, w·[x = +inf] (``infinite`` says which).
+    """
+
+    hashes: np.ndarray  # uint64: each row's unit (bootstrap.unit_hashes)
+    values: np.ndarray  # float64 (rows, columns)
+    models: tuple[str, ...]
+    infinite: tuple[bool, ...]  # per model: whether it has an indicator column
+    groups: tuple[tuple[str, np.ndarray | None], ...]  # slice label -> its rows (None: all)
+
+
+def replicate_inputs(
     labels: pl.DataFrame,
     models: Sequence[ModelState],
     layout: Layout,
     measures: Measures,
     slice_keys: Sequence[str],
-) -> pl.DataFrame:
-    """The bootstrap's sums of one batch of label rows, for every model measured on it.
+) -> ReplicateInputs | None:
+    """The bootstrap's inputs of one batch, from each model's ``ranked_values`` (then cleared).
 
-    Each model's ``ranked_values`` are its row values of the ``--rank-by`` measure on these
-    rows. A row's Poisson weight in a replicate follows from its unit's key (its id, or its
-    cluster's key), the replicate and the seed alone (:mod:`klrank.pipeline.bootstrap`), so the
-    states of any split of the rows add up to the same sums.
+    ``ranked_values`` are a model's row values of the ``--rank-by`` measure on these rows; None
+    when no model was measured on them.
     """
     measured = [m for m in models if m.ranked_values is not None]
     if not measured:
-        return pl.DataFrame(schema=REPLICATE_SCHEMA)
+        return None
     hashes = bootstrap.unit_hashes(_unit_keys(labels, layout), measures.seed)
     weight = (
         labels.get_column(WEIGHT).to_numpy()
         if layout.weight_col is not None
         else np.ones(labels.height)
     )
-    columns = [weight]
+    columns, infinite = [weight], []
     for m in measured:
         assert m.ranked_values is not None
         x = m.ranked_values.cast(pl.Float64).to_numpy()
-        finite = np.isfinite(x)
-        columns += [np.where(finite, x, 0.0) * weight, np.where(x == np.inf, weight, 0.0)]
         m.ranked_values = None
-    values = np.column_stack(columns)
-    frames = []
+        finite = np.isfinite(x)
+        columns.append(np.where(finite, x, 0.0) * weight)
+        infinite.append(not finite.all())
+        if infinite[-1]:  # most batches have none: no column of zeros to multiply
+            columns.append(np.where(x == np.inf, weight, 0.0))
+    groups: list[tuple[str, np.ndarray | None]] = [(aggregate.ALL_ROWS, None)]
+    for key in slice_keys:
+        parts = labels.select(pl.col(key)).with_row_index("_i").group_by(key, maintain_order=True)
+        for value, rows in parts.agg(pl.col("_i")).iter_rows():
+            groups.append((str(value), np.asarray(rows, dtype=np.int64)))
+    return ReplicateInputs(
+        hashes,
+        np.column_stack(columns),
+        tuple(m.name for m in measured),
+        tuple(infinite),
+        tuple(groups),
+    )
 
-    def add(name: str, rows: np.ndarray | None) -> None:
+
+def replicate_states(inputs: ReplicateInputs | None, replicates: int) -> pl.DataFrame:
+    """The bootstrap's sums of one batch of label rows, for every model measured on it.
+
+    A row's Poisson weight in a replicate follows from its unit's key (its id, or its cluster's
+    key), the replicate and the seed alone (:mod:`klrank.pipeline.bootstrap`), so the states of
+    any split of the rows add up to the same sums. Pure numpy on ``inputs``: an engine may run
+    it beside the next batch.
+    """
+    if inputs is None:
+        return pl.DataFrame(schema=REPLICATE_SCHEMA)
+    frames = []
+    for name, rows in inputs.groups:
         sums = bootstrap.replicate_sums(
-            hashes if rows is None else hashes[rows],
-            values if rows is None else values[rows],
-            measures.bootstrap,
+            inputs.hashes if rows is None else inputs.hashes[rows],
+            inputs.values if rows is None else inputs.values[rows],
+            replicates,
         )
-        for j, m in enumerate(measured):
+        column = 1
+        for model, infinite in zip(inputs.models, inputs.infinite, strict=True):
+            inf_sum = sums[:, column + 1] if infinite else np.zeros(replicates)
             frames.append(
                 pl.DataFrame(
                     {
                         aggregate.SLICE: name,
-                        MODEL: m.name,
-                        REPLICATE: np.arange(measures.bootstrap, dtype=np.int32),
-                        "x_sum": sums[:, 1 + 2 * j],
-                        "inf_sum": sums[:, 2 + 2 * j],
+                        MODEL: model,
+                        REPLICATE: np.arange(replicates, dtype=np.int32),
+                        "x_sum": sums[:, column],
+                        "inf_sum": inf_sum,
                         aggregate.WEIGHT_SUM: sums[:, 0],
                     },
                     schema=REPLICATE_SCHEMA,
                 )
             )
-
-    add(aggregate.ALL_ROWS, None)
-    for key in slice_keys:
-        groups = labels.select(pl.col(key)).with_row_index("_i").group_by(key, maintain_order=True)
-        for value, group in groups.agg(pl.col("_i")).iter_rows():
-            add(str(value), np.asarray(group, dtype=np.int64))
+            column += 2 if infinite else 1
     return pl.concat(frames)
 
 

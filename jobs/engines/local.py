@@ -19,6 +19,7 @@ in every input, as the Ray engine splits them).
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ from klrank.pipeline.fold import (
     kept_label_columns,
     measure_batch,
     ranked_report,
+    replicate_inputs,
     replicate_states,
     slices,
     sorted_failures,
@@ -307,6 +309,8 @@ def _evaluate(
     slice_keys = aggregate.slice_key_columns(layout.slice_cols)
     key_batches: list[pl.DataFrame] = []
     replicates: list[pl.DataFrame] = []
+    bootstrapping = streams.enter_context(ThreadPoolExecutor(1, "klrank-bootstrap"))
+    pending: Future[pl.DataFrame] | None = None
     n_batches = -(-labels.n_rows // size)
     for done, label_batch in enumerate(label_batches, start=1):
         if not labels_checked:
@@ -328,10 +332,15 @@ def _evaluate(
             if prepared is not None and not failed():
                 measure_batch(model, prepared, batch, layout, measures, list(slice_keys), rows_sink)
         if prepared is not None and measures.bootstrap and not failed():
-            replicates.append(
-                replicate_states(prepared, aligned, layout, measures, list(slice_keys))
-            )
+            # The bootstrap's sums (numpy, which lets go of the GIL) run beside the next batch;
+            # one batch at most waits for them, so they hold no more than one batch's inputs.
+            if pending is not None:
+                replicates.append(pending.result())
+            sampled = replicate_inputs(prepared, aligned, layout, measures, list(slice_keys))
+            pending = bootstrapping.submit(replicate_states, sampled, measures.bootstrap)
         events.progress("batches", done, n_batches)
+    if pending is not None:
+        replicates.append(pending.result())
     for window in validate_only:
         for batch in read(window, predictions):
             failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))

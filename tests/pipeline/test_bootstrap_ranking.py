@@ -254,13 +254,13 @@ def test_the_same_inputs_and_seed_give_the_same_numbers_twice() -> None:
 def _spied_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Label rows of each batch whose bootstrap states the local engine computes."""
     heights: list[int] = []
-    original = local.replicate_states
+    original = local.replicate_inputs
 
-    def spy(labels: pl.DataFrame, *args: Any, **kwargs: Any) -> pl.DataFrame:
+    def spy(labels: pl.DataFrame, *args: Any, **kwargs: Any) -> Any:
         heights.append(labels.height)
         return original(labels, *args, **kwargs)
 
-    monkeypatch.setattr(local, "replicate_states", spy)
+    monkeypatch.setattr(local, "replicate_inputs", spy)
     return heights
 
 
