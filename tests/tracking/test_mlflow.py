@@ -28,14 +28,16 @@ from typing import Any
 import polars as pl
 import polars.selectors as cs
 import pytest
-from cli_helpers import expect, klrank, start
+from cli_helpers import KLRANK, expect, klrank, start
 from klrank import StorageError, evaluate
 from klrank.io import publishing
+from markdown_helpers import blocks
 
 pytestmark = pytest.mark.mlflow
 
 REPO = Path(__file__).resolve().parents[2]
 MLFLOW = REPO / ".venv-mlflow" / "bin" / "mlflow"
+DOCS = REPO / "docs" / "mlflow.md"
 EXAMPLES = REPO / "examples" / "data"
 INPUTS = ("--labels", EXAMPLES / "labels.parquet", "--predictions", EXAMPLES / "predictions")
 # Guards against a server that never answers; not a speed check (it starts in about 15 s).
@@ -331,3 +333,30 @@ def test_a_night_that_cannot_be_published_leaves_its_runs_failed(
     runs = server.runs(experiment)
     assert len(runs) == 1 + evaluation.report["model"].n_unique()
     assert {r["info"]["status"] for r in runs} == {"FAILED"}
+
+
+def test_the_docs_night_is_logged(server: Server, tmp_path: Path) -> None:
+    # The block of docs/mlflow.md that test_docs.py cannot run without a server, as a reader
+    # runs it: from a checkout's root, with MLFLOW_TRACKING_URI set and klrank on the PATH.
+    (block,) = [
+        b.text
+        for b in blocks(DOCS.read_text())
+        if b.text.startswith("# MLFLOW_TRACKING_URI names the tracking server")
+    ]
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KLRANK_", "MLFLOW_"))}
+    env |= {"MLFLOW_TRACKING_URI": server.uri, "PATH": f"{KLRANK.parent}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", block],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    assert (done.returncode, done.stdout) == (0, "logged\n"), done.stderr
+    nights = _by_night(server.runs("klrank-nightly"))
+    parent, children = nights["2026-11-26"]
+    assert parent["info"]["status"] == "FINISHED"
+    assert {c["info"]["run_name"] for c in children} == {"sharp", "blurry", "uniform"}
