@@ -58,11 +58,11 @@ def staging(target: Path, out: Path) -> Iterator[Path]:
     with storage(out.parent, "create a staging folder in"):
         target.parent.mkdir(parents=True, exist_ok=True)
         targets.remove_stale_staging(target, out)
-        folder = (
-            out.parent / f"{STAGING_PREFIX}{targets.staging_key(target, out)}-{uuid.uuid4().hex}"
-        )
-        folder.mkdir()
+    folder = out.parent / f"{STAGING_PREFIX}{targets.staging_key(target, out)}-{uuid.uuid4().hex}"
     try:
+        # Made inside the try: a signal just after the mkdir must still remove the folder.
+        with storage(out.parent, "create a staging folder in"):
+            folder.mkdir()
         yield folder
         _swap_in(folder, target)
     except BaseException:
