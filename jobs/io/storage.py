@@ -28,6 +28,8 @@ from klrank.pipeline.text import one_line
 
 _GLOB_CHARS = frozenset("*?[")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")  # two letters at least: not C:/
+# A query string (pyarrow reads "?access_key=...&secret_key=..."), not a "?" of a glob.
+_QUERY = re.compile(r"\?[A-Za-z_]+=[^/]*$")
 READABLE_SCHEMES = ("s3",)  # besides file://, which reads as a local path
 
 Listed = tuple[str, tuple[str, ...]]  # a file, and the folders between it and the hive root
@@ -71,7 +73,7 @@ def _bucket_and_key(url: str) -> tuple[str, str]:
         raise UsageError(f"{url!r} is not a URL: write {found}://bucket/key")
     rest = url[len(found) + 3 :]
     bucket, _, key = rest.partition("/")
-    if "@" in bucket or "?" in url or "#" in url:
+    if "@" in bucket or _QUERY.search(url):
         # Never echo the URL here: it may hold a secret.
         raise UsageError(
             f"an {found}:// URL must not carry credentials or options: give them in the "
