@@ -344,3 +344,26 @@ def test_a_scheme_klrank_does_not_read_is_a_usage_error(tmp_path: Path) -> None:
     result = klrank("run", "--labels", "gs://bucket/labels.parquet", *inputs)
     assert result.returncode == 2, str(result)
     assert "gs:// is not supported yet" in result.stderr
+
+
+def test_evaluate_reads_urls_as_it_reads_paths(
+    s3_server: S3Server,
+    example_bucket: str,
+    local_report: pl.DataFrame,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    import klrank
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    evaluation = klrank.evaluate(
+        f"s3://{example_bucket}/data/labels.parquet",
+        f"s3://{example_bucket}/data/predictions/",
+        slice_by=["region"],
+    )
+    assert_frame_equal(evaluation.report, local_report)
+    with pytest.raises(UsageError, match="publishing to object storage"):
+        evaluation.publish(f"s3://{example_bucket}/out")
+    published = evaluation.publish(tmp_path / "out", run_date="2026-02-05")
+    assert_frame_equal(pl.read_parquet(published / "report.parquet"), local_report)
