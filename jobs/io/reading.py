@@ -446,37 +446,53 @@ def read_parquet_metadata(path: Path) -> dict[str, str]:
 _RUN_DATE_FOLDER = re.compile(rf"{RUN_DATE_KEY}=(\d{{4}}-\d{{2}}-\d{{2}})")
 
 
-def run_partitions(root: Path, report_file: str) -> list[tuple[dt.date, Path]]:
+def run_partitions(root: Path | str, report_file: str) -> list[tuple[dt.date, Path | str]]:
     """The ``root/run_date=YYYY-MM-DD/`` folders holding ``report_file``, oldest first.
 
     Folders whose names start with ``.`` or ``_`` (staging folders, failure records) and
-    folders that are not a ``run_date=`` partition with an ISO date are skipped.
+    folders that are not a ``run_date=`` partition with an ISO date are skipped. ``root`` may be
+    an ``s3://`` URL: its folders are then URLs too.
     """
-    if not root.is_dir():
+    remote = isinstance(root, str) and storage.is_remote(root)
+    if remote:
+        assert isinstance(root, str)
+        names = storage.folders(root)
+    elif not Path(root).is_dir():
         return []
-    found = []
-    for folder in root.iterdir():
-        if folder.name.startswith((".", "_")):
+    else:
+        names = [folder.name for folder in Path(root).iterdir()]
+    found: list[tuple[dt.date, Path | str]] = []
+    for name in names:
+        if name.startswith((".", "_")):
             continue
         # Only YYYY-MM-DD: Python's fromisoformat also reads 20260205 and 2026-W06-5.
-        match = _RUN_DATE_FOLDER.fullmatch(unquote(folder.name))
-        if match is None or not (folder / report_file).is_file():
+        match = _RUN_DATE_FOLDER.fullmatch(unquote(name))
+        if match is None:
             continue
+        if remote:
+            assert isinstance(root, str)
+            folder: Path | str = storage.join(root, name)
+            if storage.kind(storage.join(root, name, report_file)) != "file":
+                continue
+        else:
+            folder = Path(root) / name
+            if not (folder / report_file).is_file():
+                continue
         try:
             found.append((dt.date.fromisoformat(match.group(1)), folder))
         except ValueError:  # 2026-02-30
             continue
-    return sorted(found)
+    return sorted(found, key=lambda night: night[0])
 
 
-def report_version(path: Path) -> str | None:
+def report_version(path: Path | str) -> str | None:
     """The report schema version a report.parquet records (None: none)."""
-    metadata = pq.read_metadata(path).metadata or {}
+    metadata = storage.read_metadata(os.fspath(path)).metadata or {}
     found = metadata.get(b"klrank.report_schema_version")
     return found.decode() if found is not None else None
 
 
-def read_report(path: Path, columns: Sequence[str]) -> tuple[pl.DataFrame, dict[str, str]]:
+def read_report(path: Path | str, columns: Sequence[str]) -> tuple[pl.DataFrame, dict[str, str]]:
     """Read ``columns`` of a published report and its footer metadata.
 
     Raises
@@ -485,7 +501,7 @@ def read_report(path: Path, columns: Sequence[str]) -> tuple[pl.DataFrame, dict[
         The file is missing, not Parquet, or lacks one of ``columns``.
     """
     try:
-        footer = pq.read_metadata(path)
+        footer = storage.read_metadata(os.fspath(path))
         metadata = {k.decode(): v.decode() for k, v in (footer.metadata or {}).items()}
         missing = [c for c in columns if c not in footer.schema.to_arrow_schema().names]
         if missing:  # say so plainly, rather than with Polars' query plan

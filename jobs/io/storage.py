@@ -253,3 +253,39 @@ def check_input(path: str, option: str) -> None:
             _bucket_and_key(path)
     except UsageError as error:
         raise UsageError(f"{option}: {error}") from None
+
+
+def kind(url: str) -> str:
+    """What is at an ``s3://`` URL: ``"file"``, ``"folder"`` (a prefix holding keys) or ``"none"``.
+
+    Raises
+    ------
+    StorageError
+        The store refused or could not be reached.
+    """
+    from pyarrow import fs
+
+    filesystem, bucket, key = _filesystem(url)
+    try:
+        found = filesystem.get_file_info(f"{bucket}/{key}".rstrip("/")).type
+    except OSError as error:
+        raise StorageError(f"cannot read {url!r}: {one_line(str(error))}") from None
+    return {fs.FileType.File: "file", fs.FileType.Directory: "folder"}.get(found, "none")
+
+
+def folders(url: str) -> list[str]:
+    """The names of the folders (key prefixes) directly below an ``s3://`` URL; none if missing."""
+    from pyarrow import fs
+
+    filesystem, bucket, key = _filesystem(url)
+    root = f"{bucket}/{key}".rstrip("/")
+    try:
+        infos = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
+    except OSError as error:
+        raise StorageError(f"cannot list {url!r}: {one_line(str(error))}") from None
+    return sorted(i.base_name for i in infos if i.type == fs.FileType.Directory)
+
+
+def join(url: str, *names: str) -> str:
+    """``url`` with ``names`` appended, one ``/`` between each."""
+    return "/".join([url.rstrip("/"), *names])

@@ -367,3 +367,120 @@ def test_evaluate_reads_urls_as_it_reads_paths(
         evaluation.publish(f"s3://{example_bucket}/out")
     published = evaluation.publish(tmp_path / "out", run_date="2026-02-05")
     assert_frame_equal(pl.read_parquet(published / "report.parquet"), local_report)
+
+
+# Earlier nights in a bucket: --baseline and klrank history.
+
+NIGHTS = ("2026-02-04", "2026-02-05")
+
+
+@pytest.fixture(scope="module")
+def nights(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Two nights published on disk and copied to a bucket: (the local root, its URL)."""
+    root = tmp_path_factory.mktemp("nights") / "reports"
+    for night, predictions in zip(
+        NIGHTS, ["predictions", "predictions/model=[bs]*/*.parquet"], strict=True
+    ):
+        result = klrank(
+            "run",
+            "--labels",
+            EXAMPLES / "labels.parquet",
+            "--predictions",
+            EXAMPLES / predictions,
+            "--run-date",
+            night,
+            "--out",
+            root,
+            "--bootstrap",
+            "0",
+        )
+        assert result.returncode == 0, str(result)
+    bucket = s3_server.new_bucket()
+    s3_server.upload(root, bucket, "reports")
+    return root, f"s3://{bucket}/reports"
+
+
+def test_history_of_nights_in_a_bucket_is_that_of_the_same_nights_on_disk(
+    s3_server: S3Server, nights: tuple[Path, str], tmp_path: Path
+) -> None:
+    local, url = nights
+    documents = {}
+    for where, root in [("disk", str(local)), ("bucket", url)]:
+        chart = tmp_path / f"{where}.html"
+        result = klrank("history", root, "--chart", chart, "--json", env=s3_server.env)
+        assert result.returncode == 0, str(result)
+        documents[where] = json.loads(result.stdout)
+        assert documents[where]["root"] == root and chart.is_file()
+        _secrets_absent(result.stdout, result.stderr, chart.read_text())
+    assert documents["bucket"]["nights"] == list(NIGHTS)
+    for key in ("unit", "nights", "rows"):
+        assert documents["bucket"][key] == documents["disk"][key]
+    assert (tmp_path / "bucket.html").read_bytes() == (tmp_path / "disk.html").read_bytes()
+
+
+def test_history_of_a_bucket_needs_a_local_chart(
+    s3_server: S3Server, nights: tuple[Path, str]
+) -> None:
+    _, url = nights
+    result = klrank("history", url, env=s3_server.env)
+    assert result.returncode == 2, str(result)
+    assert "give --chart FILE" in result.stderr
+    result = klrank("history", url, "--chart", f"{url}/history.html", env=s3_server.env)
+    assert result.returncode == 2, str(result)
+    assert "publishing to object storage" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["run_date=2026-02-04", "run_date=2026-02-04/report.parquet"])
+def test_a_baseline_in_a_bucket_is_the_same_baseline_on_disk(
+    s3_server: S3Server, nights: tuple[Path, str], tmp_path: Path, name: str
+) -> None:
+    local, url = nights
+    reports = {}
+    for where, baseline in [("disk", str(local / name)), ("bucket", f"{url}/{name}")]:
+        out = tmp_path / where
+        result = klrank(
+            "run",
+            "--labels",
+            EXAMPLES / "labels.parquet",
+            "--predictions",
+            EXAMPLES / "predictions",
+            "--baseline",
+            baseline,
+            "--bootstrap",
+            "0",
+            "--out",
+            out,
+            env=s3_server.env,
+        )
+        assert result.returncode == 0, str(result)
+        reports[where] = pl.read_parquet(out / "report.parquet")
+        manifest = json.loads((out / "manifest.json").read_text())
+        root = url if where == "bucket" else str(local)
+        assert manifest["baseline"]["path"] == f"{root}/run_date=2026-02-04/report.parquet"
+        assert manifest["baseline"]["run_date"] == "2026-02-04"
+        _secrets_absent(result.stdout, result.stderr, _published_text(out))
+    assert_frame_equal(reports["bucket"], reports["disk"])
+    assert reports["bucket"].get_column("change_mean_kl").null_count() == 0
+
+
+def test_a_missing_baseline_in_a_bucket_is_a_usage_error(
+    s3_server: S3Server, nights: tuple[Path, str], tmp_path: Path
+) -> None:
+    _, url = nights
+    for missing in (f"{url}/run_date=2026-01-01/", f"{url}/run_date=2026-02-04/other.parquet"):
+        result = klrank(
+            "run",
+            "--labels",
+            EXAMPLES / "labels.parquet",
+            "--predictions",
+            EXAMPLES / "predictions",
+            "--baseline",
+            missing,
+            "--out",
+            tmp_path / "out",
+            env=s3_server.env,
+        )
+        assert result.returncode == 2, str(result)
+        assert f"--baseline: {missing!r} is neither a report.parquet nor a run folder" in (
+            result.stderr
+        )
