@@ -484,3 +484,24 @@ def test_a_missing_baseline_in_a_bucket_is_a_usage_error(
         assert f"--baseline: {missing!r} is neither a report.parquet nor a run folder" in (
             result.stderr
         )
+
+
+def test_an_unreachable_server_is_a_storage_error_to_retry(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    from conftest import _free_port
+
+    env = s3_server.env | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"}  # no one there
+    result = klrank(
+        "run",
+        "--labels",
+        "s3://klrank-any/labels.parquet",
+        "--predictions",
+        EXAMPLES / "predictions",
+        "--out",
+        tmp_path / "out",
+        env=env,
+    )
+    assert result.returncode == 74, str(result)  # EX_IOERR: the machine, not the data
+    assert "cannot list 's3://klrank-any/labels.parquet'" in result.stderr
+    _secrets_absent(result.stdout, result.stderr)
