@@ -2,80 +2,13 @@
 
 import itertools
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
-
-# Dummy credentials, distinctive enough to look for in every file and line a run writes.
-S3_ACCESS_KEY_ID = "KLRANKTESTKEYID0001"
-S3_SECRET_ACCESS_KEY = "klrank-test-secret-Zq7x"
-
-
-@dataclass(frozen=True)
-class S3Server:
-    """moto's standalone S3 server, started for the session on a free loopback port."""
-
-    endpoint: str
-    _buckets: Iterator[int]
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The ``AWS_*`` variables a reader of this server needs (what a user would set)."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": S3_SECRET_ACCESS_KEY,
-            "AWS_ALLOW_HTTP": "true",  # plain http on loopback, for Polars
-            "AWS_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata look-ups
-        }
-
-    def client(self) -> Any:
-        """A boto3 S3 client of this server (boto3 comes with moto): the tests' own uploader."""
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=S3_ACCESS_KEY_ID,
-            aws_secret_access_key=S3_SECRET_ACCESS_KEY,
-            region_name="us-east-1",
-        )
-
-    def new_bucket(self) -> str:
-        """A new, empty bucket: each test its own, on the one server."""
-        name = f"klrank-test-{next(self._buckets)}"
-        self.client().create_bucket(Bucket=name)
-        return name
-
-    def upload(self, folder: Path, bucket: str, prefix: str) -> None:
-        """Upload every file below ``folder`` to ``s3://bucket/prefix/`` under its relative path."""
-        client = self.client()
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                key = f"{prefix}/{path.relative_to(folder).as_posix()}".lstrip("/")
-                client.upload_file(str(path), bucket, key)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+from s3_helpers import S3Server, answers, free_port
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +19,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     skipped (moto comes with the ``test`` extra).
     """
     log = tmp_path_factory.mktemp("moto") / "server.log"
-    port = _free_port()
+    port = free_port()
     with log.open("w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -97,10 +30,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         )
     try:
         for _ in range(300):  # it starts in about a second; a dead server ends the wait at once
-            if process.poll() is not None or _answers(port):
+            if process.poll() is not None or answers(port):
                 break
             time.sleep(0.1)
-        if process.poll() is not None or not _answers(port):
+        if process.poll() is not None or not answers(port):
             pytest.fail(f"the moto S3 server did not start on port {port}:\n{log.read_text()}")
         yield S3Server(f"http://127.0.0.1:{port}", itertools.count())
     finally:

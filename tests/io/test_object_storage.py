@@ -20,10 +20,10 @@ from cli_helpers import (
     soft_labels,
     write,
 )
-from conftest import S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, S3Server
 from klrank.io import reading
 from klrank.pipeline.errors import UsageError
 from polars.testing import assert_frame_equal
+from s3_helpers import S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, S3Server, free_port
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "data"
 JUNK = b"not parquet: reading this file would fail"
@@ -489,9 +489,7 @@ def test_a_missing_baseline_in_a_bucket_is_a_usage_error(
 def test_an_unreachable_server_is_a_storage_error_to_retry(
     s3_server: S3Server, tmp_path: Path
 ) -> None:
-    from conftest import _free_port
-
-    env = s3_server.env | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"}  # no one there
+    env = s3_server.env | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}  # no one there
     result = klrank(
         "run",
         "--labels",
