@@ -17,7 +17,7 @@ from urllib.parse import unquote
 import polars as pl
 import pyarrow.parquet as pq
 from klrank.io import storage
-from klrank.pipeline.errors import UsageError
+from klrank.pipeline.errors import StorageError, UsageError
 from klrank.pipeline.layout import ROW
 from klrank.pipeline.text import one_line
 from klrank.schemas.outputs import RUN_DATE_KEY
@@ -181,6 +181,9 @@ def _describe(file: str, folders: Sequence[str], offset: int) -> ParquetFile:
         metadata = storage.read_metadata(file)
         schema = metadata.schema.to_arrow_schema()
     except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError)
+        if storage.is_remote(file) and not isinstance(error, ValueError):
+            # The store or the network (not the file's bytes): a retry may succeed.
+            raise StorageError(f"cannot read {file!r}: {one_line(str(error))}") from None
         raise UsageError(f"cannot read {file!r} as Parquet: {one_line(str(error))}") from None
     hive = _hive_values(folders)
     clash = sorted(set(hive) & set(metadata.schema.names))

@@ -503,3 +503,18 @@ def test_an_unreachable_server_is_a_storage_error_to_retry(
     assert result.returncode == 74, str(result)  # EX_IOERR: the machine, not the data
     assert "cannot list 's3://klrank-any/labels.parquet'" in result.stderr
     _secrets_absent(result.stdout, result.stderr)
+
+
+def test_a_file_that_is_not_parquet_in_a_bucket_is_a_usage_error_as_on_disk(
+    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "input").mkdir()
+    (tmp_path / "input" / "part-0.parquet").write_bytes(JUNK)
+    bucket = s3_server.new_bucket()
+    s3_server.upload(tmp_path / "input", bucket, "input")
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    for root in (str(tmp_path / "input"), f"s3://{bucket}/input"):
+        message = f"cannot read {root + '/part-0.parquet'!r} as Parquet: Parquet magic bytes"
+        with pytest.raises(UsageError, match=re.escape(message)):
+            reading.scan_parquet(root)
