@@ -7,6 +7,10 @@ BENCH_STAMP := $(VENV)/.bench-installed
 # Airflow has an environment of its own, so that the main one stays light (see jobs/airflow/).
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+# So has the MLflow tracking server that the MLflow tests start (mlflow, about 820 MB); klrank's
+# client, mlflow-skinny (the mlflow extra), is in the main one.
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 # The benchmark times klrank as users install it: the runtime dependencies only (with the ray
 # extra, for the Ray engine's contender; klrank imports Ray only when that engine runs). The main
 # environment also holds the test and benchmark extras (pandas among them), and pandera imports
@@ -16,7 +20,7 @@ USER_STAMP := $(USER_VENV)/.installed
 LINT_TREE := build/lint
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-airflow lint examples bench clean
+.PHONY: help demo test test-airflow test-mlflow lint examples bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -24,14 +28,14 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev,ray]'
+	$(BIN)/pip install --quiet -e '.[test,dev,ray,mlflow]'
 	touch $(STAMP)
 
 demo: $(STAMP) ## Create the environment and rank the example models (prints the table)
 	$(BIN)/klrank run --labels examples/data/labels.parquet \
 	    --predictions examples/data/predictions --slice-by region --out demo-out
 
-test: $(STAMP) ## Create the environment and run the test suite (the Airflow tests: make test-airflow)
+test: $(STAMP) ## Create the environment and run the test suite (Airflow's and MLflow's: make test-airflow, test-mlflow)
 	$(BIN)/pytest
 
 $(AIRFLOW_STAMP): jobs/airflow/constraints.txt
@@ -43,6 +47,15 @@ $(AIRFLOW_STAMP): jobs/airflow/constraints.txt
 test-airflow: $(STAMP) $(AIRFLOW_STAMP) ## Install Airflow in .venv-airflow, type-check the DAG and run it (airflow dags test)
 	MYPYPATH=jobs/airflow $(BIN)/mypy --python-executable $(AIRFLOW_VENV)/bin/python -m klrank_nightly
 	$(BIN)/pytest -m airflow
+
+$(MLFLOW_STAMP): tests/tracking/server-constraints.txt
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install --quiet --upgrade pip
+	$(MLFLOW_VENV)/bin/pip install --quiet mlflow --constraint tests/tracking/server-constraints.txt
+	touch $(MLFLOW_STAMP)
+
+test-mlflow: $(STAMP) $(MLFLOW_STAMP) ## Install an MLflow server in .venv-mlflow and run the MLflow tests against it
+	$(BIN)/pytest -m mlflow
 
 lint: $(STAMP) ## ruff, ruff format --check, mypy --strict and the layering contracts (.importlinter)
 	$(BIN)/ruff check .
@@ -74,4 +87,4 @@ bench: $(BENCH_STAMP) $(USER_STAMP) ## Time klrank (as installed by users) again
 	$(BIN)/python benchmarks/run.py --klrank $(USER_VENV)/bin/klrank $(ARGS)
 
 clean: ## Remove the environment and demo output
-	rm -rf $(VENV) $(AIRFLOW_VENV) $(USER_VENV) build demo-out
+	rm -rf $(VENV) $(AIRFLOW_VENV) $(MLFLOW_VENV) $(USER_VENV) build demo-out

@@ -69,6 +69,7 @@ class RunOptions:
     partitions: int | None = None  # engine "ray": parts the rows are split into; None: automatic
     bootstrap: int = DEFAULT_BOOTSTRAP  # Poisson bootstrap replicates of the ranking; 0: none
     seed: int = 0  # of the bootstrap's weights
+    mlflow_experiment: str | None = None  # log the night there (klrank.tracking); not recorded
 
     def __post_init__(self) -> None:
         storage.refuse_url_output(self.out, "--out")
@@ -90,6 +91,8 @@ class RunOptions:
             raise UsageError(f"--base must be one of {', '.join(LOG_BASES)}, got {self.base!r}")
         if not (0.0 <= self.epsilon < 1.0):
             raise UsageError(f"--epsilon must be in [0, 1), got {self.epsilon}")
+        if self.mlflow_experiment is not None and not self.mlflow_experiment.strip():
+            raise UsageError("--mlflow-experiment must name an experiment, got an empty name")
         if self.bootstrap < 0:
             raise UsageError(f"--bootstrap must be >= 0, got {self.bootstrap}")
         if self.worst < 0:

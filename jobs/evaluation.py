@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from klrank import tracking
 from klrank._version import __version__
 from klrank.config import DEFAULT_BOOTSTRAP, Engine, InputOptions, RunOptions, TruthOption
 from klrank.engines.local import evaluate as evaluate_locally
@@ -470,10 +471,15 @@ class Evaluation:
             + (f", run date {options.run_date.isoformat()}" if options.run_date else ""),
         ]
 
-    def write(self, folder: Path, options: RunOptions) -> tuple[str, dict[str, Any]]:
+    def write(
+        self, folder: Path, options: RunOptions, tracker: tracking.Tracker | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """Write every published file but ``rows.parquet`` into ``folder``.
 
         Returns the summary and the manifest written. ``options`` are this evaluation's, with the ``--out`` and run date it is published to.
+        With a ``tracker``, the files are logged to MLflow before the manifest is written, and
+        the manifest records the outcome (:mod:`klrank.tracking`); ``rows.parquet``, if
+        published, must be in ``folder`` already.
         """
         timings = self._timings
         with timings.phase("write"):
@@ -507,19 +513,32 @@ class Evaluation:
                 )
                 writing.write_text(page, folder / HTML_FILE)
         manifest = self._manifest(options, dt.datetime.now(dt.UTC))
-        writing.write_json(manifest, folder / MANIFEST_FILE)
+        if tracker is None:
+            writing.write_json(manifest, folder / MANIFEST_FILE)
+        else:
+            manifest = tracker.log(folder, options.target, manifest)
         return summary, manifest
 
-    def publish(self, out: str | os.PathLike[str], run_date: dt.date | str | None = None) -> Path:
+    def publish(
+        self,
+        out: str | os.PathLike[str],
+        run_date: dt.date | str | None = None,
+        *,
+        mlflow_experiment: str | None = None,
+    ) -> Path:
         """Publish what ``klrank run --out OUT [--run-date D]`` publishes; the folder published.
 
         Atomic and locked as ``klrank run`` is: the same refusals (an ``out`` that is an input,
-        a folder klrank did not write, ...), the same lock, the same files.
+        a folder klrank did not write, ...), the same lock, the same files. With
+        ``mlflow_experiment``, the night is also logged to that MLflow experiment at
+        ``MLFLOW_TRACKING_URI``, as ``klrank run --mlflow-experiment`` logs it: a failure to log
+        is a warning, recorded in the manifest's ``"mlflow"`` (:mod:`klrank.tracking`).
 
         Raises
         ------
         UsageError
-            klrank may not publish there (see the refusals of ``klrank run``).
+            klrank may not publish there (see the refusals of ``klrank run``), or
+            ``mlflow_experiment`` is given without MLflow's client or ``MLFLOW_TRACKING_URI``.
         LockBusyError
             Another run held the target past ``lock_timeout`` seconds.
         StorageError
@@ -531,14 +550,23 @@ class Evaluation:
             except ValueError:
                 raise UsageError(f"run_date must be YYYY-MM-DD, got {run_date!r}") from None
         storage.refuse_url_output(out, "out")
-        options = replace(self._options, out=targets.real(Path(out)), run_date=run_date)
+        options = replace(
+            self._options,
+            out=targets.real(Path(out)),
+            run_date=run_date,
+            mlflow_experiment=mlflow_experiment,
+        )
         check_publishable(options, self._input_paths)
+        tracker = tracking.connect(mlflow_experiment) if mlflow_experiment is not None else None
         with run_lock(options.out, options.target, options.lock_timeout):
             check_publishable(options, self._input_paths)
-            with publishing.staging(options.target, options.out) as folder:
+            with (
+                tracking.finishing(tracker),
+                publishing.staging(options.target, options.out) as folder,
+            ):
                 if options.write_rows and self._rows_path is not None:
                     _copy(self._rows_path, folder / ROWS_FILE)
-                self.write(folder, options)
+                self.write(folder, options, tracker)
         events.emit("published", target=str(options.target))
         remove_stale_failures(options)
         return options.target

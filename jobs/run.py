@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from klrank import tracking
 from klrank.config import InputOptions, RunOptions
 from klrank.evaluation import (
     OpenedInputs,
@@ -83,17 +84,24 @@ def run(options: RunOptions) -> RunSummary:
 
     The whole run holds the partition's lock (:mod:`klrank.runtime.lock`), so two runs aimed at
     the same target never interleave; the second waits up to ``options.lock_timeout`` seconds.
+    With ``options.mlflow_experiment``, the night is logged to MLflow from the staging folder
+    before it replaces the target (:mod:`klrank.tracking`); a failure to log is a warning.
 
     Raises
     ------
     LockBusyError
         Another run still held the partition's lock after ``options.lock_timeout`` seconds.
+    UsageError
+        ``options.mlflow_experiment`` is set without MLflow's client or ``MLFLOW_TRACKING_URI``
+        (and the refusals of :func:`check_publishable`).
     """
     out = targets.real(options.out)
     if out != options.out.absolute():  # a link: publish into the folder it names
         options = replace(options, out=out)
     paths = input_paths(options.inputs)
     check_publishable(options, paths)
+    # A missing MLflow client or tracking URI fails before any work; the server is not asked yet.
+    tracker = tracking.connect(options.mlflow_experiment) if options.mlflow_experiment else None
     events.emit("run.started", target=str(options.target), options=options.recorded())
     # Missing inputs, wrong columns or dtypes fail here, before any folder or lock file is made.
     timings = Timings()
@@ -101,7 +109,9 @@ def run(options: RunOptions) -> RunSummary:
     clock = time.perf_counter()
     with run_lock(options.out, options.target, options.lock_timeout):
         check_publishable(options, paths)  # again: another run may have published meanwhile
-        with publishing.staging(options.target, options.out) as folder:
+        # The night is logged to MLflow from the staging folder, then published; its MLflow
+        # runs are ended once it is (klrank.tracking).
+        with tracking.finishing(tracker), publishing.staging(options.target, options.out) as folder:
             evaluation = evaluate_into(
                 options,
                 inputs,
@@ -110,7 +120,7 @@ def run(options: RunOptions) -> RunSummary:
                 failures_path=options.failures_path,
                 input_paths=paths,
             )
-            summary, manifest = evaluation.write(folder, options)
+            summary, manifest = evaluation.write(folder, options, tracker)
     events.emit(
         "published", target=str(options.target), seconds=round(time.perf_counter() - clock, 4)
     )

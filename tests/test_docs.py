@@ -74,6 +74,14 @@ ILLUSTRATIVE = {
         "a DAG file, which needs Airflow; tests/airflow/test_airflow.py runs it from this page "
         "(test_a_downstream_dag_scheduled_on_the_asset_is_queued_by_a_good_night)"
     ),
+    ("docs/mlflow.md", "pip install 'klrank[mlflow]'"): (
+        "installs from the network and names a server that is not there; the test environment "
+        "has the extra, and tests/tracking/test_mlflow.py starts a real server"
+    ),
+    ("docs/mlflow.md", "# MLFLOW_TRACKING_URI names the tracking server"): (
+        "needs an MLflow tracking server; `make test-mlflow` runs this block against one "
+        "(tests/tracking/test_mlflow.py, test_the_docs_night_is_logged)"
+    ),
     ("docs/scaling.md", "make bench"): (
         "times the 2m benchmark set (0.65 GiB to generate, minutes); "
         "tests/test_benchmark_runs.py runs the harness on the tiny set"

@@ -206,6 +206,18 @@ Partitions = Annotated[
     ),
 ]
 
+MlflowExperiment = Annotated[
+    str | None,
+    typer.Option(
+        "--mlflow-experiment",
+        envvar="KLRANK_MLFLOW_EXPERIMENT",
+        help="Log the night to this MLflow experiment at MLFLOW_TRACKING_URI: a run with the "
+        "options and files, a nested run per model with its ALL-slice metrics (pip install "
+        "'klrank\\[mlflow]'). A failure to log is a warning, recorded in manifest.json.",
+        show_default=False,
+    ),
+]
+
 
 def run_command(
     labels: Labels,
@@ -241,6 +253,7 @@ def run_command(
     engine: EngineOption = "local",
     ray_address: RayAddress = None,
     partitions: Partitions = None,
+    mlflow_experiment: MlflowExperiment = None,
     as_json: Json = False,
     debug: Debug = False,
     lock_timeout: LockTimeout = 600.0,
@@ -295,6 +308,7 @@ def run_command(
                 partitions=partitions,
                 bootstrap=bootstrap,
                 seed=seed,
+                mlflow_experiment=mlflow_experiment,
             )
         )
         _report(summary, as_json=as_json, quiet=quiet)

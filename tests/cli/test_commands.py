@@ -100,7 +100,7 @@ def test_run_hands_every_option_to_run_options(cli: Cli, monkeypatch: pytest.Mon
         *("--failures", "bad.parquet", "--baseline", "auto", "--max-mean-kl", "0.5"),
         *("--max-regression", "10", "--alpha", "0.01", "--expect-best", "m"),
         *("--no-html", "--worst", "7", "--engine", "ray", "--ray-address", "10.0.0.1:6379"),
-        *("--partitions", "3", "--lock-timeout", "5"),
+        *("--partitions", "3", "--lock-timeout", "5", "--mlflow-experiment", "nightly"),
     )
     assert result.code == 2 and "stub: stopped after the hand-off" in result.stderr
     [options] = seen
@@ -128,6 +128,7 @@ def test_run_hands_every_option_to_run_options(cli: Cli, monkeypatch: pytest.Mon
     assert gates.expect_best == "m"
     assert (options.engine, options.ray_address, options.partitions) == ("ray", "10.0.0.1:6379", 3)
     assert options.lock_timeout == 5.0
+    assert options.mlflow_experiment == "nightly"
 
 
 def test_run_defaults_and_a_ray_address_only_for_the_ray_engine(
