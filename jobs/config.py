@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from klrank.io import storage
 from klrank.pipeline.aggregate import RANK_METRICS
 from klrank.pipeline.divergence import LOG_BASES
 from klrank.pipeline.errors import UsageError
@@ -36,6 +37,8 @@ class InputOptions:
     cluster_by: str | None = None  # a labels column of cluster keys (cluster-robust errors)
 
     def __post_init__(self) -> None:
+        storage.check_input(self.labels, "--labels")
+        storage.check_input(self.predictions, "--predictions")
         if len(set(self.classes)) != len(self.classes):
             raise UsageError(f"--classes names a class twice: {list(self.classes)}")
         if not self.tolerance >= 0:
@@ -69,6 +72,9 @@ class RunOptions:
     mlflow_experiment: str | None = None  # log the night there (klrank.tracking); not recorded
 
     def __post_init__(self) -> None:
+        storage.refuse_url_output(self.out, "--out")
+        if self.failures is not None:
+            storage.refuse_url_output(self.failures, "--failures")
         if self.engine not in ("local", "ray"):
             raise UsageError(f"--engine must be local or ray, got {self.engine!r}")
         if self.engine == "local" and (self.ray_address or self.partitions is not None):

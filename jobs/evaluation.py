@@ -28,7 +28,7 @@ from klrank._version import __version__
 from klrank.config import DEFAULT_BOOTSTRAP, Engine, InputOptions, RunOptions, TruthOption
 from klrank.engines.local import evaluate as evaluate_locally
 from klrank.engines.ray import RayOptions, evaluate_on_ray
-from klrank.io import oserrors, publishing, reading, targets, writing
+from klrank.io import oserrors, publishing, reading, storage, targets, writing
 from klrank.nightly import Baseline, load_baseline
 from klrank.pipeline import sketch
 from klrank.pipeline.divergence import UNITS
@@ -549,6 +549,7 @@ class Evaluation:
                 run_date = dt.date.fromisoformat(run_date)
             except ValueError:
                 raise UsageError(f"run_date must be YYYY-MM-DD, got {run_date!r}") from None
+        storage.refuse_url_output(out, "out")
         options = replace(
             self._options,
             out=targets.real(Path(out)),

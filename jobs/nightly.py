@@ -11,7 +11,7 @@ from typing import Any
 
 import pandera.polars as pa
 import polars as pl
-from klrank.io import reading, writing
+from klrank.io import reading, storage, writing
 from klrank.pipeline.baseline import BASELINE_INPUT_COLUMNS, in_unit
 from klrank.pipeline.divergence import UNITS
 from klrank.pipeline.errors import UsageError
@@ -24,7 +24,7 @@ AUTO = "auto"
 READABLE_SCHEMA_VERSIONS = tuple(str(v) for v in range(1, int(REPORT_SCHEMA_VERSION) + 1))
 
 
-def _read_report(path: Path, columns: tuple[str, ...]) -> tuple[pl.DataFrame, str]:
+def _read_report(path: Path | str, columns: tuple[str, ...]) -> tuple[pl.DataFrame, str]:
     """A report's ``columns`` and its unit, after checking its schema version and its values."""
     frame, metadata = reading.read_report(path, columns)
     found = metadata.get("klrank.report_schema_version")
@@ -49,7 +49,7 @@ class Baseline:
     """The report tonight's is compared with; ``report`` None when ``auto`` found no earlier run."""
 
     spec: str
-    path: Path | None
+    path: Path | str | None  # a URL where the baseline is in a bucket
     run_date: str | None
     unit: str | None
     report: pl.DataFrame | None
@@ -65,9 +65,24 @@ class Baseline:
         }
 
 
+def _remote_baseline_file(spec: str) -> tuple[str, str | None]:
+    """An ``s3://`` report.parquet or run folder, and the run date its folder's name gives."""
+    found = storage.kind(spec)
+    file = spec if found == "file" else storage.join(spec, REPORT_FILE)
+    if found == "none" or storage.kind(file) != "file":
+        raise UsageError(f"--baseline: {spec!r} is neither a report.parquet nor a run folder")
+    key, sep, value = file.rstrip("/").split("/")[-2].partition("=")
+    return file, value if sep and key == RUN_DATE_KEY else None
+
+
 def _baseline_file(
     spec: str, out: Path, run_date: dt.date | None
-) -> tuple[Path | None, str | None]:
+) -> tuple[Path | str | None, str | None]:
+    if spec != AUTO and storage.scheme(spec) is not None:
+        storage.check_input(spec, "--baseline")
+        if storage.scheme(spec) == "file":
+            return _baseline_file(storage.local_path(spec), out, run_date)
+        return _remote_baseline_file(spec)
     if spec != AUTO:
         path = Path(spec)
         file = path / REPORT_FILE if path.is_dir() else path
@@ -80,7 +95,7 @@ def _baseline_file(
     if not earlier:
         return None, None
     day, folder = earlier[-1]
-    return folder / REPORT_FILE, day.isoformat()
+    return _report_in(folder), day.isoformat()
 
 
 def load_baseline(spec: str, out: Path, run_date: dt.date | None, unit: str) -> Baseline:
@@ -115,14 +130,30 @@ def load_baseline(spec: str, out: Path, run_date: dt.date | None, unit: str) -> 
 class HistoryOptions:
     """What ``klrank history`` reads and where it writes the chart."""
 
-    root: Path
+    root: Path | str  # a folder, or an s3:// URL (then --chart is needed)
     slice: str = "ALL"
     chart: Path | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.root, str) and storage.scheme(self.root) is not None:
+            storage.check_input(self.root, "history")
+        if isinstance(self.root, str) and not storage.is_remote(self.root):
+            local = storage.local_path(self.root) if storage.scheme(self.root) else self.root
+            object.__setattr__(self, "root", Path(local))  # a path, or a file:// URL's
+        if self.chart is not None:
+            storage.refuse_url_output(self.chart, "--chart")
+        elif isinstance(self.root, str) and storage.is_remote(self.root):
+            raise UsageError(
+                f"{self.root!r} is in object storage, where klrank does not write yet: give "
+                "--chart FILE, a local file for the chart"
+            )
 
     @property
     def chart_path(self) -> Path:
         """Where the chart goes: ``--chart``, by default ``ROOT/history.html``."""
-        return self.chart if self.chart is not None else self.root / HISTORY_CHART
+        if self.chart is not None:
+            return self.chart
+        return Path(self.root) / HISTORY_CHART
 
 
 @dataclass(frozen=True)
@@ -151,6 +182,10 @@ def _check_replaceable_chart(path: Path) -> None:
         )
 
 
+def _report_in(folder: Path | str) -> Path | str:
+    return storage.join(folder, REPORT_FILE) if isinstance(folder, str) else folder / REPORT_FILE
+
+
 def history(options: HistoryOptions) -> HistorySummary:
     """Read every night's report under ``options.root`` and write the chart.
 
@@ -169,7 +204,7 @@ def history(options: HistoryOptions) -> HistorySummary:
             "--run-date publishes there)"
         )
     reports = [
-        (day, *_read_report(folder / REPORT_FILE, HISTORY_INPUT_COLUMNS))
+        (day, *_read_report(_report_in(folder), HISTORY_INPUT_COLUMNS))
         for day, folder in partitions
     ]
     unit = reports[-1][2]

@@ -90,6 +90,11 @@ ILLUSTRATIVE = {
         "measures rates on the 2m benchmark set with a local Ray (minutes); "
         "tests/test_benchmark_runs.py runs it on the tiny set"
     ),
+    ("docs/inputs-and-outputs.md", "export AWS_ACCESS_KEY_ID="): (
+        "needs an S3 bucket; tests/io/test_object_storage.py runs such runs through the CLI "
+        "against moto's S3 server on loopback "
+        "(test_a_report_from_a_bucket_is_the_report_from_the_same_files_on_disk)"
+    ),
     ("BENCHMARKS.md", "make bench"): (
         "the benchmarks generate up to 10 GiB of data and take minutes to hours; "
         "tests/test_benchmark_runs.py runs the harness and each script on tiny sizes"

@@ -14,9 +14,10 @@ from klrank.pipeline.history import history_markdown
 from klrank.pipeline.text import one_line
 
 Root = Annotated[
-    Path,
+    str,  # not a Path, which would fold s3://bucket into s3:/bucket
     typer.Argument(
-        help="Output directory of nightly runs (holding run_date=YYYY-MM-DD/ folders).",
+        help="Output directory of nightly runs (holding run_date=YYYY-MM-DD/ folders), or "
+        "an s3:// URL of one (then --chart is needed).",
         show_default=False,
     ),
 ]
@@ -57,7 +58,7 @@ def history_command(
     guarded(action, debug=debug, as_json=as_json)
 
 
-def _document(summary: HistorySummary, *, root: Path, slice_name: str) -> dict[str, Any]:
+def _document(summary: HistorySummary, *, root: str, slice_name: str) -> dict[str, Any]:
     """The JSON summary of ``--json``: the table's rows, with null for an infinite mean."""
     rows = [
         r | {"run_date": r["run_date"].isoformat()} for r in summary.table.iter_rows(named=True)

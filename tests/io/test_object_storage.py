@@ -1,0 +1,520 @@
+"""Inputs in object storage: ``s3://`` URLs against a real S3 API server on loopback (moto).
+
+The oracle of every listing is the local one of the same tree (os.scandir and glob, tested on
+their own in test_io.py); the oracle of every report is the report of the same files read
+from the local disk.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+from cli_helpers import (
+    FAILURE_COLUMNS,
+    corrupt_first_page,
+    klrank,
+    prob_predictions,
+    set_value,
+    soft_labels,
+    write,
+)
+from klrank.io import reading
+from klrank.pipeline.errors import UsageError
+from polars.testing import assert_frame_equal
+from s3_helpers import S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, S3Server, free_port
+
+EXAMPLES = Path(__file__).parents[2] / "examples" / "data"
+JUNK = b"not parquet: reading this file would fail"
+
+
+def _tree(root: Path) -> Path:
+    """Parquet files in hive folders among every kind of file a reader must skip.
+
+    Each skipped file that is named ``*.parquet`` holds no Parquet, so reading it would fail.
+    """
+    for name in [
+        "model=a/part-0.parquet",
+        "model=a/part-1.parquet",
+        "model=a/nested/part-2.parquet",
+        "model=b/part-0.parquet",
+        "model=a b/part-0.parquet",
+        "model=x[1]/part-0.parquet",
+        # Path order, part by part: "z/a/..." before "z/a b" and "z/a-c".
+        "z/a-c/p.parquet",
+        "z/a b/p.parquet",
+        "z/a/b/p.parquet",
+        "z/a/0.parquet",
+    ]:
+        write(pl.DataFrame({"id": [len(name)]}), root / name)
+    for name in [
+        "model=b/_SUCCESS",
+        "model=b/.part-0.parquet.crc",
+        "model=b/_temporary/part-9.parquet",
+        "model=c/.hidden.parquet",
+        "model=c/notes.txt",
+        "model=c/part-0.csv",
+        "_staging/model=d/part-0.parquet",
+        ".cache/x.parquet",
+        "README.md",
+    ]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(JUNK)
+    return root
+
+
+@pytest.fixture(scope="module")
+def layouts(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The tree of :func:`_tree` on disk and in a bucket: (the local root, the bucket's URL)."""
+    root = _tree(tmp_path_factory.mktemp("layouts") / "root")
+    bucket = s3_server.new_bucket()
+    s3_server.upload(root, bucket, "root")
+    return root, f"s3://{bucket}/root"
+
+
+def _relative(listed: list[tuple[str, tuple[str, ...]]], root: str) -> list[tuple[str, ...]]:
+    return [(file.removeprefix(root), *folders) for file, folders in listed]
+
+
+@pytest.mark.parametrize(
+    "suffix",
+    [
+        "",
+        "/",
+        "/model=a",
+        "/model=c",  # only skipped files: nothing
+        "/model=a/part-0.parquet",
+        "/model=x[1]/part-0.parquet",  # a name that looks like a pattern
+        "/*/*.parquet",
+        "/**/*.parquet",
+        "/**",
+        "/model=?/*",
+        "/model=[ab]/part-*.parquet",
+        "/model=a/**/part-[0-9].parquet",
+        "/z/**/p.parquet",
+        "/*/_temporary/*.parquet",  # a pattern does not reach skipped folders either
+    ],
+)
+def test_a_bucket_is_listed_as_the_same_tree_on_disk(
+    layouts: tuple[Path, str], s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    local, url = layouts
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    remote = _relative(reading._list_files(url + suffix), url)
+    assert remote == _relative(reading._list_files(str(local) + suffix), str(local))
+
+
+def test_a_bucket_folder_lists_its_visible_parquet_files_in_path_order(
+    layouts: tuple[Path, str], s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, url = layouts
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    assert _relative(reading._list_files(url), url) == [
+        ("/model=a/nested/part-2.parquet", "model=a", "nested"),
+        ("/model=a/part-0.parquet", "model=a"),
+        ("/model=a/part-1.parquet", "model=a"),
+        ("/model=a b/part-0.parquet", "model=a b"),
+        ("/model=b/part-0.parquet", "model=b"),
+        ("/model=x[1]/part-0.parquet", "model=x[1]"),
+        ("/z/a/0.parquet", "z", "a"),
+        ("/z/a/b/p.parquet", "z", "a", "b"),
+        ("/z/a b/p.parquet", "z", "a b"),
+        ("/z/a-c/p.parquet", "z", "a-c"),
+    ]
+    scanned = reading.scan_parquet(f"{url}/model=*/**/*.parquet")
+    models = scanned.frame.collect().get_column("model").to_list()
+    # Hive keys; a glob's matches in the order of their names (" " sorts before "/"), as glob's.
+    assert models == ["a b", "a", "a", "a", "b", "x[1]"]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "message"),
+    [("/missing", "does not exist"), ("/model=c", "matches no .parquet files")],
+)
+def test_an_input_that_is_not_there_is_a_usage_error_as_on_disk(
+    layouts: tuple[Path, str],
+    s3_server: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+    suffix: str,
+    message: str,
+) -> None:
+    local, url = layouts
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    for path in (str(local) + suffix, url + suffix):
+        with pytest.raises(UsageError, match=re.escape(f"input path {path!r} {message}")):
+            reading.scan_parquet(path)
+
+
+# The CLI end to end, in a subprocess with the variables a user sets.
+
+
+def _secrets_absent(*texts: str) -> None:
+    for text in texts:
+        assert S3_SECRET_ACCESS_KEY not in text
+        assert S3_ACCESS_KEY_ID not in text
+
+
+def _published_text(out: Path) -> str:
+    return "\n".join(
+        p.read_bytes().decode("utf-8", "replace") for p in sorted(out.rglob("*")) if p.is_file()
+    )
+
+
+@pytest.fixture(scope="module")
+def example_bucket(s3_server: S3Server) -> str:
+    """examples/data in a bucket, under ``data/``; the bucket's name."""
+    bucket = s3_server.new_bucket()
+    s3_server.upload(EXAMPLES, bucket, "data")
+    return bucket
+
+
+@pytest.fixture(scope="module")
+def local_report(tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
+    """The report of examples/data read from the local disk."""
+    out = tmp_path_factory.mktemp("local") / "out"
+    result = klrank(
+        "run",
+        "--labels",
+        EXAMPLES / "labels.parquet",
+        "--predictions",
+        EXAMPLES / "predictions",
+        "--slice-by",
+        "region",
+        "--run-date",
+        "2026-02-05",
+        "--out",
+        out,
+    )
+    assert result.returncode == 0, str(result)
+    return pl.read_parquet(out / "run_date=2026-02-05" / "report.parquet")
+
+
+@pytest.mark.parametrize(
+    "predictions",
+    [
+        "s3://{bucket}/data/predictions/",
+        "s3://{bucket}/data/predictions",
+        "s3://{bucket}/data/predictions/model=*/*.parquet",
+        "s3://{bucket}/data/**/part-*.parquet",
+        "file://{examples}/predictions",
+    ],
+    ids=["folder", "prefix", "glob", "recursive-glob", "file-url"],
+)
+def test_a_report_from_a_bucket_is_the_report_from_the_same_files_on_disk(
+    s3_server: S3Server,
+    example_bucket: str,
+    local_report: pl.DataFrame,
+    tmp_path: Path,
+    predictions: str,
+) -> None:
+    labels = f"s3://{example_bucket}/data/labels.parquet"
+    predictions = predictions.format(bucket=example_bucket, examples=EXAMPLES)
+    out = tmp_path / "out"
+    args = ["--labels", labels, "--predictions", predictions, "--slice-by", "region"]
+    result = klrank(
+        "run", *args, "--run-date", "2026-02-05", "--out", out, "--json", env=s3_server.env
+    )
+    assert result.returncode == 0, str(result)
+    published = out / "run_date=2026-02-05"
+    assert_frame_equal(pl.read_parquet(published / "report.parquet"), local_report)
+    manifest = json.loads((published / "manifest.json").read_text())
+    assert manifest["inputs"]["labels"]["path"] == labels  # the URL, as given
+    assert manifest["inputs"]["predictions"]["path"] == predictions
+    assert manifest["inputs"]["predictions"]["rows"] == 900
+    _secrets_absent(result.stdout, result.stderr, _published_text(out))
+
+
+def test_a_missing_prefix_is_the_same_usage_error_as_a_missing_folder(
+    s3_server: S3Server, example_bucket: str, tmp_path: Path
+) -> None:
+    predictions = ["--predictions", EXAMPLES / "predictions", "--out", tmp_path / "out"]
+    for missing in (
+        f"s3://{example_bucket}/data/no-such-labels/",
+        "s3://klrank-no-such-bucket/labels.parquet",
+        str(tmp_path / "no-such-labels"),
+    ):
+        result = klrank("run", "--labels", missing, *predictions, env=s3_server.env)
+        assert result.returncode == 2, str(result)
+        assert result.stderr.splitlines()[-1] == f"klrank: input path {missing!r} does not exist"
+        _secrets_absent(result.stdout, result.stderr)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_data_in_a_bucket_fails_validation_with_its_cases_as_on_disk(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    # Row 2's label probabilities sum to 1.5; model n's row 3 has a negative one (and so does
+    # not sum to 1 either): three checks fail.
+    labels = set_value(soft_labels(), "prob_a", 1.0, id=2)
+    predictions = set_value(prob_predictions(), "prob_b", -0.1, id=3, model="n")
+    write(labels, tmp_path / "local" / "labels.parquet")
+    write(predictions, tmp_path / "local" / "predictions" / "part-0.parquet")
+    bucket = s3_server.new_bucket()
+    s3_server.upload(tmp_path / "local", bucket, "night")
+    found = {}
+    for where, root in [("disk", str(tmp_path / "local")), ("bucket", f"s3://{bucket}/night")]:
+        out = tmp_path / f"out-{where}"
+        result = klrank(
+            "run",
+            "--labels",
+            f"{root}/labels.parquet",
+            "--predictions",
+            f"{root}/predictions",
+            "--out",
+            out,
+            env=s3_server.env,
+        )
+        assert result.returncode == 1, str(result)
+        assert "validation failed: 3 failed checks" in result.stderr, str(result)
+        assert not (out / "report.parquet").exists()
+        found[where] = pl.read_parquet(out / "_failures" / "failures.parquet")
+        _secrets_absent(result.stdout, result.stderr, _published_text(out))
+    assert found["bucket"].columns == FAILURE_COLUMNS
+    assert_frame_equal(found["bucket"], found["disk"])
+    assert sorted(found["bucket"].get_column("id").cast(pl.Int64).to_list()) == [2, 3, 3]
+
+
+def test_a_damaged_file_in_a_bucket_is_a_usage_error_naming_the_input(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    write(soft_labels(), tmp_path / "labels.parquet")
+    write(prob_predictions(), tmp_path / "predictions" / "part-0.parquet")
+    corrupt_first_page(tmp_path / "predictions" / "part-0.parquet")  # its footer is fine
+    bucket = s3_server.new_bucket()
+    s3_server.upload(tmp_path, bucket, "")
+    result = klrank(
+        "run",
+        "--labels",
+        f"s3://{bucket}/labels.parquet",
+        "--predictions",
+        f"s3://{bucket}/predictions/",
+        "--out",
+        tmp_path / "out",
+        env=s3_server.env,
+    )
+    assert result.returncode == 2, str(result)
+    assert f"cannot read the Parquet data of 's3://{bucket}/predictions/'" in result.stderr
+
+
+def test_publishing_to_a_bucket_is_a_usage_error_for_now(
+    s3_server: S3Server, example_bucket: str, tmp_path: Path
+) -> None:
+    inputs = ["--labels", EXAMPLES / "labels.parquet", "--predictions", EXAMPLES / "predictions"]
+    for option in ("--out", "--failures"):
+        target = f"s3://{example_bucket}/out"
+        others = [] if option == "--out" else ["--out", tmp_path / "out"]
+        result = klrank("run", *inputs, *others, option, target, env=s3_server.env, cwd=tmp_path)
+        assert result.returncode == 2, str(result)
+        assert f"klrank: {option} {target!r}: publishing to object storage" in result.stderr
+        assert "not supported yet" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no local "s3:" folder either
+    listed = s3_server.client().list_objects_v2(Bucket=example_bucket, Prefix="out")
+    assert listed["KeyCount"] == 0
+
+
+def test_credentials_in_a_url_are_refused_before_anything_logs_them(
+    s3_server: S3Server, example_bucket: str, tmp_path: Path
+) -> None:
+    for labels in (
+        f"s3://{S3_ACCESS_KEY_ID}:{S3_SECRET_ACCESS_KEY}@{example_bucket}/data/labels.parquet",
+        f"s3://{example_bucket}/data/labels.parquet?secret_key={S3_SECRET_ACCESS_KEY}",
+    ):
+        result = klrank(
+            "run",
+            "--labels",
+            labels,
+            "--predictions",
+            EXAMPLES / "predictions",
+            "--out",
+            tmp_path / "out",
+            env=s3_server.env,
+        )
+        assert result.returncode == 2, str(result)
+        assert "must not carry credentials" in result.stderr
+        _secrets_absent(result.stdout, result.stderr)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_scheme_klrank_does_not_read_is_a_usage_error(tmp_path: Path) -> None:
+    inputs = ["--predictions", EXAMPLES / "predictions", "--out", tmp_path / "out"]
+    result = klrank("run", "--labels", "gs://bucket/labels.parquet", *inputs)
+    assert result.returncode == 2, str(result)
+    assert "gs:// is not supported yet" in result.stderr
+
+
+def test_evaluate_reads_urls_as_it_reads_paths(
+    s3_server: S3Server,
+    example_bucket: str,
+    local_report: pl.DataFrame,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    import klrank
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    evaluation = klrank.evaluate(
+        f"s3://{example_bucket}/data/labels.parquet",
+        f"s3://{example_bucket}/data/predictions/",
+        slice_by=["region"],
+    )
+    assert_frame_equal(evaluation.report, local_report)
+    with pytest.raises(UsageError, match="publishing to object storage"):
+        evaluation.publish(f"s3://{example_bucket}/out")
+    published = evaluation.publish(tmp_path / "out", run_date="2026-02-05")
+    assert_frame_equal(pl.read_parquet(published / "report.parquet"), local_report)
+
+
+# Earlier nights in a bucket: --baseline and klrank history.
+
+NIGHTS = ("2026-02-04", "2026-02-05")
+
+
+@pytest.fixture(scope="module")
+def nights(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Two nights published on disk and copied to a bucket: (the local root, its URL)."""
+    root = tmp_path_factory.mktemp("nights") / "reports"
+    for night, predictions in zip(
+        NIGHTS, ["predictions", "predictions/model=[bs]*/*.parquet"], strict=True
+    ):
+        result = klrank(
+            "run",
+            "--labels",
+            EXAMPLES / "labels.parquet",
+            "--predictions",
+            EXAMPLES / predictions,
+            "--run-date",
+            night,
+            "--out",
+            root,
+            "--bootstrap",
+            "0",
+        )
+        assert result.returncode == 0, str(result)
+    bucket = s3_server.new_bucket()
+    s3_server.upload(root, bucket, "reports")
+    return root, f"s3://{bucket}/reports"
+
+
+def test_history_of_nights_in_a_bucket_is_that_of_the_same_nights_on_disk(
+    s3_server: S3Server, nights: tuple[Path, str], tmp_path: Path
+) -> None:
+    local, url = nights
+    documents = {}
+    for where, root in [("disk", str(local)), ("bucket", url)]:
+        chart = tmp_path / f"{where}.html"
+        result = klrank("history", root, "--chart", chart, "--json", env=s3_server.env)
+        assert result.returncode == 0, str(result)
+        documents[where] = json.loads(result.stdout)
+        assert documents[where]["root"] == root and chart.is_file()
+        _secrets_absent(result.stdout, result.stderr, chart.read_text())
+    assert documents["bucket"]["nights"] == list(NIGHTS)
+    for key in ("unit", "nights", "rows"):
+        assert documents["bucket"][key] == documents["disk"][key]
+    assert (tmp_path / "bucket.html").read_bytes() == (tmp_path / "disk.html").read_bytes()
+
+
+def test_history_of_a_bucket_needs_a_local_chart(
+    s3_server: S3Server, nights: tuple[Path, str]
+) -> None:
+    _, url = nights
+    result = klrank("history", url, env=s3_server.env)
+    assert result.returncode == 2, str(result)
+    assert "give --chart FILE" in result.stderr
+    result = klrank("history", url, "--chart", f"{url}/history.html", env=s3_server.env)
+    assert result.returncode == 2, str(result)
+    assert "publishing to object storage" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["run_date=2026-02-04", "run_date=2026-02-04/report.parquet"])
+def test_a_baseline_in_a_bucket_is_the_same_baseline_on_disk(
+    s3_server: S3Server, nights: tuple[Path, str], tmp_path: Path, name: str
+) -> None:
+    local, url = nights
+    reports = {}
+    for where, baseline in [("disk", str(local / name)), ("bucket", f"{url}/{name}")]:
+        out = tmp_path / where
+        result = klrank(
+            "run",
+            "--labels",
+            EXAMPLES / "labels.parquet",
+            "--predictions",
+            EXAMPLES / "predictions",
+            "--baseline",
+            baseline,
+            "--bootstrap",
+            "0",
+            "--out",
+            out,
+            env=s3_server.env,
+        )
+        assert result.returncode == 0, str(result)
+        reports[where] = pl.read_parquet(out / "report.parquet")
+        manifest = json.loads((out / "manifest.json").read_text())
+        root = url if where == "bucket" else str(local)
+        assert manifest["baseline"]["path"] == f"{root}/run_date=2026-02-04/report.parquet"
+        assert manifest["baseline"]["run_date"] == "2026-02-04"
+        _secrets_absent(result.stdout, result.stderr, _published_text(out))
+    assert_frame_equal(reports["bucket"], reports["disk"])
+    assert reports["bucket"].get_column("change_mean_kl").null_count() == 0
+
+
+def test_a_missing_baseline_in_a_bucket_is_a_usage_error(
+    s3_server: S3Server, nights: tuple[Path, str], tmp_path: Path
+) -> None:
+    _, url = nights
+    for missing in (f"{url}/run_date=2026-01-01/", f"{url}/run_date=2026-02-04/other.parquet"):
+        result = klrank(
+            "run",
+            "--labels",
+            EXAMPLES / "labels.parquet",
+            "--predictions",
+            EXAMPLES / "predictions",
+            "--baseline",
+            missing,
+            "--out",
+            tmp_path / "out",
+            env=s3_server.env,
+        )
+        assert result.returncode == 2, str(result)
+        assert f"--baseline: {missing!r} is neither a report.parquet nor a run folder" in (
+            result.stderr
+        )
+
+
+def test_an_unreachable_server_is_a_storage_error_to_retry(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    env = s3_server.env | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}  # no one there
+    result = klrank(
+        "run",
+        "--labels",
+        "s3://klrank-any/labels.parquet",
+        "--predictions",
+        EXAMPLES / "predictions",
+        "--out",
+        tmp_path / "out",
+        env=env,
+    )
+    assert result.returncode == 74, str(result)  # EX_IOERR: the machine, not the data
+    assert "cannot list 's3://klrank-any/labels.parquet'" in result.stderr
+    _secrets_absent(result.stdout, result.stderr)
+
+
+def test_a_file_that_is_not_parquet_in_a_bucket_is_a_usage_error_as_on_disk(
+    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "input").mkdir()
+    (tmp_path / "input" / "part-0.parquet").write_bytes(JUNK)
+    bucket = s3_server.new_bucket()
+    s3_server.upload(tmp_path / "input", bucket, "input")
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    for root in (str(tmp_path / "input"), f"s3://{bucket}/input"):
+        message = f"cannot read {root + '/part-0.parquet'!r} as Parquet: Parquet magic bytes"
+        with pytest.raises(UsageError, match=re.escape(message)):
+            reading.scan_parquet(root)
