@@ -136,29 +136,28 @@ def _moments(value: pl.Expr, prefix: str, weight: pl.Expr | None = None) -> list
     Of the rows of positive weight with a finite value: their count ``n``, ``w`` = Σw,
     ``sum`` = Σwx, ``m2`` = Σw(x − x̄)², ``q`` = Σw²(x − x̄)², ``r`` = Σw²(x − x̄) and
     ``c`` = Σw², x̄ their weighted mean; the non-finite values of positive weight are counted
-    apart. Without weights every w is 1: ``w`` = ``c`` = n, ``q`` = ``m2``, ``r`` = 0.
+    apart. Without weights every w is 1: ``w`` = ``c`` = n, ``q`` = ``m2``, ``r`` = 0, which
+    :func:`_unit_weights` adds to the state afterwards (computing them here cost a third more).
     """
-    counted = value.is_finite() if weight is None else value.is_finite() & (weight > 0)
+    if weight is None:
+        finite = value.filter(value.is_finite())
+        return [
+            finite.len().cast(pl.Int64).alias(f"{prefix}_n"),
+            finite.sum().alias(f"{prefix}_sum"),
+            (finite.var(ddof=0).fill_null(0.0) * finite.len()).alias(f"{prefix}_m2"),
+            (value == math.inf).sum().cast(pl.Int64).alias(f"{prefix}_n_pos_inf"),
+            (value == -math.inf).sum().cast(pl.Int64).alias(f"{prefix}_n_neg_inf"),
+            value.is_nan().sum().cast(pl.Int64).alias(f"{prefix}_n_nan"),
+        ]
+    counted = value.is_finite() & (weight > 0)
     finite = value.filter(counted)
     n = finite.len()
-    positive = pl.lit(True) if weight is None else weight > 0
+    positive = weight > 0
     counts = [
         ((value == math.inf) & positive).sum().cast(pl.Int64).alias(f"{prefix}_n_pos_inf"),
         ((value == -math.inf) & positive).sum().cast(pl.Int64).alias(f"{prefix}_n_neg_inf"),
         (value.is_nan() & positive).sum().cast(pl.Int64).alias(f"{prefix}_n_nan"),
     ]
-    if weight is None:
-        m2 = finite.var(ddof=0).fill_null(0.0) * n
-        return [
-            n.cast(pl.Int64).alias(f"{prefix}_n"),
-            n.cast(pl.Float64).alias(f"{prefix}_w"),
-            finite.sum().alias(f"{prefix}_sum"),
-            m2.alias(f"{prefix}_m2"),
-            m2.alias(f"{prefix}_q"),
-            pl.lit(0.0).alias(f"{prefix}_r"),
-            n.cast(pl.Float64).alias(f"{prefix}_c"),
-            *counts,
-        ]
     w = weight.filter(counted)
     deviation = finite - (w * finite).sum() / w.sum()
     return [
@@ -171,6 +170,28 @@ def _moments(value: pl.Expr, prefix: str, weight: pl.Expr | None = None) -> list
         (w * w).sum().alias(f"{prefix}_c"),
         *counts,
     ]
+
+
+def _moment_state(
+    frame: pl.DataFrame, value: pl.Expr, prefix: str, weight: pl.Expr | None
+) -> pl.DataFrame:
+    """:func:`_moments` of ``value`` over ``frame``, in the columns :data:`MOMENTS` order."""
+    state = frame.select(_moments(value, prefix, weight))
+    return _unit_weights(state, prefix) if weight is None else state
+
+
+def _unit_weights(state: pl.DataFrame, prefix: str) -> pl.DataFrame:
+    """An unweighted :func:`_moments` state with its weight moments: w = c = n, q = m2, r = 0."""
+    n = pl.col(f"{prefix}_n").cast(pl.Float64)
+    completed = state.with_columns(
+        n.alias(f"{prefix}_w"),
+        pl.col(f"{prefix}_m2").alias(f"{prefix}_q"),
+        pl.lit(0.0).alias(f"{prefix}_r"),
+        n.alias(f"{prefix}_c"),
+    )
+    others = [c for c in state.columns if not c.startswith(f"{prefix}_")]
+    moments = [f"{prefix}_{m}" for m in (*MOMENTS, *INFINITE_COUNTS)]
+    return completed.select(*others, *moments)
 
 
 def _merged_moments(prefix: str) -> list[pl.Expr]:
@@ -257,7 +278,10 @@ def partial_states(
             pl.col("kl").min().alias("kl_min"),  # over every row, as the quantiles are
             pl.col("kl").max().alias("kl_max"),
         )
-        scalars.append(pl.concat([every_row, counted.select(_aggregations(w))], how="horizontal"))
+        sums = counted.select(_aggregations(w))
+        if w is None:
+            sums = _unit_weights(sums, "kl")
+        scalars.append(pl.concat([every_row, sums], how="horizontal"))
         p, q, k = class_sums(counted)
         sums = pl.DataFrame(
             {CLASS: range(len(p)), "p_sum": p, "q_sum": q, "kl_term_sum": k},
@@ -467,7 +491,7 @@ def paired_states(
         best_column = pl.col(kl_columns[best_of[name]])
         w = _weight_of(weight)
         for model, column in kl_columns.items():
-            state = part.select(_moments(pl.col(column) - best_column, "delta", w))
+            state = _moment_state(part, pl.col(column) - best_column, "delta", w)
             rows.append(state.with_columns(pl.lit(name).alias(SLICE), pl.lit(model).alias(MODEL)))
     return pl.concat(rows).select(*KEYS, pl.exclude(*KEYS))
 
@@ -486,7 +510,7 @@ def prior_states(
     for name, part in parts:
         w = _weight_of(weight)
         for model, column in kl_columns.items():
-            state = part.select(_moments(pl.col(column) - pl.col(PRIOR), "dprior", w))
+            state = _moment_state(part, pl.col(column) - pl.col(PRIOR), "dprior", w)
             rows.append(state.with_columns(pl.lit(name).alias(SLICE), pl.lit(model).alias(MODEL)))
     return pl.concat(rows).select(*KEYS, pl.exclude(*KEYS))
 
@@ -519,7 +543,7 @@ def paired_states_all(
         w = _weight_of(weight)
         for other, other_column in kl_columns.items():
             for model, column in kl_columns.items():
-                state = part.select(_moments(pl.col(column) - pl.col(other_column), "delta", w))
+                state = _moment_state(part, pl.col(column) - pl.col(other_column), "delta", w)
                 rows.append(
                     state.with_columns(
                         pl.lit(name).alias(SLICE),
