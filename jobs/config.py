@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from klrank.io import storage
+from klrank.io.buckets import LEASE_TTL_S
 from klrank.pipeline.aggregate import RANK_METRICS
 from klrank.pipeline.divergence import LOG_BASES
 from klrank.pipeline.errors import UsageError
@@ -52,13 +53,13 @@ class RunOptions:
     """Everything ``klrank run`` needs: the inputs, the measures' options and where to publish."""
 
     inputs: InputOptions
-    out: Path
+    out: Path | str  # a local folder, or an s3:// URL (klrank.io.buckets)
     base: str = "2"
     epsilon: float = 0.0
     rank_by: str = "mean_kl"
     run_date: dt.date | None = None
     write_rows: bool = True
-    failures: Path | None = None
+    failures: Path | str | None = None
     baseline: str | None = None  # "auto", a report.parquet or a run folder
     gates: Gates = Gates()
     lock_timeout: float = 600.0  # seconds to wait for another run of the same partition
@@ -70,11 +71,15 @@ class RunOptions:
     bootstrap: int = DEFAULT_BOOTSTRAP  # Poisson bootstrap replicates of the ranking; 0: none
     seed: int = 0  # of the bootstrap's weights
     mlflow_experiment: str | None = None  # log the night there (klrank.tracking); not recorded
+    lease_ttl: float = LEASE_TTL_S  # s3:// --out: a lease not renewed for this long is a dead run's
 
     def __post_init__(self) -> None:
-        storage.refuse_url_output(self.out, "--out")
+        object.__setattr__(self, "out", storage.output_location(self.out, "--out"))
         if self.failures is not None:
-            storage.refuse_url_output(self.failures, "--failures")
+            failures = storage.output_location(self.failures, "--failures")
+            object.__setattr__(self, "failures", failures)
+        if not self.lease_ttl > 0:
+            raise UsageError(f"--lease-ttl must be > 0, got {self.lease_ttl}")
         if self.engine not in ("local", "ray"):
             raise UsageError(f"--engine must be local or ray, got {self.engine!r}")
         if self.engine == "local" and (self.ray_address or self.partitions is not None):
@@ -103,14 +108,15 @@ class RunOptions:
             )
 
     @property
-    def target(self) -> Path:
-        """The directory the report is published to."""
+    def target(self) -> Path | str:
+        """The directory (or ``s3://`` prefix) the report is published to."""
         if self.run_date is None:
             return self.out
-        return self.out / f"{RUN_DATE_KEY}={self.run_date.isoformat()}"
+        partition = f"{RUN_DATE_KEY}={self.run_date.isoformat()}"
+        return f"{self.out}/{partition}" if isinstance(self.out, str) else self.out / partition
 
     @property
-    def failures_path(self) -> Path:
+    def failures_path(self) -> Path | str:
         """Where the full failure cases go when validation fails: never among the report's files.
 
         ``OUT/_failures/`` (under ``run_date=...`` with a run date): outside every dated
@@ -120,6 +126,8 @@ class RunOptions:
         if self.failures is not None:
             return self.failures
         partition = [] if self.run_date is None else [f"{RUN_DATE_KEY}={self.run_date.isoformat()}"]
+        if isinstance(self.out, str):
+            return "/".join((self.out, FAILURES_FOLDER, *partition, FAILURES_FILE))
         return self.out.joinpath(FAILURES_FOLDER, *partition, FAILURES_FILE)
 
     def recorded(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import platform
 import shutil
 import tempfile
 import time
+import uuid
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from klrank._version import __version__
 from klrank.config import DEFAULT_BOOTSTRAP, Engine, InputOptions, RunOptions, TruthOption
 from klrank.engines.local import evaluate as evaluate_locally
 from klrank.engines.ray import RayOptions, evaluate_on_ray
-from klrank.io import oserrors, publishing, reading, storage, targets, writing
+from klrank.io import buckets, oserrors, publishing, reading, storage, targets, writing
 from klrank.nightly import Baseline, load_baseline
 from klrank.pipeline import sketch
 from klrank.pipeline.divergence import UNITS
@@ -50,6 +51,7 @@ from klrank.schemas.outputs import (
     MANIFEST_FILE,
     REPORT_FILE,
     ROWS_FILE,
+    RUN_DATE_KEY,
     SUMMARY_FILE,
     WORST_FILE,
 )
@@ -92,14 +94,14 @@ class OpenedInputs:
         }
 
 
-def _write_failures(failures: pl.DataFrame, failures_path: Path) -> str:
+def _write_failures(failures: pl.DataFrame, failures_path: Path | str) -> str:
     """Write the failure cases; the line saying where they are, or why they could not be written.
 
     A failure to write them must not hide the failed checks: the data is still invalid (exit 1).
     """
     metadata = {FAILURES_MARKER: "1"}
     try:
-        writing.write_atomically(
+        writing.write_to(
             failures_path, lambda path: writing.write_parquet(failures, path, metadata)
         )
     except StorageError as error:
@@ -108,7 +110,7 @@ def _write_failures(failures: pl.DataFrame, failures_path: Path) -> str:
     return f"all {failures.height} failure cases: {one_line(str(failures_path))}"
 
 
-def _fail_if_any(failures: pl.DataFrame, failures_path: Path | None) -> None:
+def _fail_if_any(failures: pl.DataFrame, failures_path: Path | str | None) -> None:
     if failures.height == 0:
         return
     lines = summarise(failures)
@@ -154,7 +156,7 @@ def _scanned(spec: Source, name: str) -> reading.ParquetInput:
 
 def open_inputs(
     options: InputOptions,
-    failures_path: Path | None,
+    failures_path: Path | str | None,
     timings: Timings,
     sources: tuple[Source, Source] | None = None,
 ) -> OpenedInputs:
@@ -203,12 +205,12 @@ def measure(
     inputs: OpenedInputs,
     measures: Measures,
     timings: Timings,
-    failures_path: Path | None,
+    failures_path: Path | str | None,
     *,
     rows: writing.RowsWriter | None = None,
     compute: bool = True,
     ray: RayOptions | None = None,
-    rows_dir: Path | None = None,
+    rows_dir: Path | str | None = None,
 ) -> Outcome:
     """Validate every row and, unless only validating, fold them into the report's parts.
 
@@ -272,13 +274,121 @@ def input_paths(options: InputOptions) -> dict[str, str]:
 
 def check_publishable(options: RunOptions, inputs: dict[str, str]) -> None:
     """Refuse (UsageError) a target that klrank may not replace: see :mod:`klrank.io.targets`."""
+    if isinstance(options.out, str):
+        _check_bucket_publishable(options, inputs)
+        return
+    assert isinstance(options.target, Path)
+    failures = options.failures_path
+    if isinstance(failures, str):  # an s3:// file beside a local report
+        _check_bucket_failures(failures, inputs, None)
     targets.check_publishable(
         options.out,
         options.target,
         dated=options.run_date is not None,
         inputs=inputs,
-        failures=options.failures_path,
+        failures=failures if isinstance(failures, Path) else None,
     )
+
+
+def _below(url: str, root: str) -> bool:
+    return url == root or url.startswith(root.rstrip("/") + "/")
+
+
+def _check_bucket_failures(failures: str, inputs: dict[str, str], out: str | None) -> None:
+    for name, spec in inputs.items():
+        if storage.is_remote(spec) and _below(failures, spec.split("*")[0].rstrip("/")):
+            raise UsageError(
+                f"--failures: {failures!r} lies inside the {name} input {spec!r}; write the "
+                "failure cases elsewhere"
+            )
+    if out is not None and _below(failures, out):
+        inner = failures[len(out) :].strip("/").split("/")
+        if not any(part.startswith(("_", ".")) for part in inner[:-1]):
+            raise UsageError(
+                f"--failures: {failures!r} lies in --out, where readers of the reports would "
+                "read it; write the failure cases outside --out (or under OUT/_failures)"
+            )
+    if storage.kind(failures) != "none" and not _is_failures_object(failures):
+        raise UsageError(
+            f"--failures: {failures!r} exists and is not a failure-cases file of klrank; "
+            "klrank replaces or deletes that file, so name another one"
+        )
+
+
+def _is_failures_object(url: str) -> bool:
+    """Whether the ``s3://`` object at ``url`` is a failure-cases file klrank wrote."""
+    try:
+        metadata = storage.read_metadata(url).metadata or {}
+    except (OSError, ValueError, StorageError):
+        return False
+    return FAILURES_MARKER.encode() in metadata
+
+
+def _check_bucket_publishable(options: RunOptions, inputs: dict[str, str]) -> None:
+    """The refusals of :func:`klrank.io.targets.check_publishable`, for an ``s3://`` --out."""
+    out, target = str(options.out), str(options.target)
+    for name, spec in inputs.items():
+        root = spec.split("*")[0].rstrip("/")  # a glob's fixed part
+        if storage.is_remote(spec) and (_below(out, root) or _below(root, out)):
+            raise UsageError(
+                f"--out: {out!r} is, holds or lies inside the {name} input {spec!r}; publish "
+                "to a folder of its own, outside the inputs (e.g. s3://bucket/reports)"
+            )
+    failures = options.failures_path
+    if isinstance(failures, str):
+        _check_bucket_failures(failures, inputs, out)
+    else:
+        targets.check_failures(failures, inputs)
+    if options.run_date is None:
+        nights = [f for f in storage.folders(out) if f.startswith(f"{RUN_DATE_KEY}=")]
+        if nights:
+            raise UsageError(
+                f"--out: {out!r} holds nightly partitions ({nights[0]!r}, ...): a run without "
+                "--run-date would replace them all; give --run-date, or another --out"
+            )
+    foreign = buckets.foreign_key(buckets.place(target))
+    if foreign is not None:
+        raise UsageError(
+            f"--out: {target!r} holds {foreign!r}, which klrank did not publish; publishing "
+            "replaces what is there, so name a new or empty folder"
+        )
+
+
+@contextmanager
+def publishing_into(options: RunOptions, inputs: dict[str, str], run_id: str) -> Iterator[Path]:
+    """Lock the target, check it again, and stage: a folder to fill, published when the block ends.
+
+    On disk: the run's locks and a staging folder swapped in whole (:mod:`klrank.io.publishing`).
+    In a bucket: the target's lease, the recovery of killed runs, and the commit protocol
+    (:mod:`klrank.io.buckets`).
+    """
+    if isinstance(options.out, Path):
+        assert isinstance(options.target, Path)
+        with run_lock(options.out, options.target, options.lock_timeout):
+            check_publishable(options, inputs)  # again: another run may have published meanwhile
+            with publishing.staging(options.target, options.out, run_id) as folder:
+                yield folder
+        return
+    target, out = buckets.place(str(options.target)), buckets.place(options.out)
+    with buckets.lease(target, ttl=options.lease_ttl, timeout=options.lock_timeout) as held:
+        buckets.recover(target, out)
+        check_publishable(options, inputs)
+        with publishing.bucket_staging(target.url, out.url, run_id, held) as folder:
+            yield folder
+
+
+def rows_destination(options: RunOptions, folder: Path, run_id: str) -> Path | str | None:
+    """Where the run's rows.parquet goes: into the staging folder, or into the bucket's staging.
+
+    Into the bucket's staging prefix for the Ray engine with an ``s3://`` --out: each part
+    uploads its own file, from whichever machine runs it.
+    """
+    if not options.write_rows:
+        return None
+    if isinstance(options.out, str) and options.engine == "ray":
+        target, out = buckets.place(str(options.target)), buckets.place(options.out)
+        return buckets.staging_place(target, out, run_id).child(ROWS_FILE).url
+    return folder / ROWS_FILE
 
 
 def measures_of(options: RunOptions) -> Measures:
@@ -342,7 +452,7 @@ class Evaluation:
         baseline: Baseline | None,
         timings: Timings,
         started: dt.datetime,
-        rows_path: Path | None,
+        rows_path: Path | str | None,
         input_paths: dict[str, str],
     ) -> None:
         assert outcome.report is not None and outcome.contributions is not None
@@ -399,6 +509,8 @@ class Evaluation:
         """
         if self._rows_path is None:
             raise UsageError("this evaluation kept no rows: evaluate it with rows=True")
+        if isinstance(self._rows_path, str):  # the Ray engine's parts, in a bucket
+            return pl.scan_parquet(f"{self._rows_path}/*.parquet")
         if self._rows_path.is_dir():  # the Ray engine writes one part per task
             return pl.scan_parquet(self._rows_path / "*.parquet")
         return pl.scan_parquet(self._rows_path)
@@ -447,7 +559,7 @@ class Evaluation:
     def _quantiles(self) -> str:
         return sketch.METHOD if self._options.engine == "ray" else "exact"
 
-    def summary(self, out: Path | None = None) -> str:
+    def summary(self, out: Path | str | None = None) -> str:
         """``summary.md``: the ranking as a Markdown table, the baseline and the gates."""
         summary = ranked_summary(
             self.report, self.unit, self._options.rank_by, self._options.gates.alpha
@@ -472,14 +584,20 @@ class Evaluation:
         ]
 
     def write(
-        self, folder: Path, options: RunOptions, tracker: tracking.Tracker | None = None
+        self,
+        folder: Path,
+        options: RunOptions,
+        tracker: tracking.Tracker | None = None,
+        *,
+        run_id: str = "",
     ) -> tuple[str, dict[str, Any]]:
         """Write every published file but ``rows.parquet`` into ``folder``.
 
         Returns the summary and the manifest written. ``options`` are this evaluation's, with the ``--out`` and run date it is published to.
         With a ``tracker``, the files are logged to MLflow before the manifest is written, and
         the manifest records the outcome (:mod:`klrank.tracking`); ``rows.parquet``, if
-        published, must be in ``folder`` already.
+        published, must be in ``folder`` already. ``run_id`` goes into the manifest and the
+        report's footer (``klrank.run_id``), as the readers' rule of :mod:`klrank.io.buckets` asks.
         """
         timings = self._timings
         with timings.phase("write"):
@@ -491,6 +609,7 @@ class Evaluation:
                     "klrank.options": json.dumps(options.recorded(), sort_keys=True),
                     "klrank.unit": self.unit,
                     "klrank.quantiles": self._quantiles,
+                    "klrank.run_id": run_id,
                 },
             )
             summary = self.summary(options.out)
@@ -512,7 +631,7 @@ class Evaluation:
                     alpha=options.gates.alpha,
                 )
                 writing.write_text(page, folder / HTML_FILE)
-        manifest = self._manifest(options, dt.datetime.now(dt.UTC))
+        manifest = self._manifest(options, dt.datetime.now(dt.UTC)) | {"run_id": run_id}
         if tracker is None:
             writing.write_json(manifest, folder / MANIFEST_FILE)
         else:
@@ -525,7 +644,7 @@ class Evaluation:
         run_date: dt.date | str | None = None,
         *,
         mlflow_experiment: str | None = None,
-    ) -> Path:
+    ) -> Path | str:
         """Publish what ``klrank run --out OUT [--run-date D]`` publishes; the folder published.
 
         Atomic and locked as ``klrank run`` is: the same refusals (an ``out`` that is an input,
@@ -549,24 +668,23 @@ class Evaluation:
                 run_date = dt.date.fromisoformat(run_date)
             except ValueError:
                 raise UsageError(f"run_date must be YYYY-MM-DD, got {run_date!r}") from None
-        storage.refuse_url_output(out, "out")
+        location = storage.output_location(out, "out")
         options = replace(
             self._options,
-            out=targets.real(Path(out)),
+            out=targets.real(location) if isinstance(location, Path) else location,
             run_date=run_date,
             mlflow_experiment=mlflow_experiment,
         )
         check_publishable(options, self._input_paths)
         tracker = tracking.connect(mlflow_experiment) if mlflow_experiment is not None else None
-        with run_lock(options.out, options.target, options.lock_timeout):
-            check_publishable(options, self._input_paths)
-            with (
-                tracking.finishing(tracker),
-                publishing.staging(options.target, options.out) as folder,
-            ):
-                if options.write_rows and self._rows_path is not None:
-                    _copy(self._rows_path, folder / ROWS_FILE)
-                self.write(folder, options, tracker)
+        run_id = uuid.uuid4().hex
+        with (
+            tracking.finishing(tracker),
+            publishing_into(options, self._input_paths, run_id) as folder,
+        ):
+            if options.write_rows and isinstance(self._rows_path, Path):
+                _copy(self._rows_path, folder / ROWS_FILE)
+            self.write(folder, options, tracker, run_id=run_id)
         events.emit("published", target=str(options.target))
         remove_stale_failures(options)
         return options.target
@@ -574,8 +692,12 @@ class Evaluation:
 
 def remove_stale_failures(options: RunOptions) -> None:
     """Delete the failure cases an earlier failed run of this target left, if klrank wrote them."""
-    if targets.is_failures_file(options.failures_path):
-        writing.remove_file(options.failures_path)
+    failures = options.failures_path
+    if isinstance(failures, str):
+        if _is_failures_object(failures):
+            buckets.delete_object(buckets.place(failures))
+    elif targets.is_failures_file(failures):
+        writing.remove_file(failures)
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -591,8 +713,8 @@ def evaluate_into(
     inputs: OpenedInputs,
     timings: Timings,
     *,
-    rows_path: Path | None,
-    failures_path: Path | None,
+    rows_path: Path | str | None,
+    failures_path: Path | str | None,
     input_paths: dict[str, str],
 ) -> Evaluation:
     """Validate and measure ``inputs``, writing the per-row measures to ``rows_path`` if given.
@@ -610,6 +732,7 @@ def evaluate_into(
         ray = RayOptions(options.ray_address, options.partitions)
         outcome = measure(inputs, measures, timings, failures_path, ray=ray, rows_dir=rows_path)
     else:
+        assert not isinstance(rows_path, str), "only the Ray engine's parts write to a bucket"
         rows = writing.RowsWriter(rows_path) if rows_path is not None else None
         try:
             outcome = measure(inputs, measures, timings, failures_path, rows=rows)
@@ -746,7 +869,9 @@ def evaluate(
         seed=seed,
     )
     failures_path = options.failures
-    if failures_path is not None:
+    if isinstance(failures_path, str):
+        _check_bucket_failures(failures_path, paths, None)
+    elif failures_path is not None:
         targets.check_failures(failures_path, paths)
     timings = Timings()
     inputs = open_inputs(input_options, failures_path, timings, (labels, predictions))

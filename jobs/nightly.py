@@ -11,7 +11,7 @@ from typing import Any
 
 import pandera.polars as pa
 import polars as pl
-from klrank.io import reading, storage, writing
+from klrank.io import buckets, reading, storage, writing
 from klrank.pipeline.baseline import BASELINE_INPUT_COLUMNS, in_unit
 from klrank.pipeline.divergence import UNITS
 from klrank.pipeline.errors import UsageError
@@ -76,7 +76,7 @@ def _remote_baseline_file(spec: str) -> tuple[str, str | None]:
 
 
 def _baseline_file(
-    spec: str, out: Path, run_date: dt.date | None
+    spec: str, out: Path | str, run_date: dt.date | None
 ) -> tuple[Path | str | None, str | None]:
     if spec != AUTO and storage.scheme(spec) is not None:
         storage.check_input(spec, "--baseline")
@@ -98,7 +98,7 @@ def _baseline_file(
     return _report_in(folder), day.isoformat()
 
 
-def load_baseline(spec: str, out: Path, run_date: dt.date | None, unit: str) -> Baseline:
+def load_baseline(spec: str, out: Path | str, run_date: dt.date | None, unit: str) -> Baseline:
     """Find and read the baseline report, converted to ``unit``.
 
     Parameters
@@ -132,7 +132,7 @@ class HistoryOptions:
 
     root: Path | str  # a folder, or an s3:// URL (then --chart is needed)
     slice: str = "ALL"
-    chart: Path | None = None
+    chart: Path | str | None = None  # a local file, or an s3:// URL
 
     def __post_init__(self) -> None:
         if isinstance(self.root, str) and storage.scheme(self.root) is not None:
@@ -141,19 +141,16 @@ class HistoryOptions:
             local = storage.local_path(self.root) if storage.scheme(self.root) else self.root
             object.__setattr__(self, "root", Path(local))  # a path, or a file:// URL's
         if self.chart is not None:
-            storage.refuse_url_output(self.chart, "--chart")
-        elif isinstance(self.root, str) and storage.is_remote(self.root):
-            raise UsageError(
-                f"{self.root!r} is in object storage, where klrank does not write yet: give "
-                "--chart FILE, a local file for the chart"
-            )
+            object.__setattr__(self, "chart", storage.output_location(self.chart, "--chart"))
 
     @property
-    def chart_path(self) -> Path:
-        """Where the chart goes: ``--chart``, by default ``ROOT/history.html``."""
+    def chart_path(self) -> Path | str:
+        """Where the chart goes: ``--chart``, by default ``ROOT/history.html`` (in a bucket too)."""
         if self.chart is not None:
             return self.chart
-        return Path(self.root) / HISTORY_CHART
+        if isinstance(self.root, str):
+            return storage.join(self.root, HISTORY_CHART)
+        return self.root / HISTORY_CHART
 
 
 @dataclass(frozen=True)
@@ -163,19 +160,27 @@ class HistorySummary:
     table: pl.DataFrame
     unit: str
     nights: list[str]
-    chart: Path
+    chart: Path | str
 
 
 _CHART_START = "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n<title>klrank: "
 
 
-def _check_replaceable_chart(path: Path) -> None:
-    """Refuse to replace a file that is not a chart klrank wrote (``--chart labels.parquet``)."""
+def _chart_start(path: Path | str) -> bytes | None:
+    """The first bytes of the file at ``path``, or None where there is no file."""
+    if isinstance(path, str):
+        found = buckets.read_bytes(buckets.place(path)) if storage.kind(path) == "file" else None
+        return None if found is None else found[: len(_CHART_START.encode())]
     if not path.is_file():
-        return  # missing: made; a folder or a device: the write names the problem (exit 74)
+        return None  # missing: made; a folder or a device: the write names the problem (exit 74)
     with path.open("rb") as handle:
-        start = handle.read(len(_CHART_START.encode()))
-    if start != _CHART_START.encode():
+        return handle.read(len(_CHART_START.encode()))
+
+
+def _check_replaceable_chart(path: Path | str) -> None:
+    """Refuse to replace a file that is not a chart klrank wrote (``--chart labels.parquet``)."""
+    start = _chart_start(path)
+    if start is not None and start != _CHART_START.encode():
         raise UsageError(
             f"--chart: {str(path)!r} exists and is not a chart klrank wrote; klrank would "
             "replace it, so name another file"
@@ -215,6 +220,6 @@ def history(options: HistoryOptions) -> HistorySummary:
         raise UsageError(f"no night's report has the slice {options.slice!r}")
     html = history_chart_html(table, unit, options.slice)
     _check_replaceable_chart(options.chart_path)
-    writing.write_atomically(options.chart_path, lambda path: writing.write_text(html, path))
+    writing.write_to(options.chart_path, lambda path: writing.write_text(html, path))
     nights = [day.isoformat() for day, _ in partitions]
     return HistorySummary(table, unit, nights, options.chart_path)

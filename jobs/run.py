@@ -7,6 +7,7 @@ are raised as :mod:`klrank.pipeline.errors` classes, which carry their exit code
 """
 
 import time
+import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,15 @@ from klrank.evaluation import (
     input_paths,
     measure,
     open_inputs,
+    publishing_into,
     remove_stale_failures,
+    rows_destination,
 )
 from klrank.evaluation import Timings as Timings  # the CLI times validate with it
-from klrank.io import publishing, targets
+from klrank.io import targets
 from klrank.pipeline.fold import Measures
 from klrank.pipeline.gates import GateResult
 from klrank.runtime import events
-from klrank.runtime.lock import run_lock
-from klrank.schemas.outputs import ROWS_FILE
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class ValidationSummary:
 class RunSummary:
     """What a successful run published."""
 
-    target: Path
+    target: Path | str  # a folder, or an s3:// prefix
     report: pl.DataFrame
     summary: str
     manifest: dict[str, Any]
@@ -95,32 +96,34 @@ def run(options: RunOptions) -> RunSummary:
         ``options.mlflow_experiment`` is set without MLflow's client or ``MLFLOW_TRACKING_URI``
         (and the refusals of :func:`check_publishable`).
     """
-    out = targets.real(options.out)
-    if out != options.out.absolute():  # a link: publish into the folder it names
-        options = replace(options, out=out)
+    if isinstance(options.out, Path):
+        out = targets.real(options.out)
+        if out != options.out.absolute():  # a link: publish into the folder it names
+            options = replace(options, out=out)
     paths = input_paths(options.inputs)
     check_publishable(options, paths)
     # A missing MLflow client or tracking URI fails before any work; the server is not asked yet.
     tracker = tracking.connect(options.mlflow_experiment) if options.mlflow_experiment else None
-    events.emit("run.started", target=str(options.target), options=options.recorded())
+    run_id = uuid.uuid4().hex
+    events.emit(
+        "run.started", target=str(options.target), run_id=run_id, options=options.recorded()
+    )
     # Missing inputs, wrong columns or dtypes fail here, before any folder or lock file is made.
     timings = Timings()
     inputs = open_inputs(options.inputs, options.failures_path, timings)
     clock = time.perf_counter()
-    with run_lock(options.out, options.target, options.lock_timeout):
-        check_publishable(options, paths)  # again: another run may have published meanwhile
-        # The night is logged to MLflow from the staging folder, then published; its MLflow
-        # runs are ended once it is (klrank.tracking).
-        with tracking.finishing(tracker), publishing.staging(options.target, options.out) as folder:
-            evaluation = evaluate_into(
-                options,
-                inputs,
-                timings,
-                rows_path=folder / ROWS_FILE if options.write_rows else None,
-                failures_path=options.failures_path,
-                input_paths=paths,
-            )
-            summary, manifest = evaluation.write(folder, options, tracker)
+    # The night is logged to MLflow from the staging folder, then published; its MLflow runs are
+    # ended once it is (klrank.tracking).
+    with tracking.finishing(tracker), publishing_into(options, paths, run_id) as folder:
+        evaluation = evaluate_into(
+            options,
+            inputs,
+            timings,
+            rows_path=rows_destination(options, folder, run_id),
+            failures_path=options.failures_path,
+            input_paths=paths,
+        )
+        summary, manifest = evaluation.write(folder, options, tracker, run_id=run_id)
     events.emit(
         "published", target=str(options.target), seconds=round(time.perf_counter() - clock, 4)
     )

@@ -181,7 +181,7 @@ class Tracker:
     client: "MlflowClient"
     run_ids: list[str] = field(default_factory=list)  # the parent's first, then each model's
 
-    def log(self, folder: Path, target: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    def log(self, folder: Path, target: Path | str, manifest: dict[str, Any]) -> dict[str, Any]:
         """Log the night staged in ``folder`` and write its manifest, which records the outcome.
 
         ``folder`` holds every published file but the manifest; ``manifest`` is the one to
@@ -231,7 +231,9 @@ class Tracker:
             raise MlflowException(f"experiment {self.experiment!r} exists and cannot be found")
         return str(found.experiment_id)
 
-    def _log_runs(self, folder: Path, target: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    def _log_runs(
+        self, folder: Path, target: Path | str, manifest: dict[str, Any]
+    ) -> dict[str, Any]:
         """The parent run, its params, tags and artifacts, then a nested run per model."""
         from mlflow.entities import Metric, Param, RunTag
 
@@ -246,7 +248,11 @@ class Tracker:
             "klrank.version": __version__,
             "klrank.unit": manifest["unit"],
         }
-        parent = client.create_run(experiment_id, tags=tags, run_name=run_date or target.name)
+        parent = client.create_run(
+            experiment_id,
+            tags=tags,
+            run_name=run_date or str(target).rstrip("/").rsplit("/", 1)[-1],
+        )
         parent_id = parent.info.run_id
         self.run_ids.append(parent_id)
         client.log_batch(parent_id, params=logged)

@@ -18,6 +18,7 @@ from klrank.cli.options import (
     Json,
     LabelCol,
     Labels,
+    LeaseTtl,
     LockTimeout,
     LogFormatOption,
     LogitPrefix,
@@ -32,6 +33,7 @@ from klrank.cli.options import (
     input_options,
 )
 from klrank.config import DEFAULT_BOOTSTRAP, Engine, RunOptions
+from klrank.io.buckets import LEASE_TTL_S
 from klrank.pipeline.aggregate import RankMetric
 from klrank.pipeline.divergence import Base
 from klrank.pipeline.errors import ExitCode
@@ -46,7 +48,7 @@ Out = Annotated[
         "--out",
         "-o",
         envvar="KLRANK_OUT",
-        help="Output directory of the report.",
+        help="Output directory of the report, or an s3:// URL (klrank.io.buckets).",
         show_default=False,
     ),
 ]
@@ -257,6 +259,7 @@ def run_command(
     as_json: Json = False,
     debug: Debug = False,
     lock_timeout: LockTimeout = 600.0,
+    lease_ttl: LeaseTtl = LEASE_TTL_S,
     log_format: LogFormatOption = "text",
     quiet: Quiet = False,
     config: Config = None,
@@ -301,6 +304,7 @@ def run_command(
                     expect_beats_prior=expect_beats_prior,
                 ),
                 lock_timeout=lock_timeout,
+                lease_ttl=lease_ttl,
                 write_html=write_html,
                 worst=worst,
                 engine=engine,

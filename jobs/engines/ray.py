@@ -33,7 +33,7 @@ from typing import Any
 
 import polars as pl
 from klrank.engines.local import batch_rows, evaluate_partition, label_means
-from klrank.io import reading, writing
+from klrank.io import reading, storage, writing
 from klrank.pipeline import partitions, prior
 from klrank.pipeline.errors import EngineError, UsageError
 from klrank.pipeline.fold import (
@@ -295,10 +295,13 @@ def _evaluate_frames(
         finally:
             writer.close()
 
+    name = f"part-{part:05d}.parquet"
+    if storage.is_remote(spec.rows_dir):  # a bucket's staging prefix: each part uploads its own
+        writing.write_to(f"{spec.rows_dir}/{name}", write, optional=True)
+        return result[0]
     # No rows when validation failed; no folder made: once a run fails, its staging folder is
     # removed, and a task still running then must not make it again.
-    target = Path(spec.rows_dir) / f"part-{part:05d}.parquet"
-    writing.write_atomically(target, write, optional=True, make_parent=False)
+    writing.write_atomically(Path(spec.rows_dir) / name, write, optional=True, make_parent=False)
     return result[0]
 
 
@@ -344,7 +347,7 @@ def evaluate_on_ray(
     layout: Layout,
     measures: Measures,
     options: RayOptions,
-    rows_dir: Path | None = None,
+    rows_dir: Path | str | None = None,
     compute: bool = True,
 ) -> Outcome:
     """Validate and, if all is valid and ``compute``, build the report on a Ray cluster.
@@ -404,7 +407,7 @@ class _Run:
     predictions: reading.ParquetInput
     layout: Layout
     measures: Measures
-    rows_dir: Path | None
+    rows_dir: Path | str | None
     compute: bool
     prior_means: prior.LogMeans | None
 
@@ -440,7 +443,7 @@ def _evaluate(
     layout: Layout,
     measures: Measures,
     options: RayOptions,
-    rows_dir: Path | None,
+    rows_dir: Path | str | None,
     compute: bool,
 ) -> Outcome:
     # The prior's P̄ needs the whole labels: one pass here, before the parts are measured.
@@ -448,7 +451,7 @@ def _evaluate(
     if compute or layout.weight_col is not None:
         means, weightless = label_means(labels, layout, measures)
     run = _Run(labels, predictions, layout, measures, rows_dir, compute, means)
-    if rows_dir is not None:
+    if isinstance(rows_dir, Path):  # a bucket's prefix needs no folder
         rows_dir.mkdir(parents=True, exist_ok=True)
     bucketed = buckets(labels, predictions)
     if bucketed is not None:
@@ -456,7 +459,7 @@ def _evaluate(
     else:
         spec, refs = _split_and_evaluate(ray, run, options)
     partials: list[Partial] = _get(ray, refs)
-    if rows_dir is not None:
+    if isinstance(rows_dir, Path):
         for leftover in rows_dir.glob(".*.tmp"):  # from attempts whose worker died
             leftover.unlink(missing_ok=True)
     models_found = len(spec.models) or int(predictions.n_rows > 0)  # > 0: null model rows

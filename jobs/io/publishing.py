@@ -1,14 +1,19 @@
-"""Atomic publishing of a report folder: a staging folder beside the target, swapped in whole."""
+"""Atomic publishing of a report folder.
+
+On disk, a staging folder beside the target, swapped in whole; in a bucket, the commit protocol
+of :mod:`klrank.io.buckets`.
+"""
 
 import ctypes
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from klrank.io import targets
+from klrank.io import buckets, targets
 from klrank.io.oserrors import storage
 from klrank.io.targets import STAGING_PREFIX
 from klrank.io.writing import write_text
@@ -37,8 +42,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def staging(target: Path, out: Path) -> Iterator[Path]:
+def staging(target: Path, out: Path, run_id: str = "") -> Iterator[Path]:
     """A staging folder to fill; when the block ends, ``_SUCCESS`` is added and it replaces ``target``.
+
+    ``_SUCCESS`` holds ``run_id``, as in a bucket (:mod:`klrank.io.buckets`).
 
     ``target`` is ``out`` or a folder in it; the staging folder is made in ``out``'s parent,
     outside the reports tree, so that no reader's glob under ``out`` ever lists it (see
@@ -64,14 +71,14 @@ def staging(target: Path, out: Path) -> Iterator[Path]:
         with storage(out.parent, "create a staging folder in"):
             folder.mkdir()
         yield folder
-        _swap_in(folder, target)
+        _swap_in(folder, target, run_id)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
 
 
-def _swap_in(staging: Path, target: Path) -> None:
-    write_text("", staging / SUCCESS_FILE)
+def _swap_in(staging: Path, target: Path, run_id: str) -> None:
+    write_text(run_id, staging / SUCCESS_FILE)
     with storage(staging, "sync"):
         for file in staging.rglob("*"):  # a folder too: the Ray engine's rows.parquet/
             if file.is_dir():
@@ -91,3 +98,38 @@ def _swap_in(staging: Path, target: Path) -> None:
             staging.rename(target)
             shutil.rmtree(retired)
         _fsync_dir(target.parent)
+
+
+@contextmanager
+def bucket_staging(target: str, out: str, run_id: str, held: buckets.Lease) -> Iterator[Path]:
+    """A local folder to fill; when the block ends, it is published to ``target`` in the bucket.
+
+    The protocol of :mod:`klrank.io.buckets`: the folder's files are uploaded to the staging
+    prefix of ``run_id``, then committed. Where the block raises, or the upload does, nothing is
+    published and the staging prefix is deleted; where the process dies, the next run of the
+    target deletes it (or, once committed, finishes it). The local folder is made in the
+    system's temporary folder (``TMPDIR``), and always removed. Enter it holding ``held``, the
+    target's lease, after :func:`klrank.io.buckets.recover`.
+
+    Raises
+    ------
+    StorageError
+        The store or the local disk refused a step.
+    LockBusyError
+        The lease was lost before the commit: nothing was published.
+    """
+    target_place, out_place = buckets.place(target), buckets.place(out)
+    staged = buckets.staging_place(target_place, out_place, run_id)
+    with storage(Path(tempfile.gettempdir()), "create a staging folder in"):
+        folder = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))
+    try:
+        yield folder
+        for file in sorted(folder.rglob("*")):  # a folder too: the Ray engine's rows.parquet/
+            if file.is_file():
+                buckets.upload(file, staged.child(file.relative_to(folder).as_posix()))
+        buckets.commit(staged, target_place, held)
+    except BaseException:
+        buckets.discard(staged)
+        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

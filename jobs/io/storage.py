@@ -19,6 +19,7 @@ import functools
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -61,7 +62,7 @@ def local_path(url: str) -> str:
     return unquote(parts.path)
 
 
-def _bucket_and_key(url: str) -> tuple[str, str]:
+def bucket_and_key(url: str) -> tuple[str, str]:
     """The bucket and key (no leading ``/``) of an ``s3://`` URL, checked."""
     found = scheme(url)
     if found not in READABLE_SCHEMES:
@@ -85,7 +86,8 @@ def _bucket_and_key(url: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
-def _aws_environment() -> tuple[tuple[str, str], ...]:
+def aws_environment() -> tuple[tuple[str, str], ...]:
+    """The ``AWS_*`` variables, sorted: a key for caching clients per configuration."""
     return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
 
 
@@ -111,8 +113,8 @@ def _s3(bucket: str, environment: tuple[tuple[str, str], ...]) -> Any:
 
 def _filesystem(url: str) -> tuple[Any, str, str]:
     """The file system of ``url``, its bucket, and its key."""
-    bucket, key = _bucket_and_key(url)
-    return _s3(bucket, _aws_environment()), bucket, key
+    bucket, key = bucket_and_key(url)
+    return _s3(bucket, aws_environment()), bucket, key
 
 
 def _visible(parts: Sequence[str]) -> bool:
@@ -212,10 +214,50 @@ def read_metadata(path: str) -> Any:
     return pq.read_metadata(f"{bucket}/{key}", filesystem=filesystem)
 
 
-def refuse_url_output(path: "str | os.PathLike[str]", option: str) -> None:
-    """Refuse an output at a URL: klrank publishes to local (or mounted) folders only, for now.
+WRITABLE_SCHEMES = ("s3",)  # publishing: klrank.io.buckets
 
-    Publishing relies on an atomic rename and a lock file, which object stores do not have;
+
+def output_location(path: "str | os.PathLike[str]", option: str) -> "Path | str":
+    """Where an output option points: a local ``Path``, or an ``s3://`` URL (a string).
+
+    A ``file://`` URL is its local path; ``path`` may have gone through ``pathlib.Path``, which
+    folds ``s3://b`` into ``s3:/b``.
+
+    Raises
+    ------
+    UsageError
+        A URL klrank does not write to, one naming no bucket or key, or one with credentials.
+    """
+    text = os.fspath(path)
+    found = scheme(text)
+    if found is None:
+        return Path(text)
+    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+):/+", r"\1://", text)
+    if found == "file":
+        try:
+            return Path(local_path(url))
+        except UsageError as error:
+            raise UsageError(f"{option}: {error}") from None
+    if found not in WRITABLE_SCHEMES:
+        raise UsageError(
+            f"{option}: klrank publishes to local folders and s3:// URLs "
+            f"({found}:// is not supported yet)"
+        )
+    try:
+        bucket, key = bucket_and_key(url)
+    except UsageError as error:
+        raise UsageError(f"{option}: {error}") from None
+    if not key:
+        raise UsageError(
+            f"{option}: {url!r} is a whole bucket; klrank stages a report beside the folder it "
+            f"publishes, so name a folder in it (e.g. {found}://{bucket}/reports)"
+        )
+    return f"{found}://{bucket}/{key}"
+
+
+def refuse_url_output(path: "str | os.PathLike[str]", option: str) -> None:
+    """Refuse an output at a URL (``--chart``): it is written to local folders only, for now.
+
     ``path`` may have gone through ``pathlib.Path``, which folds ``s3://b`` into ``s3:/b``.
 
     Raises
@@ -229,10 +271,7 @@ def refuse_url_output(path: "str | os.PathLike[str]", option: str) -> None:
     url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+):/+", r"\1://", text)
     if "@" in url.split("://", 1)[1].split("/", 1)[0]:
         url = f"{scheme(text)}://..."  # never echo credentials
-    raise UsageError(
-        f"{option} {url!r}: publishing to object storage (or any URL) is not supported yet; "
-        f"give a local folder (inputs may be read from s3://)"
-    )
+    raise UsageError(f"{option} {url!r}: give a local file (this output is not written to URLs)")
 
 
 def check_input(path: str, option: str) -> None:
@@ -250,7 +289,7 @@ def check_input(path: str, option: str) -> None:
         if found == "file":
             local_path(path)
         else:
-            _bucket_and_key(path)
+            bucket_and_key(path)
     except UsageError as error:
         raise UsageError(f"{option}: {error}") from None
 

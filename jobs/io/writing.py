@@ -3,6 +3,8 @@
 import json
 import os
 import queue
+import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -10,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from klrank.io import targets
+from klrank.io import buckets, targets
 from klrank.io.oserrors import as_storage_error, storage
 from klrank.io.targets import TEMPORARY_PREFIX
 from klrank.pipeline.errors import StorageError
@@ -180,3 +182,30 @@ def write_atomically(
         except BaseException:
             _discard(temporary)
             raise
+
+
+def write_to(
+    destination: Path | str, write: Callable[[Path], None], optional: bool = False
+) -> None:
+    """Write one file to a local path (atomically) or to an ``s3://`` URL (one whole object).
+
+    A URL's file is written to a local temporary file first, then uploaded. With ``optional``,
+    a ``write`` that made no file makes none.
+
+    Raises
+    ------
+    StorageError
+        The operating system or the store refused a step.
+    """
+    if isinstance(destination, Path):
+        write_atomically(destination, write, optional=optional)
+        return
+    folder = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX))
+    try:
+        local = folder / "file"
+        with storage(local):
+            write(local)
+        if local.exists() or not optional:
+            buckets.upload(local, buckets.place(destination))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

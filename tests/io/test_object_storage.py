@@ -300,22 +300,6 @@ def test_a_damaged_file_in_a_bucket_is_a_usage_error_naming_the_input(
     assert f"cannot read the Parquet data of 's3://{bucket}/predictions/'" in result.stderr
 
 
-def test_publishing_to_a_bucket_is_a_usage_error_for_now(
-    s3_server: S3Server, example_bucket: str, tmp_path: Path
-) -> None:
-    inputs = ["--labels", EXAMPLES / "labels.parquet", "--predictions", EXAMPLES / "predictions"]
-    for option in ("--out", "--failures"):
-        target = f"s3://{example_bucket}/out"
-        others = [] if option == "--out" else ["--out", tmp_path / "out"]
-        result = klrank("run", *inputs, *others, option, target, env=s3_server.env, cwd=tmp_path)
-        assert result.returncode == 2, str(result)
-        assert f"klrank: {option} {target!r}: publishing to object storage" in result.stderr
-        assert "not supported yet" in result.stderr
-    assert list(tmp_path.iterdir()) == []  # no local "s3:" folder either
-    listed = s3_server.client().list_objects_v2(Bucket=example_bucket, Prefix="out")
-    assert listed["KeyCount"] == 0
-
-
 def test_credentials_in_a_url_are_refused_before_anything_logs_them(
     s3_server: S3Server, example_bucket: str, tmp_path: Path
 ) -> None:
@@ -363,10 +347,12 @@ def test_evaluate_reads_urls_as_it_reads_paths(
         slice_by=["region"],
     )
     assert_frame_equal(evaluation.report, local_report)
-    with pytest.raises(UsageError, match="publishing to object storage"):
-        evaluation.publish(f"s3://{example_bucket}/out")
     published = evaluation.publish(tmp_path / "out", run_date="2026-02-05")
+    assert isinstance(published, Path)
     assert_frame_equal(pl.read_parquet(published / "report.parquet"), local_report)
+    url = evaluation.publish(f"s3://{example_bucket}/out", run_date="2026-02-05")
+    assert url == f"s3://{example_bucket}/out/run_date=2026-02-05"
+    assert_frame_equal(pl.read_parquet(f"{url}/report.parquet"), local_report)
 
 
 # Earlier nights in a bucket: --baseline and klrank history.
@@ -418,16 +404,20 @@ def test_history_of_nights_in_a_bucket_is_that_of_the_same_nights_on_disk(
     assert (tmp_path / "bucket.html").read_bytes() == (tmp_path / "disk.html").read_bytes()
 
 
-def test_history_of_a_bucket_needs_a_local_chart(
-    s3_server: S3Server, nights: tuple[Path, str]
+def test_history_of_a_bucket_writes_its_chart_into_the_bucket_but_not_over_other_files(
+    s3_server: S3Server, nights: tuple[Path, str], tmp_path: Path
 ) -> None:
-    _, url = nights
+    local, url = nights
+    assert klrank("history", str(local), "--chart", tmp_path / "disk.html").returncode == 0
     result = klrank("history", url, env=s3_server.env)
-    assert result.returncode == 2, str(result)
-    assert "give --chart FILE" in result.stderr
-    result = klrank("history", url, "--chart", f"{url}/history.html", env=s3_server.env)
-    assert result.returncode == 2, str(result)
-    assert "publishing to object storage" in result.stderr
+    assert result.returncode == 0, str(result)
+    bucket, key = url.removeprefix("s3://").split("/", 1)
+    chart = s3_server.client().get_object(Bucket=bucket, Key=f"{key}/history.html")
+    assert chart["Body"].read() == (tmp_path / "disk.html").read_bytes()
+    s3_server.client().put_object(Bucket=bucket, Key="notes.html", Body=b"a user's page")
+    other = klrank("history", url, "--chart", f"s3://{bucket}/notes.html", env=s3_server.env)
+    assert other.returncode == 2, str(other)
+    assert "is not a chart klrank wrote" in other.stderr
 
 
 @pytest.mark.parametrize("name", ["run_date=2026-02-04", "run_date=2026-02-04/report.parquet"])

@@ -1,0 +1,492 @@
+"""Publishing to object storage (``s3://``): a commit protocol that needs no rename.
+
+An object store has no rename and no lock, but it writes each object whole (a reader sees the
+old object or the new one, never a part), and it has conditional writes: create only if absent,
+replace only if unchanged since read (S3's ``If-None-Match`` and ``If-Match``). On those, a run
+publishing ``OUT/run_date=D/`` (the target) does this, and nothing else:
+
+1. **Lease.** It creates the lease object ``OUT/.run_date=D.klrank.lock`` (beside the target,
+   hidden, as the local lock file) only if it is absent, and renews it every third of its
+   time to live by a write conditional on its own last version. A run that finds it held
+   waits; a lease left unchanged for its whole time to live, as the waiting run observes it on
+   its own clock, belonged to a dead run, and is taken over by a conditional write (so two
+   waiting runs cannot both take it). ``--lock-timeout`` passed: exit 75, as on disk.
+2. **Recover.** Under the lease it finishes what a killed run of the target committed (step 4)
+   and deletes what a killed run staged but did not commit.
+3. **Stage.** The run's files are written to the staging prefix
+   ``OUT/../.klrank-staging-<key>-<run id>/``, beside ``OUT``, never inside it, so no reader's
+   ``OUT/*/report.parquet`` or ``OUT/**/*.parquet`` can list them. A run that fails, is
+   stopped, or finds invalid data has touched nothing else: the target's files are those of
+   the previous run, and ``_SUCCESS`` still names it.
+4. **Commit.** Having renewed its lease once more, it writes ``_COMMITTED`` (naming the target
+   and the files) into the staging prefix: from here the run is published, and a run killed
+   after this point is finished by the next run of the target (step 2). Then: delete the
+   target's ``_SUCCESS``; copy each staged file to the target, ``report.parquet`` last of the
+   data files; delete the target's klrank files this run does not publish; copy
+   ``manifest.json``; write ``_SUCCESS`` holding the run id; delete the staging prefix.
+
+The rule for readers: a night is complete when its ``_SUCCESS`` exists; then ``_SUCCESS``,
+``manifest.json`` (``"run_id"``) and every Parquet file's footer (key ``klrank.run_id``) name
+the same run, and the files are those the manifest lists. Each published object is at every
+moment absent or a whole file of one run; between the first and the last step of a commit
+(server-side copies, a fraction of a second for a report without rows) ``_SUCCESS`` is absent.
+
+The library is `obstore <https://developmentseed.org/obstore/>`_ (Rust's ``object_store``): it
+has the conditional writes pyarrow's file systems lack, multipart uploads, and no dependencies;
+it takes credentials and the endpoint from the same ``AWS_*`` variables as Polars and pyarrow.
+"""
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from klrank.io import storage
+from klrank.io.targets import STAGING_PREFIX
+from klrank.pipeline.errors import LockBusyError, StorageError
+from klrank.pipeline.text import one_line
+from klrank.runtime import events, interrupts
+from klrank.runtime.lock import LOCK_SUFFIX, POLL_S
+from klrank.schemas.outputs import (
+    FAILURES_FOLDER,
+    MANIFEST_FILE,
+    OUTPUT_FILES,
+    REPORT_FILE,
+    SUCCESS_FILE,
+)
+
+COMMITTED_FILE = "_COMMITTED"  # in a staging prefix: the run is published; finish its copies
+LEASE_TTL_S = 60.0  # a lease not renewed for this long belonged to a dead run
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Place:
+    """An object-store location: the store of its bucket and the key (no ``/`` at either end)."""
+
+    url: str  # scheme://bucket/key, as the user wrote it less any "/" at the end
+    bucket_url: str
+    key: str
+
+    def child(self, *names: str) -> "Place":
+        """The location ``names`` below this one."""
+        key = "/".join((self.key, *names)).strip("/")
+        return Place(f"{self.bucket_url}/{key}", self.bucket_url, key)
+
+    @property
+    def parent(self) -> "Place":
+        """The location one folder up (the bucket itself for a key without ``/``)."""
+        key = self.key.rpartition("/")[0]
+        return Place(f"{self.bucket_url}/{key}".rstrip("/"), self.bucket_url, key)
+
+    @property
+    def name(self) -> str:
+        """The last part of the key."""
+        return self.key.rpartition("/")[2]
+
+
+def place(url: str) -> Place:
+    """The location an ``s3://`` URL names, checked as inputs are (no credentials in it).
+
+    Raises
+    ------
+    UsageError
+        Not an ``s3://`` URL, or one that names no bucket or carries credentials.
+    """
+    bucket, key = storage.bucket_and_key(url)
+    found = storage.scheme(url)
+    bucket_url = f"{found}://{bucket}"
+    return Place(f"{bucket_url}/{key}".rstrip("/"), bucket_url, key)
+
+
+@functools.lru_cache(maxsize=8)
+def _store(bucket_url: str, environment: tuple[tuple[str, str], ...]) -> Any:
+    del environment  # part of the cache's key only: obstore reads the variables itself
+    from obstore.store import from_url
+
+    try:
+        return from_url(bucket_url)
+    except Exception as error:  # obstore's configuration errors have no common base
+        raise StorageError(f"cannot reach the bucket {bucket_url!r}: {_brief(error)}") from None
+
+
+def _store_of(where: Place) -> Any:
+    return _store(where.bucket_url, storage.aws_environment())
+
+
+def _call(where: Place, doing: str, step: Callable[[], T]) -> T:
+    """Run one request; a refusal or an unreachable store is a StorageError (exit 74)."""
+    from obstore.exceptions import BaseError
+
+    try:
+        return step()
+    except (BaseError, OSError) as error:  # OSError: a connection refused, a timeout
+        raise StorageError(f"cannot {doing} {where.url!r}: {_brief(error)}") from None
+
+
+def _brief(error: Exception) -> str:
+    """obstore's message without its debugging dump (a page of nested structures)."""
+    return one_line(str(error).split("\n\nDebug source:", 1)[0])[:500]
+
+
+def read_bytes(where: Place) -> bytes | None:
+    """The object at ``where``, or None if there is none."""
+    import obstore
+    from obstore.exceptions import NotFoundError
+
+    def get() -> bytes | None:
+        try:
+            return bytes(obstore.get(_store_of(where), where.key).bytes())
+        except (NotFoundError, FileNotFoundError):
+            return None
+
+    return _call(where, "read", get)
+
+
+def put_bytes(where: Place, data: bytes) -> None:
+    """Write one whole object (it replaces any object at ``where`` in one step)."""
+    import obstore
+
+    _call(where, "write", lambda: obstore.put(_store_of(where), where.key, data))
+
+
+def upload(file: Path, where: Place) -> None:
+    """Copy a local file to ``where``, in parts when it is large; it appears whole, or not."""
+    import obstore
+
+    _call(where, "upload to", lambda: obstore.put(_store_of(where), where.key, file))
+
+
+def keys_below(where: Place) -> list[str]:
+    """The keys of the objects below the folder ``where``, relative to it, in order."""
+    import obstore
+
+    def listed() -> list[str]:
+        found = obstore.list(_store_of(where), f"{where.key}/").collect()
+        return sorted(str(o["path"])[len(where.key) + 1 :] for o in found)
+
+    return _call(where, "list", listed)
+
+
+def _delete(where: Place, keys: Sequence[str]) -> None:
+    import obstore
+
+    if keys:
+        full = [f"{where.key}/{k}" for k in keys]
+        _call(where, "delete in", lambda: obstore.delete(_store_of(where), full))
+
+
+def _copy(source: Place, target: Place) -> None:
+    import obstore
+
+    _call(target, "copy to", lambda: obstore.copy(_store_of(target), source.key, target.key))
+
+
+def delete_object(where: Place) -> None:
+    """Delete one object (nothing happens if there is none)."""
+    _delete(where.parent, [where.name])
+
+
+# --- the lease --------------------------------------------------------------------------------
+
+
+def lease_place(target: Place) -> Place:
+    """The lease object of the target: ``.<name>.klrank.lock`` beside it."""
+    return target.parent.child(f".{target.name}{LOCK_SUFFIX}")
+
+
+@dataclass
+class Lease:
+    """A held lease: its object, its version, and whether a renewal found it taken."""
+
+    where: Place
+    ttl: float
+    e_tag: str
+    body: bytes
+    lost: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def renew(self) -> None:
+        """Rewrite the lease, conditional on its last version; raises LockBusyError if taken."""
+        import obstore
+        from obstore.exceptions import NotFoundError, PreconditionError
+
+        with self.lock:
+            if self.lost.is_set():
+                raise self._taken()
+            store = _store_of(self.where)
+            try:
+                done = obstore.put(store, self.where.key, self.body, mode={"e_tag": self.e_tag})
+            except (PreconditionError, NotFoundError):
+                self.lost.set()
+                raise self._taken() from None
+            except Exception as error:  # unreachable for now: the next renewal tries again
+                events.emit("lease.renewal_failed", lease=self.where.url, error=_brief(error))
+                return
+            self.e_tag = str(done["e_tag"])
+
+    def _taken(self) -> LockBusyError:
+        return LockBusyError(
+            f"the lease {self.where.url!r} was taken over by another run after this one failed "
+            f"to renew it for {self.ttl:g} s; nothing was published: retry"
+        )
+
+    def keep_renewed(self) -> None:
+        """Renew every third of the time to live until stopped (run in a thread)."""
+        while not self.stop.wait(self.ttl / 3):
+            try:
+                self.renew()
+            except (LockBusyError, StorageError):
+                return
+
+
+def _lease_body(ttl: float) -> bytes:
+    return json.dumps(
+        {
+            "run_id": uuid.uuid4().hex,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "ttl_s": ttl,
+            "taken_at": dt.datetime.now(dt.UTC).isoformat(),
+        }
+    ).encode()
+
+
+def _holder(body: bytes | None) -> str:
+    try:
+        found = json.loads(body or b"")
+        return f" (pid {found['pid']} on {found['host']})"
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def _try_take(where: Place, body: bytes, seen: dict[str, Any] | None) -> str | None:
+    """Create the lease (``seen`` None) or replace the stale version ``seen``; its e-tag, or None."""
+    import obstore
+    from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
+
+    store = _store_of(where)
+    mode: Any = "create" if seen is None else {"e_tag": seen["e_tag"]}
+
+    def put() -> str | None:
+        try:
+            return str(obstore.put(store, where.key, body, mode=mode)["e_tag"])
+        except (AlreadyExistsError, PreconditionError, NotFoundError):
+            return None
+
+    return _call(where, "take the lease", put)
+
+
+def _current(where: Place) -> dict[str, Any] | None:
+    """The lease object's metadata (its e-tag), or None if there is none."""
+    import obstore
+    from obstore.exceptions import NotFoundError
+
+    def head() -> dict[str, Any] | None:
+        try:
+            return dict(obstore.head(_store_of(where), where.key))
+        except (NotFoundError, FileNotFoundError):
+            return None
+
+    return _call(where, "read the lease", head)
+
+
+def _acquire(where: Place, ttl: float, timeout: float) -> Lease:
+    body = _lease_body(ttl)
+    deadline = time.monotonic() + timeout
+    seen: dict[str, Any] | None = None
+    seen_since = time.monotonic()
+    waited = False
+    while True:
+        e_tag = _try_take(where, body, None)
+        if e_tag is None:
+            current = _current(where)
+            if current is not None and (seen is None or current["e_tag"] != seen["e_tag"]):
+                seen, seen_since = current, time.monotonic()  # alive, or new: watch it afresh
+            elif current is not None and time.monotonic() - seen_since >= ttl:
+                e_tag = _try_take(where, body, seen)
+                if e_tag is not None:
+                    events.emit("lease.expired", lease=where.url, unchanged_s=round(ttl, 3))
+        if e_tag is not None:
+            events.emit("lock.acquired", lock=where.url, waited=waited)
+            return Lease(where, ttl, e_tag, body)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LockBusyError(
+                f"another run{_holder(read_bytes(where))} is publishing "
+                f"{where.url.removesuffix(LOCK_SUFFIX)!r}: its lease {where.url!r} was still held "
+                f"after {timeout:g} s (--lock-timeout); retry later"
+            )
+        if not waited:
+            waited = True
+            events.emit(
+                "lock.waiting", lock=where.url, holder=_holder(read_bytes(where)), timeout_s=timeout
+            )
+        time.sleep(min(POLL_S, remaining))
+
+
+@contextmanager
+def lease(target: Place, *, ttl: float, timeout: float) -> Iterator[Lease]:
+    """Hold the lease of ``target`` for the block, renewed in a thread; released at the end.
+
+    Raises
+    ------
+    LockBusyError
+        Another live run held it for ``timeout`` seconds.
+    StorageError
+        The store refused or could not be reached.
+    """
+    held = _acquire(lease_place(target), ttl, timeout)
+    renewer = threading.Thread(target=held.keep_renewed, name="klrank-lease", daemon=True)
+    renewer.start()
+    try:
+        yield held
+    finally:
+        held.stop.set()
+        renewer.join()
+        with held.lock:
+            current = _current(held.where) if not held.lost.is_set() else None
+            if current is not None and current["e_tag"] == held.e_tag:
+                delete_object(held.where)
+
+
+# --- staging and committing -------------------------------------------------------------------
+
+
+def staging_key(target: Place, out: Place) -> str:
+    """A short hash naming ``target``'s staging prefixes beside ``out`` (as on disk)."""
+    relative = target.key[len(out.parent.key) :].strip("/")
+    return hashlib.sha256(relative.encode()).hexdigest()[:12]
+
+
+def staging_place(target: Place, out: Place, run_id: str) -> Place:
+    """Where a run stages its files: beside ``out``, hidden, named by target and run."""
+    return out.parent.child(f"{STAGING_PREFIX}{staging_key(target, out)}-{run_id}")
+
+
+def _staged_runs(target: Place, out: Place) -> list[Place]:
+    """The staging prefixes of earlier runs of ``target`` that are still there."""
+    import obstore
+
+    parent = out.parent
+    prefix = f"{parent.key}/" if parent.key else ""
+    lead = f"{STAGING_PREFIX}{staging_key(target, out)}-"
+
+    def listed() -> list[str]:
+        found = obstore.list_with_delimiter(_store_of(parent), prefix or None)
+        return [str(p)[len(prefix) :].rstrip("/") for p in found["common_prefixes"]]
+
+    names = _call(parent, "list", listed)
+    return [
+        parent.child(name)
+        for name in sorted(names)
+        if name.startswith(lead) and _RUN_ID.fullmatch(name[len(lead) :])
+    ]
+
+
+def _is_published_name(relative: str) -> bool:
+    """Whether a key below a target is one of the files klrank publishes there."""
+    top = relative.split("/", 1)[0]
+    return top in (*OUTPUT_FILES, SUCCESS_FILE)
+
+
+def _commit_order(files: Sequence[str]) -> list[str]:
+    """The staged files in the order they are copied: data, report.parquet, then the manifest."""
+    data = [f for f in files if f not in (REPORT_FILE, MANIFEST_FILE)]
+    return [*data, *[f for f in (REPORT_FILE,) if f in files]]
+
+
+def _finish(staged: Place, record: dict[str, Any]) -> None:
+    """Copy a committed run's staged files over its target, then delete the staging prefix.
+
+    Idempotent: a run killed in the middle is finished by running this again.
+    """
+    target = Place(record["target"], staged.bucket_url, record["target_key"])
+    run_id, files = record["run_id"], list(record["files"])
+    if read_bytes(target.child(SUCCESS_FILE)) != run_id.encode():
+        delete_object(target.child(SUCCESS_FILE))
+        for name in _commit_order(files):
+            _copy(staged.child(name), target.child(name))
+        stale = [k for k in keys_below(target) if _is_published_name(k) and k not in files]
+        _delete(target, [k for k in stale if k != SUCCESS_FILE])
+        _copy(staged.child(MANIFEST_FILE), target.child(MANIFEST_FILE))
+        put_bytes(target.child(SUCCESS_FILE), run_id.encode())
+    leftover = [k for k in keys_below(staged) if k != COMMITTED_FILE]
+    _delete(staged, leftover)
+    delete_object(staged.child(COMMITTED_FILE))  # last: until it goes, the run is finished again
+
+
+def recover(target: Place, out: Place) -> None:
+    """Finish the committed runs of ``target`` that were killed; delete the uncommitted ones.
+
+    Call it holding ``target``'s lease.
+    """
+    for staged in _staged_runs(target, out):
+        record = read_bytes(staged.child(COMMITTED_FILE))
+        if record is None:
+            _delete(staged, keys_below(staged))
+            events.emit("staging.removed", staging=staged.url)
+            continue
+        _finish(staged, json.loads(record))
+        events.emit("commit.finished", staging=staged.url, target=target.url)
+
+
+def commit(staged: Place, target: Place, held: Lease) -> None:
+    """Publish what is staged at ``staged`` to ``target`` (steps 4 of the protocol above).
+
+    Raises
+    ------
+    LockBusyError
+        The lease was lost (another run took it over): nothing is published.
+    StorageError
+        The store refused a step; before ``_COMMITTED`` nothing changed, after it the next run
+        of ``target`` finishes the commit.
+    """
+    files = keys_below(staged)
+    manifest = json.loads(read_bytes(staged.child(MANIFEST_FILE)) or b"{}")
+    record = {
+        "target": target.url,
+        "target_key": target.key,
+        "run_id": manifest["run_id"],
+        "files": files,
+    }
+    held.renew()  # still ours at this moment: no other run can have committed meanwhile
+    with interrupts.deferred():  # a SIGTERM waits for the copies (a SIGKILL: recover())
+        put_bytes(staged.child(COMMITTED_FILE), json.dumps(record).encode())
+        _finish(staged, record)
+
+
+def discard(staged: Place) -> None:
+    """Delete an uncommitted staging prefix (a failed run's); best effort.
+
+    A committed one is left for the next run of its target to finish (:func:`recover`).
+    """
+    try:
+        if read_bytes(staged.child(COMMITTED_FILE)) is None:
+            _delete(staged, keys_below(staged))
+    except StorageError as error:
+        events.emit("staging.unremoved", staging=staged.url, error=str(error))
+
+
+# --- checks before any work -------------------------------------------------------------------
+
+
+def foreign_key(target: Place) -> str | None:
+    """The first key below ``target`` that klrank did not publish there, or None."""
+    for key in keys_below(target):
+        if not (_is_published_name(key) or key.split("/", 1)[0] == FAILURES_FOLDER):
+            return key
+    return None

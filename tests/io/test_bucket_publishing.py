@@ -1,0 +1,424 @@
+"""Publishing to object storage: the commit protocol of klrank.io.buckets against a real S3 server.
+
+Every run is the real CLI in a subprocess, with the ``AWS_*`` variables a user sets, against
+moto's S3 server on loopback (tests/conftest.py). The oracles: the report of the same inputs
+published to the local disk, the objects' bytes and e-tags before a run, and the readers' rule
+(``_SUCCESS``, the manifest's ``run_id`` and each Parquet footer's ``klrank.run_id`` agree).
+"""
+
+import io
+import json
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from cli_helpers import klrank, start
+from polars.testing import assert_frame_equal
+from s3_helpers import S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, S3Server
+
+EXAMPLES = Path(__file__).parents[2] / "examples" / "data"
+NIGHT = "2026-03-01"
+FAST = ("--bootstrap", "0")
+ROOT_FILES = {
+    "_SUCCESS",
+    "class_contributions.parquet",
+    "manifest.json",
+    "report.html",
+    "report.parquet",
+    "rows.parquet",
+    "summary.md",
+    "worst_rows.parquet",
+}
+
+
+def _inputs(labels: Path | str = EXAMPLES / "labels.parquet") -> list[str | Path]:
+    return ["--labels", labels, "--predictions", EXAMPLES / "predictions", "--slice-by", "region"]
+
+
+def _objects(s3: S3Server, bucket: str, prefix: str = "") -> dict[str, str]:
+    """Every object's key and e-tag below ``prefix``."""
+    client, found, token = s3.client(), {}, None
+    while True:
+        extra = {"ContinuationToken": token} if token else {}
+        page = client.list_objects_v2(Bucket=bucket, Prefix=prefix, **extra)
+        found |= {o["Key"]: o["ETag"] for o in page.get("Contents", [])}
+        token = page.get("NextContinuationToken")
+        if not token:
+            return found
+
+
+def _get(s3: S3Server, bucket: str, key: str) -> bytes:
+    return bytes(s3.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def _footer_run_id(data: bytes) -> str:
+    metadata = pq.read_metadata(io.BytesIO(data)).metadata or {}
+    return metadata[b"klrank.run_id"].decode()
+
+
+def _complete_night(s3: S3Server, bucket: str, night: str) -> str:
+    """Check the readers' rule on a night that has ``_SUCCESS``; the run id it names."""
+    keys = _objects(s3, bucket, f"{night}/")
+    run_id = _get(s3, bucket, f"{night}/_SUCCESS").decode()
+    manifest = json.loads(_get(s3, bucket, f"{night}/manifest.json"))
+    assert manifest["run_id"] == run_id
+    assert {k.removeprefix(f"{night}/") for k in keys} == {*manifest["outputs"], "_SUCCESS"}
+    for name in manifest["outputs"]:
+        if name.endswith(".parquet"):
+            data = _get(s3, bucket, f"{night}/{name}")
+            assert pl.read_parquet(data).height > 0
+            if name == "report.parquet":
+                assert _footer_run_id(data) == run_id
+    return run_id
+
+
+def _no_leftovers(s3: S3Server, bucket: str) -> None:
+    """No staging prefix and no lease object is left in the bucket."""
+    left = [k for k in _objects(s3, bucket) if ".klrank-staging-" in k or k.endswith(".lock")]
+    assert left == []
+
+
+def _secrets_absent(*texts: str) -> None:
+    for text in texts:
+        assert S3_SECRET_ACCESS_KEY not in text and S3_ACCESS_KEY_ID not in text
+
+
+@pytest.fixture(scope="module")
+def big_inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str | Path]:
+    """Inputs that take a few seconds to rank: 300,000 rows, 8 classes, 2 models."""
+    folder = tmp_path_factory.mktemp("big")
+    rng = np.random.default_rng(15)
+    n, classes = 300_000, [f"c{k}" for k in range(8)]
+
+    def distributions() -> dict[str, np.ndarray]:
+        values = rng.dirichlet(np.ones(len(classes)), size=n)
+        return {f"prob_{c}": values[:, k] for k, c in enumerate(classes)}
+
+    pl.DataFrame({"id": np.arange(n), **distributions()}).write_parquet(folder / "labels.parquet")
+    (folder / "predictions").mkdir()
+    for model in ("a", "b"):
+        frame = pl.DataFrame({"id": np.arange(n), "model": model, **distributions()})
+        frame.write_parquet(folder / "predictions" / f"{model}.parquet")
+    return ["--labels", folder / "labels.parquet", "--predictions", folder / "predictions"]
+
+
+@pytest.fixture(scope="module")
+def local_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The night published to the local disk: the oracle of the bucket's."""
+    out = tmp_path_factory.mktemp("local") / "reports"
+    result = klrank("run", *_inputs(), *FAST, "--run-date", NIGHT, "--out", out)
+    assert result.returncode == 0, str(result)
+    return out / f"run_date={NIGHT}"
+
+
+def test_a_night_published_to_a_bucket_is_the_night_published_on_disk(
+    s3_server: S3Server, local_night: Path
+) -> None:
+    bucket = s3_server.new_bucket()
+    url = f"s3://{bucket}/reports"
+    result = klrank(
+        "run", *_inputs(), *FAST, "--run-date", NIGHT, "--out", url, "--json", env=s3_server.env
+    )
+    assert result.returncode == 0, str(result)
+    night = f"reports/run_date={NIGHT}"
+    assert json.loads(result.stdout)["target"] == f"{url}/run_date={NIGHT}"
+    assert {k.removeprefix(f"{night}/") for k in _objects(s3_server, bucket)} == ROOT_FILES
+    _complete_night(s3_server, bucket, night)
+    _no_leftovers(s3_server, bucket)
+    for name in ("report.parquet", "class_contributions.parquet", "worst_rows.parquet"):
+        published = pl.read_parquet(_get(s3_server, bucket, f"{night}/{name}"))
+        assert_frame_equal(published, pl.read_parquet(local_night / name))
+    rows = pl.read_parquet(_get(s3_server, bucket, f"{night}/rows.parquet"))
+    assert_frame_equal(rows, pl.read_parquet(local_night / "rows.parquet"))
+    summary = _get(s3_server, bucket, f"{night}/summary.md").decode()
+    assert summary == (local_night / "summary.md").read_text()
+    # Readers of the usual glob read it straight from the bucket, with the same variables.
+    text = "\n".join(
+        _get(s3_server, bucket, k).decode("utf-8", "replace") for k in _objects(s3_server, bucket)
+    )
+    _secrets_absent(result.stdout, result.stderr, text)
+
+
+def test_polars_reads_the_nights_of_a_bucket_with_the_usual_glob(
+    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = s3_server.new_bucket()
+    url = f"s3://{bucket}/reports"
+    for night in ("2026-03-01", "2026-03-02"):
+        result = klrank(
+            "run", *_inputs(), *FAST, "--run-date", night, "--out", url, env=s3_server.env
+        )
+        assert result.returncode == 0, str(result)
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    both = pl.read_parquet(f"{url}/*/report.parquet", hive_partitioning=True)
+    assert both.get_column("run_date").cast(pl.String).unique().sort().to_list() == [
+        "2026-03-01",
+        "2026-03-02",
+    ]
+
+
+def test_invalid_data_publishes_nothing_and_keeps_the_previous_night(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    bucket = s3_server.new_bucket()
+    url = f"s3://{bucket}/reports"
+    first = klrank("run", *_inputs(), *FAST, "--run-date", NIGHT, "--out", url, env=s3_server.env)
+    assert first.returncode == 0, str(first)
+    before = _objects(s3_server, bucket)
+    first_id = _complete_night(s3_server, bucket, f"reports/run_date={NIGHT}")
+    labels = pl.read_parquet(EXAMPLES / "labels.parquet")
+    bad = labels.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(None).otherwise(pl.col("id")).alias("id")
+    )
+    bad.write_parquet(tmp_path / "bad.parquet")
+    failed = klrank(
+        "run",
+        *_inputs(tmp_path / "bad.parquet"),
+        *FAST,
+        "--run-date",
+        NIGHT,
+        "--out",
+        url,
+        env=s3_server.env,
+    )
+    assert failed.returncode == 1, str(failed)
+    failures_key = f"reports/_failures/run_date={NIGHT}/failures.parquet"
+    after = _objects(s3_server, bucket)
+    assert {k: v for k, v in after.items() if k != failures_key} == before  # byte for byte
+    assert f"s3://{bucket}/{failures_key}" in failed.stderr
+    cases = pl.read_parquet(_get(s3_server, bucket, failures_key))
+    assert "not_nullable" in cases.get_column("check").to_list()
+    # The next good run replaces the night and deletes the failure cases it no longer needs.
+    again = klrank("run", *_inputs(), *FAST, "--run-date", NIGHT, "--out", url, env=s3_server.env)
+    assert again.returncode == 0, str(again)
+    assert failures_key not in _objects(s3_server, bucket)
+    assert _complete_night(s3_server, bucket, f"reports/run_date={NIGHT}") != first_id
+    _no_leftovers(s3_server, bucket)
+
+
+@pytest.mark.slow
+def test_a_rerun_killed_at_random_moments_never_breaks_the_night(
+    s3_server: S3Server, big_inputs: list[str | Path]
+) -> None:
+    bucket = s3_server.new_bucket()
+    url = f"s3://{bucket}/reports"
+    night = f"reports/run_date={NIGHT}"
+    args = ("run", *big_inputs, *FAST, "--run-date", NIGHT, "--out", url, "--lease-ttl", "1")
+    clock = time.monotonic()
+    first = klrank(*args, env=s3_server.env)
+    duration = time.monotonic() - clock
+    assert first.returncode == 0, str(first)
+    chance = random.Random(15)
+    outcomes = []
+    for _ in range(6):
+        before = _objects(s3_server, bucket, f"{night}/")
+        previous = _complete_night(s3_server, bucket, night)
+        running = start(*args, env=s3_server.env)
+        time.sleep(chance.uniform(0.3, duration))
+        running.process.send_signal(signal.SIGKILL)
+        running.wait()
+        now = _objects(s3_server, bucket, f"{night}/")
+        if (
+            f"{night}/_SUCCESS" in now
+            and _get(s3_server, bucket, f"{night}/_SUCCESS").decode() == previous
+        ):
+            assert now == before  # killed before its commit: the night untouched
+            outcomes.append("untouched")
+        elif f"{night}/_SUCCESS" in now:
+            _complete_night(s3_server, bucket, night)  # killed after its last step
+            outcomes.append("published")
+        else:  # killed in its commit: each file whole, and the commit record left to finish it
+            for key in now:
+                if key.endswith(".parquet"):
+                    assert pl.read_parquet(_get(s3_server, bucket, key)).height > 0
+            committed = [k for k in _objects(s3_server, bucket) if k.endswith("/_COMMITTED")]
+            assert len(committed) == 1
+            outcomes.append("committing")
+        # The next run takes the dead run's lease once it expires, and publishes a whole night.
+        after = klrank(*args, env=s3_server.env)
+        assert after.returncode == 0, str(after)
+        assert _complete_night(s3_server, bucket, night) not in (previous,)
+        _no_leftovers(s3_server, bucket)
+    assert "untouched" in outcomes, outcomes
+
+
+def _wait_for_lease(s3: S3Server, bucket: str, key: str) -> None:
+    deadline = time.monotonic() + 60
+    while key not in _objects(s3, bucket):
+        assert time.monotonic() < deadline, "the first run never took its lease"
+        time.sleep(0.05)
+
+
+def test_two_runs_of_one_night_never_interleave(
+    s3_server: S3Server, big_inputs: list[str | Path]
+) -> None:
+    bucket = s3_server.new_bucket()
+    url = f"s3://{bucket}/reports"
+    lease = f"reports/.run_date={NIGHT}.klrank.lock"
+    args = ("run", *big_inputs, "--run-date", NIGHT, "--out", url, "--log-format", "json")
+    both = [start(*args, env=s3_server.env) for _ in range(2)]
+    _wait_for_lease(s3_server, bucket, lease)
+    busy = klrank(*args, "--lock-timeout", "0", env=s3_server.env)
+    assert busy.returncode == 75, str(busy)
+    assert "another run (pid " in busy.stderr and "--lock-timeout" in busy.stderr
+    results = [running.wait() for running in both]
+    assert [r.returncode for r in results] == [0, 0], [str(r) for r in results]
+    waited = [r for r in results if '"event": "lock.waiting"' in r.stderr]
+    assert len(waited) == 1, [r.stderr for r in results]  # the other held the lease meanwhile
+    started = [
+        json.loads(line) for line in waited[0].stderr.splitlines() if '"run.started"' in line
+    ]
+    # The night left is the later run's, whole.
+    assert _complete_night(s3_server, bucket, f"reports/run_date={NIGHT}") == started[0]["run_id"]
+    _no_leftovers(s3_server, bucket)
+
+
+def _dead_lease(s3: S3Server, bucket: str) -> None:
+    body = {"run_id": "0" * 32, "host": "elsewhere", "pid": 4242, "ttl_s": 1.0, "taken_at": ""}
+    s3.client().put_object(
+        Bucket=bucket, Key=f"reports/.run_date={NIGHT}.klrank.lock", Body=json.dumps(body).encode()
+    )
+
+
+def test_a_dead_runs_lease_expires_and_the_next_run_takes_it(s3_server: S3Server) -> None:
+    bucket = s3_server.new_bucket()
+    url = f"s3://{bucket}/reports"
+    _dead_lease(s3_server, bucket)
+    args = ("run", *_inputs(), *FAST, "--run-date", NIGHT, "--out", url)
+    busy = klrank(*args, "--lease-ttl", "5", "--lock-timeout", "1", env=s3_server.env)
+    assert busy.returncode == 75, str(busy)
+    assert "(pid 4242 on elsewhere)" in busy.stderr
+    taken = klrank(*args, "--lease-ttl", "1", "--log-format", "json", env=s3_server.env)
+    assert taken.returncode == 0, str(taken)
+    assert '"event": "lease.expired"' in taken.stderr
+    _complete_night(s3_server, bucket, f"reports/run_date={NIGHT}")
+    _no_leftovers(s3_server, bucket)
+
+
+def test_a_killed_runs_staging_is_removed_and_a_committed_one_is_finished(
+    s3_server: S3Server,
+) -> None:
+    bucket = s3_server.new_bucket()
+    url = f"s3://{bucket}/reports"
+    args = ("run", *_inputs(), *FAST, "--run-date", NIGHT, "--out", url)
+    assert klrank(*args, env=s3_server.env).returncode == 0
+    night = f"reports/run_date={NIGHT}"
+    published = {k: _get(s3_server, bucket, k) for k in _objects(s3_server, bucket)}
+    client = s3_server.client()
+    from klrank.io.buckets import place, staging_key
+
+    key = staging_key(place(f"{url}/run_date={NIGHT}"), place(url))
+    # An uncommitted staging prefix (a run killed while uploading) and a committed one (killed
+    # after _COMMITTED, before its copies): as a dead run leaves them.
+    stale = f".klrank-staging-{key}-{'a' * 32}"
+    client.put_object(Bucket=bucket, Key=f"{stale}/report.parquet", Body=b"half")
+    done = f".klrank-staging-{key}-{'b' * 32}"
+    for name, data in published.items():
+        if name.startswith(f"{night}/") and not name.endswith("_SUCCESS"):
+            client.put_object(
+                Bucket=bucket, Key=f"{done}/{name.removeprefix(night + '/')}", Body=data
+            )
+    manifest = json.loads(published[f"{night}/manifest.json"]) | {"run_id": "b" * 32}
+    client.put_object(
+        Bucket=bucket, Key=f"{done}/manifest.json", Body=json.dumps(manifest).encode()
+    )
+    files = sorted(k.removeprefix(f"{done}/") for k in _objects(s3_server, bucket, f"{done}/"))
+    record = {
+        "target": f"{url}/run_date={NIGHT}",
+        "target_key": night,
+        "run_id": "b" * 32,
+        "files": files,
+    }
+    client.put_object(Bucket=bucket, Key=f"{done}/_COMMITTED", Body=json.dumps(record).encode())
+    # A run with invalid data still finishes the committed run first, then fails.
+    labels = pl.read_parquet(EXAMPLES / "labels.parquet").with_columns(
+        pl.lit(None, pl.Int64).alias("id")
+    )
+    buf = io.BytesIO()
+    labels.write_parquet(buf)
+    client.put_object(Bucket=bucket, Key="bad/labels.parquet", Body=buf.getvalue())
+    failed = klrank(
+        "run",
+        *_inputs(f"s3://{bucket}/bad/labels.parquet"),
+        *FAST,
+        "--run-date",
+        NIGHT,
+        "--out",
+        url,
+        env=s3_server.env,
+    )
+    assert failed.returncode == 1, str(failed)
+    assert _get(s3_server, bucket, f"{night}/_SUCCESS") == b"b" * 32
+    assert json.loads(_get(s3_server, bucket, f"{night}/manifest.json"))["run_id"] == "b" * 32
+    assert [k for k in _objects(s3_server, bucket) if ".klrank-staging-" in k] == []
+
+
+def test_history_and_baseline_auto_read_the_nights_in_the_bucket(s3_server: S3Server) -> None:
+    bucket = s3_server.new_bucket()
+    url = f"s3://{bucket}/reports"
+    for night in ("2026-03-01", "2026-03-02"):
+        result = klrank(
+            "run",
+            *_inputs(),
+            *FAST,
+            "--run-date",
+            night,
+            "--out",
+            url,
+            "--baseline",
+            "auto",
+            env=s3_server.env,
+        )
+        assert result.returncode == 0, str(result)
+    manifest = json.loads(_get(s3_server, bucket, "reports/run_date=2026-03-02/manifest.json"))
+    assert manifest["baseline"]["path"] == f"{url}/run_date=2026-03-01/report.parquet"
+    assert manifest["baseline"]["run_date"] == "2026-03-01"
+    history = klrank("history", url, "--json", env=s3_server.env)
+    assert history.returncode == 0, str(history)
+    assert json.loads(history.stdout)["nights"] == ["2026-03-01", "2026-03-02"]
+    chart = _get(s3_server, bucket, "reports/history.html").decode()
+    assert chart.startswith("<!DOCTYPE html>") and "2026-03-02" in chart
+    # The chart is klrank's, beside the nights: not a night, and replaced by the next history.
+    assert klrank("history", url, env=s3_server.env).returncode == 0
+
+
+def test_outputs_klrank_cannot_publish_to_are_usage_errors(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    bucket = s3_server.new_bucket()
+    cases = {
+        f"s3://{bucket}": "is a whole bucket",
+        f"s3://{bucket}/": "is a whole bucket",
+        "gs://bucket/reports": "gs:// is not supported yet",
+        f"s3://{S3_ACCESS_KEY_ID}:{S3_SECRET_ACCESS_KEY}@{bucket}/reports": "must not carry credentials",
+    }
+    for out, message in cases.items():
+        result = klrank("run", *_inputs(), "--out", out, env=s3_server.env, cwd=tmp_path)
+        assert result.returncode == 2, str(result)
+        assert message in result.stderr
+        _secrets_absent(result.stderr)
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="mine/notes.txt", Body=b"a user's file")
+    foreign = klrank("run", *_inputs(), "--out", f"s3://{bucket}/mine", env=s3_server.env)
+    assert foreign.returncode == 2, str(foreign)
+    assert "'notes.txt', which klrank did not publish" in foreign.stderr
+    assert _objects(s3_server, bucket) == {
+        "mine/notes.txt": _objects(s3_server, bucket)["mine/notes.txt"]
+    }
+    assert list(tmp_path.iterdir()) == []  # no local "s3:" folder either
+
+
+def test_an_unreachable_store_is_a_storage_error(s3_server: S3Server, tmp_path: Path) -> None:
+    from s3_helpers import free_port
+
+    env = s3_server.env | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    result = klrank("run", *_inputs(), *FAST, "--out", "s3://nowhere/reports", env=env)
+    assert result.returncode == 74, str(result)
+    assert "s3://nowhere/reports" in result.stderr
+    _secrets_absent(result.stderr)
