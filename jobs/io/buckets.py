@@ -137,7 +137,7 @@ def _call(where: Place, doing: str, step: Callable[[], T]) -> T:
 
 
 def _brief(error: Exception) -> str:
-    """obstore's message without its debugging dump (a page of nested structures)."""
+    """The message of an obstore error without its debugging dump (nested structures)."""
     return one_line(str(error).split("\n\nDebug source:", 1)[0])[:500]
 
 
