@@ -596,8 +596,9 @@ class Evaluation:
         Returns the summary and the manifest written. ``options`` are this evaluation's, with the ``--out`` and run date it is published to.
         With a ``tracker``, the files are logged to MLflow before the manifest is written, and
         the manifest records the outcome (:mod:`klrank.tracking`); ``rows.parquet``, if
-        published, must be in ``folder`` already. ``run_id`` goes into the manifest and the
-        report's footer (``klrank.run_id``), as the readers' rule of :mod:`klrank.io.buckets` asks.
+        published, must be in ``folder`` already. ``run_id`` goes into the manifest, as the
+        readers' rule of :mod:`klrank.io.buckets` asks (not into the report's footer: the same
+        inputs and options give the same report bytes).
         """
         timings = self._timings
         with timings.phase("write"):
@@ -609,7 +610,6 @@ class Evaluation:
                     "klrank.options": json.dumps(options.recorded(), sort_keys=True),
                     "klrank.unit": self.unit,
                     "klrank.quantiles": self._quantiles,
-                    "klrank.run_id": run_id,
                 },
             )
             summary = self.summary(options.out)

@@ -95,6 +95,14 @@ ILLUSTRATIVE = {
         "against moto's S3 server on loopback "
         "(test_a_report_from_a_bucket_is_the_report_from_the_same_files_on_disk)"
     ),
+    ("docs/object-storage.md", "export AWS_ACCESS_KEY_ID="): (
+        "needs an S3 bucket; tests/io/test_bucket_publishing.py publishes, reads back, runs "
+        "history and --baseline auto through the CLI against moto's S3 server on loopback"
+    ),
+    ("docs/object-storage.md", "import polars as pl, pyarrow.fs"): (
+        "needs an S3 bucket; the readers' rule it checks is checked by _complete_night in "
+        "tests/io/test_bucket_publishing.py"
+    ),
     ("BENCHMARKS.md", "make bench"): (
         "the benchmarks generate up to 10 GiB of data and take minutes to hours; "
         "tests/test_benchmark_runs.py runs the harness and each script on tiny sizes"

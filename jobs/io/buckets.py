@@ -25,11 +25,12 @@ publishing ``OUT/run_date=D/`` (the target) does this, and nothing else:
    data files; delete the target's klrank files this run does not publish; copy
    ``manifest.json``; write ``_SUCCESS`` holding the run id; delete the staging prefix.
 
-The rule for readers: a night is complete when its ``_SUCCESS`` exists; then ``_SUCCESS``,
-``manifest.json`` (``"run_id"``) and every Parquet file's footer (key ``klrank.run_id``) name
-the same run, and the files are those the manifest lists. Each published object is at every
-moment absent or a whole file of one run; between the first and the last step of a commit
+The rule for readers: a night is complete when its ``_SUCCESS`` exists; it holds the run id of
+the ``manifest.json`` beside it, and the night's files are those the manifest lists. Each
+published object is at every moment absent or a whole file of one run; while a run commits
 (server-side copies, a fraction of a second for a report without rows) ``_SUCCESS`` is absent.
+A reader that reads ``_SUCCESS`` before and after its files, and finds the same run id both
+times, has read that run's files.
 
 The library is `obstore <https://developmentseed.org/obstore/>`_ (Rust's ``object_store``): it
 has the conditional writes pyarrow's file systems lack, multipart uploads, and no dependencies;
@@ -464,9 +465,11 @@ def commit(staged: Place, target: Place, held: Lease) -> None:
         "files": files,
     }
     held.renew()  # still ours at this moment: no other run can have committed meanwhile
+    clock = time.perf_counter()
     with interrupts.deferred():  # a SIGTERM waits for the copies (a SIGKILL: recover())
         put_bytes(staged.child(COMMITTED_FILE), json.dumps(record).encode())
         _finish(staged, record)
+    events.emit("commit.done", target=target.url, seconds=round(time.perf_counter() - clock, 4))
 
 
 def discard(staged: Place) -> None:
