@@ -34,8 +34,7 @@ def _inputs(n: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, np
     region = pl.Series(rng.choice(["eu", "us", "apac", "-"], n)).replace("-", None)
     weight = rng.uniform(0.0, 2.0, n) * (rng.random(n) > 0.1)  # some rows of weight 0
     labels = pl.DataFrame(
-        {"id": np.arange(n), "region": region, "w": weight}
-        | class_frame(truth, CLASSES, "prob_")
+        {"id": np.arange(n), "region": region, "w": weight} | class_frame(truth, CLASSES, "prob_")
     )
     frames, kl = [], {}
     for model, noise in MODELS.items():
@@ -141,7 +140,9 @@ def test_infinite_rows_give_infinite_upper_quantiles_not_nan() -> None:
 
 
 def test_a_measure_without_values_has_null_quantiles() -> None:
-    part = pl.DataFrame({"_kl0": [1.0, 2.0], "_delta_p0": pl.Series([None, None], dtype=pl.Float64)})
+    part = pl.DataFrame(
+        {"_kl0": [1.0, 2.0], "_delta_p0": pl.Series([None, None], dtype=pl.Float64)}
+    )
     columns = {"kl": {"m": "_kl0"}, "delta_p": {"m": "_delta_p0"}}
     table = aggregate.quantile_table([("ALL", part)], columns, [0.5])
     assert table.rows() == [("ALL", "m", "kl", 0.5, 1.5), ("ALL", "m", "delta_p", 0.5, None)]
