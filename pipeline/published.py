@@ -1,4 +1,4 @@
-"""The report and the class contributions in the order and columns they are published in."""
+"""The report, the class contributions and the quantiles in the order and columns they are published in."""
 
 import math
 from typing import Any
