@@ -1,12 +1,14 @@
 """The frozen options of a run, as the job layer receives them from the CLI (or from Python)."""
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from klrank.io import storage
 from klrank.io.buckets import LEASE_TTL_S
+from klrank.pipeline.aggregate import DEFAULT_QUANTILES as DEFAULT_QUANTILES
 from klrank.pipeline.aggregate import RANK_METRICS
 from klrank.pipeline.divergence import LOG_BASES
 from klrank.pipeline.errors import UsageError
@@ -17,6 +19,51 @@ TruthOption = Literal["auto", "hard", "soft"]
 # Replicates of the Poisson bootstrap of the ranking (p_best, rank_low, rank_high) by default.
 DEFAULT_BOOTSTRAP = 200
 Engine = Literal["local", "ray"]
+
+
+def check_quantiles(quantiles: Sequence[float]) -> tuple[float, ...]:
+    """The probabilities of ``quantiles.parquet`` as floats, or a UsageError saying what is wrong.
+
+    At least one, each a number in [0, 1] (0 is the minimum, 1 the maximum), none twice.
+    """
+    if isinstance(quantiles, str | bytes) or not quantiles:
+        raise UsageError(
+            f"--quantiles must list at least one probability in [0, 1], got {quantiles!r}"
+        )
+    checked = []
+    for q in quantiles:
+        if isinstance(q, bool) or not isinstance(q, int | float) or not 0 <= q <= 1:
+            raise UsageError(f"--quantiles must be probabilities in [0, 1], got {q!r}")
+        checked.append(float(q) + 0.0)  # -0.0 as 0.0
+    twice = sorted({q for q in checked if checked.count(q) > 1})
+    if twice:
+        raise UsageError(f"--quantiles names {', '.join(map(repr, twice))} twice")
+    return tuple(checked)
+
+
+def parse_quantiles(text: str) -> tuple[float, ...]:
+    """``--quantiles`` as given on the command line: comma-separated probabilities in [0, 1].
+
+    A TOML array in a config file (``quantiles = [0.5, 0.99]``) reaches the option as its
+    text, ``"[0.5, 0.99]"``: the brackets are accepted too.
+
+    >>> parse_quantiles("0.5, 0.99,1")
+    (0.5, 0.99, 1.0)
+    """
+    inner = text.strip()
+    if inner.startswith("[") and inner.endswith("]"):
+        inner = inner[1:-1]
+    values = []
+    for item in inner.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            raise UsageError(
+                "--quantiles must be comma-separated probabilities in [0, 1] (e.g. 0.5,0.9,0.99), "
+                f"got {item.strip()!r} in {text!r}"
+            ) from None
+        values.append(value)
+    return check_quantiles(values)
 
 
 @dataclass(frozen=True)
@@ -70,6 +117,7 @@ class RunOptions:
     partitions: int | None = None  # engine "ray": parts the rows are split into; None: automatic
     bootstrap: int = DEFAULT_BOOTSTRAP  # Poisson bootstrap replicates of the ranking; 0: none
     seed: int = 0  # of the bootstrap's weights
+    quantiles: tuple[float, ...] = DEFAULT_QUANTILES  # probabilities of quantiles.parquet
     mlflow_experiment: str | None = None  # log the night there (klrank.tracking); not recorded
     lease_ttl: float = LEASE_TTL_S  # s3:// --out: a lease not renewed for this long is a dead run's
 
@@ -102,6 +150,7 @@ class RunOptions:
             raise UsageError(f"--bootstrap must be >= 0, got {self.bootstrap}")
         if self.worst < 0:
             raise UsageError(f"--worst must be >= 0, got {self.worst}")
+        object.__setattr__(self, "quantiles", check_quantiles(self.quantiles))
         if self.rank_by not in RANK_METRICS:
             raise UsageError(
                 f"--rank-by must be one of {', '.join(RANK_METRICS)}, got {self.rank_by!r}"
@@ -146,6 +195,7 @@ class RunOptions:
             "partitions": self.partitions,
             "bootstrap": self.bootstrap,
             "seed": self.seed,
+            "quantiles": list(self.quantiles),
         }
         options["slice_by"] = list(self.inputs.slice_by)
         options["classes"] = list(self.inputs.classes)

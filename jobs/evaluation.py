@@ -26,7 +26,14 @@ from typing import Any
 import polars as pl
 from klrank import tracking
 from klrank._version import __version__
-from klrank.config import DEFAULT_BOOTSTRAP, Engine, InputOptions, RunOptions, TruthOption
+from klrank.config import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_QUANTILES,
+    Engine,
+    InputOptions,
+    RunOptions,
+    TruthOption,
+)
 from klrank.engines.local import evaluate as evaluate_locally
 from klrank.engines.ray import RayOptions, evaluate_on_ray
 from klrank.io import buckets, oserrors, publishing, reading, storage, targets, writing
@@ -38,7 +45,12 @@ from klrank.pipeline.fold import BOOTSTRAP_METRICS, Measures, Outcome
 from klrank.pipeline.gates import GateResult, Gates, evaluate_gates
 from klrank.pipeline.html import report_html
 from klrank.pipeline.layout import ROW, Layout, resolve_layout
-from klrank.pipeline.published import published_contributions, published_report, ranking_record
+from klrank.pipeline.published import (
+    published_contributions,
+    published_quantiles,
+    published_report,
+    ranking_record,
+)
 from klrank.pipeline.summary import baseline_section, gates_section, ranked_summary
 from klrank.pipeline.text import one_line
 from klrank.pipeline.validation import check_structure, summarise
@@ -49,6 +61,7 @@ from klrank.schemas.outputs import (
     FAILURES_MARKER,
     HTML_FILE,
     MANIFEST_FILE,
+    QUANTILES_FILE,
     REPORT_FILE,
     ROWS_FILE,
     RUN_DATE_KEY,
@@ -414,6 +427,7 @@ def measures_of(options: RunOptions) -> Measures:
         worst_rows=options.worst,
         bootstrap=replicates,
         seed=options.seed,
+        quantiles=options.quantiles,
     )
 
 
@@ -436,6 +450,9 @@ class Evaluation:
         ``report.parquet``: one row per (slice, model), ranked.
     class_contributions
         ``class_contributions.parquet``: each class's share of each model's mean KL.
+    quantiles
+        ``quantiles.parquet``: per (slice, model), the quantiles of each row measure (``kl``,
+        and ``delta_p`` where the rows have it) at the ``quantiles`` probabilities.
     worst_rows
         ``worst_rows.parquet``: the ``worst`` highest-KL rows of each model; None with
         ``worst=0``.
@@ -456,6 +473,7 @@ class Evaluation:
         input_paths: dict[str, str],
     ) -> None:
         assert outcome.report is not None and outcome.contributions is not None
+        assert outcome.quantiles is not None
         self._options = options
         self._inputs = inputs
         self._baseline = baseline
@@ -481,6 +499,7 @@ class Evaluation:
             self.class_contributions = published_contributions(
                 outcome.contributions, self.report, unit
             )
+            self.quantiles = published_quantiles(outcome.quantiles, self.report)
             self.worst_rows = outcome.worst_rows
         self._finished = dt.datetime.now(dt.UTC)
 
@@ -541,6 +560,7 @@ class Evaluation:
                 REPORT_FILE,
                 *([ROWS_FILE] if options.write_rows else []),
                 CONTRIBUTIONS_FILE,
+                QUANTILES_FILE,
                 *([WORST_FILE] if options.worst else []),
                 *([HTML_FILE] if options.write_html else []),
                 SUMMARY_FILE,
@@ -615,6 +635,11 @@ class Evaluation:
             summary = self.summary(options.out)
             writing.write_text(summary, folder / SUMMARY_FILE)
             writing.write_parquet(self.class_contributions, folder / CONTRIBUTIONS_FILE)
+            writing.write_parquet(
+                self.quantiles,
+                folder / QUANTILES_FILE,
+                {"klrank.unit": self.unit, "klrank.quantiles": self._quantiles},
+            )
             if self.worst_rows is not None:
                 writing.write_parquet(self.worst_rows, folder / WORST_FILE)
         if options.write_html:
@@ -780,6 +805,7 @@ def evaluate(
     expect_beats_prior: bool = False,
     bootstrap: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
+    quantiles: Sequence[float] = DEFAULT_QUANTILES,
     failures: str | os.PathLike[str] | None = None,
     lock_timeout: float = 600.0,
     engine: Engine = "local",
@@ -802,7 +828,8 @@ def evaluate(
         :meth:`Evaluation.publish`; ``baseline`` is a report.parquet or a run folder
         (``"auto"``, the night before the run date, needs the nights of ``klrank run``);
         ``failures`` is where the failure cases are written when the data is invalid (by default
-        nowhere: they are on the error).
+        nowhere: they are on the error); ``quantiles`` are the probabilities of
+        :attr:`Evaluation.quantiles` (numbers in [0, 1], ``--quantiles`` as a sequence).
 
     Returns
     -------
@@ -867,6 +894,7 @@ def evaluate(
         partitions=partitions,
         bootstrap=bootstrap,
         seed=seed,
+        quantiles=tuple(quantiles),
     )
     failures_path = options.failures
     if isinstance(failures_path, str):

@@ -18,12 +18,27 @@ import polars as pl
 from klrank.pipeline import divergence
 from klrank.pipeline.layout import MODEL, kl_term_col, p_col, q_col
 from klrank.pipeline.stats import student_t_ppf, two_sided_p_value
+from klrank.schemas.outputs import QUANTILE_COLUMNS
+from klrank.schemas.outputs import QUANTILE_MEASURES as QUANTILE_MEASURES
 
 SLICE = "slice"
 ALL_ROWS = "ALL"
 NULL_SLICE_VALUE = "(null)"
 KEYS = (SLICE, MODEL)
 QUANTILES = {"median_kl": 0.5, "p90_kl": 0.9, "p95_kl": 0.95, "p99_kl": 0.99}
+# quantiles.parquet: the probabilities by default (llama.cpp's KL-divergence printout, min and
+# max aside: they are the report's min_kl and max_kl).
+DEFAULT_QUANTILES = (0.001, 0.01, 0.05, 0.1, 0.5, 0.9, 0.95, 0.99, 0.999)
+MEASURE, QUANTILE, VALUE = QUANTILE_COLUMNS[2:]
+QUANTILE_SCHEMA = pl.Schema(
+    dict(
+        zip(
+            QUANTILE_COLUMNS, [pl.String, pl.String, pl.String, pl.Float64, pl.Float64], strict=True
+        )
+    )
+)
+MeasureColumns = Mapping[str, Mapping[str, str]]
+"""Per measure of :data:`QUANTILE_MEASURES` present, each model's column of it in the parts."""
 MEANS = ("reverse_kl", "js", "cross_entropy", "entropy")
 # Metrics --rank-by accepts; all are "lower is better" except HIGHER_IS_BETTER.
 RankMetric = Literal[
@@ -469,6 +484,44 @@ def distributions(
     )
     empty = pl.DataFrame(schema={MODEL: pl.String, "kl": pl.Float64, "ecdf": pl.Float64})
     return quantile_frame, pl.concat([empty, *ecdfs])
+
+
+def quantile_table(
+    parts: Sequence[tuple[str, pl.DataFrame]],
+    columns: MeasureColumns,
+    probabilities: Sequence[float],
+) -> pl.DataFrame:
+    """Exact quantiles of each measure per (slice, model): the rows of ``quantiles.parquet``.
+
+    ``columns`` maps each measure (``kl``, and ``delta_p`` where the rows carry it) to each
+    model's column of it in the parts. One row per (slice, model, measure, probability), in the
+    order of ``parts``, ``columns`` and ``probabilities``
+    (:func:`klrank.pipeline.published.published_quantiles` orders them as published).
+
+    Notes
+    -----
+    The same definition as the report's ``median_kl`` ... ``p99_kl``: the q-quantile of n values
+    is linear interpolation between the order statistics at 0-based ranks ⌊(n − 1)q⌋ and
+    ⌈(n − 1)q⌉ (numpy's default ``method="linear"``), unweighted, over every row of the slice
+    (also rows of weight 0). Where the two order statistics are equal, or the rank is whole,
+    that value is returned as it is, so +inf stays +inf rather than becoming inf − inf = NaN.
+    Nulls are left out (a measure some rows lack); with no value left the quantile is null.
+
+    Examples
+    --------
+    >>> part = pl.DataFrame({"_kl0": [0.0, 1.0, 2.0, 10.0]})
+    >>> quantile_table([("ALL", part)], {"kl": {"m": "_kl0"}}, [0.5, 1.0]).rows()
+    [('ALL', 'm', 'kl', 0.5, 1.5), ('ALL', 'm', 'kl', 1.0, 10.0)]
+    """
+    rows = []
+    for name, part in parts:
+        for measure, of_model in columns.items():
+            for model, column in of_model.items():
+                ordered = part.get_column(column).drop_nulls().sort()
+                rows += [
+                    (name, model, measure, q, _linear_quantile(ordered, q)) for q in probabilities
+                ]
+    return pl.DataFrame(rows, schema=QUANTILE_SCHEMA, orient="row")
 
 
 PRIOR = "_klprior"  # in a part of the kept rows: each row's D(P‖P̄), P̄ the slice's mean P

@@ -53,6 +53,7 @@ class Measures:
     worst_rows: int = 20  # highest-KL rows kept per model (0: none)
     bootstrap: int = 0  # Poisson bootstrap replicates of the ranking (0: none)
     seed: int = 0  # of the bootstrap's weights
+    quantiles: tuple[float, ...] = aggregate.DEFAULT_QUANTILES  # of quantiles.parquet
 
 
 @dataclass
@@ -69,6 +70,8 @@ class Outcome:
     contributions: pl.DataFrame | None = None
     ecdf: pl.DataFrame | None = None
     worst_rows: pl.DataFrame | None = None
+    # quantiles.parquet: per (slice, model, measure, quantile), in the report's row order.
+    quantiles: pl.DataFrame | None = None
 
 
 def comparable_ids(frame: pl.DataFrame, layout: Layout) -> pl.DataFrame:
@@ -98,6 +101,8 @@ class ModelState:
     class_states: list[pl.DataFrame] = field(default_factory=list)
     cluster_states: list[pl.DataFrame] = field(default_factory=list)  # with --cluster-by
     kl: list[pl.Series] = field(default_factory=list)
+    # The other measures of quantiles.parquet the rows carry (delta_p), batch by batch, as kl.
+    other_measures: dict[str, list[pl.Series]] = field(default_factory=dict)
     ranked_values: pl.Series | None = None  # the last batch's --rank-by row values (bootstrap)
     worst: pl.DataFrame | None = None  # the highest-KL rows so far, at most Measures.worst_rows
 
@@ -191,6 +196,9 @@ def measure_batch(
             )
         )
     model.kl.append(rows.get_column("kl"))
+    for measure in aggregate.QUANTILE_MEASURES[1:]:
+        if measure in rows.columns:
+            model.other_measures.setdefault(measure, []).append(rows.get_column(measure))
     if measures.bootstrap:
         model.ranked_values = rows.get_column(BOOTSTRAP_METRICS[measures.rank_by])
     if measures.worst_rows:
@@ -419,22 +427,35 @@ def _kl_parts(
     key_batches: Sequence[pl.DataFrame],
     slice_keys: Sequence[str],
     layout: Layout,
-) -> tuple[dict[str, str], list[tuple[str, pl.DataFrame]]]:
-    """Each model's kl column (its name in the parts), and the rows of every slice.
+) -> tuple[dict[str, dict[str, str]], list[tuple[str, pl.DataFrame]]]:
+    """Each model's column of each measure kept (their names in the parts), and every slice's rows.
 
-    ``key_batches`` are the :func:`kept_label_columns` of the label batches, in order.
+    The measures are ``kl`` and those of :data:`klrank.pipeline.aggregate.QUANTILE_MEASURES`
+    every model's rows carried (``delta_p``). ``key_batches`` are the :func:`kept_label_columns`
+    of the label batches, in order.
     """
-    kl_columns = {m.name: f"_kl{j}" for j, m in enumerate(models)}
+    others = [
+        measure
+        for measure in aggregate.QUANTILE_MEASURES[1:]
+        if models and all(measure in m.other_measures for m in models)
+    ]
+    names = {
+        measure: {m.name: f"_{measure}{j}" for j, m in enumerate(models)}
+        for measure in ("kl", *others)
+    }
     columns = []
     for m in models:
-        kl = pl.concat(m.kl) if m.kl else pl.Series(dtype=pl.Float64)
-        columns.append(kl.alias(kl_columns[m.name]))
-        m.kl.clear()  # the batches' copies, no longer needed
+        kept = {"kl": m.kl} | {measure: m.other_measures[measure] for measure in others}
+        for measure, batches in kept.items():
+            values = pl.concat(batches) if batches else pl.Series(dtype=pl.Float64)
+            columns.append(values.alias(names[measure][m.name]))
+            batches.clear()  # the batches' copies, no longer needed
+        m.other_measures.clear()
     frame = pl.DataFrame(columns)
     if key_batches:
         frame = pl.concat([pl.concat(key_batches), frame], how="horizontal")
     priors = prior.prior_columns(layout) if key_batches else []
-    return kl_columns, list(aggregate.slice_parts(frame, slice_keys, priors))
+    return names, list(aggregate.slice_parts(frame, slice_keys, priors))
 
 
 def ranked_report(
@@ -444,8 +465,8 @@ def ranked_report(
     layout: Layout,
     measures: Measures,
     replicates: Sequence[pl.DataFrame] = (),
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """The ranked report, the class contributions and the KL ECDFs (exact quantiles).
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The ranked report, the class contributions, the KL ECDFs and the quantile table (exact).
 
     ``replicates``: the :func:`replicate_states` of every label batch (with a bootstrap).
     """
@@ -459,8 +480,10 @@ def ranked_report(
             pl.concat(s for m in models for s in m.cluster_states)
         )
     weight = WEIGHT if layout.weight_col is not None else None
-    kl_columns, parts = _kl_parts(models, key_batches, slice_keys, layout)
+    measure_columns, parts = _kl_parts(models, key_batches, slice_keys, layout)
+    kl_columns = measure_columns["kl"]
     quantiles, ecdf = aggregate.distributions(parts, kl_columns, aggregate.ECDF_POINTS)
+    table = aggregate.quantile_table(parts, measure_columns, measures.quantiles)
     ranked = aggregate.finalize(
         states, class_states, quantiles, measures.base, measures.rank_by, clusters
     )
@@ -469,7 +492,8 @@ def ranked_report(
     against_prior = aggregate.prior_states(parts, kl_columns, weight)
     report = aggregate.with_prior_comparison(report, against_prior, clusters)
     report = with_rank_uncertainty(report, replicates, measures)
-    return report, _contributions(class_states, states, layout, measures), ecdf
+    contributions = _contributions(class_states, states, layout, measures)
+    return report, contributions, ecdf, table
 
 
 def weightless_slices(empty: Sequence[str], layout: Layout) -> pl.DataFrame:
@@ -516,12 +540,68 @@ class Partial:
     validation_seconds: float
     states: pl.DataFrame | None = None
     class_states: pl.DataFrame | None = None
-    sketches: pl.DataFrame | None = None
+    sketches: pl.DataFrame | None = None  # per (slice, model, measure): SKETCH_KEYS
+    extrema: pl.DataFrame | None = None  # per (slice, model, measure): min, max (non-null values)
     paired: pl.DataFrame | None = None
     against_prior: pl.DataFrame | None = None
     cluster_states: pl.DataFrame | None = None
     replicates: pl.DataFrame | None = None
     worst: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+
+# The keys of a partial's sketches and extrema: one sketch per measure of quantiles.parquet.
+SKETCH_KEYS = (*aggregate.KEYS, aggregate.MEASURE)
+_MIN, _MAX = "_min", "_max"
+
+
+def _sketches(
+    parts: Sequence[tuple[str, pl.DataFrame]], columns: aggregate.MeasureColumns
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The sketch bins and the extrema of each measure's non-null values, per (slice, model)."""
+    counts, extrema = [], []
+    for name, rows in parts:
+        for measure, of_model in columns.items():
+            for model, column in of_model.items():
+                keys = [
+                    pl.lit(name).alias(aggregate.SLICE),
+                    pl.lit(model).alias(MODEL),
+                    pl.lit(measure).alias(aggregate.MEASURE),
+                ]
+                values = rows.select(*keys, column).drop_nulls(column)
+                counts.append(sketch.bin_counts(values, column, list(SKETCH_KEYS)))
+                extrema.append(
+                    values.select(
+                        *keys,
+                        pl.col(column).min().cast(pl.Float64).alias(_MIN),
+                        pl.col(column).max().cast(pl.Float64).alias(_MAX),
+                    )
+                )
+    return pl.concat(counts), pl.concat(extrema)
+
+
+def sketched_quantiles(
+    counts: pl.DataFrame, extrema: pl.DataFrame, probabilities: Sequence[float]
+) -> pl.DataFrame:
+    """The quantile table from merged sketches, as :func:`aggregate.quantile_table` from rows.
+
+    ``counts`` are merged bin counts and ``extrema`` the merged min and max per
+    :data:`SKETCH_KEYS`; a (slice, model, measure) with no value has null quantiles.
+
+    Notes
+    -----
+    Each value is within ``sketch.RELATIVE_ACCURACY`` · max(|x_lo|, |x_hi|) of the exact
+    one, x_lo and x_hi the two order statistics it interpolates between; 0 and ±inf are exact,
+    and so are the quantiles 0 and 1 (the min and the max, kept exactly).
+    """
+    bins_of = counts.partition_by(list(SKETCH_KEYS), as_dict=True)
+    empty = counts.clear()
+    rows = []
+    for name, model, measure, low, high in extrema.select(*SKETCH_KEYS, _MIN, _MAX).iter_rows():
+        values = sketch.Sketch(bins_of.get((name, model, measure), empty), low, high)
+        for q in probabilities:
+            value = low if q == 0 else high if q == 1 else values.quantile(q)
+            rows.append((name, model, measure, q, value))
+    return pl.DataFrame(rows, schema=aggregate.QUANTILE_SCHEMA, orient="row")
 
 
 def partial(part: Partition, layout: Layout) -> Partial:
@@ -536,15 +616,9 @@ def partial(part: Partition, layout: Layout) -> Partial:
     slice_keys = list(aggregate.slice_key_columns(layout.slice_cols))
     if layout.cluster_col is not None:
         result.cluster_states = pl.concat(s for m in measured for s in m.cluster_states)
-    kl_columns, parts = _kl_parts(measured, part.key_batches, slice_keys, layout)
-    counts = []
-    for name, rows in parts:
-        for model, column in kl_columns.items():
-            keys = [pl.lit(name).alias(aggregate.SLICE), pl.lit(model).alias(MODEL)]
-            counts.append(
-                sketch.bin_counts(rows.select(*keys, column), column, list(aggregate.KEYS))
-            )
-    result.sketches = pl.concat(counts)
+    measure_columns, parts = _kl_parts(measured, part.key_batches, slice_keys, layout)
+    kl_columns = measure_columns["kl"]
+    result.sketches, result.extrema = _sketches(parts, measure_columns)
     weight = WEIGHT if layout.weight_col is not None else None
     result.paired = aggregate.paired_states_all(parts, kl_columns, weight)
     result.against_prior = aggregate.prior_states(parts, kl_columns, weight)
@@ -595,7 +669,16 @@ def merge_partials(
         pl.concat(p.class_states for p in measured if p.class_states is not None)
     )
     keys = list(aggregate.KEYS)
-    counts = sketch.merge(pl.concat(p.sketches for p in measured if p.sketches is not None), keys)
+    all_counts = sketch.merge(
+        pl.concat(p.sketches for p in measured if p.sketches is not None), list(SKETCH_KEYS)
+    )
+    extrema = (
+        pl.concat(p.extrema for p in measured if p.extrema is not None)
+        .group_by(SKETCH_KEYS, maintain_order=True)
+        .agg(pl.col(_MIN).min(), pl.col(_MAX).max())
+    )
+    table = sketched_quantiles(all_counts, extrema, measures.quantiles)
+    counts = all_counts.filter(pl.col(aggregate.MEASURE) == "kl").drop(aggregate.MEASURE)
     bins_of = counts.partition_by(keys, as_dict=True)
     quantiles, ecdfs = [], []
     for row in states.select(*keys, "kl_min", "kl_max").iter_rows(named=True):
@@ -645,5 +728,12 @@ def merge_partials(
     )
     contributions = _contributions(class_states, states, layout, measures)
     return Outcome(
-        all_failures, report, dict(sorted(alignment.items())), seconds, contributions, ecdf, worst
+        all_failures,
+        report,
+        dict(sorted(alignment.items())),
+        seconds,
+        contributions,
+        ecdf,
+        worst,
+        table,
     )

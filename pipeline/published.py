@@ -1,4 +1,4 @@
-"""The report and the class contributions in the order and columns they are published in."""
+"""The report, the class contributions and the quantiles in the order and columns they are published in."""
 
 import math
 from typing import Any
@@ -8,6 +8,7 @@ from klrank.pipeline import aggregate
 from klrank.pipeline.baseline import compare_with_baseline
 from klrank.pipeline.divergence import UNITS
 from klrank.pipeline.layout import MODEL
+from klrank.schemas.outputs import QUANTILE_COLUMNS, QUANTILE_MEASURES
 from klrank.schemas.report import REPORT_COLUMNS, REPORT_SCHEMA
 
 
@@ -41,6 +42,25 @@ def published_contributions(
             "mean_q",
             pl.lit(unit).alias("unit"),
         )
+    )
+
+
+def published_quantiles(quantiles: pl.DataFrame, report: pl.DataFrame) -> pl.DataFrame:
+    """``quantiles.parquet``: by (slice, model) in the report's row order, then measure, quantile.
+
+    Measures in the order of :data:`klrank.schemas.outputs.QUANTILE_MEASURES` (``kl`` first),
+    probabilities ascending: the same order from either engine, whatever order the quantiles
+    were asked for in.
+    """
+    order = report.select(aggregate.SLICE, MODEL).with_row_index("_order")
+    measures = QUANTILE_MEASURES
+    measure_order = pl.col(aggregate.MEASURE).replace_strict(
+        measures, range(len(measures)), default=len(measures), return_dtype=pl.Int64
+    )
+    return (
+        quantiles.join(order, on=[aggregate.SLICE, MODEL], how="left")
+        .sort("_order", measure_order, aggregate.MEASURE, aggregate.QUANTILE, nulls_last=True)
+        .select(list(QUANTILE_COLUMNS))
     )
 
 

@@ -13,6 +13,7 @@ REPORT_FILE = "report.parquet"
 ROWS_FILE = "rows.parquet"
 CONTRIBUTIONS_FILE = "class_contributions.parquet"
 WORST_FILE = "worst_rows.parquet"
+QUANTILES_FILE = "quantiles.parquet"
 HTML_FILE = "report.html"
 SUMMARY_FILE = "summary.md"
 MANIFEST_FILE = "manifest.json"
@@ -22,6 +23,7 @@ OUTPUT_FILES = (
     REPORT_FILE,
     ROWS_FILE,
     CONTRIBUTIONS_FILE,
+    QUANTILES_FILE,
     WORST_FILE,
     HTML_FILE,
     SUMMARY_FILE,
@@ -42,3 +44,7 @@ ROW_COLUMNS = ("id", "model", *MEASURE_COLUMNS)
 WORST_ROW_COLUMNS = ("rank", "row")
 # class_contributions.parquet: per (slice, model, class), in the report's row order.
 CONTRIBUTION_COLUMNS = ("slice", "model", "class", "contribution", "mean_p", "mean_q", "unit")
+# quantiles.parquet: per (slice, model, measure, quantile) one value, in the report's row order;
+# the measures are those of QUANTILE_MEASURES the row frames carry (kl always).
+QUANTILE_COLUMNS = ("slice", "model", "measure", "quantile", "value")
+QUANTILE_MEASURES = ("kl", "delta_p")

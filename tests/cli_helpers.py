@@ -44,6 +44,7 @@ PUBLISHED_FILES = {
     "report.parquet",
     "rows.parquet",
     "class_contributions.parquet",
+    "quantiles.parquet",
     "worst_rows.parquet",
     "report.html",
     "summary.md",

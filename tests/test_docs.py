@@ -467,6 +467,7 @@ def test_the_output_files_table_lists_what_a_run_publishes(nights: Path) -> None
     ("heading", "file"),
     [
         ("### `class_contributions.parquet` columns", "class_contributions.parquet"),
+        ("### `quantiles.parquet` columns", "quantiles.parquet"),
         ("### `worst_rows.parquet` columns", "worst_rows.parquet"),
     ],
 )

@@ -32,7 +32,7 @@ from klrank.cli.options import (
     WeightCol,
     input_options,
 )
-from klrank.config import DEFAULT_BOOTSTRAP, Engine, RunOptions
+from klrank.config import DEFAULT_BOOTSTRAP, DEFAULT_QUANTILES, Engine, RunOptions, parse_quantiles
 from klrank.io.buckets import LEASE_TTL_S
 from klrank.pipeline.aggregate import RankMetric
 from klrank.pipeline.divergence import Base
@@ -162,6 +162,16 @@ Seed = Annotated[
     int,
     typer.Option("--seed", envvar="KLRANK_SEED", help="Seed of the bootstrap's weights."),
 ]
+DEFAULT_QUANTILES_TEXT = ",".join(map(str, DEFAULT_QUANTILES))
+Quantiles = Annotated[
+    str,
+    typer.Option(
+        "--quantiles",
+        envvar="KLRANK_QUANTILES",
+        help="Probabilities in [0, 1], comma-separated, of the per-row KL (and Δp) quantiles in "
+        "quantiles.parquet.",
+    ),
+]
 Html = Annotated[
     bool,
     typer.Option(
@@ -250,6 +260,7 @@ def run_command(
     expect_beats_prior: ExpectBeatsPrior = False,
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     seed: Seed = 0,
+    quantiles: Quantiles = DEFAULT_QUANTILES_TEXT,
     write_html: Html = True,
     worst: Worst = 20,
     engine: EngineOption = "local",
@@ -312,6 +323,7 @@ def run_command(
                 partitions=partitions,
                 bootstrap=bootstrap,
                 seed=seed,
+                quantiles=parse_quantiles(quantiles),
                 mlflow_experiment=mlflow_experiment,
             )
         )

@@ -157,12 +157,19 @@ def evaluate(
     if all_failures.height or not compute:
         return Outcome(all_failures, None, part.alignment, part.validation_seconds)
     slice_keys = list(aggregate.slice_key_columns(layout.slice_cols))
-    report, contributions, ecdf = ranked_report(
+    report, contributions, ecdf, quantiles = ranked_report(
         part.models, part.key_batches, slice_keys, layout, measures, part.replicates
     )
     worst = gather_worst_rows(part.models, layout) if measures.worst_rows else None
     return Outcome(
-        all_failures, report, part.alignment, part.validation_seconds, contributions, ecdf, worst
+        all_failures,
+        report,
+        part.alignment,
+        part.validation_seconds,
+        contributions,
+        ecdf,
+        worst,
+        quantiles,
     )
 
 

@@ -162,6 +162,44 @@ def test_the_ray_report_equals_the_local_one(tmp_path: Path, local_ray: None) ->
     assert local_manifest["quantiles"] == "exact"
 
 
+def test_the_ray_quantiles_file_is_within_the_sketch_bound(tmp_path: Path, local_ray: None) -> None:
+    # Against numpy's linear quantile of the local rows.parquet (the same rows), slice by slice.
+    labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(6), n=1_500)
+    probabilities = (0.0, 0.001, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0)
+    local = _run(labels, predictions, tmp_path / "local", quantiles=probabilities)
+    distributed = _run(
+        labels, predictions, tmp_path / "ray", engine="ray", partitions=4, quantiles=probabilities
+    )
+    exact = pl.read_parquet(local / "quantiles.parquet")
+    got = pl.read_parquet(distributed / "quantiles.parquet")
+    keys = ["slice", "model", "measure", "quantile"]
+    assert got.select(keys).equals(exact.select(keys))
+    rows = pl.read_parquet(local / "rows.parquet")
+    for slice_, model, measure, q, have in got.iter_rows():
+        part = rows.filter(pl.col("model") == model)
+        if slice_ != ALL_ROWS:
+            key, value = parse_slice_label(slice_)
+            part = part.filter(pl.col(key).is_null() if value is None else pl.col(key) == value)
+        values = part.get_column(measure).drop_nulls().to_numpy()
+        ordered = np.sort(values)
+        position = (len(ordered) - 1) * q
+        below, above = ordered[math.floor(position)], ordered[math.ceil(position)]
+        if math.isinf(above):  # 'zeros': between a finite row and +inf (or two) is +inf
+            assert have == math.inf, (slice_, model, measure, q, have)
+            continue
+        want = float(np.quantile(values, q, method="linear"))
+        bound = sketch.RELATIVE_ACCURACY * 1.000001 * max(abs(below), abs(above))
+        assert abs(have - want) <= bound, (slice_, model, measure, q, want, have, bound)
+        if q in (0.0, 1.0):
+            assert have == want  # the exact extrema
+    # The report's quantile columns come from the same sketches: the same values.
+    report = pl.read_parquet(distributed / "report.parquet")
+    at_median = got.filter((pl.col("quantile") == 0.5) & (pl.col("measure") == "kl"))
+    assert at_median.select("slice", "model", "value").rows() == (
+        report.select("slice", "model", "median_kl").rows()
+    )
+
+
 def test_slice_labels_that_once_collided_are_kept_apart_as_locally(
     tmp_path: Path, local_ray: None
 ) -> None:

@@ -62,6 +62,7 @@ def test_outputs_and_manifest(example_report: Path) -> None:
         "_SUCCESS",
         "class_contributions.parquet",
         "manifest.json",
+        "quantiles.parquet",
         "report.html",
         "report.parquet",
         "rows.parquet",
@@ -100,7 +101,12 @@ def test_same_inputs_and_options_give_the_same_report_bytes(
     example_report: Path, tmp_path: Path
 ) -> None:
     run(_example_options(tmp_path / "again"))
-    for name in ("report.parquet", "class_contributions.parquet", "worst_rows.parquet"):
+    for name in (
+        "report.parquet",
+        "class_contributions.parquet",
+        "quantiles.parquet",
+        "worst_rows.parquet",
+    ):
         assert (tmp_path / "again" / name).read_bytes() == (example_report / name).read_bytes()
     # The page names its inputs, which are the same paths here: the same bytes too.
     assert (tmp_path / "again" / "report.html").read_bytes() == (
