@@ -248,8 +248,9 @@ def zipf_logits(rng: np.random.Generator, n_rows: int, n_classes: int) -> np.nda
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax in Float64, shifted by the row maximum."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    shifted: np.ndarray = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    shifted -= np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return shifted
 
 
 def _lm_chunks(

@@ -59,8 +59,13 @@ KL_QUANTILES = (
     ("q001", 0.001),
     ("min", 0.0),
 )
-DELTA_P_QUANTILES = (*KL_QUANTILES[:5], ("q75", 0.75), ("median", 0.5), ("q25", 0.25))
-DELTA_P_QUANTILES += KL_QUANTILES[6:]
+DELTA_P_QUANTILES = (
+    *KL_QUANTILES[:5],
+    ("q75", 0.75),
+    ("median", 0.5),
+    ("q25", 0.25),
+    *KL_QUANTILES[6:],
+)
 DEFAULT_BATCH_VALUES = 1 << 22  # 32 MiB a Float64 (rows, K) array
 READ_BUFFER_BYTES = 1 << 20
 
@@ -92,7 +97,8 @@ def _matrix(batch: pa.RecordBatch, column: str) -> np.ndarray:
     """A fixed-size list column of a batch as a (rows, K) numpy array (no copy)."""
     values = batch.column(column)
     width = values.type.list_size
-    return values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), width)
+    flat: np.ndarray = values.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(values), width)
 
 
 def _batches(path: Path, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
@@ -246,11 +252,12 @@ def main() -> None:
     except InputError as error:
         print(f"input error: {error}", file=sys.stderr)
         sys.exit(1)
-    report = [{"model": model, **statistics(seen)} for model, seen in tokens.items()]
+    report = {model: statistics(seen) for model, seen in tokens.items()}
     args.out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(report), args.out / "report.parquet")
-    for row in report:
-        print(summary(str(row["model"]), row), end="\n\n")
+    rows = [{"model": model, **values} for model, values in report.items()]
+    pq.write_table(pa.Table.from_pylist(rows), args.out / "report.parquet")
+    for model, values in report.items():
+        print(summary(model, values), end="\n\n")
 
 
 if __name__ == "__main__":
