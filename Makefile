@@ -20,7 +20,7 @@ USER_STAMP := $(USER_VENV)/.installed
 LINT_TREE := build/lint
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-airflow test-mlflow lint examples bench clean
+.PHONY: help demo test test-airflow test-mlflow lint examples bench bench-lm clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -85,6 +85,11 @@ bench: $(BENCH_STAMP) $(USER_STAMP) ## Time klrank (as installed by users) again
 	rm -rf build  # setuptools would reuse it, deleted modules included
 	$(USER_VENV)/bin/pip install --quiet --force-reinstall --no-deps .  # not editable, this source
 	$(BIN)/python benchmarks/run.py --klrank $(USER_VENV)/bin/klrank $(ARGS)
+
+bench-lm: $(BENCH_STAMP) $(USER_STAMP) ## The language-model case of make bench: K = 32k and 128k logits, beside llama.cpp's statistics in numpy (ARGS="--lm-rows 500")
+	rm -rf build
+	$(USER_VENV)/bin/pip install --quiet --force-reinstall --no-deps .
+	$(BIN)/python benchmarks/run.py --klrank $(USER_VENV)/bin/klrank --sizes lm32k,lm128k --repeat 3 $(ARGS)
 
 clean: ## Remove the environment and demo output
 	rm -rf $(VENV) $(AIRFLOW_VENV) $(MLFLOW_VENV) $(USER_VENV) build demo-out

@@ -13,6 +13,16 @@ time (interpreter start-up included: every contender is a Python process), CPU t
 whose docstring says why the harness cannot take them itself. After the first repetition the
 mean KL per model of DuckDB and pandas+scipy must agree with klrank's ``report.parquet`` to
 ``--rtol``, or the run stops with exit code 1.
+
+The language-model sizes (``lm-tiny``, ``lm32k``, ``lm128k``: base logits as truth with the next
+token, candidates' logits) have contenders of their own: the read floor, klrank on that layout
+(``--truth soft --base e``; a klrank that cannot read logits as truth is shown as not run),
+klrank with the base given as probabilities (``klrank prob truth``, which every klrank reads),
+and ``llamacpp_numpy.py``, llama.cpp's ``--kl-divergence`` statistics in numpy. Their mean KL
+per model, in nats, must agree in the same way::
+
+    .venv/bin/python benchmarks/run.py --sizes lm32k,lm128k --repeat 1
+    .venv/bin/python benchmarks/run.py --sizes lm32k --lm-rows 500 --repeat 1
 """
 
 import argparse
@@ -26,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -42,16 +52,42 @@ READ_FLOOR, KLRANK, DUCKDB, PANDAS = "read floor", "klrank", "duckdb", "pandas+s
 KLRANK_RAY = "klrank ray"
 # klrank without its bootstrap (--bootstrap 0): what the default --bootstrap 200 costs.
 KLRANK_NO_BOOTSTRAP = "klrank --bootstrap 0"
-CONTENDERS = (READ_FLOOR, KLRANK, KLRANK_NO_BOOTSTRAP, KLRANK_RAY, DUCKDB, PANDAS)
+# The language-model case: klrank with the base as probabilities (labels-prob.parquet), which a
+# klrank that cannot read logits as truth also runs; and llama.cpp's statistics in numpy.
+KLRANK_PROB = "klrank prob truth"
+LLAMACPP = "llama.cpp numpy"
+CONTENDERS = (
+    READ_FLOOR,
+    KLRANK,
+    KLRANK_NO_BOOTSTRAP,
+    KLRANK_RAY,
+    DUCKDB,
+    PANDAS,
+    KLRANK_PROB,
+    LLAMACPP,
+)
+TABULAR_CONTENDERS = (READ_FLOOR, KLRANK, KLRANK_NO_BOOTSTRAP, KLRANK_RAY, DUCKDB, PANDAS)
+LM_CONTENDERS = (READ_FLOOR, KLRANK, KLRANK_PROB, LLAMACPP)
 # The contenders that publish a report.parquet with `model` and `mean_kl` to check against klrank.
-CHECKED = (KLRANK_NO_BOOTSTRAP, KLRANK_RAY, DUCKDB, PANDAS)
-KLRANKS = (KLRANK, KLRANK_NO_BOOTSTRAP, KLRANK_RAY)
+CHECKED = (KLRANK_NO_BOOTSTRAP, KLRANK_RAY, DUCKDB, PANDAS, KLRANK_PROB, LLAMACPP)
+KLRANKS = (KLRANK, KLRANK_NO_BOOTSTRAP, KLRANK_RAY, KLRANK_PROB)
+# klrank's answer (exit 2) when the labels hold logits and it cannot read them as truth.
+NO_LOGIT_TRUTH = "no distribution columns found in labels"
 # "<size>-array" runs the array-layout copy of a size that has one (a `prob` Array column).
 ARRAY_SUFFIX = "-array"
 
 
 class BenchmarkError(Exception):
     """A contender failed or disagreed with klrank; the message says which and why."""
+
+
+class ContenderFailed(BenchmarkError):
+    """A contender exited with an error; ``returncode`` and the end of its ``log`` say how."""
+
+    def __init__(self, message: str, returncode: int, log: str) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.log = log
 
 
 @dataclass(frozen=True)
@@ -66,6 +102,7 @@ class Options:
     rtol: float
     timeout_s: int
     out: Path | None
+    lm_rows: int | None = None  # tokens of every language-model size, instead of its own
 
 
 @dataclass(frozen=True)
@@ -86,6 +123,7 @@ class Result:
     runs: list[Run] = field(default_factory=list)
     phases: list[dict[str, float]] = field(default_factory=list)  # klrank's timings_s per run
     skipped: str | None = None
+    notes: list[str] = field(default_factory=list)  # what the first run reported, for the table
 
     @property
     def median_s(self) -> float:
@@ -114,14 +152,28 @@ def default_klrank() -> str:
     return str(beside) if beside.exists() else shutil.which("klrank") or "klrank"
 
 
-def command(contender: str, folder: Path, out: Path, klrank: str) -> list[str]:
-    """The command line of ``contender`` on the data set in ``folder``, writing under ``out``."""
+def is_lm(spec: bench_data.DataSet | bench_data.LmDataSet) -> bool:
+    """Whether ``spec`` is a language-model set (base logits and next tokens as truth)."""
+    return isinstance(spec, bench_data.LmDataSet)
+
+
+def command(contender: str, folder: Path, out: Path, klrank: str, lm: bool = False) -> list[str]:
+    """The command line of ``contender`` on the data set in ``folder``, writing under ``out``.
+
+    ``lm``: the data set is a language-model set (``bench_data.LmDataSet``).
+    """
+    labels = bench_data.prob_labels_path(folder) if contender == KLRANK_PROB else None
     inputs = [
         "--labels",
-        str(bench_data.labels_path(folder)),
+        str(labels or bench_data.labels_path(folder)),
         "--predictions",
         str(bench_data.predictions_path(folder)),
     ]
+    if lm and contender in (KLRANK, KLRANK_PROB):
+        # llama.cpp's unit; --truth soft, lest a klrank that reads no logits take `label` alone.
+        return [klrank, "run", *inputs, "--out", str(out), "--truth", "soft", "--base", "e"]
+    if contender == LLAMACPP:
+        return [PYTHON, str(HERE / "llamacpp_numpy.py"), *inputs, "--out", str(out)]
     if contender == READ_FLOOR:
         return [PYTHON, str(HERE / "read_floor.py"), *inputs]
     if contender == KLRANK:
@@ -148,7 +200,9 @@ def timed(argv: Sequence[str], log: Path, timeout_s: int = 0) -> Run:
         return Run(timeout_s, 0.0, 0.0, timed_out=True)
     if launched.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-        raise BenchmarkError(f"{' '.join(argv)}\nexited {launched.returncode}:\n{tail}")
+        raise ContenderFailed(
+            f"{' '.join(argv)}\nexited {launched.returncode}:\n{tail}", launched.returncode, tail
+        )
     kib = measured["peak_rss_kib"]
     return Run(measured["seconds"], measured["cpu_seconds"], kib / 1024, timed_out=False)
 
@@ -181,11 +235,16 @@ def compare(reference: dict[str, float], other: dict[str, float], rtol: float) -
 
 
 def bench(
-    spec: bench_data.DataSet, folder: Path, options: Options, progress: Callable[[str], None]
+    spec: bench_data.DataSet | bench_data.LmDataSet,
+    folder: Path,
+    options: Options,
+    progress: Callable[[str], None],
 ) -> tuple[list[Result], list[str]]:
     """Time every contender on one data set; return the results and the agreement notes."""
-    results = {c: Result(c) for c in options.contenders}
-    if PANDAS in results and not spec.run_pandas:
+    lm = is_lm(spec)
+    of_case = LM_CONTENDERS if lm else TABULAR_CONTENDERS
+    results = {c: Result(c) for c in options.contenders if c in of_case}
+    if PANDAS in results and isinstance(spec, bench_data.DataSet) and not spec.run_pandas:
         results[PANDAS].skipped = "skipped: would take many minutes or exceed memory at this size"
     if folder.name.endswith(ARRAY_SUFFIX):
         for name in set(results) & {DUCKDB, PANDAS}:
@@ -193,13 +252,19 @@ def bench(
     agreement: list[str] = []
     with tempfile.TemporaryDirectory(prefix=f"klrank-bench-{spec.name}-") as scratch:
         work = Path(scratch)
-        timed(command(READ_FLOOR, folder, work, options.klrank), work / "warm.log")
+        warm = [READ_FLOOR, *([KLRANK_PROB] if KLRANK_PROB in results else [])]
+        for contender in warm:  # the read floor's inputs, and the other labels file
+            labels = bench_data.prob_labels_path(folder) if contender == KLRANK_PROB else None
+            argv = command(READ_FLOOR, folder, work, options.klrank)
+            if labels is not None:
+                argv[argv.index("--labels") + 1] = str(labels)
+            timed(argv, work / "warm.log")
         for rep in range(options.repeat):
             reports: dict[str, dict[str, float]] = {}
             for result in results.values():
                 if result.skipped:  # not run at this size, or timed out in an earlier repetition
                     continue
-                report = run_once(result, folder, work, options)
+                report = run_once(result, folder, work, options, lm=lm)
                 done = result.skipped or (
                     f"{result.runs[-1].seconds:.2f} s, {result.runs[-1].cpu_seconds:.2f} s CPU, "
                     f"{result.runs[-1].peak_rss_mib:.0f} MiB"
@@ -212,12 +277,22 @@ def bench(
     return list(results.values()), agreement
 
 
-def run_once(result: Result, folder: Path, work: Path, options: Options) -> dict[str, float] | None:
+def run_once(
+    result: Result, folder: Path, work: Path, options: Options, lm: bool = False
+) -> dict[str, float] | None:
     """Run ``result.contender`` once and record it; its mean KL per model where it has one."""
     out = work / "out"
     try:
-        argv = command(result.contender, folder, out, options.klrank)
-        run = timed(argv, work / "contender.log", options.timeout_s)
+        argv = command(result.contender, folder, out, options.klrank, lm)
+        try:
+            run = timed(argv, work / "contender.log", options.timeout_s)
+        except ContenderFailed as failed:
+            if not (lm and result.contender == KLRANK and unsupported(failed)):
+                raise
+            result.skipped = (
+                f"not run: this klrank cannot read logits as truth (exit 2: {NO_LOGIT_TRUTH})"
+            )
+            return None
         if run.timed_out:
             result.skipped = f"timed out after {options.timeout_s} s"
             return None
@@ -225,6 +300,8 @@ def run_once(result: Result, folder: Path, work: Path, options: Options) -> dict
         if result.contender == KLRANK:
             manifest = json.loads((out / "manifest.json").read_text())
             result.phases.append(manifest.get("timings_s", {}))
+        if result.contender == LLAMACPP and not result.notes:
+            result.notes = llamacpp_notes(out / "report.parquet")
         if result.contender in (KLRANK, *CHECKED):
             return mean_kl(out / "report.parquet", result.contender)
         return None
@@ -232,19 +309,43 @@ def run_once(result: Result, folder: Path, work: Path, options: Options) -> dict
         shutil.rmtree(out, ignore_errors=True)
 
 
+def unsupported(failed: ContenderFailed) -> bool:
+    """Whether klrank failed as one that cannot read logits as truth does (a usage error)."""
+    return failed.returncode == 2 and NO_LOGIT_TRUTH in failed.log
+
+
+def llamacpp_notes(report: Path) -> list[str]:
+    """One line per model of llama.cpp's headline statistics from the numpy contender."""
+    lines = []
+    for row in pl.read_parquet(report).iter_rows(named=True):
+        lines.append(
+            f"llama.cpp numpy, model {row['model']} ({row['n']:,} tokens): mean KLD "
+            f"{row['mean_kl']:.6f} ± {row['mean_kl_se']:.6f} nats (99 %: {row['kl_q99']:.6f}), "
+            f"same top p {100 * row['same_top_p']:.2f} ± {100 * row['same_top_p_se']:.2f} %, "
+            f"RMS Δp {100 * row['rms_delta_p']:.3f} ± {100 * row['rms_delta_p_se']:.3f} %, "
+            f"ln(PPL(Q)/PPL(base)) {row['ln_ppl_ratio']:.6f} ± {row['ln_ppl_ratio_se']:.6f}"
+        )
+    return lines
+
+
 def check_agreement(reports: dict[str, dict[str, float]], rtol: float) -> list[str]:
-    """Compare the checked contenders' mean KL per model with klrank's; raise on disagreement."""
-    others = [c for c in CHECKED if c in reports]
-    if KLRANK not in reports or not others:
-        return ["agreement: not checked (needs klrank and duckdb or pandas+scipy)"]
+    """Compare the checked contenders' mean KL per model with klrank's; raise on disagreement.
+
+    The reference is ``klrank``, else (a language-model set, with a klrank that cannot read
+    logits as truth) ``klrank prob truth``.
+    """
+    reference = next((c for c in (KLRANK, KLRANK_PROB) if c in reports), None)
+    others = [c for c in CHECKED if c in reports and c != reference]
+    if reference is None or not others:
+        return ["agreement: not checked (needs klrank and another contender with a mean KL)"]
     notes = []
     for contender in others:
         try:
-            worst = compare(reports[KLRANK], reports[contender], rtol)
+            worst = compare(reports[reference], reports[contender], rtol)
         except BenchmarkError as error:
-            raise BenchmarkError(f"{contender} disagrees with klrank: {error}") from None
+            raise BenchmarkError(f"{contender} disagrees with {reference}: {error}") from None
         notes.append(
-            f"{contender} mean KL per model agrees with klrank's report.parquet "
+            f"{contender} mean KL per model agrees with {reference}'s report.parquet "
             f"(largest relative difference {worst:.1e}, tolerance {rtol:g})"
         )
     return notes
@@ -275,18 +376,39 @@ def validation_share(klrank: Result) -> str:
     )
 
 
+def _mib(paths: Sequence[Path]) -> str:
+    mib = sum(p.stat().st_size for p in paths) / 2**20
+    return f"{mib:,.0f}" if mib >= 10 else f"{mib:.2f}"
+
+
 def table(
-    spec: bench_data.DataSet, folder: Path, results: list[Result], agreement: list[str]
+    spec: bench_data.DataSet | bench_data.LmDataSet,
+    folder: Path,
+    results: list[Result],
+    agreement: list[str],
 ) -> str:
     """The Markdown section of one data set."""
     by_name = {r.contender: r for r in results}
-    duck, floor = by_name.get(DUCKDB), by_name.get(READ_FLOOR)
-    size_mib = sum(f.stat().st_size for f in folder.rglob("*.parquet")) / 2**20
+    baseline = LLAMACPP if is_lm(spec) else DUCKDB
+    duck, floor = by_name.get(baseline), by_name.get(READ_FLOOR)
+    parquet = sorted(folder.rglob("*.parquet"))
+    if is_lm(spec):
+        prob = bench_data.prob_labels_path(folder)
+        title = (
+            f"### {folder.name}: N={spec.n_rows:,} tokens, vocabulary K={spec.n_classes:,}, "
+            f"M={spec.n_models} candidates, Float32 logits ({_mib([p for p in parquet if p != prob])} "
+            f"MiB of Parquet; the base as Float64 probabilities for `klrank prob truth`: "
+            f"{_mib([prob])} MiB more)"
+        )
+    else:
+        title = (
+            f"### {folder.name}: N={spec.n_rows:,} rows, K={spec.n_classes} classes, "
+            f"M={spec.n_models} models ({_mib(parquet)} MiB of Parquet)"
+        )
     lines = [
-        f"### {folder.name}: N={spec.n_rows:,} rows, K={spec.n_classes} classes, "
-        f"M={spec.n_models} models ({size_mib:,.0f} MiB of Parquet)",
+        title,
         "",
-        "| contender | median s | min s | × duckdb | × read floor | CPU s | peak RSS MiB |",
+        f"| contender | median s | min s | × {baseline} | × read floor | CPU s | peak RSS MiB |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -312,6 +434,13 @@ def table(
             "(its start and stop included); CPU s and peak RSS are those of the klrank process "
             "and the Ray processes it waited for"
         )
+    if is_lm(spec):
+        notes.append(
+            "klrank and klrank prob truth: `--truth soft --base e` (nats, llama.cpp's unit); "
+            "klrank reads the base logits of labels.parquet, klrank prob truth the same base as "
+            "probabilities from labels-prob.parquet"
+        )
+        notes.extend(by_name[LLAMACPP].notes if LLAMACPP in by_name else [])
     return "\n".join([*lines, "", *(f"- {n}" for n in [*notes, *agreement] if n)])
 
 
@@ -399,7 +528,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--sizes",
         default="tiny,2m",
-        help=f"comma-separated data sets from {', '.join(bench_data.SIZES)}, wide-array (default: tiny,2m)",
+        help=f"comma-separated data sets from {', '.join(bench_data.SIZES)}, wide-array; the lm* "
+        "sizes are the language-model case (default: tiny,2m)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (default: 3)")
     parser.add_argument(
@@ -425,7 +555,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--rtol", type=float, default=1e-9, help="mean KL agreement tolerance (default: 1e-9)"
     )
+    parser.add_argument(
+        "--lm-rows",
+        type=int,
+        help="tokens N of every language-model size (lm-tiny, lm32k, lm128k), instead of "
+        "its own (300, 2,000, 1,000)",
+    )
     args = parser.parse_args(argv)
+    if args.lm_rows is not None and args.lm_rows < 1:
+        parser.error("--lm-rows must be at least 1")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.timeout < 0:
@@ -438,7 +576,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
             args.sizes,
             [
                 *bench_data.SIZES,
-                *(n + ARRAY_SUFFIX for n, s in bench_data.SIZES.items() if s.array_variant),
+                *(
+                    n + ARRAY_SUFFIX
+                    for n, s in bench_data.SIZES.items()
+                    if isinstance(s, bench_data.DataSet) and s.array_variant
+                ),
             ],
         ),
         contenders=[c for c in CONTENDERS if c in chosen],  # the table reads best in this order
@@ -448,6 +590,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         rtol=args.rtol,
         timeout_s=args.timeout,
         out=args.out,
+        lm_rows=args.lm_rows,
     )
 
 
@@ -485,6 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for name in options.sizes:
             spec = bench_data.SIZES[name.removesuffix(ARRAY_SUFFIX)]
+            if isinstance(spec, bench_data.LmDataSet) and options.lm_rows is not None:
+                spec = replace(spec, n_rows=options.lm_rows)
             folder = bench_data.ensure(spec, options.data_dir, progress)
             if name.endswith(ARRAY_SUFFIX):
                 folder = folder.with_name(name)
