@@ -95,6 +95,14 @@ ILLUSTRATIVE = {
         "against moto's S3 server on loopback "
         "(test_a_report_from_a_bucket_is_the_report_from_the_same_files_on_disk)"
     ),
+    ("docs/language-models.md", "python -m klrank.tools.dump_logits labels"): (
+        "needs torch, transformers and models on disk; tests/tools/test_dump_logits_model.py "
+        "runs these commands on a tiny random model (make test-lm)"
+    ),
+    ("docs/language-models.md", "klrank run --labels base.parquet"): (
+        "needs the dumps of the block before it (torch, transformers, models on disk); labels "
+        "given as logits with a label column are issue 16's input, tested with it"
+    ),
     ("BENCHMARKS.md", "make bench"): (
         "the benchmarks generate up to 10 GiB of data and take minutes to hours; "
         "tests/test_benchmark_runs.py runs the harness and each script on tiny sizes"
