@@ -7,7 +7,7 @@ A candidate's file is predictions: ``id``, ``model`` (String) and ``logit``. The
 the same ``--context`` and ``--stride`` give the same ids, so the files match row for row.
 
 The rows are written in row groups of at most ``--row-group-bytes`` (at least one row), so that
-memory holds one row group and one window's logits, never the whole N × K. The file is written
+memory holds one pass's logits and a few row groups, never the whole N × K. The file is written
 under a hidden name beside its target (``.NAME.partial``, which klrank skips in a folder) and
 renamed when complete.
 
@@ -202,14 +202,24 @@ class _GroupWriter:
         self._writer.close()
 
     def _write(self, rows: int) -> None:
-        merged = {
-            name: np.concatenate([part[name] for part in self._pending])
-            for name in self._pending[0]
-        }
-        head = {name: values[:rows] for name, values in merged.items()}
-        rest = {name: values[rows:] for name, values in merged.items()}
-        self._pending = [rest] if len(rest["id"]) else []
-        self._pending_rows = len(rest["id"])
+        # Only the group's rows are copied (and none when one part holds them): the rest of a
+        # pass stays where it is, as views, until its own groups are written.
+        parts: list[dict[str, npt.NDArray[Any]]] = []
+        taken = 0
+        while taken < rows:
+            part = self._pending[0]
+            need = rows - taken
+            if len(part["id"]) <= need:
+                parts.append(self._pending.pop(0))
+            else:
+                parts.append({name: values[:need] for name, values in part.items()})
+                self._pending[0] = {name: values[need:] for name, values in part.items()}
+            taken += len(parts[-1]["id"])
+        if len(parts) == 1:
+            head = parts[0]
+        else:
+            head = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        self._pending_rows -= rows
         self._writer.write_table(self._table(head), row_group_size=rows)
         self.written += rows
         self.groups += 1
