@@ -11,6 +11,10 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 # client, mlflow-skinny (the mlflow extra), is in the main one.
 MLFLOW_VENV := .venv-mlflow
 MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
+# So has the language-model test (tests/tools/test_dump_logits_model.py): torch and transformers,
+# which klrank does not depend on, beside klrank and pytest (about 1.6 GB, torch 750 MB of it).
+LM_VENV := .venv-lm
+LM_STAMP := $(LM_VENV)/.installed
 # The benchmark times klrank as users install it: the runtime dependencies only (with the ray
 # extra, for the Ray engine's contender; klrank imports Ray only when that engine runs). The main
 # environment also holds the test and benchmark extras (pandas among them), and pandera imports
@@ -20,7 +24,7 @@ USER_STAMP := $(USER_VENV)/.installed
 LINT_TREE := build/lint
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-airflow test-mlflow lint examples bench bench-lm clean
+.PHONY: help demo test test-airflow test-mlflow test-lm lint examples bench bench-lm clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,7 +39,7 @@ demo: $(STAMP) ## Create the environment and rank the example models (prints the
 	$(BIN)/klrank run --labels examples/data/labels.parquet \
 	    --predictions examples/data/predictions --slice-by region --out demo-out
 
-test: $(STAMP) ## Create the environment and run the test suite (Airflow's and MLflow's: make test-airflow, test-mlflow)
+test: $(STAMP) ## Create the environment and run the test suite (Airflow's, MLflow's, the LM's: make test-airflow, test-mlflow, test-lm)
 	$(BIN)/pytest
 
 $(AIRFLOW_STAMP): jobs/airflow/constraints.txt
@@ -56,6 +60,16 @@ $(MLFLOW_STAMP): tests/tracking/server-constraints.txt
 
 test-mlflow: $(STAMP) $(MLFLOW_STAMP) ## Install an MLflow server in .venv-mlflow and run the MLflow tests against it
 	$(BIN)/pytest -m mlflow
+
+$(LM_STAMP): tests/tools/lm-constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(LM_VENV)
+	$(LM_VENV)/bin/pip install --quiet --upgrade pip
+	$(LM_VENV)/bin/pip install --quiet -e . pytest torch transformers --constraint tests/tools/lm-constraints.txt
+	touch $(LM_STAMP)
+
+# Only the LM test's module: .venv-lm lacks the test extra that the other modules import.
+test-lm: $(LM_STAMP) ## Install torch and transformers in .venv-lm and dump a tiny model's logits (klrank.tools.dump_logits)
+	$(LM_VENV)/bin/pytest -m lm tests/tools/test_dump_logits_model.py
 
 lint: $(STAMP) ## ruff, ruff format --check, mypy --strict and the layering contracts (.importlinter)
 	$(BIN)/ruff check .
@@ -92,4 +106,4 @@ bench-lm: $(BENCH_STAMP) $(USER_STAMP) ## The language-model case of make bench:
 	$(BIN)/python benchmarks/run.py --klrank $(USER_VENV)/bin/klrank --sizes lm32k,lm128k --repeat 3 $(ARGS)
 
 clean: ## Remove the environment and demo output
-	rm -rf $(VENV) $(AIRFLOW_VENV) $(MLFLOW_VENV) $(USER_VENV) build demo-out
+	rm -rf $(VENV) $(AIRFLOW_VENV) $(MLFLOW_VENV) $(LM_VENV) $(USER_VENV) build demo-out

@@ -103,6 +103,14 @@ ILLUSTRATIVE = {
         "needs an S3 bucket; the readers' rule it checks is checked by _complete_night in "
         "tests/io/test_bucket_publishing.py"
     ),
+    ("docs/language-models.md", "python -m klrank.tools.dump_logits labels"): (
+        "needs torch, transformers and models on disk; tests/tools/test_dump_logits_model.py "
+        "runs these commands on a tiny random model (make test-lm)"
+    ),
+    ("docs/language-models.md", "klrank run --labels base.parquet"): (
+        "needs the dumps of the block before it (torch, transformers, models on disk); labels "
+        "given as logits with a label column are issue 16's input, tested with it"
+    ),
     ("BENCHMARKS.md", "make bench"): (
         "the benchmarks generate up to 10 GiB of data and take minutes to hours; "
         "tests/test_benchmark_runs.py runs the harness and each script on tiny sizes"

@@ -26,6 +26,7 @@ FAST = ("--bootstrap", "0")
 ROOT_FILES = {
     "_SUCCESS",
     "class_contributions.parquet",
+    "quantiles.parquet",
     "manifest.json",
     "report.html",
     "report.parquet",
