@@ -36,7 +36,7 @@ from klrank.pipeline.errors import InvalidDataError, StorageError, UsageError
 from klrank.pipeline.fold import BOOTSTRAP_METRICS, Measures, Outcome
 from klrank.pipeline.gates import GateResult, Gates, evaluate_gates
 from klrank.pipeline.html import report_html
-from klrank.pipeline.layout import ROW, Layout, resolve_layout
+from klrank.pipeline.layout import DEFAULT_BATCH_BYTES, ROW, Layout, resolve_layout
 from klrank.pipeline.published import published_contributions, published_report, ranking_record
 from klrank.pipeline.summary import baseline_section, gates_section, ranked_summary
 from klrank.pipeline.text import one_line
@@ -304,6 +304,7 @@ def measures_of(options: RunOptions) -> Measures:
         worst_rows=options.worst,
         bootstrap=replicates,
         seed=options.seed,
+        batch_bytes=options.inputs.batch_bytes,
     )
 
 
@@ -643,6 +644,7 @@ def evaluate(
     classes: Sequence[str] = (),
     weight_col: str | None = None,
     cluster_by: str | None = None,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
     base: str | int = "2",
     epsilon: float = 0.0,
     rank_by: str = "mean_kl",
@@ -725,6 +727,7 @@ def evaluate(
         classes=tuple(classes),
         weight_col=weight_col,
         cluster_by=cluster_by,
+        batch_bytes=batch_bytes,
     )
     options = RunOptions(
         inputs=input_options,

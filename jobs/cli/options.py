@@ -13,6 +13,7 @@ from klrank._version import __version__
 from klrank.cli.config_option import CONFIG_ENVVAR, load_config
 from klrank.config import InputOptions, TruthOption
 from klrank.pipeline.errors import ExitCode
+from klrank.pipeline.layout import DEFAULT_BATCH_BYTES
 from klrank.runtime.logs import LogFormat
 
 
@@ -143,6 +144,17 @@ ClusterBy = Annotated[
     ),
 ]
 
+BatchBytes = Annotated[
+    int,
+    typer.Option(
+        "--batch-bytes",
+        envvar="KLRANK_BATCH_BYTES",
+        min=1,
+        help="Rows per batch: as many as fit one rows x classes Float64 array in this many "
+        "bytes (down to one row). Peak memory is a few times this; results do not depend on it.",
+    ),
+]
+
 # How a command reports.
 Json = Annotated[
     bool,
@@ -197,6 +209,7 @@ def input_options(
     classes: str | None,
     weight_col: str | None = None,
     cluster_by: str | None = None,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
 ) -> InputOptions:
     """The :class:`InputOptions` of the input options above, as the command line gave them."""
     return InputOptions(
@@ -213,4 +226,5 @@ def input_options(
         classes=tuple(c.strip() for c in classes.split(",")) if classes else (),
         weight_col=weight_col,
         cluster_by=cluster_by,
+        batch_bytes=batch_bytes,
     )

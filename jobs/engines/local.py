@@ -48,6 +48,7 @@ from klrank.pipeline.fold import (
     weightless_slices,
 )
 from klrank.pipeline.layout import (
+    DEFAULT_BATCH_BYTES,
     ROW,
     Layout,
     prepare_labels,
@@ -61,10 +62,6 @@ from klrank.pipeline.validation import (
     prediction_columns,
 )
 from klrank.runtime import events
-
-# Values per batch (rows × classes): large enough to amortise per-batch work, small enough that
-# a batch of every model fits in a few hundred MB.
-BATCH_VALUES = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -137,9 +134,15 @@ def _filtered(name: str | None, frame: pl.LazyFrame) -> ModelInput:
     return ModelInput(name, frame, frame.slice)
 
 
-def batch_rows(n_classes: int) -> int:
-    """Rows per batch for ``n_classes`` classes."""
-    return max(1_000, BATCH_VALUES // max(n_classes, 1))
+def batch_rows(n_classes: int, batch_bytes: int = DEFAULT_BATCH_BYTES) -> int:
+    """Rows per batch: as many as fit one N × K Float64 array in ``batch_bytes``, at least one.
+
+    The default, 80 MB, is 10 million values: 1,000 rows at 10,000 classes, 78 rows at 128,000;
+    a single row once one row's K·8 bytes pass the budget. A batch of every input is read at a
+    time (and the next one ahead), plus the label batch's P and log P: peak memory is a few
+    times ``batch_bytes``, whatever the number of rows.
+    """
+    return max(1, batch_bytes // (8 * max(n_classes, 1)))
 
 
 def evaluate(
@@ -209,7 +212,7 @@ def label_means(
     """
     checks = checked or _Stopwatch()
     selected = [*label_columns(layout), ROW]
-    size = batch_rows(len(layout.classes))
+    size = batch_rows(len(layout.classes), measures.batch_bytes)
     sums = []
     with closing(reading.batches(labels.windows(selected), labels, size)) as batches:
         for batch in batches:
@@ -243,7 +246,7 @@ def _evaluate(
     def read(window: reading.Window, source: ParquetInput) -> reading.Batches:
         return streams.enter_context(closing(reading.batches(window, source, size)))
 
-    size = batch_rows(len(layout.classes))
+    size = batch_rows(len(layout.classes), measures.batch_bytes)
     label_selected = [*label_columns(layout), ROW]
     label_frame = labels.frame.select(label_selected)
     checked = _Stopwatch()
@@ -307,6 +310,9 @@ def _evaluate(
         return any(f.height for f in failures)
 
     slice_keys = aggregate.slice_key_columns(layout.slice_cols)
+    # Scratch arrays reused by every batch (the label batch's P and log P among them: each
+    # batch's are written over the last one's, measured by then).
+    workspace = arrays.Workspace()
     key_batches: list[pl.DataFrame] = []
     replicates: list[pl.DataFrame] = []
     bootstrapping = streams.enter_context(ThreadPoolExecutor(1, "klrank-bootstrap"))
@@ -315,14 +321,16 @@ def _evaluate(
     for done, label_batch in enumerate(label_batches, start=1):
         if not labels_checked:
             failures.append(checked(check_rows, label_batch, "labels", layout, measures.tolerance))
-        prepared = None
+        prepared, truth = None, None
         if compute and means is not None and not failed():
             if layout.uses_arrays:
-                prepared = arrays.prepare_labels(label_batch, layout, measures.base)
+                prepared, truth = arrays.prepare_labels(
+                    label_batch, layout, measures.base, workspace
+                )
             else:
                 prepared = prepare_labels(label_batch.lazy(), layout, measures.base).collect()
             prepared = prepared.with_columns(**slice_keys)
-            prepared = prior.with_prior_kl(prepared, layout, means, measures.base)
+            prepared = prior.with_prior_kl(prepared, layout, means, measures.base, truth)
             if measures.worst_rows:  # label row positions: the worst rows' tie-break and `row`
                 prepared = prepared.with_columns(label_batch.get_column(ROW))
             key_batches.append(kept_label_columns(prepared, layout))
@@ -330,7 +338,17 @@ def _evaluate(
             batch = next(model.batches)
             failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))
             if prepared is not None and not failed():
-                measure_batch(model, prepared, batch, layout, measures, list(slice_keys), rows_sink)
+                measure_batch(
+                    model,
+                    prepared,
+                    batch,
+                    layout,
+                    measures,
+                    list(slice_keys),
+                    rows_sink,
+                    truth,
+                    workspace,
+                )
         if prepared is not None and measures.bootstrap and not failed():
             # The bootstrap's sums (numpy, which lets go of the GIL) run beside the next batch;
             # one batch at most waits for them, so they hold no more than one batch's inputs.
