@@ -72,15 +72,21 @@ def is_array(dtype: pl.DataType | None) -> bool:
 
 
 class _Elements:
-    """Row-wise min, max, sum, null test and length of an Array or List column."""
+    """Row-wise min, max, sum, null and NaN tests and length of an Array or List column.
+
+    Min and max are taken in the column's own float dtype (exact, and without a Float64 copy
+    of the batch); the sum in Float64, like all arithmetic here: a Float32 sum of a thousand
+    values drifts.
+    """
 
     def __init__(self, expr: pl.Expr, dtype: pl.DataType | None) -> None:
-        # In Float64, like all arithmetic here: a Float32 sum of a thousand values drifts.
+        self.native = expr
         if isinstance(dtype, pl.Array):
             expr = expr.cast(pl.Array(pl.Float64, dtype.size))
         elif isinstance(dtype, pl.List):
             expr = expr.cast(pl.List(pl.Float64))
         self.namespace = expr.arr if isinstance(dtype, pl.Array) else expr.list
+        self.native_namespace = self.native.arr if isinstance(dtype, pl.Array) else self.native.list
         self.column, self.is_list = expr, isinstance(dtype, pl.List)
         self.width = dtype.size if isinstance(dtype, pl.Array) else 0
 
@@ -89,8 +95,23 @@ class _Elements:
         if self.is_list:
             return self.namespace.contains(None).fill_null(False)
         # An Array's elements lie flat in row order: one vectorised test instead of a search.
-        width = self.width
-        return self.column.reshape((-1,)).is_null().reshape((-1, width)).arr.any().fill_null(False)
+        flat = self.native.reshape((-1,))
+        return flat.is_null().reshape((-1, self.width)).arr.any().fill_null(False)
+
+    def has_nan(self) -> pl.Expr:
+        """Whether a row holds a NaN element (false for a null row)."""
+        if self.is_list:  # NaN shows in the sum (min and max skip it)
+            return self.namespace.sum().is_nan().fill_null(False)
+        flat = self.native.reshape((-1,))
+        return flat.is_nan().reshape((-1, self.width)).arr.any().fill_null(False)
+
+    def min(self) -> pl.Expr:
+        """Each row's smallest element, NaN and nulls skipped."""
+        return self.native_namespace.min()
+
+    def max(self) -> pl.Expr:
+        """Each row's largest element, NaN and nulls skipped."""
+        return self.native_namespace.max()
 
     def summary(self) -> pl.Expr:
         """Text showing a row's range and sum, for failure messages."""
@@ -105,24 +126,23 @@ def _array_rules(
     kind: str,
     tolerance: float,
 ) -> Rules:
-    # Per-row min, max and sum test every element at once; NaN shows in the sum (min and max
-    # skip it). Nulls inside a row fail not_nullable; other rules pass on null rows.
+    # Per-row min and max test every element at once, NaN is looked for on its own (min and
+    # max skip it), and only probabilities are summed. Nulls inside a row fail not_nullable;
+    # other rules pass on null rows.
     elements = _Elements(pl.col(column), dtype)
-    ns = elements.namespace
-    total = ns.sum()
+    no_nan = ~elements.has_nan()
     rules: Rules = {
-        (column, NOT_NULLABLE): elements.column.is_not_null()
-        & ~elements.has_null()
-        & total.is_not_nan().fill_null(True)
+        (column, NOT_NULLABLE): elements.native.is_not_null() & ~elements.has_null() & no_nan
     }
     if elements.is_list:
         rules[(column, LIST_LENGTH)] = (elements.namespace.len() == width).fill_null(True)
     if kind == "logit":
-        finite = (ns.min() > -math.inf) & (ns.max() < math.inf) & total.is_not_nan()
+        finite = (elements.min() > -math.inf) & (elements.max() < math.inf) & no_nan
         rules[(column, FINITE)] = finite.fill_null(True)
         return rules
-    in_range = (ns.min() >= 0.0) & (ns.max() <= 1.0) & total.is_not_nan()
+    in_range = (elements.min() >= 0.0) & (elements.max() <= 1.0) & no_nan
     rules[(column, IN_RANGE)] = in_range.fill_null(True)
+    total = elements.namespace.sum()
     rules[(None, ROWS_SUM_TO_ONE)] = ((total - 1.0).abs() <= tolerance).fill_null(True)
     return rules
 
