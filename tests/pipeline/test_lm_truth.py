@@ -35,7 +35,10 @@ def _logit_inputs(
     z = (rng.normal(0, 3, (n, k))).astype(as_numpy)
     z[0, :3] = z[0].max() + 1  # a tie for the top token, on the first row
     label = rng.integers(0, k, n)
-    q = {m: (z + rng.normal(0, s, (n, k))).astype(as_numpy) for m, s in zip(MODELS, (0.1, 1.0))}
+    q = {
+        m: (z + rng.normal(0, s, (n, k))).astype(as_numpy)
+        for m, s in zip(MODELS, (0.1, 1.0), strict=True)
+    }
     q["m1"][1] = z[1]  # a model that equals the base on one row
     labels = pl.DataFrame({"id": np.arange(n), "label": label}).with_columns(
         _array(z, "logit", dtype)
