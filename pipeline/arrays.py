@@ -108,8 +108,11 @@ def label_index(batch: pl.DataFrame, layout: Layout) -> np.ndarray:
 
 def _distribution(
     values: np.ndarray, kind: str, prob: np.ndarray, log: np.ndarray, epsilon: float = 0.0
-) -> None:
-    """Fill ``prob`` and ``log`` (Float64) with a block's distribution, from probabilities or logits.
+) -> np.ndarray:
+    """Fill ``prob`` and ``log`` (Float64) with a block's distribution; return each row's argmax.
+
+    The argmax is that of the values as given (logits or probabilities, exact in Float64),
+    ties to the first class.
 
     Notes
     -----
@@ -123,8 +126,9 @@ def _distribution(
     smoothed, q' = (q + ε)/(1 + K·ε), and log q' = log(q').
     """
     np.copyto(prob if kind == "prob" else log, values)  # exact: to Float64
-    if kind == "logit":
-        np.subtract(log, log.max(axis=1, keepdims=True), out=log)
+    top = (prob if kind == "prob" else log).argmax(axis=1)
+    if kind == "logit":  # the maximum is at the argmax: one pass fewer than max()
+        np.subtract(log, log[np.arange(log.shape[0]), top][:, None], out=log)
         np.exp(log, out=prob)
         total = prob.sum(axis=1, keepdims=True)
         np.subtract(log, np.log(total), out=log)
@@ -134,6 +138,7 @@ def _distribution(
         np.divide(prob, 1.0 + prob.shape[1] * epsilon, out=prob)
     if kind == "prob" or epsilon > 0:
         np.log(prob, out=log)
+    return top
 
 
 def distribution(
@@ -260,8 +265,7 @@ def truth_of(
         for start in range(0, n, step):
             block = slice(start, min(start + step, n))
             b = block.stop - start
-            _distribution(values[block], layout.label_kind, p[block], log_p[block])
-            argmax[block] = values[block].argmax(axis=1)
+            argmax[block] = _distribution(values[block], layout.label_kind, p[block], log_p[block])
             zero = workspace.array("zero_p", (b, width), bool)
             np.equal(p[block], 0.0, out=zero)
             some_zero[block] = zero.any(axis=1)
@@ -374,10 +378,7 @@ def measure(
             stop = min(start + step, n)
             b, block = stop - start, slice(start, stop)
             q, log_q = work.array("q", (b, width)), work.array("log_q", (b, width))
-            _distribution(values[block], kind, q, log_q, epsilon)
-            argmax_q[block] = values[block].argmax(axis=1)
-            q_zero = work.array("zero_q", (b, width), bool)
-            np.equal(q, 0.0, out=q_zero)
+            argmax_q[block] = _distribution(values[block], kind, q, log_q, epsilon)
             rows = np.arange(b)
             if truth.label is not None:
                 at = truth.label[block]
@@ -385,16 +386,14 @@ def measure(
             if truth.soft:
                 assert truth.p is not None and truth.log_p is not None
                 p, log_p = truth.p[block], truth.log_p[block]
-                p_zero = work.array("zero_p", (b, width), bool)
-                np.equal(p, 0.0, out=p_zero)
-                kl[block], terms = _soft_block(
-                    p, log_p, p_zero, q, log_q, q_zero, work, reverse[block], js[block]
-                )
+                kl[block], terms = _soft_block(p, log_p, q, log_q, work, reverse[block], js[block])
                 if token:
                     p_at[block], log_p_at[block] = p[rows, at], log_p[rows, at]
                 for group in groups:
                     _group_sum(group, start, stop, terms, kl_sums[group[0]])
             else:
+                q_zero = work.array("zero_q", (b, width), bool)
+                np.equal(q, 0.0, out=q_zero)
                 kl[block] = -log_q_at[block]
                 _hard_block(
                     at, q_at[block], log_q_at[block], q, log_q, q_zero, work, kind,
@@ -417,40 +416,62 @@ def measure(
 def _soft_block(
     p: np.ndarray,
     log_p: np.ndarray,
-    p_zero: np.ndarray,
     q: np.ndarray,
     log_q: np.ndarray,
-    q_zero: np.ndarray,
     work: Workspace,
     reverse: np.ndarray,
     js: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A block's row sums of D(P‖Q) (returned with its terms), D(Q‖P) and JS, in nats."""
+    """A block's row sums of D(P‖Q) (returned with its terms), D(Q‖P) and JS, in nats.
+
+    Notes
+    -----
+    First without the x = 0 cases: a term x·(log x − log y) with x = 0 is 0·(finite) = 0 where
+    log x is finite (a probability that underflowed from logits), and NaN only where log x or
+    log y is infinite. Every other term is the same expression as the masked one, so a row
+    without NaN has the masked row's value; the rows with a NaN (exact zeros in
+    probabilities, say) are computed again with the masks (:func:`_masked_block`).
+    """
     shape = p.shape
     terms, scratch = work.array("terms", shape), work.array("scratch", shape)
-    np.subtract(log_p, log_q, out=terms)
-    np.multiply(terms, p, out=terms)
-    np.copyto(terms, 0.0, where=p_zero)
-    np.subtract(log_q, log_p, out=scratch)
-    np.multiply(scratch, q, out=scratch)
-    np.copyto(scratch, 0.0, where=q_zero)
-    reverse[:] = scratch.sum(axis=1)
+    np.subtract(log_p, log_q, out=scratch)
+    np.multiply(scratch, p, out=terms)  # p·(log p − log q)
+    np.multiply(scratch, q, out=scratch)  # −q·(log q − log p)
+    reverse[:] = -scratch.sum(axis=1)  # −Σ(−x) is Σx exactly
+    kl = terms.sum(axis=1)
     log_m = work.array("log_m", shape)
     np.add(p, q, out=log_m)
     np.log(log_m, out=log_m)
     np.subtract(log_m, LOG_2, out=log_m)
     np.subtract(log_p, log_m, out=scratch)  # p's side: p·(log p − log m)
     np.multiply(scratch, p, out=scratch)
-    np.copyto(scratch, 0.0, where=p_zero)
     np.subtract(log_q, log_m, out=log_m)  # q's side: q·(log q − log m)
     np.multiply(log_m, q, out=log_m)
-    np.copyto(log_m, 0.0, where=q_zero)
     np.add(scratch, log_m, out=scratch)
     same = work.array("same", shape, bool)
     np.equal(p, q, out=same)
-    np.copyto(scratch, 0.0, where=same)
+    if same.any():  # a class with p = q adds exactly 0 (rare but for a model equal to P)
+        np.copyto(scratch, 0.0, where=same)
     js[:] = scratch.sum(axis=1) * 0.5
-    return terms.sum(axis=1), terms
+    bad = np.flatnonzero(np.isnan(kl) | np.isnan(reverse) | np.isnan(js))
+    if bad.size:
+        masked = _masked_block(p[bad], log_p[bad], q[bad], log_q[bad])
+        kl[bad], reverse[bad], js[bad] = masked[0], masked[1], masked[2]
+        terms[bad] = masked[3]
+    return kl, terms
+
+
+def _masked_block(
+    p: np.ndarray, log_p: np.ndarray, q: np.ndarray, log_q: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows' D(P‖Q), D(Q‖P), JS and KL terms with every x = 0 term set to 0 (nats)."""
+    p_zero, q_zero = p == 0.0, q == 0.0
+    terms = np.where(p_zero, 0.0, p * (log_p - log_q))
+    reverse = np.where(q_zero, 0.0, q * (log_q - log_p)).sum(axis=1)
+    log_m = np.log(p + q) - LOG_2
+    sides = np.where(p_zero, 0.0, p * (log_p - log_m)) + np.where(q_zero, 0.0, q * (log_q - log_m))
+    js = np.where(p == q, 0.0, sides).sum(axis=1) * 0.5
+    return terms.sum(axis=1), reverse, js, terms
 
 
 def _hard_block(
@@ -486,6 +507,16 @@ def _hard_block(
     own = np.where(q_at > 0, q_at * (log_q_at - log_m), 0.0)
     scratch[np.arange(label.size), label] = np.where(q_at == 1.0, 0.0, (0.0 - log_m) + own)
     js[:] = scratch.sum(axis=1) * 0.5
+
+
+def share(truth: Truth, labels: pl.DataFrame, layout: Layout, slice_keys: Sequence[str]) -> None:
+    """Find what every model's measures share (the slices, the class sums of P) once, up front.
+
+    After this, :func:`row_measures` only reads ``truth``: models may be measured side by side.
+    """
+    if truth.groups is None:
+        truth.groups = row_groups(labels, slice_keys, layout.weight_col is not None)
+    _p_sums(truth, truth.groups)
 
 
 def row_measures(
