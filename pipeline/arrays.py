@@ -309,9 +309,27 @@ def prepare_labels(
 def label_class_sums(
     batch: pl.DataFrame, layout: Layout, groups: Sequence[Group], workspace: Workspace | None = None
 ) -> dict[str, np.ndarray]:
-    """Per slice of a batch of valid label rows, Σ w·p per class (for the prior's P̄)."""
-    truth, _ = truth_of(batch, layout, workspace or Workspace())
-    return _p_sums(truth, groups)
+    """Per slice of a batch of valid label rows, Σ w·p per class (for the prior's P̄).
+
+    P only, a block at a time: no entropy, and no batch-sized P kept.
+    """
+    width, work = len(layout.classes), workspace or Workspace()
+    if layout.truth == "hard":
+        return _p_sums(Truth(width, label=label_index(batch, layout)), groups)
+    values = _label_values(batch, layout)
+    sums = {name: np.zeros(width) for name, _, _ in groups}
+    step = block_rows(width)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        for start in range(0, batch.height, step):
+            stop = min(start + step, batch.height)
+            p, log_p = (
+                work.array("p_block", (stop - start, width)),
+                work.array("log_p_block", (stop - start, width)),
+            )
+            _distribution(values[start:stop], layout.label_kind, p, log_p)
+            for group in groups:
+                _group_sum(group, start, stop, p, sums[group[0]])
+    return sums
 
 
 def _p_sums(truth: Truth, groups: Sequence[Group]) -> dict[str, np.ndarray]:
