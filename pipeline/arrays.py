@@ -126,7 +126,7 @@ def _distribution(
     smoothed, q' = (q + ε)/(1 + K·ε), and log q' = log(q').
     """
     np.copyto(prob if kind == "prob" else log, values)  # exact: to Float64
-    top = (prob if kind == "prob" else log).argmax(axis=1)
+    top: np.ndarray = (prob if kind == "prob" else log).argmax(axis=1)
     if kind == "logit":  # the maximum is at the argmax: one pass fewer than max()
         np.subtract(log, log[np.arange(log.shape[0]), top][:, None], out=log)
         np.exp(log, out=prob)
@@ -204,6 +204,8 @@ def _group_count(
 ) -> None:
     """Add each counted row's (weighted) ``value`` to ``total`` at its label's position."""
     _, index, weights = group
+    rows: slice | np.ndarray
+    scale: np.ndarray | None
     if index is None:
         rows, scale = slice(None), None
     else:
@@ -388,8 +390,8 @@ def measure(
     token = truth.label is not None and truth.soft
     q_at, log_q_at, p_at, log_p_at = (np.empty(n) for _ in range(4))
     p_sums = _p_sums(truth, groups)
-    q_sums = {name: np.zeros(width) for name, _, _ in groups}
-    kl_sums = {name: np.zeros(width) for name, _, _ in groups}
+    q_sums: dict[str, np.ndarray] = {name: np.zeros(width) for name, _, _ in groups}
+    kl_sums: dict[str, np.ndarray] = {name: np.zeros(width) for name, _, _ in groups}
     step = block_rows(width)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
         for start in range(0, n, step):
@@ -424,7 +426,7 @@ def measure(
     if kind == "logit" and truth.soft:  # softmax is never 0: D(Q‖P) = inf wherever some p = 0
         assert truth.some_p_zero is not None
         reverse[truth.some_p_zero] = math.inf
-    out = {"kl": kl, "reverse_kl": reverse, "js": js, "argmax_q": argmax_q}
+    out: dict[str, np.ndarray] = {"kl": kl, "reverse_kl": reverse, "js": js, "argmax_q": argmax_q}
     if token:
         out |= {"nll": -log_q_at, "delta_p": q_at - p_at, "_label_nll": -log_p_at}
     sums = {name: (p_sums[name], q_sums[name], kl_sums[name]) for name, _, _ in groups}

@@ -294,7 +294,8 @@ def _label_distribution(
         When the labels hold more than one kind of distribution.
     """
     found: list[tuple[PredictionKind, str, str | None, tuple[str, ...]]] = []
-    for kind, prefix in (("prob", prob_prefix), ("logit", logit_prefix)):
+    kinds: tuple[tuple[PredictionKind, str], ...] = (("prob", prob_prefix), ("logit", logit_prefix))
+    for kind, prefix in kinds:
         array = _array_column(schema, prefix)
         if array is not None:
             found.append(

@@ -392,9 +392,9 @@ def _evaluate(
             ]
         del batches
         for written in done_models:
-            for frame in written:
+            for model_rows in written:
                 assert rows_sink is not None
-                rows_sink(frame)
+                rows_sink(model_rows)
         if prepared is not None and measures.bootstrap and not failed():
             # The bootstrap's sums (numpy, which lets go of the GIL) run beside the next batch;
             # one batch at most waits for them, so they hold no more than one batch's inputs.
