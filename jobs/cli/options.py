@@ -94,7 +94,8 @@ Truth = Annotated[
     typer.Option(
         "--truth",
         envvar="KLRANK_TRUTH",
-        help="auto: soft when the labels have probability columns.",
+        help="auto: soft when the labels hold a distribution (probabilities or logits); "
+        "with soft truth a label column is the next token (nll, delta_p).",
     ),
 ]
 Tolerance = Annotated[
