@@ -13,6 +13,7 @@ from klrank.pipeline.aggregate import RANK_METRICS
 from klrank.pipeline.divergence import LOG_BASES
 from klrank.pipeline.errors import UsageError
 from klrank.pipeline.gates import Gates
+from klrank.pipeline.layout import DEFAULT_BATCH_BYTES
 from klrank.schemas.outputs import FAILURES_FILE, FAILURES_FOLDER, RUN_DATE_KEY
 
 TruthOption = Literal["auto", "hard", "soft"]
@@ -83,6 +84,7 @@ class InputOptions:
     classes: tuple[str, ...] = ()  # names of array positions; default "0".."K-1"
     weight_col: str | None = None  # a labels column of row weights
     cluster_by: str | None = None  # a labels column of cluster keys (cluster-robust errors)
+    batch_bytes: int = DEFAULT_BATCH_BYTES  # rows a batch: one N × K Float64 array this big
 
     def __post_init__(self) -> None:
         storage.check_input(self.labels, "--labels")
@@ -91,6 +93,8 @@ class InputOptions:
             raise UsageError(f"--classes names a class twice: {list(self.classes)}")
         if not self.tolerance >= 0:
             raise UsageError(f"--tolerance must be >= 0, got {self.tolerance}")
+        if self.batch_bytes < 1:
+            raise UsageError(f"--batch-bytes must be >= 1, got {self.batch_bytes}")
         if self.truth not in ("auto", "hard", "soft"):
             raise UsageError(f"--truth must be auto, hard or soft, got {self.truth!r}")
 

@@ -44,7 +44,7 @@ from klrank.pipeline.errors import InvalidDataError, StorageError, UsageError
 from klrank.pipeline.fold import BOOTSTRAP_METRICS, Measures, Outcome
 from klrank.pipeline.gates import GateResult, Gates, evaluate_gates
 from klrank.pipeline.html import report_html
-from klrank.pipeline.layout import ROW, Layout, resolve_layout
+from klrank.pipeline.layout import DEFAULT_BATCH_BYTES, ROW, Layout, resolve_layout
 from klrank.pipeline.published import (
     published_contributions,
     published_quantiles,
@@ -428,6 +428,7 @@ def measures_of(options: RunOptions) -> Measures:
         bootstrap=replicates,
         seed=options.seed,
         quantiles=options.quantiles,
+        batch_bytes=options.inputs.batch_bytes,
     )
 
 
@@ -791,6 +792,7 @@ def evaluate(
     classes: Sequence[str] = (),
     weight_col: str | None = None,
     cluster_by: str | None = None,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
     base: str | int = "2",
     epsilon: float = 0.0,
     rank_by: str = "mean_kl",
@@ -875,6 +877,7 @@ def evaluate(
         classes=tuple(classes),
         weight_col=weight_col,
         cluster_by=cluster_by,
+        batch_bytes=batch_bytes,
     )
     options = RunOptions(
         inputs=input_options,

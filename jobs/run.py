@@ -75,7 +75,7 @@ def validate(
     if failures_path is not None:
         targets.check_failures(failures_path, input_paths(options))
     inputs = open_inputs(options, failures_path, timings)
-    measures = Measures(tolerance=options.tolerance)
+    measures = Measures(tolerance=options.tolerance, batch_bytes=options.batch_bytes)
     outcome = measure(inputs, measures, timings, failures_path, compute=False)
     return ValidationSummary(inputs, sorted(outcome.alignment), outcome.alignment)
 

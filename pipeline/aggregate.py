@@ -226,8 +226,9 @@ def _merged_moments(prefix: str) -> list[pl.Expr]:
     ]
 
 
-# rows -> per-class sums of P, Q and the KL terms (nats), as three lists in class order
-ClassSums = Callable[[pl.DataFrame], tuple[Sequence[float], Sequence[float], Sequence[float]]]
+# (slice name, the slice's counted rows) -> per-class sums of P, Q and the KL terms (nats), as
+# three lists in class order.
+ClassSums = Callable[[str, pl.DataFrame], tuple[Sequence[float], Sequence[float], Sequence[float]]]
 CLASS = "class"
 
 
@@ -252,7 +253,9 @@ def column_class_sums(n_classes: int, weight: pl.Expr | None = None) -> ClassSum
     q = [weighted(pl.col(q_col(i)), weight).sum() for i in range(n_classes)]
     k = [weighted(pl.col(kl_term_col(i)), weight).sum() for i in range(n_classes)]
 
-    def sums(rows: pl.DataFrame) -> tuple[Sequence[float], Sequence[float], Sequence[float]]:
+    def sums(
+        name: str, rows: pl.DataFrame
+    ) -> tuple[Sequence[float], Sequence[float], Sequence[float]]:
         values = rows.select(
             pl.concat_list(p).alias("p"), pl.concat_list(q).alias("q"), pl.concat_list(k)
         ).row(0)
@@ -271,8 +274,9 @@ def partial_states(
     """States per slice of one model's rows (measures, P, Q and KL terms, and slice key columns).
 
     ``slice_keys`` name columns holding ``COL=value`` strings, one per ``--slice-by`` column;
-    ``class_sums`` sums P, Q and the KL terms per class (:func:`column_class_sums`,
-    ``arrays.class_sums``), weighted by the ``weight`` column if there is one.
+    ``class_sums`` sums P, Q and the KL terms per class of a slice's counted rows
+    (:func:`column_class_sums`, or the sums ``arrays.row_measures`` made as it measured),
+    weighted by the ``weight`` column if there is one.
     Returns the scalar states, one row per slice, and the class states, one row per slice and
     class (``p_sum``, ``q_sum``, ``kl_term_sum`` in nats: long, so a thousand classes are a
     thousand rows, not columns).
@@ -297,7 +301,7 @@ def partial_states(
         if w is None:
             sums = _unit_weights(sums, "kl")
         scalars.append(pl.concat([every_row, sums], how="horizontal"))
-        p, q, k = class_sums(counted)
+        p, q, k = class_sums(name, counted)
         sums = pl.DataFrame(
             {CLASS: range(len(p)), "p_sum": p, "q_sum": q, "kl_term_sum": k},
             schema_overrides={CLASS: pl.Int32},

@@ -18,11 +18,13 @@ import polars as pl
 from klrank.pipeline import aggregate, arrays, bootstrap, prior, sketch
 from klrank.pipeline.layout import (
     CLUSTER,
+    DEFAULT_BATCH_BYTES,
     ID,
     MEASURE_COLUMNS,
     MODEL,
     ROW,
     ROW_COLUMNS,
+    TOKEN_COLUMNS,
     WEIGHT,
     Layout,
     cross_entropy,
@@ -44,7 +46,12 @@ RowsSink = Callable[[pl.DataFrame], None]
 
 @dataclass(frozen=True)
 class Measures:
-    """What a run computes: units, smoothing, ranking metric, and the row sums' tolerance."""
+    """What a run computes: units, smoothing, ranking metric, and the row sums' tolerance.
+
+    And ``batch_bytes``, how many rows a batch holds: as many as fit one N × K Float64 array in
+    that many bytes, at least one (``klrank.engines.local.batch_rows``). The results do not
+    depend on it beyond the order of floating-point additions.
+    """
 
     base: str = "2"
     epsilon: float = 0.0
@@ -54,6 +61,7 @@ class Measures:
     bootstrap: int = 0  # Poisson bootstrap replicates of the ranking (0: none)
     seed: int = 0  # of the bootstrap's weights
     quantiles: tuple[float, ...] = aggregate.DEFAULT_QUANTILES  # of quantiles.parquet
+    batch_bytes: int = DEFAULT_BATCH_BYTES  # a batch's rows × classes Float64 values, in bytes
 
 
 @dataclass
@@ -153,18 +161,30 @@ def measure_batch(
     measures: Measures,
     slice_keys: Sequence[str],
     rows_sink: RowsSink | None,
+    truth: arrays.Truth | None = None,
+    workspace: arrays.Workspace | None = None,
 ) -> None:
     """Measure one batch of a model against its label rows and fold it into ``model``.
 
     ``labels`` are the prepared label rows with their slice keys and prior columns
-    (:func:`klrank.pipeline.prior.with_prior_kl`).
+    (:func:`klrank.pipeline.prior.with_prior_kl`); where the measures run on arrays, ``truth``
+    is the label batch's :class:`klrank.pipeline.arrays.Truth` (and ``workspace`` the run's
+    scratch arrays).
     """
     n_classes = len(layout.classes)
     weight = WEIGHT if layout.weight_col is not None else None
     if layout.uses_arrays:
-        predicted = arrays.prepare_predictions(batch, layout, measures.epsilon)
-        rows = arrays.row_measures(labels, predicted, layout, measures.base)
-        class_sums = arrays.class_sums(n_classes, weight)
+        assert truth is not None, "array measures need the label batch's truth"
+        rows, class_sums = arrays.row_measures(
+            labels,
+            truth,
+            batch,
+            layout,
+            base=measures.base,
+            epsilon=measures.epsilon,
+            slice_keys=slice_keys,
+            workspace=workspace,
+        )
     else:
         # One lazy query per batch: the streaming engine shares subexpressions (log(p + q) in
         # JS) and spreads the rows over the cores, about three times faster than eager here.
@@ -205,7 +225,12 @@ def measure_batch(
         _keep_worst(model, rows, layout, measures.worst_rows)
     if rows_sink is not None:
         output = rows.with_columns(pl.lit(model.name).alias(MODEL))
-        rows_sink(output.select(*ROW_COLUMNS, *layout.slice_cols))
+        rows_sink(output.select(*ROW_COLUMNS, *token_columns(layout), *layout.slice_cols))
+
+
+def token_columns(layout: Layout) -> tuple[str, ...]:
+    """The token measures published with a row (:data:`TOKEN_COLUMNS`), where the run has them."""
+    return TOKEN_COLUMNS if layout.token_col is not None else ()
 
 
 # --rank-by metrics the bootstrap can rank by: a weighted mean of this row measure.
@@ -387,7 +412,8 @@ def _highest_kl(rows: pl.DataFrame, n: int) -> pl.DataFrame:
 
 def _keep_worst(model: ModelState, rows: pl.DataFrame, layout: Layout, n: int) -> None:
     """Merge this batch's n highest-KL rows into the model's: a selection, not a sort."""
-    worst = _highest_kl(rows.select(ID, *MEASURE_COLUMNS, ROW, *layout.slice_cols), n)
+    columns = [ID, *MEASURE_COLUMNS, *token_columns(layout), ROW, *layout.slice_cols]
+    worst = _highest_kl(rows.select(columns), n)
     if model.worst is not None:
         worst = _highest_kl(pl.concat([model.worst, worst]), n)
     model.worst = worst

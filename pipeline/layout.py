@@ -15,6 +15,7 @@ from klrank.pipeline import divergence
 from klrank.pipeline.errors import UsageError
 from klrank.schemas.outputs import MEASURE_COLUMNS as MEASURE_COLUMNS
 from klrank.schemas.outputs import ROW_COLUMNS as ROW_COLUMNS
+from klrank.schemas.outputs import TOKEN_COLUMNS as TOKEN_COLUMNS
 from klrank.schemas.outputs import WORST_ROW_COLUMNS as WORST_ROW_COLUMNS
 
 Truth = Literal["hard", "soft"]
@@ -26,6 +27,8 @@ WEIGHT = "_w"  # a prepared label row's weight (Float64), with --weight-col
 CLUSTER = "_cluster"  # a prepared label row's cluster key, with --cluster-by
 # Above this many classes the measures run on arrays: one expression per class stops paying.
 MAX_CLASS_COLUMNS = 64
+# Bytes of one N × K Float64 array of a batch (--batch-bytes): 10 million values.
+DEFAULT_BATCH_BYTES = 80_000_000
 
 
 def p_col(i: int) -> str:
@@ -71,15 +74,25 @@ class Layout:
     prediction_array: str | None = None  # predictions as one Array/List column
     weight_col: str | None = None  # a labels column of row weights (--weight-col)
     cluster_col: str | None = None  # a labels column of cluster keys (--cluster-by)
+    label_kind: PredictionKind = "prob"  # soft labels given as probabilities or as logits
+    token_col: str | None = None  # soft truth's labels column of the token that came next
 
     @property
     def label_prob_cols(self) -> list[str]:
-        """The soft-label columns in the files (the array column, or one per class)."""
+        """The soft-label columns in the files (the array column, or one per class).
+
+        Probabilities or logits (``label_kind``), despite the name.
+        """
         if self.truth != "soft":
             return []
         if self.label_array is not None:
             return [self.label_array]
         return [self.label_prefix + c for c in self.label_classes]
+
+    @property
+    def label_index_col(self) -> str | None:
+        """The labels column naming one class per row: the hard label, or soft truth's token."""
+        return self.label_col if self.truth == "hard" else self.token_col
 
     @property
     def prediction_cols(self) -> list[str]:
@@ -90,11 +103,17 @@ class Layout:
 
     @property
     def uses_arrays(self) -> bool:
-        """Whether the measures run on class arrays (an array input, or too many classes for columns)."""
+        """Whether the measures run on class arrays.
+
+        For an array input, more classes than :data:`MAX_CLASS_COLUMNS`, soft labels given as
+        logits, or soft truth with a token column (the token measures exist only there).
+        """
         return (
             self.label_array is not None
             or self.prediction_array is not None
             or len(self.classes) > MAX_CLASS_COLUMNS
+            or self.label_kind == "logit"
+            or self.token_col is not None
         )
 
 
@@ -200,33 +219,34 @@ def resolve_layout(
     else:
         prediction_classes = prob_classes or logit_classes
 
-    label_array = _array_column(label_schema, prob_prefix)
-    if label_array is not None:
-        soft_classes = _array_classes(
-            label_schema[label_array], label_array, classes, label_list_width or {}
-        )
-    else:
-        soft_classes = classes_with_prefix(label_columns, prob_prefix)
+    label_kind, label_prefix, label_array, soft_classes = _label_distribution(
+        label_schema, prob_prefix, logit_prefix, classes, label_list_width or {}
+    )
     if truth == "auto":
         truth = "soft" if soft_classes else "hard"
     if truth == "soft" and not soft_classes:
         raise UsageError(
-            f"no distribution columns found in labels: expected {prob_prefix}<class> columns "
-            f"or a {prob_prefix.rstrip('_')!r} array for soft labels, or --truth hard with a "
+            f"no distribution columns found in labels: expected {prob_prefix}<class> or "
+            f"{logit_prefix}<class> columns or a {prob_prefix.rstrip('_')!r} or "
+            f"{logit_prefix.rstrip('_')!r} array for soft labels, or --truth hard with a "
             f"{label_col!r} column"
         )
     if truth == "hard" and label_col not in label_columns:
         raise UsageError(
             f"labels have no {label_col!r} column for hard labels (see --label-col) and no "
-            f"{prob_prefix}<class> columns for soft labels"
+            f"{prob_prefix}<class> or {logit_prefix}<class> columns for soft labels"
         )
+    token_col = label_col if truth == "soft" and label_col in label_columns else None
+    if token_col is not None and isinstance(label_schema[token_col], pl.List | pl.Array):
+        raise UsageError(f"labels column {token_col!r} is a list: it must name one class a row")
+    published = (*ROW_COLUMNS, *WORST_ROW_COLUMNS, *(TOKEN_COLUMNS if token_col else ()))
 
     for name in slice_by:
         if name not in label_columns:
             raise UsageError(f"--slice-by {name!r}: no such column in the labels")
         if isinstance(label_schema[name], pl.List | pl.Array):
             raise UsageError(f"--slice-by {name!r}: a list column cannot name a slice")
-        if name in (*ROW_COLUMNS, *WORST_ROW_COLUMNS) or name.startswith("_"):
+        if name in published or name.startswith("_"):
             raise UsageError(f"--slice-by {name!r}: the name clashes with an output column")
     for option, unit_col in (("--weight-col", weight_col), ("--cluster-by", cluster_col)):
         if unit_col is None:
@@ -241,7 +261,7 @@ def resolve_layout(
         model_col=model_col,
         truth=truth,
         label_col=label_col if truth == "hard" else None,
-        label_prefix=prob_prefix,
+        label_prefix=label_prefix,
         label_classes=soft_classes if truth == "soft" else (),
         prediction_kind=kind,
         prediction_prefix=prob_prefix if kind == "prob" else logit_prefix,
@@ -251,7 +271,45 @@ def resolve_layout(
         prediction_array=prediction_array,
         weight_col=weight_col,
         cluster_col=cluster_col,
+        label_kind=label_kind if truth == "soft" else "prob",
+        token_col=token_col,
     )
+
+
+def _label_distribution(
+    schema: Mapping[str, pl.DataType],
+    prob_prefix: str,
+    logit_prefix: str,
+    classes: Sequence[str] | None,
+    list_width: Mapping[str, int],
+) -> tuple[PredictionKind, str, str | None, tuple[str, ...]]:
+    """The labels' distribution: its kind, prefix, array column (if one) and classes.
+
+    Probabilities or logits, one column per class or one Array/List column, as predictions
+    hold them; no classes when the labels hold none.
+
+    Raises
+    ------
+    UsageError
+        When the labels hold more than one kind of distribution.
+    """
+    found: list[tuple[PredictionKind, str, str | None, tuple[str, ...]]] = []
+    kinds: tuple[tuple[PredictionKind, str], ...] = (("prob", prob_prefix), ("logit", logit_prefix))
+    for kind, prefix in kinds:
+        array = _array_column(schema, prefix)
+        if array is not None:
+            found.append(
+                (kind, prefix, array, _array_classes(schema[array], array, classes, list_width))
+            )
+        named = classes_with_prefix(list(schema), prefix)
+        if named:
+            found.append((kind, prefix, None, named))
+    if len(found) > 1:
+        raise UsageError(
+            f"labels hold more than one kind of distribution ({prob_prefix}*, {logit_prefix}*, "
+            "array columns); keep one"
+        )
+    return found[0] if found else ("prob", prob_prefix, None, ())
 
 
 ENTROPY, ARGMAX_P = "entropy", "_argmax_p"

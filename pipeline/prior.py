@@ -12,10 +12,11 @@ slice it is in to the prepared labels (:func:`with_prior_kl`).
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import polars as pl
 from klrank.pipeline import arrays, divergence
 from klrank.pipeline.aggregate import ALL_ROWS, CLASS, SLICE, slice_key_columns, slice_parts
-from klrank.pipeline.layout import WEIGHT, Layout, log_p_col, p_col, prepare_labels
+from klrank.pipeline.layout import WEIGHT, Layout, log_p_col, p_col, prepare_labels, unit_columns
 
 # Per (slice, class) the weighted sum of p; class -1 holds the slice's Σ w.
 LABEL_SUMS_SCHEMA = pl.Schema({SLICE: pl.String, CLASS: pl.Int32, "p_sum": pl.Float64})
@@ -36,58 +37,57 @@ def prior_columns(layout: Layout) -> list[str]:
 
 
 def _probabilities(batch: pl.DataFrame, layout: Layout) -> pl.DataFrame:
-    """The slice keys, the weight and P of valid label rows: columns ``_p{i}``, or ``arrays.P``."""
+    """The slice keys, the weight and P of valid label rows (the column layout): ``_p{i}``."""
     keys = slice_key_columns(layout.slice_cols)
-    if layout.uses_arrays:
-        width = len(layout.classes)
-        p = arrays.label_values(batch, layout).reshape((-1, width)).alias(arrays.P)
-        frame = pl.DataFrame(p)
-        if keys:
-            frame = pl.concat([batch.select(**keys), frame], how="horizontal")
-    else:
-        columns = [p_col(i) for i in range(len(layout.classes))]
-        weight = [WEIGHT] if layout.weight_col else []
-        # Selected before collecting: the logs and entropies of prepare_labels are not computed.
-        frame = (
-            prepare_labels(batch.lazy(), layout, "e")
-            .with_columns(**keys)
-            .select(*keys, *weight, *columns)
-            .collect()
+    columns = [p_col(i) for i in range(len(layout.classes))]
+    weight = [WEIGHT] if layout.weight_col else []
+    # Selected before collecting: the logs and entropies of prepare_labels are not computed.
+    return (
+        prepare_labels(batch.lazy(), layout, "e")
+        .with_columns(**keys)
+        .select(*keys, *weight, *columns)
+        .collect()
+    )
+
+
+def _array_label_sums(batch: pl.DataFrame, layout: Layout) -> list[tuple[str, float, list[float]]]:
+    """Per slice: Σ w and Σ w·p per class, P read as arrays (a hard label by index)."""
+    keys = slice_key_columns(layout.slice_cols)
+    frame = batch.select(*unit_columns(layout), **keys)
+    groups = arrays.row_groups(frame, list(keys), layout.weight_col is not None)
+    sums = arrays.label_class_sums(batch, layout, groups)
+    out = []
+    for name, index, weights in groups:
+        total = (
+            weights.sum()
+            if weights is not None
+            else (batch.height if index is None else index.size)
         )
-    if layout.weight_col is not None and WEIGHT not in frame.columns:
-        frame = frame.with_columns(
-            batch.get_column(layout.weight_col).cast(pl.Float64).alias(WEIGHT)
-        )
-    return frame
+        out.append((name, float(total), sums[name].tolist()))
+    return out
 
 
 def label_sums(batch: pl.DataFrame, layout: Layout) -> pl.DataFrame:
     """Per slice of a batch of valid label rows: Σ w·p per class, and Σ w (class −1)."""
-    frame = _probabilities(batch, layout)
-    weight = pl.col(WEIGHT) if layout.weight_col is not None else pl.lit(1.0)
-    sums = []
-    for name, part in slice_parts(frame, list(slice_key_columns(layout.slice_cols))):
-        if layout.uses_arrays:
-            p = part.get_column(arrays.P)
-            if layout.weight_col is not None:
-                p = part.select(pl.col(arrays.P) * pl.col(WEIGHT)).to_series()
-            values = arrays.column_sums(p, len(layout.classes))
-        else:
+    if layout.uses_arrays:
+        found = _array_label_sums(batch, layout)
+    else:
+        frame = _probabilities(batch, layout)
+        weight = pl.col(WEIGHT) if layout.weight_col is not None else pl.lit(1.0)
+        found = []
+        for name, part in slice_parts(frame, list(slice_key_columns(layout.slice_cols))):
             row = part.select(
                 (pl.col(p_col(i)) * weight).sum() for i in range(len(layout.classes))
             ).row(0)
-            values = list(row)
-        total = part.select(pl.len() if layout.weight_col is None else weight.sum()).item()
-        sums.append(
-            pl.DataFrame(
-                {
-                    SLICE: name,
-                    CLASS: [_WEIGHT_CLASS, *range(len(values))],
-                    "p_sum": [float(total), *values],
-                },
-                schema=LABEL_SUMS_SCHEMA,
-            )
+            total = part.select(pl.len() if layout.weight_col is None else weight.sum()).item()
+            found.append((name, float(total), list(row)))
+    sums = [
+        pl.DataFrame(
+            {SLICE: name, CLASS: [_WEIGHT_CLASS, *range(len(values))], "p_sum": [total, *values]},
+            schema=LABEL_SUMS_SCHEMA,
         )
+        for name, total, values in found
+    ]
     return pl.concat([pl.DataFrame(schema=LABEL_SUMS_SCHEMA), *sums])
 
 
@@ -120,13 +120,17 @@ def _slice_names(layout: Layout) -> list[str]:
 
 
 def with_prior_kl(
-    prepared: pl.DataFrame, layout: Layout, means: LogMeans, base: str
+    prepared: pl.DataFrame,
+    layout: Layout,
+    means: LogMeans,
+    base: str,
+    truth: arrays.Truth | None = None,
 ) -> pl.DataFrame:
     """``prepared`` labels with each row's D(P‖P̄) (in ``base`` units) per slice dimension.
 
     ``prepared`` holds the slice key columns and P, log P (columns or arrays, as
     :func:`klrank.pipeline.layout.prepare_labels` and :func:`klrank.pipeline.arrays.prepare_labels`
-    make them). Column :func:`prior_column` ``(0)`` uses the ``ALL`` slice's P̄, column ``j`` the
+    make them; for arrays, ``truth`` holds P). Column :func:`prior_column` ``(0)`` uses the ``ALL`` slice's P̄, column ``j`` the
     P̄ of the row's value of the j-th slice column.
 
     Notes
@@ -136,7 +140,8 @@ def with_prior_kl(
     """
     keys = [None, *_slice_names(layout)]
     if layout.uses_arrays:
-        return _with_prior_kl_arrays(prepared, layout, means, base, keys)
+        assert truth is not None, "array labels need their truth"
+        return _with_prior_kl_arrays(prepared, truth, means, base, keys)
     n = len(layout.classes)
     p = [pl.col(p_col(i)) for i in range(n)]
     log_p = [pl.col(log_p_col(i)) for i in range(n)]
@@ -159,35 +164,28 @@ def with_prior_kl(
 
 def _with_prior_kl_arrays(
     prepared: pl.DataFrame,
-    layout: Layout,
+    truth: arrays.Truth,
     means: LogMeans,
     base: str,
     keys: Sequence[str | None],
 ) -> pl.DataFrame:
-    width = len(layout.classes)
-    flat = pl.DataFrame(
-        {
-            "p": prepared.get_column(arrays.P).reshape((-1,)),
-            "lp": prepared.get_column(arrays.LOG_P).reshape((-1,)),
-        }
-    )
     names = list(means)
-    table = pl.Series([v for s in names for v in means[s]], dtype=pl.Float64)
+    table = np.array([means[s] for s in names], dtype=np.float64).reshape(len(names), truth.width)
     columns = []
     for j, key in enumerate(keys):
         if key is None:
-            everything = names.index(ALL_ROWS) if ALL_ROWS in names else None
-            row_of = pl.Series([everything] * prepared.height, dtype=pl.Int64)
+            everything = names.index(ALL_ROWS) if ALL_ROWS in names else -1
+            row_of = np.full(prepared.height, everything, dtype=np.int64)
         else:
-            row_of = prepared.get_column(key).replace_strict(
-                names, range(len(names)), default=None, return_dtype=pl.Int64
+            row_of = (
+                prepared.get_column(key)
+                .replace_strict(names, range(len(names)), default=-1, return_dtype=pl.Int64)
+                .to_numpy()
             )
-        position = pl.int_range(0, prepared.height * width, eager=True)
-        index = arrays.broadcast(row_of, width) * width + position % width
-        log_q = table.gather(index).fill_null(math.nan)
-        terms = flat.with_columns(log_q.alias("lq")).select(
-            divergence.kl_divergence([pl.col("p")], [pl.col("lp")], [pl.col("lq")])
+        kl = arrays.prior_kl(truth, table, row_of)
+        columns.append(
+            pl.Series(
+                prior_column(j), kl if base == "e" else kl / math.log(divergence.LOG_BASES[base])
+            )
         )
-        kl = arrays.row_sums(terms.to_series(), width)
-        columns.append(divergence.to_base(pl.lit(kl), base).alias(prior_column(j)))
     return prepared.with_columns(columns)

@@ -73,7 +73,7 @@ def describe_check(check: str) -> str:
     """A reader's description of a check name, falling back to the name itself."""
     if check.startswith("dtype("):
         return (
-            "wrong dtype (probabilities and logits: Float32 or Float64; id and label: integer "
+            "wrong dtype (probabilities and logits: Float16, Float32 or Float64; id and label: integer "
             "or String; model: String)"
         )
     return _CHECK_DESCRIPTIONS.get(check, check)
@@ -111,7 +111,8 @@ def failure(
 
 def label_columns(layout: Layout) -> list[str]:
     """The label columns klrank reads (and validates), in order."""
-    truth = [layout.label_col] if layout.label_col is not None else layout.label_prob_cols
+    index = [layout.label_index_col] if layout.label_index_col is not None else []
+    truth = [*layout.label_prob_cols, *index]
     units = [c for c in (layout.weight_col, layout.cluster_col) if c is not None]
     # A slice, weight or cluster column may be one of the others (the label, say).
     return list(dict.fromkeys([layout.id_col, *truth, *layout.slice_cols, *units]))
@@ -123,10 +124,12 @@ def prediction_columns(layout: Layout) -> list[str]:
 
 
 def _label_kwargs(layout: Layout) -> dict[str, Any]:
+    logits = layout.label_kind == "logit"
     return {
         "id_col": layout.id_col,
-        "prob_cols": layout.label_prob_cols,
-        "label_col": layout.label_col,
+        "prob_cols": [] if logits else layout.label_prob_cols,
+        "logit_cols": layout.label_prob_cols if logits else [],
+        "label_col": layout.label_index_col,
         "classes": layout.label_classes if layout.truth == "soft" else layout.classes,
         "label_is_index": layout.prediction_array is not None,
         "weight_col": layout.weight_col,

@@ -9,7 +9,8 @@ fails, :func:`row_rules` tells which rule failed for which rows. The rules that 
 keys, each model covering the label ids) are checked across batches in ``klrank.pipeline.validation``.
 
 Which dtype of an accepted set a column declares is taken from the data (``accepted_dtype``),
-so Float32 and Float64 both pass while a probability stored as a string fails the dtype check.
+so Float16, Float32 and Float64 all pass while a probability stored as a string fails the dtype
+check. Every sum and comparison is made in Float64.
 """
 
 import math
@@ -19,7 +20,7 @@ import pandera.polars as pa
 import polars as pl
 from pandera.api.polars.types import PolarsData
 
-FLOAT_DTYPES: tuple[pl.DataType, ...] = (pl.Float32(), pl.Float64())
+FLOAT_DTYPES: tuple[pl.DataType, ...] = (pl.Float16(), pl.Float32(), pl.Float64())
 INTEGER_DTYPES: tuple[pl.DataType, ...] = (
     pl.Int8(), pl.Int16(), pl.Int32(), pl.Int64(),
     pl.UInt8(), pl.UInt16(), pl.UInt32(), pl.UInt64(),
@@ -60,10 +61,8 @@ def _present(column: str, dtype: pl.DataType | None) -> pl.Expr:
 def array_dtypes(width: int) -> tuple[pl.DataType, ...]:
     """The accepted dtypes of a distribution held in one column: float Arrays or Lists."""
     return (
-        pl.Array(pl.Float64, width),
-        pl.Array(pl.Float32, width),
-        pl.List(pl.Float64),
-        pl.List(pl.Float32),
+        *(pl.Array(dtype, width) for dtype in (pl.Float64, pl.Float32, pl.Float16)),
+        *(pl.List(dtype) for dtype in (pl.Float64, pl.Float32, pl.Float16)),
     )
 
 
@@ -73,15 +72,21 @@ def is_array(dtype: pl.DataType | None) -> bool:
 
 
 class _Elements:
-    """Row-wise min, max, sum, null test and length of an Array or List column."""
+    """Row-wise min, max, sum, null and NaN tests and length of an Array or List column.
+
+    Min and max are taken in the column's own float dtype (exact, and without a Float64 copy
+    of the batch); the sum in Float64, like all arithmetic here: a Float32 sum of a thousand
+    values drifts.
+    """
 
     def __init__(self, expr: pl.Expr, dtype: pl.DataType | None) -> None:
-        # In Float64, like all arithmetic here: a Float32 sum of a thousand values drifts.
+        self.native = expr
         if isinstance(dtype, pl.Array):
             expr = expr.cast(pl.Array(pl.Float64, dtype.size))
         elif isinstance(dtype, pl.List):
             expr = expr.cast(pl.List(pl.Float64))
         self.namespace = expr.arr if isinstance(dtype, pl.Array) else expr.list
+        self.native_namespace = self.native.arr if isinstance(dtype, pl.Array) else self.native.list
         self.column, self.is_list = expr, isinstance(dtype, pl.List)
         self.width = dtype.size if isinstance(dtype, pl.Array) else 0
 
@@ -90,8 +95,23 @@ class _Elements:
         if self.is_list:
             return self.namespace.contains(None).fill_null(False)
         # An Array's elements lie flat in row order: one vectorised test instead of a search.
-        width = self.width
-        return self.column.reshape((-1,)).is_null().reshape((-1, width)).arr.any().fill_null(False)
+        flat = self.native.reshape((-1,))
+        return flat.is_null().reshape((-1, self.width)).arr.any().fill_null(False)
+
+    def has_nan(self) -> pl.Expr:
+        """Whether a row holds a NaN element (false for a null row)."""
+        if self.is_list:  # NaN shows in the sum (min and max skip it)
+            return self.namespace.sum().is_nan().fill_null(False)
+        flat = self.native.reshape((-1,))
+        return flat.is_nan().reshape((-1, self.width)).arr.any().fill_null(False)
+
+    def min(self) -> pl.Expr:
+        """Each row's smallest element, NaN and nulls skipped."""
+        return self.native_namespace.min()
+
+    def max(self) -> pl.Expr:
+        """Each row's largest element, NaN and nulls skipped."""
+        return self.native_namespace.max()
 
     def summary(self) -> pl.Expr:
         """Text showing a row's range and sum, for failure messages."""
@@ -106,24 +126,23 @@ def _array_rules(
     kind: str,
     tolerance: float,
 ) -> Rules:
-    # Per-row min, max and sum test every element at once; NaN shows in the sum (min and max
-    # skip it). Nulls inside a row fail not_nullable; other rules pass on null rows.
+    # Per-row min and max test every element at once, NaN is looked for on its own (min and
+    # max skip it), and only probabilities are summed. Nulls inside a row fail not_nullable;
+    # other rules pass on null rows.
     elements = _Elements(pl.col(column), dtype)
-    ns = elements.namespace
-    total = ns.sum()
+    no_nan = ~elements.has_nan()
     rules: Rules = {
-        (column, NOT_NULLABLE): elements.column.is_not_null()
-        & ~elements.has_null()
-        & total.is_not_nan().fill_null(True)
+        (column, NOT_NULLABLE): elements.native.is_not_null() & ~elements.has_null() & no_nan
     }
     if elements.is_list:
         rules[(column, LIST_LENGTH)] = (elements.namespace.len() == width).fill_null(True)
     if kind == "logit":
-        finite = (ns.min() > -math.inf) & (ns.max() < math.inf) & total.is_not_nan()
+        finite = (elements.min() > -math.inf) & (elements.max() < math.inf) & no_nan
         rules[(column, FINITE)] = finite.fill_null(True)
         return rules
-    in_range = (ns.min() >= 0.0) & (ns.max() <= 1.0) & total.is_not_nan()
+    in_range = (elements.min() >= 0.0) & (elements.max() <= 1.0) & no_nan
     rules[(column, IN_RANGE)] = in_range.fill_null(True)
+    total = elements.namespace.sum()
     rules[(None, ROWS_SUM_TO_ONE)] = ((total - 1.0).abs() <= tolerance).fill_null(True)
     return rules
 
@@ -161,12 +180,16 @@ def label_rules(
     tolerance: float = 1e-6,
     weight_col: str | None = None,
     cluster_col: str | None = None,
+    logit_cols: Sequence[str] = (),
 ) -> Rules:
-    """Row rules of the labels: a present id, and a valid soft distribution or a known hard label.
+    """Row rules of the labels: a present id, a valid soft distribution and/or a known label.
 
-    A hard label names a class (string) or indexes one (integer: ``k`` is class ``"k"``, or the
-    k-th of ``classes`` with ``label_is_index``, when the predictions are arrays). A weight is
-    present, finite and >= 0; a cluster key is present.
+    A soft distribution is probabilities (``prob_cols``, the rules of predictions'
+    probabilities) or logits (``logit_cols``: present and finite, as predictions' logits). A
+    label names a class (string) or indexes one (integer: ``k`` is class ``"k"``, or the k-th of
+    ``classes`` with ``label_is_index``, when the predictions are arrays); with a distribution
+    it is the token that came next. A weight is present, finite and >= 0; a cluster key is
+    present.
     """
     rules: Rules = {(id_col, NOT_NULLABLE): _present(id_col, schema.get(id_col))}
     if weight_col is not None:
@@ -184,8 +207,20 @@ def label_rules(
         else:
             known = label.cast(pl.String).is_in(sorted(classes))
         rules[(label_col, KNOWN_LABEL)] = known.fill_null(True)
-    else:
+    if logit_cols:
+        rules |= _logit_rules(schema, logit_cols, len(classes), tolerance)
+    elif prob_cols:
         rules |= _probability_rules(schema, prob_cols, len(classes), tolerance)
+    return rules
+
+
+def _logit_rules(schema: pl.Schema, columns: Sequence[str], width: int, tolerance: float) -> Rules:
+    if len(columns) == 1 and is_array(schema.get(columns[0])):
+        return _array_rules(columns[0], schema.get(columns[0]), width, "logit", tolerance)
+    rules: Rules = {}
+    for c in columns:
+        rules[(c, NOT_NULLABLE)] = _present(c, schema.get(c))
+        rules[(c, FINITE)] = pl.col(c).is_finite().fill_null(True)
     return rules
 
 
@@ -207,12 +242,8 @@ def prediction_rules(
         (id_col, NOT_NULLABLE): _present(id_col, schema.get(id_col)),
         (model_col, NOT_NULLABLE): _present(model_col, schema.get(model_col)),
     }
-    if len(logit_cols) == 1 and is_array(schema.get(logit_cols[0])):
-        rules |= _array_rules(logit_cols[0], schema.get(logit_cols[0]), width, "logit", tolerance)
-    elif logit_cols:
-        for c in logit_cols:
-            rules[(c, NOT_NULLABLE)] = _present(c, schema.get(c))
-            rules[(c, FINITE)] = pl.col(c).is_finite().fill_null(True)
+    if logit_cols:
+        rules |= _logit_rules(schema, logit_cols, width, tolerance)
     else:
         rules |= _probability_rules(schema, prob_cols, width, tolerance)
     return rules
@@ -287,8 +318,9 @@ def labels_schema(
     tolerance: float = 1e-6,
     weight_col: str | None = None,
     cluster_col: str | None = None,
+    logit_cols: Sequence[str] = (),
 ) -> pa.DataFrameSchema:
-    """Labels: an integer or string key, and either soft ``prob_cols`` or a hard ``label_col``.
+    """Labels: an integer or string key, soft ``prob_cols`` or ``logit_cols``, a ``label_col``.
 
     Parameters
     ----------
@@ -297,9 +329,11 @@ def labels_schema(
     id_col
         The key; unique across all rows (checked across batches).
     prob_cols
-        Soft truth: one probability column per class, each in [0, 1], rows summing to 1.
+        Soft truth: one probability column per class, each in [0, 1], rows summing to 1 (or
+        one Array/List column of them).
     label_col
-        Hard truth: a class name (string) or class index (integer) that must be in ``classes``.
+        Hard truth, or with soft truth the token that came next: a class name (string) or
+        class index (integer) that must be in ``classes``.
     classes
         The predictions' classes, in order (also the width of an array of soft labels).
     slice_cols
@@ -313,12 +347,16 @@ def labels_schema(
         all sum to 0 is checked across batches).
     cluster_col
         Cluster keys: any dtype but a list, no nulls.
+    logit_cols
+        Soft truth as logits: one finite logit column per class (or one Array/List column),
+        turned into probabilities by a log-softmax.
     """
     columns: dict[str, pa.Column] = {id_col: _key_column(schema.get(id_col))}
     if label_col is not None:
         columns[label_col] = _key_column(schema.get(label_col))
-    whole = len(prob_cols) == 1 and is_array(schema.get(prob_cols[0]))
-    for c in prob_cols:
+    distribution = [*prob_cols, *logit_cols]
+    whole = len(distribution) == 1 and is_array(schema.get(distribution[0]))
+    for c in distribution:
         columns[c] = _distribution_column(schema.get(c), len(classes), whole)
     if weight_col is not None:
         weight_dtype = accepted_dtype(schema.get(weight_col), WEIGHT_DTYPES, pl.Float64())
@@ -336,8 +374,10 @@ def labels_schema(
         tolerance=tolerance,
         weight_col=weight_col,
         cluster_col=cluster_col,
+        logit_cols=logit_cols,
     )
-    fused = _fused(_compact(rules, prob_cols if not whole else (), "prob", tolerance))
+    kind = "logit" if logit_cols else "prob"
+    fused = _fused(_compact(rules, distribution if not whole else (), kind, tolerance))
     return pa.DataFrameSchema(columns, checks=[fused], strict=True, coerce=False, name="labels")
 
 

@@ -40,6 +40,10 @@ FAILURE_COLUMNS = ("dataset", "check", "column", "row", "id", "model", "value")
 # rows.parquet: one row per (label row, model), then the --slice-by columns.
 MEASURE_COLUMNS = ("kl", "reverse_kl", "js", "cross_entropy", "entropy", "top1_match")
 ROW_COLUMNS = ("id", "model", *MEASURE_COLUMNS)
+# With soft truth and the token that came next (a label column): after the measures, in
+# rows.parquet and worst_rows.parquet. nll = -log q(token) in the run's unit, delta_p =
+# q(token) - p(token).
+TOKEN_COLUMNS = ("nll", "delta_p")
 # worst_rows.parquet adds these to the row columns; a slice column may not take their names.
 WORST_ROW_COLUMNS = ("rank", "row")
 # class_contributions.parquet: per (slice, model, class), in the report's row order.

@@ -320,7 +320,7 @@ def test_batches_across_many_files_used_to_read_every_file_before_them(
     # the slice. Batches of 7 rows now start and end inside files of 1 to 5 rows.
     from klrank.engines import local
 
-    monkeypatch.setattr(local, "batch_rows", lambda n_classes: 7)
+    monkeypatch.setattr(local, "batch_rows", lambda n_classes, batch_bytes: 7)
     one, many, _ = _as_one_file_and_as_many(tmp_path, rows=[3, 1, 5, 2, 4])
     for name, frame in one.items():
         assert_frame_equal(many[name], frame, check_exact=True)

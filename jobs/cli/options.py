@@ -13,6 +13,7 @@ from klrank._version import __version__
 from klrank.cli.config_option import CONFIG_ENVVAR, load_config
 from klrank.config import InputOptions, TruthOption
 from klrank.pipeline.errors import ExitCode
+from klrank.pipeline.layout import DEFAULT_BATCH_BYTES
 from klrank.runtime.logs import LogFormat
 
 
@@ -93,7 +94,8 @@ Truth = Annotated[
     typer.Option(
         "--truth",
         envvar="KLRANK_TRUTH",
-        help="auto: soft when the labels have probability columns.",
+        help="auto: soft when the labels hold a distribution (probabilities or logits); "
+        "with soft truth a label column is the next token (nll, delta_p).",
     ),
 ]
 Tolerance = Annotated[
@@ -140,6 +142,17 @@ ClusterBy = Annotated[
         help="Labels column naming each row's cluster (document, patient, user): standard errors, "
         "intervals and p-values become cluster-robust (CR1).",
         show_default=False,
+    ),
+]
+
+BatchBytes = Annotated[
+    int,
+    typer.Option(
+        "--batch-bytes",
+        envvar="KLRANK_BATCH_BYTES",
+        min=1,
+        help="Rows per batch: as many as fit one rows x classes Float64 array in this many "
+        "bytes (down to one row). Peak memory is a few times this; results do not depend on it.",
     ),
 ]
 
@@ -208,6 +221,7 @@ def input_options(
     classes: str | None,
     weight_col: str | None = None,
     cluster_by: str | None = None,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
 ) -> InputOptions:
     """The :class:`InputOptions` of the input options above, as the command line gave them."""
     return InputOptions(
@@ -224,4 +238,5 @@ def input_options(
         classes=tuple(c.strip() for c in classes.split(",")) if classes else (),
         weight_col=weight_col,
         cluster_by=cluster_by,
+        batch_bytes=batch_bytes,
     )

@@ -10,6 +10,7 @@ import typer
 from klrank.cli import output
 from klrank.cli.errors import guarded
 from klrank.cli.options import (
+    BatchBytes,
     Classes,
     ClusterBy,
     Config,
@@ -38,6 +39,7 @@ from klrank.pipeline.aggregate import RankMetric
 from klrank.pipeline.divergence import Base
 from klrank.pipeline.errors import ExitCode
 from klrank.pipeline.gates import Gates
+from klrank.pipeline.layout import DEFAULT_BATCH_BYTES
 from klrank.pipeline.text import one_line
 from klrank.run import RunSummary, run
 from klrank.runtime import events, logs
@@ -246,6 +248,7 @@ def run_command(
     classes: Classes = None,
     weight_col: WeightCol = None,
     cluster_by: ClusterBy = None,
+    batch_bytes: BatchBytes = DEFAULT_BATCH_BYTES,
     base: LogBase = "2",
     epsilon: Epsilon = 0.0,
     rank_by: RankBy = "mean_kl",
@@ -298,6 +301,7 @@ def run_command(
                     classes=classes,
                     weight_col=weight_col,
                     cluster_by=cluster_by,
+                    batch_bytes=batch_bytes,
                 ),
                 out=out,
                 base=base,

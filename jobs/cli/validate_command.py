@@ -8,6 +8,7 @@ import typer
 from klrank.cli import output
 from klrank.cli.errors import guarded
 from klrank.cli.options import (
+    BatchBytes,
     Classes,
     ClusterBy,
     Config,
@@ -28,6 +29,7 @@ from klrank.cli.options import (
     WeightCol,
     input_options,
 )
+from klrank.pipeline.layout import DEFAULT_BATCH_BYTES
 from klrank.run import Timings, ValidationSummary, validate
 
 Failures = Annotated[
@@ -55,6 +57,7 @@ def validate_command(
     classes: Classes = None,
     weight_col: WeightCol = None,
     cluster_by: ClusterBy = None,
+    batch_bytes: BatchBytes = DEFAULT_BATCH_BYTES,
     failures: Failures = None,
     as_json: Json = False,
     debug: Debug = False,
@@ -80,6 +83,7 @@ def validate_command(
             classes=classes,
             weight_col=weight_col,
             cluster_by=cluster_by,
+            batch_bytes=batch_bytes,
         )
         timings = Timings()
         _report(validate(options, failures, timings), timings, as_json=as_json)

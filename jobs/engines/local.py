@@ -17,6 +17,8 @@ The same loop runs on one partition of the rows (:func:`evaluate_partition`, the
 in every input, as the Ray engine splits them).
 """
 
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,6 +50,7 @@ from klrank.pipeline.fold import (
     weightless_slices,
 )
 from klrank.pipeline.layout import (
+    DEFAULT_BATCH_BYTES,
     ROW,
     Layout,
     prepare_labels,
@@ -61,10 +64,6 @@ from klrank.pipeline.validation import (
     prediction_columns,
 )
 from klrank.runtime import events
-
-# Values per batch (rows × classes): large enough to amortise per-batch work, small enough that
-# a batch of every model fits in a few hundred MB.
-BATCH_VALUES = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -137,9 +136,15 @@ def _filtered(name: str | None, frame: pl.LazyFrame) -> ModelInput:
     return ModelInput(name, frame, frame.slice)
 
 
-def batch_rows(n_classes: int) -> int:
-    """Rows per batch for ``n_classes`` classes."""
-    return max(1_000, BATCH_VALUES // max(n_classes, 1))
+def batch_rows(n_classes: int, batch_bytes: int = DEFAULT_BATCH_BYTES) -> int:
+    """Rows per batch: as many as fit one N × K Float64 array in ``batch_bytes``, at least one.
+
+    The default, 80 MB, is 10 million values: 1,000 rows at 10,000 classes, 78 rows at 128,000;
+    a single row once one row's K·8 bytes pass the budget. A batch of every input is read at a
+    time (and the next one ahead), plus the label batch's P and log P: peak memory is a few
+    times ``batch_bytes``, whatever the number of rows.
+    """
+    return max(1, batch_bytes // (8 * max(n_classes, 1)))
 
 
 def evaluate(
@@ -151,7 +156,9 @@ def evaluate(
     compute: bool = True,
 ) -> Outcome:
     """Validate everything and, if it is all valid and ``compute``, build the ranked report."""
-    part = evaluate_partition(labels, predictions, layout, measures, rows_sink, compute)
+    part = evaluate_partition(
+        labels, predictions, layout, measures, rows_sink, compute, threads=os.cpu_count() or 1
+    )
     failures = [part.failures, *empty_inputs(labels.n_rows, part.models_found)]
     all_failures = sorted_failures(pl.concat(failures))
     if all_failures.height or not compute:
@@ -182,6 +189,7 @@ def evaluate_partition(
     compute: bool = True,
     models: Sequence[str] | None = None,
     prior_means: prior.LogMeans | None = None,
+    threads: int = 1,
 ) -> Partition:
     """Validate the label rows and every model's rows for them, and measure them if all is valid.
 
@@ -198,10 +206,22 @@ def evaluate_partition(
     labels in the whole inputs, which this partition's rows can only confirm for themselves: so
     its coverage is checked all the same, and :func:`merge_partials` drops those cases for a
     model positional in every partition, as the whole-input check would never have made them.
+
+    ``threads``: models measured side by side, each batch (the array measures are numpy, which
+    lets go of the GIL); 1 in a Ray task, which has one CPU.
     """
     with ExitStack() as streams:  # every reader thread ends with the evaluation
         return _evaluate(
-            labels, predictions, layout, measures, rows_sink, compute, streams, models, prior_means
+            labels,
+            predictions,
+            layout,
+            measures,
+            rows_sink,
+            compute,
+            streams,
+            models,
+            prior_means,
+            threads,
         )
 
 
@@ -216,7 +236,7 @@ def label_means(
     """
     checks = checked or _Stopwatch()
     selected = [*label_columns(layout), ROW]
-    size = batch_rows(len(layout.classes))
+    size = batch_rows(len(layout.classes), measures.batch_bytes)
     sums = []
     with closing(reading.batches(labels.windows(selected), labels, size)) as batches:
         for batch in batches:
@@ -246,11 +266,12 @@ def _evaluate(
     streams: ExitStack,
     names: Sequence[str] | None,
     means: prior.LogMeans | None,
+    threads: int = 1,
 ) -> Partition:
     def read(window: reading.Window, source: ParquetInput) -> reading.Batches:
         return streams.enter_context(closing(reading.batches(window, source, size)))
 
-    size = batch_rows(len(layout.classes))
+    size = batch_rows(len(layout.classes), measures.batch_bytes)
     label_selected = [*label_columns(layout), ROW]
     label_frame = labels.frame.select(label_selected)
     checked = _Stopwatch()
@@ -314,6 +335,13 @@ def _evaluate(
         return any(f.height for f in failures)
 
     slice_keys = aggregate.slice_key_columns(layout.slice_cols)
+    # Scratch arrays reused by every batch (the label batch's P and log P among them: each
+    # batch's are written over the last one's, measured by then), and one set a model thread.
+    workspace = arrays.Workspace()
+    scratch = threading.local()
+    side_by_side = None
+    if threads > 1 and layout.uses_arrays:
+        side_by_side = streams.enter_context(ThreadPoolExecutor(threads, "klrank-measure"))
     key_batches: list[pl.DataFrame] = []
     replicates: list[pl.DataFrame] = []
     bootstrapping = streams.enter_context(ThreadPoolExecutor(1, "klrank-bootstrap"))
@@ -322,22 +350,58 @@ def _evaluate(
     for done, label_batch in enumerate(label_batches, start=1):
         if not labels_checked:
             failures.append(checked(check_rows, label_batch, "labels", layout, measures.tolerance))
-        prepared = None
+        prepared, truth = None, None
         if compute and means is not None and not failed():
             if layout.uses_arrays:
-                prepared = arrays.prepare_labels(label_batch, layout, measures.base)
+                prepared, truth = arrays.prepare_labels(
+                    label_batch, layout, measures.base, workspace
+                )
             else:
                 prepared = prepare_labels(label_batch.lazy(), layout, measures.base).collect()
             prepared = prepared.with_columns(**slice_keys)
-            prepared = prior.with_prior_kl(prepared, layout, means, measures.base)
+            prepared = prior.with_prior_kl(prepared, layout, means, measures.base, truth)
             if measures.worst_rows:  # label row positions: the worst rows' tie-break and `row`
                 prepared = prepared.with_columns(label_batch.get_column(ROW))
             key_batches.append(kept_label_columns(prepared, layout))
-        for model in aligned:
-            batch = next(model.batches)
-            failures.append(checked(check_rows, batch, "predictions", layout, measures.tolerance))
-            if prepared is not None and not failed():
-                measure_batch(model, prepared, batch, layout, measures, list(slice_keys), rows_sink)
+        if prepared is not None and failed():
+            prepared = None  # only validated from here on
+        if truth is not None and prepared is not None:  # what every model shares, first
+            arrays.share(truth, prepared, layout, list(slice_keys))
+        batches = [next(model.batches) for model in aligned]
+        n = len(aligned)
+
+        def check_and_measure(
+            model: ModelState,
+            batch: pl.DataFrame,
+            prepared: pl.DataFrame | None,
+            truth: arrays.Truth | None,
+        ) -> list[pl.DataFrame]:
+            found = checked(check_rows, batch, "predictions", layout, measures.tolerance)
+            written: list[pl.DataFrame] = []
+            if prepared is not None and not found.height:
+                sink = written.append if rows_sink is not None else None
+                work = scratch.__dict__.setdefault("workspace", arrays.Workspace())
+                measure_batch(
+                    model, prepared, batch, layout, measures, list(slice_keys), sink, truth, work
+                )
+            failures.append(found)
+            return written
+
+        # Side by side where the measures are numpy's; rows.parquet in model order all the same.
+        if side_by_side is not None and len(aligned) > 1:
+            done_models = list(
+                side_by_side.map(check_and_measure, aligned, batches, [prepared] * n, [truth] * n)
+            )
+        else:
+            done_models = [
+                check_and_measure(m, b, prepared, truth)
+                for m, b in zip(aligned, batches, strict=True)
+            ]
+        del batches
+        for written in done_models:
+            for model_rows in written:
+                assert rows_sink is not None
+                rows_sink(model_rows)
         if prepared is not None and measures.bootstrap and not failed():
             # The bootstrap's sums (numpy, which lets go of the GIL) run beside the next batch;
             # one batch at most waits for them, so they hold no more than one batch's inputs.

@@ -510,7 +510,7 @@ def _split_and_evaluate(
     """Split every input by id into parts, then start one evaluation task a part."""
     layout = run.layout
     n_parts = _n_parts(ray, options, run.labels.n_rows)
-    chunk = batch_rows(len(layout.classes))
+    chunk = batch_rows(len(layout.classes), run.measures.batch_bytes)
     split = ray.remote(max_retries=TASK_RETRIES)(_split)
 
     def split_input(

@@ -268,16 +268,16 @@ def _spied_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_batches_of_any_size_give_the_same_numbers(
     monkeypatch: pytest.MonkeyPatch, cluster_by: str | None
 ) -> None:
-    # 2,500 rows; in batches of 1,000 (the smallest batch_rows allows) a document's rows are in
-    # several batches.
+    # 2,500 rows; in batches of 1,000 a document's rows are in several batches.
     data = _data(np.random.default_rng(2), n=2_500)
     options = {"slice_by": ["region"], "bootstrap": 60, "seed": 1, "cluster_by": cluster_by}
     heights = _spied_batches(monkeypatch)
     whole = _evaluate(data.labels, data.predictions, **options)
     assert heights == [2_500]
     heights.clear()
-    monkeypatch.setattr(local, "BATCH_VALUES", 1_000 * len(CLASSES))
-    batched = _evaluate(data.labels, data.predictions, **options)
+    batched = _evaluate(
+        data.labels, data.predictions, batch_bytes=1_000 * len(CLASSES) * 8, **options
+    )
     assert heights == [1_000, 1_000, 500]
     assert_frame_equal(_uncertainty(batched), _uncertainty(whole), check_exact=True)
     assert whole.filter(pl.col("p_best").is_between(0.01, 0.99)).height >= 2

@@ -184,9 +184,9 @@ def test_worst_rows_equal_a_full_sort_of_rows_parquet(tmp_path: Path) -> None:
 # worst=worst: fewer than 4·50 do (sorted).
 @pytest.mark.parametrize("worst", [5, 50])
 def test_worst_rows_and_contributions_do_not_depend_on_the_batch_size(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worst: int
+    tmp_path: Path, worst: int
 ) -> None:
-    labels, predictions = _tied_inputs(2500)  # 3 batches of 1000 rows (the minimum) below
+    labels, predictions = _tied_inputs(2500)  # 3 batches of 1000 rows below
     # One row of the last batch is model a's worst by far: it must survive the merge.
     spike = labels.row(2400, named=True)
     weakest = min(CLASSES, key=lambda c: spike[f"prob_{c}"])
@@ -196,10 +196,16 @@ def test_worst_rows_and_contributions_do_not_depend_on_the_batch_size(
     _, whole = run_job(
         tmp_path, labels, predictions, name="one-batch", worst=worst, write_html=False
     )
-    monkeypatch.setattr(local, "BATCH_VALUES", 3)
-    assert local.batch_rows(3) == 1000
+    thousand = {"batch_bytes": 1000 * len(CLASSES) * 8}
+    assert local.batch_rows(len(CLASSES), **thousand) == 1000
     _, batched = run_job(
-        tmp_path, labels, predictions, name="batched", worst=worst, write_html=False
+        tmp_path,
+        labels,
+        predictions,
+        name="batched",
+        worst=worst,
+        write_html=False,
+        inputs=thousand,
     )
     got = pl.read_parquet(batched / "worst_rows.parquet")
     assert got.height == 2 * worst

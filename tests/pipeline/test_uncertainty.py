@@ -18,7 +18,6 @@ import polars as pl
 import pytest
 import scipy.stats
 import statsmodels.api as sm
-from klrank.engines import local
 from klrank.pipeline import prior
 from scipy.special import entr, rel_entr, xlogy
 from statsmodels.stats.multitest import multipletests
@@ -303,7 +302,6 @@ def test_clustered_errors_are_larger_on_clustered_data_across_batches(
 ) -> None:
     # The case: 150 documents of 20 rows, read in batches of 1,000 rows, so that most
     # documents have rows in several batches (their sums must be merged).
-    monkeypatch.setattr(local, "BATCH_VALUES", 1)
     batches: list[int] = []
     label_sums = prior.label_sums
 
@@ -321,8 +319,9 @@ def test_clustered_errors_are_larger_on_clustered_data_across_batches(
         doc_effect=0.35,
     )
     ones = np.ones_like(data.w)
-    naive = _evaluate(data, weighted=False, clustered=False)
-    clustered = _evaluate(data, weighted=False, clustered=True)
+    thousand = {"batch_bytes": 1000 * len(CLASSES) * 8}  # batches of 1,000 rows
+    naive = _evaluate(data, weighted=False, clustered=False, **thousand)
+    clustered = _evaluate(data, weighted=False, clustered=True, **thousand)
     assert batches == [1000, 1000, 1000, 1000, 1000, 1000]  # both runs: three batches each
     for model, q in data.q.items():
         kl = _kl(data.p, q)
