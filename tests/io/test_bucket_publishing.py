@@ -10,6 +10,7 @@ import io
 import json
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -240,11 +241,9 @@ def test_a_rerun_killed_at_random_moments_never_breaks_the_night(
     assert "untouched" in outcomes, outcomes
 
 
-def _wait_for_lease(s3: S3Server, bucket: str, key: str) -> None:
-    deadline = time.monotonic() + 60
-    while key not in _objects(s3, bucket):
-        assert time.monotonic() < deadline, "the first run never took its lease"
-        time.sleep(0.05)
+def _events(stderr: str) -> dict[str, dict[str, str]]:
+    """A JSON log's events by name (the last of each)."""
+    return {e["event"]: e for e in map(json.loads, stderr.splitlines())}
 
 
 def test_two_runs_of_one_night_never_interleave(
@@ -252,22 +251,52 @@ def test_two_runs_of_one_night_never_interleave(
 ) -> None:
     bucket = s3_server.new_bucket()
     url = f"s3://{bucket}/reports"
-    lease = f"reports/.run_date={NIGHT}.klrank.lock"
     args = ("run", *big_inputs, "--run-date", NIGHT, "--out", url, "--log-format", "json")
     both = [start(*args, env=s3_server.env) for _ in range(2)]
-    _wait_for_lease(s3_server, bucket, lease)
-    busy = klrank(*args, "--lock-timeout", "0", env=s3_server.env)
-    assert busy.returncode == 75, str(busy)
-    assert "another run (pid " in busy.stderr and "--lock-timeout" in busy.stderr
     results = [running.wait() for running in both]
     assert [r.returncode for r in results] == [0, 0], [str(r) for r in results]
-    waited = [r for r in results if '"event": "lock.waiting"' in r.stderr]
-    assert len(waited) == 1, [r.stderr for r in results]  # the other held the lease meanwhile
-    started = [
-        json.loads(line) for line in waited[0].stderr.splitlines() if '"run.started"' in line
-    ]
+    held = sorted(
+        (events["lock.acquired"]["timestamp"], events["commit.done"]["timestamp"], events)
+        for events in (_events(r.stderr) for r in results)
+    )
+    (_, first_done, _), (second_took, _, second) = held
+    assert first_done <= second_took  # the second took the lease after the first committed
     # The night left is the later run's, whole.
-    assert _complete_night(s3_server, bucket, f"reports/run_date={NIGHT}") == started[0]["run_id"]
+    run_id = _complete_night(s3_server, bucket, f"reports/run_date={NIGHT}")
+    assert run_id == second["run.started"]["run_id"]
+    _no_leftovers(s3_server, bucket)
+
+
+def test_a_live_lease_is_never_taken_over(s3_server: S3Server) -> None:
+    bucket = s3_server.new_bucket()
+    url = f"s3://{bucket}/reports"
+    key = f"reports/.run_date={NIGHT}.klrank.lock"
+    body = {"run_id": "0" * 32, "host": "elsewhere", "pid": 4242, "ttl_s": 1.0, "taken_at": ""}
+    stop = threading.Event()
+
+    def renew() -> None:  # as a live run renews its lease, faster than its time to live
+        client = s3_server.client()
+        while not stop.is_set():
+            body["taken_at"] = str(time.monotonic())
+            client.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
+            stop.wait(0.2)
+
+    renewer = threading.Thread(target=renew)
+    renewer.start()
+    try:
+        args = ("run", *_inputs(), *FAST, "--run-date", NIGHT, "--out", url, "--lease-ttl", "1")
+        busy = klrank(*args, "--lock-timeout", "4", env=s3_server.env)
+    finally:
+        stop.set()
+        renewer.join()
+    assert busy.returncode == 75, str(busy)
+    assert "another run (pid 4242 on elsewhere)" in busy.stderr and "--lock-timeout" in busy.stderr
+    assert [k for k in _objects(s3_server, bucket) if "run_date=" in k and "lock" not in k] == []
+    # Its holder gone (no more renewals), the lease expires and the next run takes it.
+    taken = klrank(*args, "--log-format", "json", env=s3_server.env)
+    assert taken.returncode == 0, str(taken)
+    assert "lease.expired" in _events(taken.stderr)
+    _complete_night(s3_server, bucket, f"reports/run_date={NIGHT}")
     _no_leftovers(s3_server, bucket)
 
 
