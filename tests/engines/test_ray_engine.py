@@ -707,7 +707,7 @@ def test_many_small_files_in_chunks_of_several_give_the_local_report(
     # a chunk of consecutive files. Here chunks of at most 5 files or 10 rows, so chunks both
     # end inside files and hold several.
     monkeypatch.setattr(ray_engine, "CHUNK_FILES", 5)
-    monkeypatch.setattr(ray_engine, "batch_rows", lambda n_classes: 10)
+    monkeypatch.setattr(ray_engine, "batch_rows", lambda n_classes, batch_bytes=0: 10)
     labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(13), n=300)
     if bucketed:
         labels, predictions = _bucketed(labels, predictions, tmp_path / "bucketed", 2)
