@@ -133,7 +133,8 @@ def test_publish_refuses_what_klrank_run_refuses_and_republishes_whole(tmp_path:
     out = tmp_path / "out"
     evaluation.publish(out)
     evaluation.publish(out)  # idempotent: the same files again
-    names = {"report.parquet", "class_contributions.parquet", "summary.md", "manifest.json"}
+    names = {"report.parquet", "class_contributions.parquet", "quantiles.parquet"}
+    names |= {"summary.md", "manifest.json"}
     assert {p.name for p in out.iterdir()} == names | {"_SUCCESS"}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".out.klrank.lock"]
     with pytest.raises(api.UsageError, match="YYYY-MM-DD"):
