@@ -238,6 +238,7 @@ def test_a_rerun_killed_at_random_moments_never_breaks_the_night(
         assert after.returncode == 0, str(after)
         assert _complete_night(s3_server, bucket, night) not in (previous,)
         _no_leftovers(s3_server, bucket)
+    print("kill outcomes:", outcomes)  # shown with -s
     assert "untouched" in outcomes, outcomes
 
 

@@ -323,7 +323,7 @@ def test_a_night_that_cannot_be_published_leaves_its_runs_failed(
     experiment = _experiment()
     evaluation = evaluate(EXAMPLES / "labels.parquet", EXAMPLES / "predictions")
 
-    def refuse(staging: Path, target: Path) -> None:
+    def refuse(staging: Path, target: Path, run_id: str = "") -> None:
         raise StorageError(f"cannot publish {target}: No space left on device (ENOSPC)")
 
     monkeypatch.setattr(publishing, "_swap_in", refuse)
