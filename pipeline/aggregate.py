@@ -237,13 +237,30 @@ def weighted(value: pl.Expr, weight: pl.Expr | None) -> pl.Expr:
     return value if weight is None else value * weight
 
 
-def _aggregations(weight: pl.Expr | None) -> list[pl.Expr]:
+# With soft truth and the token that came next, the token measures' moment states, by prefix:
+# nll, ln p(token) − ln q(token) (the ln of PPL(Q)/PPL(P) per row; in the run's unit, as the
+# rows' nll), Δp and Δp². Each gets a mean and a standard error, as kl does.
+TOKEN_VALUES = {
+    "nll": pl.col("nll"),
+    "lnr": pl.col("nll") - pl.col("_label_nll"),
+    "dp": pl.col("delta_p"),
+    "dp2": pl.col("delta_p") ** 2,
+}
+
+
+def token_prefixes(columns: Sequence[str]) -> tuple[str, ...]:
+    """The :data:`TOKEN_VALUES` prefixes of states or rows with ``columns`` (none without nll)."""
+    return tuple(TOKEN_VALUES) if "nll" in columns or "nll_n" in columns else ()
+
+
+def _aggregations(weight: pl.Expr | None, tokens: Sequence[str]) -> list[pl.Expr]:
     """The scalar state of rows of positive weight (``n_rows`` is added by the caller)."""
     return [
         *_moments(pl.col("kl"), "kl", weight),
         (pl.len().cast(pl.Float64) if weight is None else weight.sum()).alias(WEIGHT_SUM),
         *[weighted(pl.col(m), weight).sum().alias(f"{m}_sum") for m in MEANS],
         weighted(pl.col("top1_match").cast(pl.Float64), weight).sum().alias("top1_sum"),
+        *[e for prefix in tokens for e in _moments(TOKEN_VALUES[prefix], prefix, weight)],
     ]
 
 
@@ -288,6 +305,7 @@ def partial_states(
     """
     scalars, classes = [], []
     w = pl.col(weight) if weight is not None else None
+    tokens = token_prefixes(rows.columns)
     for name, part in slice_parts(rows, slice_keys):
         keys = [pl.lit(name).alias(SLICE), pl.lit(model).alias(MODEL)]
         counted = part if w is None else part.filter(w > 0)
@@ -297,9 +315,10 @@ def partial_states(
             pl.col("kl").min().alias("kl_min"),  # over every row, as the quantiles are
             pl.col("kl").max().alias("kl_max"),
         )
-        sums = counted.select(_aggregations(w))
+        sums = counted.select(_aggregations(w, tokens))
         if w is None:
-            sums = _unit_weights(sums, "kl")
+            for prefix in ("kl", *tokens):
+                sums = _unit_weights(sums, prefix)
         scalars.append(pl.concat([every_row, sums], how="horizontal"))
         p, q, k = class_sums(name, counted)
         sums = pl.DataFrame(
@@ -327,15 +346,18 @@ def cluster_states(
     The cluster-robust errors need every cluster's sums over all its rows, wherever they are in
     the input, so these are kept per cluster (a row per slice and cluster a model) and merged by
     :func:`merge_cluster_states`. ``priors`` name the per-row D(P‖P̄) columns: the first for
-    ``ALL``, then one per slice key column.
+    ``ALL``, then one per slice key column. Rows with the token measures add the finite sums of
+    each :data:`TOKEN_VALUES` (``nll_sum``, ``lnr_sum``, ...).
     """
     w = pl.col(weight) if weight is not None else pl.lit(1.0)
     counted = rows if weight is None else rows.filter(pl.col(weight) > 0)
-    kl = pl.col("kl")
+    values = {"kl": pl.col("kl")} | {
+        prefix: TOKEN_VALUES[prefix] for prefix in token_prefixes(rows.columns)
+    }
 
     def sums(prior: str) -> list[pl.Expr]:
         return [
-            (w * kl).filter(kl.is_finite()).sum().alias("kl_sum"),
+            *[(w * x).filter(x.is_finite()).sum().alias(f"{p}_sum") for p, x in values.items()],
             (pl.len().cast(pl.Float64) if weight is None else w.sum()).alias(WEIGHT_SUM),
             (w * pl.col(prior)).filter(pl.col(prior).is_finite()).sum().alias(PRIOR_SUM),
         ]
@@ -358,21 +380,21 @@ def merge_cluster_states(states: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     return (
         states.lazy()
         .group_by([*KEYS, CLUSTER_KEY])
-        .agg(pl.col("kl_sum").sum(), pl.col(WEIGHT_SUM).sum(), pl.col(PRIOR_SUM).sum())
+        .agg(pl.exclude(*KEYS, CLUSTER_KEY).sum())
         .collect(engine="in-memory")
     )
 
 
-def cluster_meat(clusters: pl.DataFrame, means: pl.DataFrame) -> pl.DataFrame:
+def cluster_meat(clusters: pl.DataFrame, means: pl.DataFrame, prefix: str = "kl") -> pl.DataFrame:
     """Per (slice, model): the clusters of positive weight ``n_clusters`` and Σ_g u_g² (``meat``).
 
-    u_g = Σ_{i∈g} w_i (x_i − x̄) = ``kl_sum`` − x̄·``w_sum``, x̄ the (slice, model)'s mean in
-    ``means`` (column ``mean``): the middle of the sandwich variance of a weighted mean.
+    u_g = Σ_{i∈g} w_i (x_i − x̄) = ``{prefix}_sum`` − x̄·``w_sum``, x̄ the (slice, model)'s mean
+    in ``means`` (column ``mean``): the middle of the sandwich variance of a weighted mean.
     """
     centred = clusters.join(means.select(*KEYS, "mean"), on=list(KEYS)).select(
         *KEYS,
         (pl.col(WEIGHT_SUM) > 0).alias("_counted"),
-        (pl.col("kl_sum") - pl.col("mean") * pl.col(WEIGHT_SUM)).alias("_u"),
+        (pl.col(f"{prefix}_sum") - pl.col("mean") * pl.col(WEIGHT_SUM)).alias("_u"),
     )
     return centred.group_by(KEYS).agg(
         pl.col("_counted").sum().cast(pl.Int64).alias("n_clusters"),
@@ -393,6 +415,7 @@ def merge_class_states(states: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
 def merge_states(states: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """Combine partial states of disjoint shards into one state per (slice, model)."""
     sums = [f"{m}_sum" for m in MEANS] + ["n_rows", WEIGHT_SUM, "top1_sum"]
+    tokens = token_prefixes(states.collect_schema().names())
     return (
         states.lazy()
         .group_by(KEYS, maintain_order=True)
@@ -401,6 +424,7 @@ def merge_states(states: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
             pl.col("kl_min").min(),
             pl.col("kl_max").max(),
             *[pl.col(c).sum() for c in sums],
+            *[e for prefix in tokens for e in _merged_moments(prefix)],
         )
         .collect(engine="in-memory")
     )
@@ -755,6 +779,56 @@ def _summary_stats(
     )
 
 
+# The report's token columns (schema version 4), null without a token column.
+TOKEN_STATS = (
+    "mean_nll", "mean_nll_sem", "ppl", "ppl_sem", "ln_ppl_ratio", "ln_ppl_ratio_sem",
+    "ppl_ratio", "mean_delta_p", "mean_delta_p_sem", "rms_delta_p", "rms_delta_p_sem",
+)  # fmt: skip
+
+
+def token_stats(states: pl.DataFrame, base: str, clusters: pl.DataFrame | None) -> pl.DataFrame:
+    """The :data:`TOKEN_STATS` of each row of ``states``, in their order (all null without nll).
+
+    The means and errors are :func:`_summary_stats`' (clustered where ``clusters`` are given);
+    ``mean_nll`` is in ``base``'s unit, PPL and the ln of its ratio in nats whatever the unit.
+    ``ppl_sem`` and ``rms_delta_p_sem`` follow by the delta method: PPL · SE(mean nll in nats),
+    and SE(mean Δp²) / (2 · RMS Δp).
+    """
+    if not token_prefixes(states.columns):
+        return pl.DataFrame(
+            {name: [None] * states.height for name in TOKEN_STATS},
+            schema=dict.fromkeys(TOKEN_STATS, pl.Float64),
+        )
+    nats = divergence.nats_per_unit(base)
+    stats = {}
+    for prefix in TOKEN_VALUES:
+        meat = None
+        if clusters is not None:
+            meat = cluster_meat(clusters, means_of(states, prefix), prefix)
+        stats[prefix] = _summary_stats(states, prefix, meat).select(
+            pl.col("mean").alias(f"{prefix}_mean"), pl.col("sem").alias(f"{prefix}_sem")
+        )
+    frame = pl.concat(list(stats.values()), how="horizontal")
+    nll, nll_sem = pl.col("nll_mean"), pl.col("nll_sem")
+    ln_ratio, ln_ratio_sem = pl.col("lnr_mean") * nats, pl.col("lnr_sem") * nats
+    ppl = (nll * nats).exp()
+    rms = pl.col("dp2_mean").sqrt()
+    return frame.select(
+        nll.alias("mean_nll"),
+        nll_sem.alias("mean_nll_sem"),
+        ppl.alias("ppl"),
+        (ppl * nll_sem * nats).alias("ppl_sem"),
+        ln_ratio.alias("ln_ppl_ratio"),
+        ln_ratio_sem.alias("ln_ppl_ratio_sem"),
+        ln_ratio.exp().alias("ppl_ratio"),
+        pl.col("dp_mean").alias("mean_delta_p"),
+        pl.col("dp_sem").alias("mean_delta_p_sem"),
+        rms.alias("rms_delta_p"),
+        # Undefined where every Δp is 0 (0/0): null, as an undefined error is elsewhere.
+        pl.when(rms > 0).then(pl.col("dp2_sem") / (2.0 * rms)).alias("rms_delta_p_sem"),
+    )
+
+
 def means_of(states: pl.DataFrame, prefix: str) -> pl.DataFrame:
     """Per (slice, model) the finite weighted mean of a moment state (``mean``), for the meat."""
     return states.select(*KEYS, (pl.col(f"{prefix}_sum") / pl.col(f"{prefix}_w")).alias("mean"))
@@ -776,7 +850,7 @@ def finalize(
     stats = _summary_stats(states, "kl", meat)
     total = pl.col(WEIGHT_SUM)
     frame = (
-        pl.concat([states, stats], how="horizontal")
+        pl.concat([states, stats, token_stats(states, base, clusters)], how="horizontal")
         .join(quantile_frame, on=list(KEYS), how="left")
         .join(marginal_kl(class_states, states, base), on=list(KEYS), how="left")
     )
@@ -803,6 +877,7 @@ def finalize(
         pl.lit(None, pl.Float64).alias("p_best"),
         pl.lit(None, pl.Int64).alias("rank_low"),
         pl.lit(None, pl.Int64).alias("rank_high"),
+        *TOKEN_STATS,
     )
     descending = rank_by in HIGHER_IS_BETTER
     return report.with_columns(

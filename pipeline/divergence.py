@@ -188,6 +188,11 @@ def top1_match(p: Sequence[pl.Expr], q: Sequence[pl.Expr]) -> pl.Expr:
     return argmax_index(p) == argmax_index(q)
 
 
+def nats_per_unit(base: str) -> float:
+    """How many nats one unit of ``base`` is (1 for "e", ln 2 for bits): to convert back to nats."""
+    return 1.0 if base == "e" else math.log(LOG_BASES[base])
+
+
 def to_base(nats: pl.Expr, base: str) -> pl.Expr:
     """Convert a quantity in nats to the unit of ``base`` ("2" bits, "e" nats, "10" bans)."""
     if base == "e":

@@ -65,6 +65,39 @@ def _table(rows: pl.DataFrame, alpha: float) -> list[str]:
     return lines
 
 
+def _plus_minus(value: float | None, error: float | None) -> str:
+    return number(value) if error is None else f"{number(value)} ± {number(error, 2)}"
+
+
+def _token_table(overall: pl.DataFrame, unit: str) -> list[str]:
+    """The token measures of the ``ALL`` rows (soft truth with the next token); none without."""
+    if not overall.height or overall.get_column("ppl").is_null().all():
+        return []
+    lines = [
+        "",
+        "## The next token",
+        "",
+        f"| rank | model | mean nll ({unit}) | PPL | PPL(Q)/PPL(P) | ln ratio | mean Δp | RMS Δp |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in overall.iter_rows(named=True):
+        lines.append(
+            f"| {r['rank']} | {markdown_text(r['model'])} | "
+            f"{_plus_minus(r['mean_nll'], r['mean_nll_sem'])} | "
+            f"{_plus_minus(r['ppl'], r['ppl_sem'])} | {number(r['ppl_ratio'])} | "
+            f"{_plus_minus(r['ln_ppl_ratio'], r['ln_ppl_ratio_sem'])} | "
+            f"{_plus_minus(r['mean_delta_p'], r['mean_delta_p_sem'])} | "
+            f"{_plus_minus(r['rms_delta_p'], r['rms_delta_p_sem'])} |"
+        )
+    lines += [
+        "",
+        "nll = −log q(token that came next); PPL = exp(mean nll in nats); the ln ratio, "
+        "ln(PPL(Q)/PPL(P)) in nats, compares each model with the truth's distribution P on "
+        "the same tokens; Δp = q(token) − p(token). ± one standard error.",
+    ]
+    return lines
+
+
 def _prior_line(overall: pl.DataFrame, unit: str, alpha: float) -> str:
     """One line: the prior's mean KL and the models that do not beat it significantly."""
     if not overall.height:
@@ -111,6 +144,7 @@ def ranked_summary(report: pl.DataFrame, unit: str, rank_by: str, alpha: float =
         f"slice's models; ≈ best: not significantly worse at alpha {alpha}. P(best) and the rank "
         "95% interval come from the bootstrap (--bootstrap).",
         _prior_line(overall, unit, alpha),
+        *_token_table(overall, unit),
     ]
     for (name,), rows in report.filter(pl.col(SLICE) != ALL_ROWS).group_by(
         SLICE, maintain_order=True

@@ -12,7 +12,7 @@ are never renormalised, so a divergence can honestly come out slightly below zer
 import pandera.polars as pa
 import polars as pl
 
-REPORT_SCHEMA_VERSION = "3"
+REPORT_SCHEMA_VERSION = "4"
 UNIT_NAMES = ("bits", "nats", "bans")
 
 _non_negative = [pa.Check.ge(0.0)]
@@ -67,6 +67,21 @@ REPORT_COLUMNS: dict[str, pa.Column] = {
     "delta_vs_prior": _float(nullable=True),
     "delta_vs_prior_sem": _float(nullable=True, checks=_non_negative),
     "p_value_vs_prior": _float(nullable=True, checks=_probability),
+    # Version 4: the token measures of soft truth with the token that came next (null without a
+    # label column): the mean nll (the run's unit), PPL = exp(mean nll in nats), the ln of
+    # PPL(Q)/PPL(P) (nats) and that ratio, the mean and RMS of Δp = q(token) − p(token), with
+    # their standard errors (clustered with --cluster-by).
+    "mean_nll": _float(nullable=True),
+    "mean_nll_sem": _float(nullable=True, checks=_non_negative),
+    "ppl": _float(nullable=True, checks=_non_negative),
+    "ppl_sem": _float(nullable=True, checks=_non_negative),
+    "ln_ppl_ratio": _float(nullable=True),
+    "ln_ppl_ratio_sem": _float(nullable=True, checks=_non_negative),
+    "ppl_ratio": _float(nullable=True, checks=_non_negative),
+    "mean_delta_p": _float(nullable=True),
+    "mean_delta_p_sem": _float(nullable=True, checks=_non_negative),
+    "rms_delta_p": _float(nullable=True, checks=_non_negative),
+    "rms_delta_p_sem": _float(nullable=True, checks=_non_negative),
 }
 
 REPORT_SCHEMA = pa.DataFrameSchema(

@@ -447,7 +447,7 @@ def _documented_columns(rows: list[list[str]]) -> list[tuple[str, str]]:
 def test_the_report_column_table_is_the_report_schema() -> None:
     from klrank.schemas.report import REPORT_COLUMNS
 
-    table = _table(IO_PAGE, "### `report.parquet` columns (schema version 3)", "column")
+    table = _table(IO_PAGE, "### `report.parquet` columns (schema version 4)", "column")
     documented = _documented_columns(table[1:])
     assert [name for name, _ in documented] == list(REPORT_COLUMNS)
     for name, kind in documented:

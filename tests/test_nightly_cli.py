@@ -411,11 +411,11 @@ def test_new_model_tonight_gets_nulls_and_skips_the_regression_gate(tmp_path: Pa
     assert "| o | – |" in result.stdout and "new" in result.stdout
 
 
-def test_report_schema_version_is_3(tmp_path: Path) -> None:
+def test_report_schema_version_is_4(tmp_path: Path) -> None:
     out = tmp_path / "out"
     expect(invoke("run", *_inputs(tmp_path, NIGHT1), "--out", out, "--no-rows"), 0)
     metadata = reading.read_parquet_metadata(out / "report.parquet")
-    assert metadata["klrank.report_schema_version"] == REPORT_SCHEMA_VERSION == "3"
+    assert metadata["klrank.report_schema_version"] == REPORT_SCHEMA_VERSION == "4"
     columns = _report(out).columns
     assert columns[columns.index("p_value_change") - 3 :][:4] == CHANGE_COLUMNS
 

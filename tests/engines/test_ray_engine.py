@@ -607,11 +607,35 @@ def test_sigterm_stops_a_ray_run_with_exit_143_and_removes_its_staging_folder(
 
 
 def _other_layout(folder: Path, rng: np.random.Generator, layout: str) -> tuple[Path, Path]:
-    """Hard labels with logits, or soft labels and predictions as Array columns of 70 classes."""
+    """Hard labels with logits, soft labels and predictions as Array columns of 70 classes, or
+    base logits with the next token (the token measures) and logit candidates."""
     n = 800
     folder.mkdir(parents=True)
     ids = np.arange(n)
-    if layout == "hard-logits":
+    if layout == "logit-tokens":
+        k = 70
+        z = rng.normal(scale=2.0, size=(n, k))
+        labels = pl.DataFrame(
+            {
+                "id": ids,
+                "label": rng.integers(0, k, n),
+                "logit": pl.Series(z.tolist(), dtype=pl.Array(pl.Float32, k)),
+            }
+        )
+        frames = [
+            pl.DataFrame(
+                {
+                    "id": ids,
+                    "model": model,
+                    "logit": pl.Series(
+                        (z + rng.normal(scale=noise, size=(n, k))).tolist(),
+                        dtype=pl.Array(pl.Float32, k),
+                    ),
+                }
+            ).sample(fraction=1.0, shuffle=True, seed=1)
+            for model, noise in (("near", 0.1), ("far", 0.7))
+        ]
+    elif layout == "hard-logits":
         classes = ["cat", "dog", "eel"]
         labels = pl.DataFrame({"id": ids, "label": rng.choice(classes, n)})
         frames = [
@@ -644,7 +668,7 @@ def _other_layout(folder: Path, rng: np.random.Generator, layout: str) -> tuple[
     return folder / "labels.parquet", folder / "predictions.parquet"
 
 
-@pytest.mark.parametrize("layout", ["hard-logits", "array-70"])
+@pytest.mark.parametrize("layout", ["hard-logits", "array-70", "logit-tokens"])
 def test_other_layouts_give_the_local_report(tmp_path: Path, local_ray: None, layout: str) -> None:
     labels, predictions = _other_layout(tmp_path / "in", np.random.default_rng(15), layout)
     local = _run(labels, predictions, tmp_path / "local", slice_by=())
@@ -652,6 +676,8 @@ def test_other_layouts_give_the_local_report(tmp_path: Path, local_ray: None, la
         labels, predictions, tmp_path / "ray", engine="ray", partitions=4, slice_by=()
     )
     _assert_equivalent(local, distributed)
+    if layout == "logit-tokens":  # the token columns are compared, not two nulls
+        assert pl.read_parquet(local / "report.parquet").get_column("ppl").is_not_null().all()
 
 
 def test_regression_only_empty_files_under_a_model_folder_still_name_the_model(
