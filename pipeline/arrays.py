@@ -269,8 +269,10 @@ def truth_of(
             b = block.stop - start
             argmax[block] = _distribution(values[block], layout.label_kind, p[block], log_p[block])
             zero = workspace.array("zero_p", (b, width), bool)
-            np.equal(p[block], 0.0, out=zero)
+            # p = 0 exactly: log p = −inf (a logit of −inf), not a probability that underflowed.
+            np.equal(log_p[block], -math.inf, out=zero)
             some_zero[block] = zero.any(axis=1)
+            np.equal(p[block], 0.0, out=zero)
             terms = workspace.array("terms", (b, width))
             np.multiply(p[block], log_p[block], out=terms)
             np.copyto(terms, 0.0, where=zero)
@@ -373,10 +375,11 @@ def measure(
     -----
     Element by element as :mod:`klrank.pipeline.divergence`: a term with x = 0 of
     x·(log x − log y) is 0 whatever y is, p > 0 with q = 0 is +inf; JS compares each side with
-    log m = log(p + q) − log 2 and a class with p = q adds exactly 0; D(Q‖P) of logits
-    (softmax is never 0) is +inf wherever some p = 0. A hard label is P one-hot at the label,
-    read by index: D(P‖Q) = −log q(label), D(Q‖P) is +inf as soon as a class other than the
-    label has q > 0, and JS's terms are those of the one-hot P.
+    log m = log(p + q) − log 2 and a class with p = q adds exactly 0; D(Q‖P) of logits is +inf
+    wherever some p = 0 has a logit above −inf (:func:`_softmax_support`). A hard label is P
+    one-hot at the label, read by index: D(P‖Q) = −log q(label), D(Q‖P) is +inf as soon as a
+    class other than the label has q > 0 (a logit above −inf), and JS's terms are those of the
+    one-hot P.
 
     The token measures read the row's label: nll = −log q(label), delta_p = q(label) − p(label),
     and the base's own −log p(label) (+inf where p(label) = 0).
@@ -407,6 +410,9 @@ def measure(
                 assert truth.p is not None and truth.log_p is not None
                 p, log_p = truth.p[block], truth.log_p[block]
                 kl[block], terms = _soft_block(p, log_p, q, log_q, work, reverse[block], js[block])
+                if kind == "logit":
+                    assert truth.some_p_zero is not None
+                    _softmax_support(log_p, log_q, truth.some_p_zero[block], reverse[block])
                 if token:
                     p_at[block], log_p_at[block] = p[rows, at], log_p[rows, at]
                 for group in groups:
@@ -423,9 +429,6 @@ def measure(
                     _group_count(group, start, stop, at, kl[block], kl_sums[group[0]])
             for group in groups:
                 _group_sum(group, start, stop, q, q_sums[group[0]])
-    if kind == "logit" and truth.soft:  # softmax is never 0: D(Q‖P) = inf wherever some p = 0
-        assert truth.some_p_zero is not None
-        reverse[truth.some_p_zero] = math.inf
     out: dict[str, np.ndarray] = {"kl": kl, "reverse_kl": reverse, "js": js, "argmax_q": argmax_q}
     if token:
         out |= {"nll": -log_q_at, "delta_p": q_at - p_at, "_label_nll": -log_p_at}
@@ -481,6 +484,21 @@ def _soft_block(
     return kl, terms
 
 
+def _softmax_support(
+    log_p: np.ndarray, log_q: np.ndarray, some_p_zero: np.ndarray, reverse: np.ndarray
+) -> None:
+    """Set D(Q‖P) to +inf on a block's rows where Q from logits is above 0 at some p = 0.
+
+    A softmax is 0 only at a logit of −inf (log q = −inf); elsewhere q > 0, even where it
+    rounded to 0.0 in Float64, and a class with p = 0 then makes D(Q‖P) infinite. Only the rows
+    with some p = 0 (``some_p_zero``) are looked at.
+    """
+    rows = np.flatnonzero(some_p_zero)
+    if rows.size:
+        supported = (log_p[rows] == -math.inf) & (log_q[rows] > -math.inf)
+        reverse[rows[supported.any(axis=1)]] = math.inf
+
+
 def _masked_block(
     p: np.ndarray, log_p: np.ndarray, q: np.ndarray, log_q: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -507,13 +525,12 @@ def _hard_block(
     js: np.ndarray,
 ) -> None:
     """A block's D(Q‖P) and JS against one-hot P at ``label``, read by index (nats)."""
-    width = q.shape[1]
-    if kind == "logit" and width > 1:
-        reverse[:] = math.inf  # softmax is never 0, and p = 0 off the label
+    if kind == "logit":  # a softmax is above 0 wherever the logit is above −inf
+        elsewhere = (log_q > -math.inf).sum(axis=1) - (log_q_at > -math.inf)
     else:
         elsewhere = (~q_zero).sum(axis=1) - (q_at > 0)
-        at_label = np.where(q_at > 0, q_at * log_q_at, 0.0)  # q·(log q − log 1)
-        reverse[:] = np.where(elsewhere > 0, math.inf, at_label)
+    at_label = np.where(q_at > 0, q_at * log_q_at, 0.0)  # q·(log q − log 1)
+    reverse[:] = np.where(elsewhere > 0, math.inf, at_label)
     # Off the label p = 0, so a term is q·(log q − log m) with log m = log q − log 2, or 0.
     scratch = work.array("scratch", q.shape)
     np.log(q, out=scratch)

@@ -84,14 +84,17 @@ def reverse_kl_divergence(
 ) -> pl.Expr:
     """D(Q‖P) in nats; +inf when some q > 0 has p = 0 (always so for a hard label and a full Q).
 
-    With ``q_has_full_support`` (Q from a softmax, which is never 0) the result is +inf wherever
-    some p = 0, even if a q rounded to 0.0 in Float64.
+    With ``q_has_full_support`` (Q from a softmax, which is 0 only at a logit of −inf, where
+    log q = −inf) the result is +inf wherever some p = 0 has log q > −inf, even if that q
+    rounded to 0.0 in Float64.
     """
     divergence = kl_divergence(q, log_q, log_p)
     if not q_has_full_support:
         return divergence
-    some_p_zero = pl.any_horizontal([lp == -math.inf for lp in log_p])
-    return pl.when(some_p_zero).then(math.inf).otherwise(divergence)
+    supported = pl.any_horizontal(
+        [(lp == -math.inf) & (lq > -math.inf) for lp, lq in zip(log_p, log_q, strict=True)]
+    )
+    return pl.when(supported).then(math.inf).otherwise(divergence)
 
 
 def cross_entropy(p: Sequence[pl.Expr], log_q: Sequence[pl.Expr]) -> pl.Expr:

@@ -32,7 +32,8 @@ NOT_NULLABLE = "not_nullable"
 IN_RANGE = "in_range(0.0, 1.0)"
 ROWS_SUM_TO_ONE = "rows_sum_to_one"
 KNOWN_LABEL = "known_label"
-FINITE = "finite"
+FINITE = "finite"  # logits: no NaN or +inf (−inf is a probability of 0)
+SOME_LOGIT_FINITE = "some_logit_finite"  # a row of logits that are all −inf has no distribution
 LIST_LENGTH = "list_length"
 WEIGHT_RULE = "weight_finite_non_negative"
 WEIGHT_DTYPES: tuple[pl.DataType, ...] = (*FLOAT_DTYPES, *INTEGER_DTYPES)
@@ -137,8 +138,8 @@ def _array_rules(
     if elements.is_list:
         rules[(column, LIST_LENGTH)] = (elements.namespace.len() == width).fill_null(True)
     if kind == "logit":
-        finite = (elements.min() > -math.inf) & (elements.max() < math.inf) & no_nan
-        rules[(column, FINITE)] = finite.fill_null(True)
+        rules[(column, FINITE)] = ((elements.max() < math.inf) & no_nan).fill_null(True)
+        rules[(column, SOME_LOGIT_FINITE)] = (elements.max() > -math.inf).fill_null(True)
         return rules
     in_range = (elements.min() >= 0.0) & (elements.max() <= 1.0) & no_nan
     rules[(column, IN_RANGE)] = in_range.fill_null(True)
@@ -220,7 +221,8 @@ def _logit_rules(schema: pl.Schema, columns: Sequence[str], width: int, toleranc
     rules: Rules = {}
     for c in columns:
         rules[(c, NOT_NULLABLE)] = _present(c, schema.get(c))
-        rules[(c, FINITE)] = pl.col(c).is_finite().fill_null(True)
+        rules[(c, FINITE)] = (pl.col(c) < math.inf).fill_null(True)  # NaN is not < inf
+    rules[(None, SOME_LOGIT_FINITE)] = (pl.max_horizontal(columns) > -math.inf).fill_null(True)
     return rules
 
 
@@ -263,9 +265,12 @@ def _compact(rules: Rules, columns: Sequence[str], kind: str, tolerance: float) 
     kept = {k: v for k, v in rules.items() if k[0] is not None and k[0] not in columns}
     if kind == "logit":
         # Huge finite logits can overflow a row sum (even to NaN, polars not adding left to
-        # right): Σ 0·x is 0 exactly when every cell is a number, not null, NaN or ±inf.
-        zero = pl.sum_horizontal([c * 0.0 for c in cells], ignore_nulls=False) == 0.0
-        return kept | {("classes", FINITE): zero.fill_null(False)}
+        # right), clipped ones cannot: the sum is a number exactly when every cell is one, not
+        # null or NaN. Then the largest cell tells +inf, and a row of −inf only.
+        clipped = pl.sum_horizontal([c.clip(-1.0, 1.0) for c in cells], ignore_nulls=False)
+        largest = pl.max_horizontal(cells)
+        valid = clipped.is_not_nan() & (largest < math.inf) & (largest > -math.inf)
+        return kept | {("classes", FINITE): valid.fill_null(False)}
     # Probabilities cannot overflow a sum: it is null or NaN where a cell is (min and max skip
     # both), and without nulls it is the per-row rule's sum (polars may add in another order,
     # so a sum within an ulp or two of the tolerance could be judged differently).

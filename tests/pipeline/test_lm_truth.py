@@ -163,8 +163,8 @@ def test_label_nll_is_kept_for_the_report_and_matches_scipy() -> None:
 
 
 @pytest.mark.parametrize("where", ["labels", "predictions"])
-@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
-def test_non_finite_logits_are_rejected_in_either_input(where: str, value: float) -> None:
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_nan_and_plus_inf_logits_are_rejected_in_either_input(where: str, value: float) -> None:
     labels, predictions, *_ = _logit_inputs(np.random.default_rng(4), 6, 4, pl.Float64)
     frame = labels if where == "labels" else predictions
     values = np.array(frame.get_column("logit").to_list())
@@ -176,6 +176,71 @@ def test_non_finite_logits_are_rejected_in_either_input(where: str, value: float
     failures = raised.value.failures
     assert "finite" in failures.get_column("check").to_list()
     assert failures.get_column("dataset").unique().to_list() == [where]
+
+
+@pytest.mark.parametrize("where", ["labels", "predictions"])
+def test_a_row_of_minus_inf_logits_is_rejected_in_either_input(where: str) -> None:
+    labels, predictions, *_ = _logit_inputs(np.random.default_rng(4), 6, 4, pl.Float64)
+    frame = labels if where == "labels" else predictions
+    values = np.array(frame.get_column("logit").to_list())
+    values[2] = -math.inf
+    frame = frame.with_columns(_array(values, "logit", pl.Float64))
+    inputs = (frame, predictions) if where == "labels" else (labels, frame)
+    with pytest.raises(InvalidDataError) as raised:
+        klrank.evaluate(*inputs, **QUIET)
+    failures = raised.value.failures
+    assert failures.select("dataset", "check", "row").unique().rows() == [
+        (where, "some_logit_finite", 2)
+    ]
+
+
+@pytest.mark.parametrize("dtype", [pl.Float16, pl.Float32, pl.Float64])
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_minus_inf_logits_are_probabilities_of_zero_and_match_scipy(
+    dtype: pl.DataType, hard: bool
+) -> None:
+    labels, predictions, z, q, label = _logit_inputs(np.random.default_rng(6), 40, 6, dtype)
+    rng = np.random.default_rng(7)
+    z[rng.random(z.shape) < 0.3] = -math.inf
+    z[np.arange(40), rng.integers(0, 6, 40)] = 0.0  # some class above −inf in every row
+    z[3] = -math.inf
+    z[3, label[3]] = 1.0  # one-hot truth at the token
+    for m, s in zip(MODELS, (0.3, 0.6), strict=True):
+        q[m][rng.random(z.shape) < s] = -math.inf
+        q[m][np.arange(40), rng.integers(0, 6, 40)] = 0.5
+    q["m0"][5] = z[5]  # the same support and values as the truth on a row
+    q["m1"][7] = -math.inf
+    q["m1"][7, label[7]] = 2.0  # one-hot at the label
+    labels = labels.with_columns(_array(z, "logit", dtype))
+    if hard:
+        labels = labels.drop("logit")
+    predictions = pl.concat(
+        pl.DataFrame({"id": np.arange(40), "model": [m] * 40}).with_columns(
+            _array(v, "logit", dtype)
+        )
+        for m, v in q.items()
+    )
+    rows = _rows(klrank.evaluate(labels, predictions, base="e", **QUIET))
+    with np.errstate(divide="ignore"):
+        log_p = np.log(np.eye(6)[label]) if hard else scipy.special.log_softmax(z, axis=1)
+        for model in MODELS:
+            mine = rows.filter(pl.col("model") == model)
+            log_q = scipy.special.log_softmax(q[model], axis=1)
+            want = _oracle(log_p, log_q, None if hard else label, False)
+            # D(Q‖P): +inf where Q puts any mass (a logit above −inf) on a class with p = 0.
+            want["reverse_kl"] = np.where(
+                ((log_p == -math.inf) & (q[model] > -math.inf)).any(axis=1),
+                math.inf,
+                want["reverse_kl"],
+            )
+            for name, values in want.items():
+                _close(mine.get_column(name).to_numpy(), values, f"{model} {name}")
+    one_hot = rows.filter((pl.col("model") == "m1") & (pl.col("id") == 7)).row(0, named=True)
+    if hard:  # Q one-hot at the label equals the hard truth
+        assert (one_hot["kl"], one_hot["reverse_kl"], one_hot["js"]) == (0.0, 0.0, 0.0)
+    same = rows.filter((pl.col("model") == "m0") & (pl.col("id") == 5)).row(0, named=True)
+    if not hard:
+        assert (same["kl"], same["reverse_kl"], same["js"], same["delta_p"]) == (0, 0, 0, 0)
 
 
 def test_wide_logit_labels_match_array_logit_labels() -> None:
@@ -252,3 +317,34 @@ def test_results_do_not_depend_on_the_batch_bytes(truth: str) -> None:
         want = (w[:, None] * terms).sum(axis=0) / w.sum()
         have = got.filter(pl.col("model") == model).get_column("contribution").to_numpy()
         np.testing.assert_allclose(have, want, rtol=1e-9)
+
+
+@pytest.mark.parametrize("layout", ["wide", "array"])
+def test_a_softmax_that_underflows_to_zero_still_has_support_there(layout: str) -> None:
+    # Truth (1/2, 1/2, 0); Q's third logit is 800 below the others: q = e^-800/(2 + e^-800), 0.0 in
+    # Float64 but above 0, so D(Q‖P) = +inf. A third logit of −inf is q = 0 exactly: D(Q‖P) = 0.
+    p = np.array([[0.5, 0.5, 0.0]] * 2)
+    z = np.array([[0.0, 0.0, -800.0], [0.0, 0.0, -math.inf]])
+    if layout == "wide":
+        labels = pl.DataFrame({"id": [0, 1]} | {f"prob_{k}": p[:, k] for k in range(3)})
+        predictions = pl.DataFrame(
+            {"id": [0, 1], "model": ["m", "m"]} | {f"logit_{k}": z[:, k] for k in range(3)}
+        )
+    else:
+        labels = pl.DataFrame({"id": [0, 1]}).with_columns(_array(p, "prob", pl.Float64))
+        predictions = pl.DataFrame({"id": [0, 1], "model": ["m", "m"]}).with_columns(
+            _array(z, "logit", pl.Float64)
+        )
+    rows = _rows(klrank.evaluate(labels, predictions, base="e", **QUIET))
+    assert rows.get_column("reverse_kl").to_list() == [math.inf, 0.0]
+    assert rows.get_column("kl").to_list() == [0.0, 0.0]
+    # And the other way round: truth from logits that underflow is above 0 there, so D(Q‖P) of
+    # a Q with mass on that class is finite: q·(ln q − ln p) with ln p = −800 − ln 2 (1 + e^-800).
+    truth = pl.DataFrame({"id": [0]}).with_columns(_array(z[:1], "logit", pl.Float64))
+    q = pl.DataFrame({"id": [0], "model": ["m"]}).with_columns(
+        _array(np.array([[0.25, 0.25, 0.5]]), "prob", pl.Float64)
+    )
+    reverse = _rows(klrank.evaluate(truth, q, base="e", **QUIET)).get_column("reverse_kl")[0]
+    log_p = np.array([-math.log(2), -math.log(2), -800 - math.log(2)])
+    want = float(np.sum(np.array([0.25, 0.25, 0.5]) * (np.log([0.25, 0.25, 0.5]) - log_p)))
+    assert reverse == pytest.approx(want, rel=1e-12)

@@ -4,7 +4,8 @@ The oracles: numpy of each definition (nll = −ln q(token), Δp = q(token) − 
 exp(mean nll), ...), statsmodels' WLS on a constant for every standard error (HC1, or CR1 by
 document), and ``benchmarks/llamacpp_numpy.py``, a numpy transcription of llama.cpp's
 ``--kl-divergence`` statistics, for the unweighted, unclustered case. The inputs have ties for
-the top token, Float16 logits, exact zeros, a single-token document and infinite nll.
+the top token, Float16 logits, logits of −inf, exact zeros, a single-token document and
+infinite nll.
 """
 
 import importlib.util
@@ -46,10 +47,19 @@ class Tokens:
     candidates with noise of increasing size, documents (one of a single token) and weights.
     ``z`` and ``logits`` hold the values as the input dtype stores them, in Float64."""
 
-    def __init__(self, seed: int, n: int = 90, k: int = 12, dtype: pl.DataType = pl.Float32):
+    def __init__(
+        self,
+        seed: int,
+        n: int = 90,
+        k: int = 12,
+        dtype: pl.DataType = pl.Float32,
+        masked: bool = False,
+    ):
         rng = np.random.default_rng(seed)
         as_numpy = {pl.Float16: np.float16, pl.Float32: np.float32, pl.Float64: np.float64}[dtype]
         z = (rng.standard_normal((n, k)) * 2.5).astype(as_numpy)
+        if masked:  # logits of −inf: masked tokens, probability 0, never the top one
+            z[(rng.random((n, k)) < 0.2) & (z < z.max(axis=1, keepdims=True))] = -np.inf
         z[0, :2] = z[0].max() + 1  # a tie for the top token
         self.z = z.astype(np.float64)
         log_p = scipy.special.log_softmax(self.z, axis=1)
@@ -58,6 +68,11 @@ class Tokens:
             m: (z + rng.standard_normal((n, k)) * s).astype(as_numpy).astype(np.float64)
             for m, s in zip(MODELS, (0.1, 0.5, 1.5), strict=True)
         }
+        if masked:  # the candidates mask other tokens too, but never the one that came next
+            for values in self.logits.values():
+                hidden = rng.random((n, k)) < 0.1
+                hidden[np.arange(n), self.label] = False
+                values[hidden] = -np.inf
         self.doc = np.concatenate([[0], rng.integers(1, 12, n - 1)])  # doc 0: one token
         self.region = rng.choice(["east", "west"], n)
         self.w = rng.integers(0, 4, n).astype(np.float64)
@@ -108,10 +123,13 @@ def _fit(y: np.ndarray, w: np.ndarray, groups: np.ndarray | None) -> tuple[float
     return float(fit.params[0]), float(fit.bse[0])
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["finite", "minus-inf"])
 @pytest.mark.parametrize("dtype", [pl.Float16, pl.Float32, pl.Float64])
 @pytest.mark.parametrize("base", ["e", "2"])
-def test_the_token_columns_are_llama_cpps_statistics(dtype: pl.DataType, base: str) -> None:
-    data = Tokens(1, dtype=dtype)
+def test_the_token_columns_are_llama_cpps_statistics(
+    dtype: pl.DataType, base: str, masked: bool
+) -> None:
+    data = Tokens(1, dtype=dtype, masked=masked)
     report = klrank.evaluate(data.labels, data.predictions, base=base, **QUIET).report
     llamacpp = _llamacpp()
     unit = 1.0 if base == "e" else math.log(2)

@@ -23,7 +23,14 @@ from klrank.pipeline.validation import (
     check_structure,
     summarise,
 )
-from klrank.schemas.inputs import FINITE, IN_RANGE, MAX_RULE_COLUMNS, NOT_NULLABLE, ROWS_SUM_TO_ONE
+from klrank.schemas.inputs import (
+    FINITE,
+    IN_RANGE,
+    MAX_RULE_COLUMNS,
+    NOT_NULLABLE,
+    ROWS_SUM_TO_ONE,
+    SOME_LOGIT_FINITE,
+)
 
 N_CLASSES = MAX_RULE_COLUMNS + 36  # past the point where the rules are fused by row reductions
 N_ROWS = 5
@@ -110,7 +117,7 @@ BAD_LOGITS = {
     "null": (None, {NOT_NULLABLE}),
     "nan": (math.nan, {NOT_NULLABLE, FINITE}),
     "plus_inf": (math.inf, {FINITE}),
-    "minus_inf": (-math.inf, {FINITE}),
+    "minus_inf": (-math.inf, set()),  # a probability of 0
     "huge_but_finite": (1e308, set()),
     "huge_but_finite_far_apart": (-1e308, set()),
 }
@@ -139,6 +146,17 @@ def test_wide_logit_rows_fail_exactly_where_a_cell_does(
         )
     found = _check("predictions", frame, kind="logit")
     assert found == {(check, BAD_ROW) for check in expected}
+
+
+def test_a_wide_row_of_logits_that_are_all_minus_inf_fails_as_having_no_distribution() -> None:
+    frame = _frame("logit_", model="m").with_columns(
+        pl.when(pl.col(ROW) == BAD_ROW)
+        .then(-math.inf)
+        .otherwise(pl.col(f"logit_{k}"))
+        .alias(f"logit_{k}")
+        for k in range(N_CLASSES)
+    )
+    assert _check("predictions", frame, kind="logit") == {(SOME_LOGIT_FINITE, BAD_ROW)}
 
 
 def test_wide_structure_failures_are_found_in_every_group_of_columns() -> None:
