@@ -124,6 +124,44 @@ def _table(rows: pl.DataFrame, unit: str, alpha: float) -> str:
     return "\n".join(lines)
 
 
+def _plus_minus(value: float | None, error: float | None) -> str:
+    return _number(value) if error is None else f"{_number(value)} ± {_number(error, 2)}"
+
+
+def _token_section(overall: pl.DataFrame, unit: str) -> list[str]:
+    """The token measures of the ``ALL`` rows (soft truth with the next token); none without."""
+    if not overall.height or overall.get_column("ppl").is_null().all():
+        return []
+    header = (
+        "<tr><th>rank</th><th class='model'>model</th>"
+        f"<th>mean nll ({html.escape(unit)})</th><th>PPL</th><th>PPL(Q)/PPL(P)</th>"
+        "<th>ln ratio</th><th>mean Δp</th><th>RMS Δp</th></tr>"
+    )
+    lines = ["<table class='tokens'>", f"<thead>{header}</thead>", "<tbody>"]
+    for r in overall.iter_rows(named=True):
+        cells = [
+            str(r["rank"]),
+            f"<td class='model'>{html.escape(r[MODEL])}</td>",
+            _plus_minus(r["mean_nll"], r["mean_nll_sem"]),
+            _plus_minus(r["ppl"], r["ppl_sem"]),
+            _number(r["ppl_ratio"]),
+            _plus_minus(r["ln_ppl_ratio"], r["ln_ppl_ratio_sem"]),
+            _plus_minus(r["mean_delta_p"], r["mean_delta_p_sem"]),
+            _plus_minus(r["rms_delta_p"], r["rms_delta_p_sem"]),
+        ]
+        row = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells)
+        lines.append(f"<tr>{row}</tr>")
+    lines += ["</tbody>", "</table>"]
+    return [
+        "<h2 id='next-token'>The next token</h2>",
+        "\n".join(lines),
+        "<p class='note'>nll = −log q(token that came next); PPL = exp(mean nll in nats); the "
+        "ln ratio, ln(PPL(Q)/PPL(P)) in nats, compares each model with the truth's "
+        "distribution P on the same tokens; Δp = q(token) − p(token). ± one standard "
+        "error.</p>",
+    ]
+
+
 def _mean_figure(overall: pl.DataFrame, unit: str) -> str:
     means = overall.get_column("mean_kl").to_list()
     notes = [
@@ -298,6 +336,7 @@ def report_html(
         "Holm-adjusted over the slice's models; ≈ best: not significantly worse at alpha "
         f"{alpha}. P(best) is the share of bootstrap replicates in which the model ranks first, "
         "and rank 95% the interval of its rank over them (--bootstrap).</p>",
+        *_token_section(overall, unit),
         "<h2 id='mean'>Mean KL with 95% confidence interval</h2>",
         divs["mean"],
         "<h2 id='distribution'>Distribution of per-row KL</h2>",

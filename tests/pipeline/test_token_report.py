@@ -291,3 +291,22 @@ def test_the_summary_shows_the_token_measures_computed_by_hand() -> None:
     )
     hard = klrank.evaluate(labels.drop("prob_0", "prob_1"), predictions, **QUIET)
     assert "The next token" not in hard.summary()
+
+
+def test_the_page_shows_the_token_measures_computed_by_hand(tmp_path: Path) -> None:
+    labels = pl.DataFrame(
+        {"id": [1, 2], "label": [0, 0], "prob_0": [0.5, 0.5], "prob_1": [0.5, 0.5]}
+    )
+    predictions = pl.DataFrame(
+        {"id": [1, 2], "model": ["m", "m"], "prob_0": [0.5, 0.25], "prob_1": [0.5, 0.75]}
+    )
+    evaluation = klrank.evaluate(labels, predictions, base="2", bootstrap=0, worst=0)
+    evaluation.publish(tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    table = page[page.index("<h2 id='next-token'>") : page.index("<h2 id='mean'>")]
+    # The numbers of the summary's test: 1.5 bits, PPL 2^1.5, ratio √2, Δp −1/8, RMS √(1/32).
+    cells = ["1.5 ± 0.5", "2.828 ± 0.98", "1.414", "0.3466 ± 0.35", "-0.125 ± 0.12", "0.1768"]
+    assert all(f"<td>{c}" in table for c in cells), table
+    hard = tmp_path / "hard"
+    klrank.evaluate(labels.drop("prob_0", "prob_1"), predictions, bootstrap=0).publish(hard)
+    assert "next-token" not in (hard / "report.html").read_text()
