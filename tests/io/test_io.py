@@ -1,5 +1,6 @@
 """Scanning inputs and publishing atomically."""
 
+import math
 import os
 import re
 import subprocess
@@ -8,7 +9,9 @@ import textwrap
 import threading
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from cli_helpers import corrupt_first_page
 from klrank.io import publishing, reading, targets, writing
@@ -190,6 +193,73 @@ def test_windows_of_many_files_are_slices_of_the_files_read_one_by_one(
     assert_frame_equal(scanned.subset(some).select(alike).collect(), rows)
     for start in range(0, rows.height + 1, 2):
         assert_frame_equal(scanned.windows(alike, some)(start, 3).collect(), rows.slice(start, 3))
+
+
+def _array_files(root: Path) -> list[tuple[Path, dict[str, str]]]:
+    """Files of a distribution column (``logit``, an Array) in row groups of 3 rows.
+
+    Some hold it as Float16 or Float64 (the whole input reads Float64), as a List, or lack the
+    ``note`` column; some have NaN, -inf or null in it; some are empty.
+    """
+    rng, written = np.random.default_rng(7), []
+    for model in ("a", "b"):
+        for part in range(6):
+            n = (part * 5 + len(model) + 1) % 8  # 0..7 rows: row groups of 3 split most files
+            values = rng.normal(size=(n, 4))
+            values[values > 1.5] = math.nan
+            values[values < -1.5] = -math.inf
+            dtype = (pl.Float32, pl.Float16, pl.Float64)[part % 3]
+            rows: list[list[float] | None] = values.tolist()
+            if part == 4 and n:  # a null row
+                rows[0] = None
+            logit = pl.Series("logit", rows, dtype=pl.Array(pl.Float64, 4))
+            logit = logit.cast(pl.Array(dtype, 4))
+            frame = pl.DataFrame({"id": [100 * part + i for i in range(n)]}).with_columns(logit)
+            if part % 2:
+                frame = frame.with_columns(note=pl.lit("x"))
+            path = root / f"model={model}" / f"part-{part:02d}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            frame.write_parquet(path, row_group_size=3)
+            written.append((path, {"model": model}))
+    return written
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["pyarrow", "big-row-groups-polars"])
+def test_windows_of_an_array_input_are_slices_of_the_files_read_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big: bool
+) -> None:
+    # Read row group by row group with pyarrow (or, past the size limit, by Polars' scan): a
+    # window that starts inside the row group the last one ended in reads the same rows.
+    if big:
+        monkeypatch.setattr(reading, "ARROW_ROW_GROUP_BYTES", 0)
+    files = _array_files(tmp_path)
+    assert max(pq.read_metadata(path).num_row_groups for path, _ in files) == 3  # 7 rows
+    scanned = reading.scan_parquet(str(tmp_path))
+    columns = ["id", "logit", "note", "model", ROW]
+    whole = _read_one_by_one(files).select(columns)
+    assert whole.schema["logit"] == pl.Array(pl.Float64, 4)
+    for size in (1, 2, 4, 5, whole.height):
+        window = scanned.windows(columns)
+        batches = list(reading.batches(window, scanned, size))
+        assert_frame_equal(pl.concat(batches), whole)
+        assert all(b.n_chunks() == 1 for b in batches)
+    a_files = [f for f in scanned.files if f.hive == {"model": "a"}]
+    a_rows = whole.filter(pl.col("model") == "a")
+    for start in range(0, a_rows.height + 1, 2):
+        window = scanned.windows(columns, a_files)
+        assert_frame_equal(window(start, 3).collect(), a_rows.slice(start, 3))
+
+
+def test_a_damaged_array_file_is_a_usage_error_naming_the_input(tmp_path: Path) -> None:
+    frame = pl.DataFrame({"id": [1, 2]}).with_columns(
+        pl.Series("logit", [[0.0, 1.0], [1.0, 0.0]], dtype=pl.Array(pl.Float32, 2))
+    )
+    frame.write_parquet(tmp_path / "part-0.parquet")
+    corrupt_first_page(tmp_path / "part-0.parquet")
+    scanned = reading.scan_parquet(str(tmp_path))
+    message = f"cannot read the Parquet data of {str(tmp_path)!r}"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        list(reading.batches(scanned.windows(["id", "logit"]), scanned, 1))
 
 
 def test_batches_of_many_files_are_the_rows_in_order(tmp_path: Path) -> None:
