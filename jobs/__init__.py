@@ -13,9 +13,10 @@ paired tests against the best model, slices and class contributions.
 internal: its names may change between releases.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from klrank import expr
 from klrank._version import __version__
-from klrank.evaluation import Evaluation, Source, evaluate
 from klrank.pipeline.errors import (
     EngineError,
     ExitCode,
@@ -40,3 +41,18 @@ __all__ = [
     "evaluate",
     "expr",
 ]
+
+if TYPE_CHECKING:
+    from klrank.evaluation import Evaluation, Source, evaluate
+
+_EVALUATION = ("Evaluation", "Source", "evaluate")
+
+
+def __getattr__(name: str) -> Any:
+    # klrank.evaluation is imported on first use, so that ``import klrank.cli`` by the console
+    # script (klrank.__main__) can first import pandera its own way (klrank.runtime.imports).
+    if name in _EVALUATION:
+        from klrank import evaluation
+
+        return getattr(evaluation, name)
+    raise AttributeError(f"module 'klrank' has no attribute {name!r}")

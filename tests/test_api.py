@@ -229,7 +229,7 @@ def test_a_wheel_holds_one_top_level_package_with_py_typed(tmp_path: Path) -> No
     assert "klrank/engines/local.py" in names and "klrank/cli/__init__.py" in names
     assert not [n for n in names if "/airflow/" in n or "/tests/" in n]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "klrank = klrank.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "klrank = klrank.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_classes_name_the_array_positions() -> None:
