@@ -100,10 +100,10 @@ bench: $(BENCH_STAMP) $(USER_STAMP) ## Time klrank (as installed by users) again
 	$(USER_VENV)/bin/pip install --quiet --force-reinstall --no-deps .  # not editable, this source
 	$(BIN)/python benchmarks/run.py --klrank $(USER_VENV)/bin/klrank $(ARGS)
 
-bench-lm: $(BENCH_STAMP) $(USER_STAMP) ## The language-model case of make bench: K = 32k and 128k logits, beside llama.cpp's statistics in numpy (ARGS="--lm-rows 500")
+bench-lm: $(BENCH_STAMP) $(USER_STAMP) ## The language-model case of make bench: K = 1k, 32k and 128k logits, beside llama.cpp's statistics in numpy (ARGS="--lm-rows 500")
 	rm -rf build
 	$(USER_VENV)/bin/pip install --quiet --force-reinstall --no-deps .
-	$(BIN)/python benchmarks/run.py --klrank $(USER_VENV)/bin/klrank --sizes lm32k,lm128k --repeat 3 $(ARGS)
+	$(BIN)/python benchmarks/run.py --klrank $(USER_VENV)/bin/klrank --sizes lm1k,lm32k,lm128k --repeat 3 $(ARGS)
 
 clean: ## Remove the environment and demo output
 	rm -rf $(VENV) $(AIRFLOW_VENV) $(MLFLOW_VENV) $(LM_VENV) $(USER_VENV) build demo-out

@@ -16,7 +16,7 @@ one column ``prob`` of type Array(Float64, K) instead of K columns.
 Rows are generated and written one row group at a time, so the 20m set never has to fit in
 memory; the random streams depend only on the seed and the (fixed) row-group size.
 
-A language-model set (:class:`LmDataSet`, the sizes ``lm-tiny``, ``lm32k`` and ``lm128k``) is one
+A language-model set (:class:`LmDataSet`, the sizes ``lm-tiny``, ``lm1k``, ``lm32k``, ``lm128k``) is one
 folder ``<data dir>/<name>/`` with, for N tokens and a vocabulary of K:
 
 - ``labels.parquet``: ``id`` (int64), ``label`` (int32, the token that came next, drawn from
@@ -119,6 +119,8 @@ SIZES: dict[str, DataSet | LmDataSet] = {
         DataSet("20m", 20_000_000, 10, 3, seed=20261128, run_pandas=False),
         DataSet("wide", 200_000, 1000, 2, seed=20261129, array_variant=True, run_pandas=False),
         LmDataSet("lm-tiny", 300, 50, 3, seed=20261130),
+        # As many values as lm128k, over a small vocabulary: the cost per value at K = 1,000.
+        LmDataSet("lm1k", 128_000, 1_000, 3, seed=20261133),
         LmDataSet("lm32k", 2_000, 32_000, 3, seed=20261131),
         LmDataSet("lm128k", 1_000, 128_000, 3, seed=20261132),
     )

@@ -14,7 +14,7 @@ whose docstring says why the harness cannot take them itself. After the first re
 mean KL per model of DuckDB and pandas+scipy must agree with klrank's ``report.parquet`` to
 ``--rtol``, or the run stops with exit code 1.
 
-The language-model sizes (``lm-tiny``, ``lm32k``, ``lm128k``: base logits as truth with the next
+The language-model sizes (``lm-tiny``, ``lm1k``, ``lm32k``, ``lm128k``: base logits as truth with the next
 token, candidates' logits) have contenders of their own: the read floor, klrank on that layout
 (``--truth soft --base e``; a klrank that cannot read logits as truth is shown as not run),
 klrank with the base given as probabilities (``klrank prob truth``, which every klrank reads),
@@ -56,9 +56,13 @@ KLRANK_NO_BOOTSTRAP = "klrank --bootstrap 0"
 # klrank that cannot read logits as truth also runs; and llama.cpp's statistics in numpy.
 KLRANK_PROB = "klrank prob truth"
 LLAMACPP = "llama.cpp numpy"
+# klrank where pandas is installed too, as in most users' environments (pandera imports pandas
+# whenever it can): --klrank-with-pandas, by default the klrank of the harness's environment.
+KLRANK_WITH_PANDAS = "klrank with pandas"
 CONTENDERS = (
     READ_FLOOR,
     KLRANK,
+    KLRANK_WITH_PANDAS,
     KLRANK_NO_BOOTSTRAP,
     KLRANK_RAY,
     DUCKDB,
@@ -66,11 +70,27 @@ CONTENDERS = (
     KLRANK_PROB,
     LLAMACPP,
 )
-TABULAR_CONTENDERS = (READ_FLOOR, KLRANK, KLRANK_NO_BOOTSTRAP, KLRANK_RAY, DUCKDB, PANDAS)
+TABULAR_CONTENDERS = (
+    READ_FLOOR,
+    KLRANK,
+    KLRANK_WITH_PANDAS,
+    KLRANK_NO_BOOTSTRAP,
+    KLRANK_RAY,
+    DUCKDB,
+    PANDAS,
+)
 LM_CONTENDERS = (READ_FLOOR, KLRANK, KLRANK_PROB, LLAMACPP)
 # The contenders that publish a report.parquet with `model` and `mean_kl` to check against klrank.
-CHECKED = (KLRANK_NO_BOOTSTRAP, KLRANK_RAY, DUCKDB, PANDAS, KLRANK_PROB, LLAMACPP)
-KLRANKS = (KLRANK, KLRANK_NO_BOOTSTRAP, KLRANK_RAY, KLRANK_PROB)
+CHECKED = (
+    KLRANK_WITH_PANDAS,
+    KLRANK_NO_BOOTSTRAP,
+    KLRANK_RAY,
+    DUCKDB,
+    PANDAS,
+    KLRANK_PROB,
+    LLAMACPP,
+)
+KLRANKS = (KLRANK, KLRANK_WITH_PANDAS, KLRANK_NO_BOOTSTRAP, KLRANK_RAY, KLRANK_PROB)
 # klrank's answer (exit 2) when the labels hold logits and it cannot read them as truth.
 NO_LOGIT_TRUTH = "no distribution columns found in labels"
 # "<size>-array" runs the array-layout copy of a size that has one (a `prob` Array column).
@@ -99,6 +119,7 @@ class Options:
     repeat: int
     data_dir: Path
     klrank: str
+    klrank_with_pandas: str
     rtol: float
     timeout_s: int
     out: Path | None
@@ -157,7 +178,14 @@ def is_lm(spec: bench_data.DataSet | bench_data.LmDataSet) -> bool:
     return isinstance(spec, bench_data.LmDataSet)
 
 
-def command(contender: str, folder: Path, out: Path, klrank: str, lm: bool = False) -> list[str]:
+def command(
+    contender: str,
+    folder: Path,
+    out: Path,
+    klrank: str,
+    lm: bool = False,
+    klrank_with_pandas: str | None = None,
+) -> list[str]:
     """The command line of ``contender`` on the data set in ``folder``, writing under ``out``.
 
     ``lm``: the data set is a language-model set (``bench_data.LmDataSet``).
@@ -178,6 +206,8 @@ def command(contender: str, folder: Path, out: Path, klrank: str, lm: bool = Fal
         return [PYTHON, str(HERE / "read_floor.py"), *inputs]
     if contender == KLRANK:
         return [klrank, "run", *inputs, "--out", str(out)]
+    if contender == KLRANK_WITH_PANDAS:
+        return [klrank_with_pandas or klrank, "run", *inputs, "--out", str(out)]
     if contender == KLRANK_RAY:
         return [klrank, "run", *inputs, "--out", str(out), "--engine", "ray"]
     if contender == KLRANK_NO_BOOTSTRAP:
@@ -283,7 +313,9 @@ def run_once(
     """Run ``result.contender`` once and record it; its mean KL per model where it has one."""
     out = work / "out"
     try:
-        argv = command(result.contender, folder, out, options.klrank, lm)
+        argv = command(
+            result.contender, folder, out, options.klrank, lm, options.klrank_with_pandas
+        )
         try:
             run = timed(argv, work / "contender.log", options.timeout_s)
         except ContenderFailed as failed:
@@ -441,6 +473,16 @@ def table(
             "probabilities from labels-prob.parquet"
         )
         notes.extend(by_name[LLAMACPP].notes if LLAMACPP in by_name else [])
+        values = spec.n_rows * spec.n_classes * (spec.n_models + 1)
+        costs = [
+            f"{r.contender} {r.median_s / values * 1e9:.1f} ns ({r.cpu_s / values * 1e9:.1f} ns CPU)"
+            for r in results
+            if r.runs
+        ]
+        notes.append(
+            f"cost per value (median wall s / the {values:,} values N × K × (M + 1) of the "
+            f"inputs): {', '.join(costs)}"
+        )
     return "\n".join([*lines, "", *(f"- {n}" for n in [*notes, *agreement] if n)])
 
 
@@ -467,6 +509,8 @@ def machine(options: Options) -> str:
             + ", ".join(f"{p} {_version(p)}" for p in packages)
             + " (the harness and the other contenders)",
             "- klrank's environment: " + _versions_of(options.klrank, runtime),
+            f"- {KLRANK_WITH_PANDAS}: `{options.klrank_with_pandas}`, whose environment has "
+            + _versions_of(options.klrank_with_pandas, ("klrank", "pandas", "pandera")),
             f"- klrank: `{options.klrank}`"
             + (f", source {_git_commit()}" if _from_this_checkout(options.klrank) else ""),
             f"- load average when it started: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
@@ -546,6 +590,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="klrank executable, e.g. one installed from another commit (default: %(default)s)",
     )
     parser.add_argument(
+        "--klrank-with-pandas",
+        default=default_klrank(),
+        help=f"the klrank of an environment that has pandas, for {KLRANK_WITH_PANDAS!r} "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--timeout",
         type=int,
         default=0,
@@ -558,8 +608,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--lm-rows",
         type=int,
-        help="tokens N of every language-model size (lm-tiny, lm32k, lm128k), instead of "
-        "its own (300, 2,000, 1,000)",
+        help="tokens N of every language-model size (lm-tiny, lm1k, lm32k, lm128k), instead of "
+        "its own (300, 128,000, 2,000, 1,000)",
     )
     args = parser.parse_args(argv)
     if args.lm_rows is not None and args.lm_rows < 1:
@@ -587,6 +637,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         repeat=args.repeat,
         data_dir=args.data_dir,
         klrank=args.klrank,
+        klrank_with_pandas=args.klrank_with_pandas,
         rtol=args.rtol,
         timeout_s=args.timeout,
         out=args.out,
