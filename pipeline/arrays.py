@@ -125,10 +125,12 @@ def _distribution(
     Probabilities: log p = log(p), −inf where p = 0. With ``epsilon`` > 0 the distribution is
     smoothed, q' = (q + ε)/(1 + K·ε), and log q' = log(q').
     """
-    np.copyto(prob if kind == "prob" else log, values)  # exact: to Float64
-    top: np.ndarray = (prob if kind == "prob" else log).argmax(axis=1)
-    if kind == "logit":  # the maximum is at the argmax: one pass fewer than max()
-        np.subtract(log, log[np.arange(log.shape[0]), top][:, None], out=log)
+    top: np.ndarray = values.argmax(axis=1)  # in the values' own dtype: exact, and fewer bytes
+    if kind == "prob":
+        np.copyto(prob, values)  # exact: to Float64
+    else:  # the maximum is at the argmax: one pass fewer than max(), and z − m cast on the way
+        top_value = values[np.arange(values.shape[0]), top].astype(np.float64)
+        np.subtract(values, top_value[:, None], out=log, dtype=np.float64)
         np.exp(log, out=prob)
         total = prob.sum(axis=1, keepdims=True)
         np.subtract(log, np.log(total), out=log)
