@@ -87,6 +87,8 @@ def _azure_filesystem(bucket: str, settings: Mapping[str, str]) -> Any:
             "az:// URLs need the storage account: set AZURE_STORAGE_ACCOUNT_NAME (or "
             "azure_storage_account_name in the [storage] table of the config file)"
         )
+    # Without a key or SAS token, pyarrow takes Azure's default credential chain (AZURE_CLIENT_ID
+    # and the rest, a managed identity, the az CLI), as obstore and Polars do.
     options: dict[str, str] = {}
     key = settings.get("AZURE_STORAGE_ACCOUNT_KEY") or settings.get("AZURE_STORAGE_ACCESS_KEY")
     sas = settings.get("AZURE_STORAGE_SAS_KEY") or settings.get("AZURE_STORAGE_SAS_TOKEN")
@@ -96,12 +98,6 @@ def _azure_filesystem(bucket: str, settings: Mapping[str, str]) -> Any:
         options["sas_token"] = sas
     elif emulator and account == AZURITE_ACCOUNT:
         options["account_key"] = AZURITE_KEY
-    for name in ("client_id", "client_secret", "tenant_id"):
-        value = settings.get(f"AZURE_STORAGE_{name.upper()}") or settings.get(
-            f"AZURE_{name.upper()}"
-        )
-        if value:
-            options[name] = value
     if emulator:  # as object_store: path-style URLs on http://127.0.0.1:10000 unless told
         url = urlsplit(settings.get("AZURITE_BLOB_STORAGE_URL") or "http://127.0.0.1:10000")
         for service in ("blob", "dfs"):
@@ -318,6 +314,23 @@ def _files_below(filesystem: Any, bucket: str, prefix: str) -> list[tuple[str, .
     ]
 
 
+def _type(filesystem: Any, path: str) -> Any:
+    """What pyarrow finds at ``path`` (``FileType``), a folder it misses included.
+
+    pyarrow's Azure file system (flat namespace) asks for the first blob whose name starts with
+    ``path`` and calls the folder missing if that one is not inside it: ``model=a`` is missed
+    when ``model=a b/...`` sorts first. Listing the folder itself finds it.
+    """
+    from pyarrow import fs
+
+    found = filesystem.get_file_info(path).type
+    if found == fs.FileType.NotFound and filesystem.get_file_info(
+        fs.FileSelector(path, allow_not_found=True)
+    ):
+        return fs.FileType.Directory
+    return found
+
+
 def list_files(url: str) -> list[Listed]:
     """The Parquet files an object-store URL names, in path order, with their hive folders.
 
@@ -345,7 +358,7 @@ def _listed(filesystem: Any, bucket: str, key: str, base: str, url: str) -> list
     if (
         key
         and _GLOB_CHARS & set(key)
-        and filesystem.get_file_info(f"{bucket}/{key}").type == (fs.FileType.NotFound)
+        and _type(filesystem, f"{bucket}/{key}") == fs.FileType.NotFound
     ):
         parts = key.split("/")
         fixed = next(i for i, part in enumerate(parts) if _GLOB_CHARS & set(part))
@@ -359,10 +372,10 @@ def _listed(filesystem: Any, bucket: str, key: str, base: str, url: str) -> list
             if _matches(pattern, found) and found[-1].endswith(".parquet") and _visible(found)
         )
         return [(file, found[:-1]) for file, found in matched]
-    info = filesystem.get_file_info(f"{bucket}/{key}".rstrip("/"))
-    if info.type == fs.FileType.File:
+    found = _type(filesystem, f"{bucket}/{key}".rstrip("/"))
+    if found == fs.FileType.File:
         return [(url, ())]
-    if info.type == fs.FileType.NotFound:
+    if found == fs.FileType.NotFound:
         raise UsageError(f"input path {url!r} does not exist")
     found = [
         parts
@@ -470,7 +483,7 @@ def kind(url: str) -> str:
 
     filesystem, bucket, key = _filesystem(url)
     try:
-        found = filesystem.get_file_info(f"{bucket}/{key}".rstrip("/")).type
+        found = _type(filesystem, f"{bucket}/{key}".rstrip("/"))
     except OSError as error:
         raise StorageError(f"cannot read {url!r}: {one_line(str(error))}") from None
     return {fs.FileType.File: "file", fs.FileType.Directory: "folder"}.get(found, "none")
