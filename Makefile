@@ -29,7 +29,7 @@ USER_STAMP := $(USER_VENV)/.installed
 LINT_TREE := build/lint
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-airflow test-mlflow test-lm lint examples bench bench-lm clean
+.PHONY: help demo test azurite test-airflow test-mlflow test-lm lint examples bench bench-lm clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,8 @@ $(AZURITE_STAMP):
 	rm -rf $(AZURITE_DIR) && mkdir -p $(AZURITE_DIR)
 	npm install --prefix $(AZURITE_DIR) --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
 	touch $(AZURITE_STAMP)
+
+azurite: $(AZURITE_STAMP) ## Install Azurite, Azure's Blob emulator, in .azurite with npm (make test does)
 
 $(AIRFLOW_STAMP): jobs/airflow/constraints.txt
 	$(PYTHON) -m venv $(AIRFLOW_VENV)

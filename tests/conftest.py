@@ -16,8 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from s3_helpers import AZURE_ACCOUNT, AZURE_ACCOUNT_KEY, AzuriteServer, ObjectServer, S3Server
-from s3_helpers import answers, free_port
+from s3_helpers import (
+    AZURE_ACCOUNT,
+    AZURE_ACCOUNT_KEY,
+    AzuriteServer,
+    ObjectServer,
+    S3Server,
+    answers,
+    free_port,
+)
 
 AZURITE = Path(__file__).parents[1] / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
 
@@ -40,7 +47,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
     """Azurite's Blob server on loopback, for the whole session, serving the tests' account."""
     if not AZURITE.exists():
-        pytest.fail(f"Azurite is not installed at {AZURITE}: run make .azurite/.installed-*")
+        pytest.fail(f"Azurite is not installed at {AZURITE}: run make azurite")
     port = free_port()
     folder = tmp_path_factory.mktemp("azurite")
     command = [

@@ -130,12 +130,12 @@ def show(
     names = [command] if command else list(commands)
     resolved = {n: merged_options(n, commands[n], maps.get(n)) for n in names}
     if as_json:
-        document = {
+        document: dict[str, dict[str, dict[str, Any]]] = {
             n: {k: {"value": None if v is MISSING else _json(v), "source": s} for k, v, s in opts}
             for n, opts in resolved.items()
         }
         stores = {k: {"value": v, "source": s} for k, v, s in storage.configured()}
-        document |= {"storage": stores} if stores else {}
+        document |= {"storage": stores} if stores else {}  # secrets shown as ***
         typer.echo(json.dumps({"config": str(path) if path else None} | document, indent=2))
         return
     typer.echo(_as_toml(path, resolved))

@@ -445,3 +445,53 @@ def test_an_unreachable_store_is_a_storage_error(
     assert result.returncode == 74, str(result)
     assert out in result.stderr
     _secrets_absent(object_server, result.stderr)
+
+
+def test_a_storage_table_in_the_config_file_configures_the_store_and_is_never_shown(
+    object_server: ObjectServer, tmp_path: Path
+) -> None:
+    # The file holds the server's variables, but its endpoint is dead: the environment, which
+    # sets only the live endpoint, must win over the file, as for klrank's own options.
+    endpoint = next(
+        k for k, v in object_server.unreachable_env().items() if object_server.env[k] != v
+    )
+    table = {k.lower(): v for k, v in object_server.unreachable_env().items()}
+    config = tmp_path / "klrank.toml"
+    config.write_text("[storage]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
+    bucket = object_server.new_bucket()
+    url = f"{object_server.scheme}://{bucket}/reports"
+    args = ("run", *_inputs(), *FAST, "--run-date", NIGHT, "--out", url, "--config", config)
+    live = {endpoint: object_server.env[endpoint]}
+    result = klrank(*args, "--json", env=live)
+    assert result.returncode == 0, str(result)
+    _complete_night(object_server, bucket, f"reports/run_date={NIGHT}")
+    published = "\n".join(
+        object_server.get(bucket, k).decode("utf-8", "replace")
+        for k in object_server.objects(bucket)
+    )
+    _secrets_absent(object_server, result.stdout, result.stderr, published)
+    # With the file alone, the dead endpoint is used: the file did configure the store.
+    dead = klrank(*args)
+    assert dead.returncode == 74, str(dead)
+    _secrets_absent(object_server, dead.stdout, dead.stderr)
+    shown = klrank("config", "show", "run", "--config", config, "--json", env=live)
+    assert shown.returncode == 0, str(shown)
+    _secrets_absent(object_server, shown.stdout, shown.stderr)
+    storage = json.loads(shown.stdout)["storage"]
+    for key, value in table.items():
+        secret = value in object_server.secrets
+        expected = "***" if secret else live.get(key.upper(), value)
+        source = f"environment {key.upper()}" if key.upper() in live else "config file"
+        assert storage[key] == {"value": expected, "source": source}
+    toml = klrank("config", "show", "run", "--config", config, env=live)
+    assert "[storage]" in toml.stdout and '= "***"' in toml.stdout
+    _secrets_absent(object_server, toml.stdout)
+
+
+def test_a_storage_key_that_configures_no_store_is_a_usage_error(tmp_path: Path) -> None:
+    config = tmp_path / "klrank.toml"
+    config.write_text('[storage]\nendpoint_url = "http://127.0.0.1:1"\n')
+    result = klrank("run", *_inputs(), "--out", tmp_path / "out", "--config", config)
+    assert result.returncode == 2, str(result)
+    assert "[storage] 'endpoint_url' configures no store" in result.stderr
+    assert not (tmp_path / "out").exists()
