@@ -193,7 +193,8 @@ def _delete(where: Place, keys: Sequence[str]) -> None:
     def delete() -> None:
         try:
             obstore.delete(store, full)
-        except (NotFoundError, FileNotFoundError):  # Azure's 404 (S3 deletes nothing quietly)
+        except (NotFoundError, FileNotFoundError):
+            # Azure's 404 for a missing blob fails its whole batch (S3 deletes nothing quietly).
             for key in full:
                 try:
                     obstore.delete(store, key)

@@ -94,8 +94,8 @@ def _azure_filesystem(bucket: str, settings: Mapping[str, str]) -> Any:
     sas = settings.get("AZURE_STORAGE_SAS_KEY") or settings.get("AZURE_STORAGE_SAS_TOKEN")
     if key:
         options["account_key"] = key
-    elif sas:
-        options["sas_token"] = sas
+    elif sas:  # pyarrow appends it to each URL as it is: it must start with "?"
+        options["sas_token"] = f"?{sas.removeprefix('?')}"
     elif emulator and account == AZURITE_ACCOUNT:
         options["account_key"] = AZURITE_KEY
     if emulator:  # as object_store: path-style URLs on http://127.0.0.1:10000 unless told
