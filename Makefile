@@ -11,6 +11,11 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 # client, mlflow-skinny (the mlflow extra), is in the main one.
 MLFLOW_VENV := .venv-mlflow
 MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
+# Azurite, Azure's Blob emulator, that the az:// tests start (conftest.py): an npm package, in
+# .azurite (about 190 MB, 20 s to install); Node.js and npm come from the system (.ci/run).
+AZURITE_DIR := .azurite
+AZURITE_VERSION := 3.35.0
+AZURITE_STAMP := $(AZURITE_DIR)/.installed-$(AZURITE_VERSION)
 # So has the language-model test (tests/tools/test_dump_logits_model.py): torch and transformers,
 # which klrank does not depend on, beside klrank and pytest (about 1.6 GB, torch 750 MB of it).
 LM_VENV := .venv-lm
@@ -24,7 +29,7 @@ USER_STAMP := $(USER_VENV)/.installed
 LINT_TREE := build/lint
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-airflow test-mlflow test-lm lint examples bench bench-lm clean
+.PHONY: help demo test azurite test-airflow test-mlflow test-lm lint examples bench bench-lm clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,8 +44,15 @@ demo: $(STAMP) ## Create the environment and rank the example models (prints the
 	$(BIN)/klrank run --labels examples/data/labels.parquet \
 	    --predictions examples/data/predictions --slice-by region --out demo-out
 
-test: $(STAMP) ## Create the environment and run the test suite (Airflow's, MLflow's, the LM's: make test-airflow, test-mlflow, test-lm)
+test: $(STAMP) $(AZURITE_STAMP) ## Create the environment and run the test suite (Airflow's, MLflow's, the LM's: make test-airflow, test-mlflow, test-lm)
 	$(BIN)/pytest
+
+$(AZURITE_STAMP):
+	rm -rf $(AZURITE_DIR) && mkdir -p $(AZURITE_DIR)
+	npm install --prefix $(AZURITE_DIR) --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
+	touch $(AZURITE_STAMP)
+
+azurite: $(AZURITE_STAMP) ## Install Azurite, Azure's Blob emulator, in .azurite with npm (make test does)
 
 $(AIRFLOW_STAMP): jobs/airflow/constraints.txt
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
@@ -106,4 +118,4 @@ bench-lm: $(BENCH_STAMP) $(USER_STAMP) ## The language-model case of make bench:
 	$(BIN)/python benchmarks/run.py --klrank $(USER_VENV)/bin/klrank --sizes lm1k,lm32k,lm128k --repeat 3 $(ARGS)
 
 clean: ## Remove the environment and demo output
-	rm -rf $(VENV) $(AIRFLOW_VENV) $(MLFLOW_VENV) $(LM_VENV) $(USER_VENV) build demo-out
+	rm -rf $(VENV) $(AIRFLOW_VENV) $(MLFLOW_VENV) $(LM_VENV) $(USER_VENV) $(AZURITE_DIR) build demo-out

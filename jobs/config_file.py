@@ -4,6 +4,8 @@ Top-level keys apply to every command that has the option; a ``[run]`` or ``[val
 applies to that command and wins over the top level. Keys are the long option names, with ``-``
 or ``_`` (``id-col`` or ``id_col``; ``rows = false`` for ``--no-rows``). Values are TOML values:
 strings, numbers, booleans, dates (``run-date = 2026-01-02``) and arrays for repeatable options.
+The ``[storage]`` table is no command's: it configures object stores
+(:func:`klrank.io.storage.configure`).
 
 >>> options = {"run": {"out": "out", "base": "base"}, "validate": {}}
 >>> default_maps({"base": "e", "run": {"out": "reports"}}, options, "klrank.toml")
@@ -19,6 +21,7 @@ from typing import Any
 from klrank.pipeline.errors import UsageError
 from klrank.pipeline.text import one_line
 
+STORAGE_TABLE = "storage"  # object stores' settings, not options: klrank.io.storage.configure
 # command name -> (key as written in a file, normalised) -> parameter name
 OptionNames = Mapping[str, Mapping[str, str]]
 
@@ -75,13 +78,17 @@ def default_maps(
         names no command.
     """
     maps: dict[str, dict[str, Any]] = {command: {} for command in options}
-    tables = {k: v for k, v in document.items() if isinstance(v, dict)}
+    tables = {k: v for k, v in document.items() if isinstance(v, dict) and k != STORAGE_TABLE}
     for key, value in document.items():
+        if key == STORAGE_TABLE:
+            if not isinstance(value, dict):
+                raise UsageError(f"config file {source!r}: {key} must be a table ([{key}])")
+            continue
         if key in tables:
             if key not in options:
                 raise UsageError(
                     f"config file {source!r}: unknown table [{key}]; "
-                    f"tables: {', '.join(f'[{c}]' for c in options)}"
+                    f"tables: {', '.join(f'[{c}]' for c in (*options, STORAGE_TABLE))}"
                 )
             continue
         known = [c for c in options if normalise(key) in options[c]]

@@ -1,41 +1,99 @@
-"""Fixtures shared across the test folders: a real S3 API server on loopback."""
+"""Fixtures shared across the test folders: real object-store servers on loopback.
+
+moto's S3 server and Azurite's Blob server start once a session, when a test first needs them;
+``object_server`` runs a test against each in turn. A server that is missing or does not start
+fails its tests: they are never skipped (moto comes with the ``test`` extra, Azurite with
+``make test``, which installs it in .azurite).
+"""
 
 import itertools
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
-from s3_helpers import S3Server, answers, free_port
+from s3_helpers import (
+    AZURE_ACCOUNT,
+    AZURE_ACCOUNT_KEY,
+    AzuriteServer,
+    ObjectServer,
+    S3Server,
+    answers,
+    free_port,
+)
+
+AZURITE = Path(__file__).parents[1] / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A real S3 API server (``python -m moto.server``) on loopback, for the whole session.
-
-    It fails loudly if moto is missing or the server does not start: such a test is never
-    skipped (moto comes with the ``test`` extra).
-    """
-    log = tmp_path_factory.mktemp("moto") / "server.log"
+    """A real S3 API server (``python -m moto.server``) on loopback, for the whole session."""
     port = free_port()
+    with _serving(
+        "moto S3",
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        port,
+        tmp_path_factory.mktemp("moto"),
+        {k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+    ):
+        yield S3Server(f"http://127.0.0.1:{port}", itertools.count())
+
+
+@pytest.fixture(scope="session")
+def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    """Azurite's Blob server on loopback, for the whole session, serving the tests' account."""
+    if not AZURITE.exists():
+        pytest.fail(f"Azurite is not installed at {AZURITE}: run make azurite")
+    port = free_port()
+    folder = tmp_path_factory.mktemp("azurite")
+    command = [
+        str(AZURITE),
+        *("--blobHost", "127.0.0.1", "--blobPort", str(port)),
+        "--inMemoryPersistence",
+        "--disableTelemetry",  # it would post to Azure otherwise
+        "--skipApiVersionCheck",  # obstore's and pyarrow's API versions may be newer
+    ]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE", "AZURITE"))}
+    environment["AZURITE_ACCOUNTS"] = f"{AZURE_ACCOUNT}:{AZURE_ACCOUNT_KEY}"
+    with _serving("Azurite", command, port, folder, environment):
+        yield AzuriteServer(f"http://127.0.0.1:{port}", itertools.count())
+
+
+@pytest.fixture(scope="module", params=["s3", "az"])
+def object_server(request: pytest.FixtureRequest) -> ObjectServer:
+    """Each object store in turn: moto's S3 (``s3://``), then Azurite (``az://``)."""
+    name = {"s3": "s3_server", "az": "azurite_server"}[request.param]
+    server: ObjectServer = request.getfixturevalue(name)
+    return server
+
+
+@contextmanager
+def _serving(
+    name: str, command: Sequence[str], port: int, folder: Path, env: dict[str, str]
+) -> Iterator[None]:
+    """Run a server for the block; fail the test if it does not answer on ``port``."""
+    log = folder / "server.log"
     with log.open("w") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            command,
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+            env=env,
+            cwd=folder,  # where a server writes its own files
         )
     try:
-        for _ in range(300):  # it starts in about a second; a dead server ends the wait at once
+        for _ in range(300):  # each starts in about a second; a dead server ends the wait at once
             if process.poll() is not None or answers(port):
                 break
             time.sleep(0.1)
         if process.poll() is not None or not answers(port):
-            pytest.fail(f"the moto S3 server did not start on port {port}:\n{log.read_text()}")
-        yield S3Server(f"http://127.0.0.1:{port}", itertools.count())
+            pytest.fail(f"the {name} server did not start on port {port}:\n{log.read_text()}")
+        yield
     finally:
         process.terminate()
         try:

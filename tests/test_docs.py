@@ -95,6 +95,14 @@ ILLUSTRATIVE = {
         "against moto's S3 server on loopback "
         "(test_a_report_from_a_bucket_is_the_report_from_the_same_files_on_disk)"
     ),
+    ("docs/inputs-and-outputs.md", "export AZURE_STORAGE_ACCOUNT_NAME="): (
+        "needs an Azure storage account; tests/io/test_object_storage.py runs such runs through "
+        "the CLI against Azurite, Azure's emulator, on loopback (its [az] cases)"
+    ),
+    ("docs/object-storage.md", "export AZURE_STORAGE_ACCOUNT_NAME="): (
+        "needs an Azure storage account; tests/io/test_bucket_publishing.py publishes, reads "
+        "back, runs history and --baseline auto through the CLI against Azurite (its [az] cases)"
+    ),
     ("docs/object-storage.md", "export AWS_ACCESS_KEY_ID="): (
         "needs an S3 bucket; tests/io/test_bucket_publishing.py publishes, reads back, runs "
         "history and --baseline auto through the CLI against moto's S3 server on loopback"

@@ -9,6 +9,7 @@ import typer
 from klrank.cli._compat import Command, MissingParameter, ParameterSource
 from klrank.cli.config_option import META_KEY, leaf_commands
 from klrank.cli.options import Config
+from klrank.io import storage
 from klrank.pipeline.text import one_line
 from typer.core import TyperOption
 
@@ -94,6 +95,13 @@ def _as_toml(path: object, resolved: Mapping[str, list[tuple[str, Any, str]]]) -
             else:
                 text = f"{key} = {_toml(value)}"
                 lines.append(f"{text:<{width + 3}}  # {source}")
+    stores = storage.configured()
+    if stores:
+        lines.append("\n[storage]  # secrets shown as ***")
+        width = max(len(k) + len(_toml(v)) for k, v, _ in stores)
+        for key, value, source in stores:
+            text = f"{key} = {_toml(value)}"
+            lines.append(f"{text:<{width + 3}}  # {source}")
     return "\n".join(lines)
 
 
@@ -122,10 +130,12 @@ def show(
     names = [command] if command else list(commands)
     resolved = {n: merged_options(n, commands[n], maps.get(n)) for n in names}
     if as_json:
-        document = {
+        document: dict[str, dict[str, dict[str, Any]]] = {
             n: {k: {"value": None if v is MISSING else _json(v), "source": s} for k, v, s in opts}
             for n, opts in resolved.items()
         }
+        stores = {k: {"value": v, "source": s} for k, v, s in storage.configured()}
+        document |= {"storage": stores} if stores else {}  # secrets shown as ***
         typer.echo(json.dumps({"config": str(path) if path else None} | document, indent=2))
         return
     typer.echo(_as_toml(path, resolved))

@@ -3,7 +3,7 @@
 The file (:mod:`klrank.config_file`) becomes the defaults of the command, so the precedence is
 click's own: command line, then ``KLRANK_*`` environment variables, then the file, then the
 defaults. Any option a command declares is covered, including options added later, with no code
-here. ``klrank config show`` (:mod:`klrank.cli.config_command`) prints the result.
+here. Its ``[storage]`` table sets the object stores' variables the environment lacks. ``klrank config show`` (:mod:`klrank.cli.config_command`) prints the result.
 """
 
 from collections.abc import Mapping
@@ -13,6 +13,7 @@ from typing import Any
 import typer
 from klrank import config_file
 from klrank.cli._compat import Command, ParameterSource
+from klrank.io import storage
 from klrank.pipeline.errors import UsageError
 from klrank.pipeline.text import one_line
 from typer.core import TyperGroup, TyperOption
@@ -77,11 +78,13 @@ def load_config(ctx: typer.Context, value: Path | None) -> Path | None:
         return value  # `klrank --config F run`: F, read by the root, beats KLRANK_CONFIG
     commands = leaf_commands(ctx)
     try:
+        document = config_file.read(value)
         maps = config_file.default_maps(
-            config_file.read(value),
+            document,
             {name: _option_keys(command) for name, command in commands.items()},
             str(value),
         )
+        storage.configure(document.get(config_file.STORAGE_TABLE, {}), str(value))
     except UsageError as error:
         raise typer.BadParameter(str(error)) from None
     _check_values(ctx, commands, maps, value)

@@ -1,8 +1,8 @@
-"""Publishing to object storage (``s3://``): a commit protocol that needs no rename.
+"""Publishing to object storage (``s3://``, ``az://``): a commit protocol that needs no rename.
 
 An object store has no rename and no lock, but it writes each object whole (a reader sees the
 old object or the new one, never a part), and it has conditional writes: create only if absent,
-replace only if unchanged since read (S3's ``If-None-Match`` and ``If-Match``). On those, a run
+replace only if unchanged since read (``If-None-Match`` and ``If-Match``, in S3 and Azure Blob). On those, a run
 publishing ``OUT/run_date=D/`` (the target) does this, and nothing else:
 
 1. **Lease.** It creates the lease object ``OUT/.run_date=D.klrank.lock`` (beside the target,
@@ -34,7 +34,8 @@ times, has read that run's files.
 
 The library is `obstore <https://developmentseed.org/obstore/>`_ (Rust's ``object_store``): it
 has the conditional writes pyarrow's file systems lack, multipart uploads, and no dependencies;
-it takes credentials and the endpoint from the same ``AWS_*`` variables as Polars and pyarrow.
+it takes credentials and the endpoint from the same variables as Polars and pyarrow (``AWS_*``
+for S3, ``AZURE_STORAGE_*`` for Azure: :data:`klrank.io.storage.STORES`).
 """
 
 import datetime as dt
@@ -99,12 +100,12 @@ class Place:
 
 
 def place(url: str) -> Place:
-    """The location an ``s3://`` URL names, checked as inputs are (no credentials in it).
+    """The location an object-store URL names, checked as inputs are (no credentials in it).
 
     Raises
     ------
     UsageError
-        Not an ``s3://`` URL, or one that names no bucket or carries credentials.
+        Not a URL klrank publishes to, or one that names no bucket or carries credentials.
     """
     bucket, key = storage.bucket_and_key(url)
     found = storage.scheme(url)
@@ -124,7 +125,7 @@ def _store(bucket_url: str, environment: tuple[tuple[str, str], ...]) -> Any:
 
 
 def _store_of(where: Place) -> Any:
-    return _store(where.bucket_url, storage.aws_environment())
+    return _store(where.bucket_url, storage.settings(storage.store_of(where.bucket_url)))
 
 
 def _call(where: Place, doing: str, step: Callable[[], T]) -> T:
@@ -182,11 +183,26 @@ def keys_below(where: Place) -> list[str]:
 
 
 def _delete(where: Place, keys: Sequence[str]) -> None:
+    """Delete the objects ``keys`` below ``where``; a key with no object is no error."""
     import obstore
+    from obstore.exceptions import NotFoundError
 
-    if keys:
-        full = [f"{where.key}/{k}" for k in keys]
-        _call(where, "delete in", lambda: obstore.delete(_store_of(where), full))
+    full = [f"{where.key}/{k}" for k in keys]
+    store = _store_of(where)
+
+    def delete() -> None:
+        try:
+            obstore.delete(store, full)
+        except (NotFoundError, FileNotFoundError):
+            # Azure's 404 for a missing blob fails its whole batch (S3 deletes nothing quietly).
+            for key in full:
+                try:
+                    obstore.delete(store, key)
+                except (NotFoundError, FileNotFoundError):
+                    pass
+
+    if full:
+        _call(where, "delete in", delete)
 
 
 def _copy(source: Place, target: Place) -> None:

@@ -1,11 +1,21 @@
-"""Where inputs live: local paths, ``file://`` URLs and ``s3://`` buckets.
+"""Where inputs live: local paths, ``file://`` URLs, ``s3://`` buckets and ``az://`` containers.
 
 A local path or ``file://`` URL is listed with the operating system (:mod:`klrank.io.reading`);
-an ``s3://`` URL is listed, and its Parquet footers read, with pyarrow's own S3 file system
-(pyarrow is a core dependency: no extra install), and its rows are read by Polars. Both take
-the credentials, region and endpoint the standard way, from the ``AWS_*`` environment variables
-(``AWS_ENDPOINT_URL`` for a server other than AWS, ``AWS_ALLOW_HTTP=true`` for Polars to talk
-plain http to it). A URL that carries credentials itself (``s3://KEY:SECRET@bucket/...`` or a
+an object-store URL is listed, and its Parquet footers read, with pyarrow's own file system of
+its store (pyarrow is a core dependency: no extra install), and its rows are read by Polars.
+Each store is one entry of ``STORES``: its URL scheme, what it calls a bucket, the environment
+variables that configure it, and how pyarrow's file system is made from them. Polars (reads)
+and obstore (publishing, :mod:`klrank.io.buckets`) read the same variables themselves.
+
+- ``s3://bucket/key``: the ``AWS_*`` variables (``AWS_ENDPOINT_URL`` for a server other than
+  AWS, ``AWS_ALLOW_HTTP=true`` for Polars to talk plain http to it).
+- ``az://container/key``: the ``AZURE_STORAGE_*`` variables (``AZURE_STORAGE_ACCOUNT_NAME``,
+  ``AZURE_STORAGE_ACCOUNT_KEY`` or ``AZURE_STORAGE_SAS_KEY``; without a key, Azure's default
+  credential chain; ``AZURE_STORAGE_USE_EMULATOR=true`` and ``AZURITE_BLOB_STORAGE_URL`` for
+  the Azurite emulator).
+
+The ``[storage]`` table of a config file sets the variables the environment does not
+(:func:`configure`). A URL that carries credentials itself (``s3://KEY:SECRET@bucket/...`` or a
 query string) is refused, so that none can reach a log, a message or the manifest.
 
 The listing rules are those of local folders: a file, a folder (a key prefix, read recursively)
@@ -18,7 +28,8 @@ import fnmatch
 import functools
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -31,9 +42,91 @@ _GLOB_CHARS = frozenset("*?[")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")  # two letters at least: not C:/
 # A query string (pyarrow reads "?access_key=...&secret_key=..."), not a "?" of a glob.
 _QUERY = re.compile(r"\?[A-Za-z_]+=[^/]*$")
-READABLE_SCHEMES = ("s3",)  # besides file://, which reads as a local path
+# Azurite's account and key: public, the same in every copy of the emulator.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+_SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "SAS")
 
 Listed = tuple[str, tuple[str, ...]]  # a file, and the folders between it and the hive root
+Settings = tuple[tuple[str, str], ...]  # a store's variables, sorted: a cache key
+
+
+@dataclass(frozen=True)
+class Store:
+    """One kind of object store: how its URLs are named and its clients configured."""
+
+    scheme: str
+    bucket: str  # what the store calls a bucket
+    prefixes: tuple[str, ...]  # of the environment variables that configure it
+    variables: str  # the main ones, for messages
+    filesystem: Callable[[str, Mapping[str, str]], Any]  # pyarrow's, for a bucket and settings
+
+
+def _s3_filesystem(bucket: str, settings: Mapping[str, str]) -> Any:
+    from pyarrow import fs
+
+    del settings  # pyarrow's S3 reads the AWS_* variables itself
+    return fs.FileSystem.from_uri(f"s3://{bucket}")[0]
+
+
+def _is_true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _azure_filesystem(bucket: str, settings: Mapping[str, str]) -> Any:
+    """The Azure file system of pyarrow, from the variables obstore and Polars read themselves."""
+    from pyarrow import fs
+
+    del bucket  # pyarrow's Azure file system is the whole account
+    emulator = _is_true(settings.get("AZURE_STORAGE_USE_EMULATOR"))
+    account = settings.get("AZURE_STORAGE_ACCOUNT_NAME") or (AZURITE_ACCOUNT if emulator else "")
+    if not account:
+        raise UsageError(
+            "az:// URLs need the storage account: set AZURE_STORAGE_ACCOUNT_NAME (or "
+            "azure_storage_account_name in the [storage] table of the config file)"
+        )
+    # Without a key or SAS token, pyarrow takes Azure's default credential chain (AZURE_CLIENT_ID
+    # and the rest, a managed identity, the az CLI), as obstore and Polars do.
+    options: dict[str, str] = {}
+    key = settings.get("AZURE_STORAGE_ACCOUNT_KEY") or settings.get("AZURE_STORAGE_ACCESS_KEY")
+    sas = settings.get("AZURE_STORAGE_SAS_KEY") or settings.get("AZURE_STORAGE_SAS_TOKEN")
+    if key:
+        options["account_key"] = key
+    elif sas:  # pyarrow appends it to each URL as it is: it must start with "?"
+        options["sas_token"] = f"?{sas.removeprefix('?')}"
+    elif emulator and account == AZURITE_ACCOUNT:
+        options["account_key"] = AZURITE_KEY
+    if emulator:  # as object_store: path-style URLs on http://127.0.0.1:10000 unless told
+        url = urlsplit(settings.get("AZURITE_BLOB_STORAGE_URL") or "http://127.0.0.1:10000")
+        for service in ("blob", "dfs"):
+            options[f"{service}_storage_authority"] = url.netloc
+            options[f"{service}_storage_scheme"] = url.scheme or "http"
+    return fs.AzureFileSystem(account, **options)
+
+
+STORES = {
+    store.scheme: store
+    for store in (
+        Store(
+            "s3",
+            "bucket",
+            ("AWS_",),
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...",
+            _s3_filesystem,
+        ),
+        Store(
+            "az",
+            "container",
+            ("AZURE_", "AZURITE_"),
+            "AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY, ...",
+            _azure_filesystem,
+        ),
+    )
+}
+READABLE_SCHEMES = tuple(STORES)  # besides file://, which reads as a local path
+WRITABLE_SCHEMES = tuple(STORES)  # publishing: klrank.io.buckets
 
 
 def scheme(path: str) -> str | None:
@@ -62,59 +155,129 @@ def local_path(url: str) -> str:
     return unquote(parts.path)
 
 
-def bucket_and_key(url: str) -> tuple[str, str]:
-    """The bucket and key (no leading ``/``) of an ``s3://`` URL, checked."""
+def _schemes(names: Sequence[str]) -> str:
+    return ", ".join(f"{n}://" for n in names)
+
+
+def store_of(url: str) -> Store:
+    """The store of an object-store URL.
+
+    Raises
+    ------
+    UsageError
+        A scheme klrank does not read.
+    """
     found = scheme(url)
-    if found not in READABLE_SCHEMES:
+    if found not in STORES:
         raise UsageError(
-            f"cannot read {url!r}: klrank reads s3:// and file:// URLs and local paths "
-            f"({found}:// is not supported yet)"
+            f"cannot read {url!r}: klrank reads {_schemes(READABLE_SCHEMES)} and file:// URLs "
+            f"and local paths ({found}:// is not supported yet)"
         )
+    return STORES[found]
+
+
+def bucket_and_key(url: str) -> tuple[str, str]:
+    """The bucket and key (no leading ``/``) of an object-store URL, checked."""
+    store = store_of(url)
+    found = store.scheme
     if not url.lower().startswith(f"{found}://"):
-        raise UsageError(f"{url!r} is not a URL: write {found}://bucket/key")
+        raise UsageError(f"{url!r} is not a URL: write {found}://{store.bucket}/key")
     rest = url[len(found) + 3 :]
     bucket, _, key = rest.partition("/")
     if "@" in bucket or _QUERY.search(url):
         # Never echo the URL here: it may hold a secret.
         raise UsageError(
             f"an {found}:// URL must not carry credentials or options: give them in the "
-            "AWS_* environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-            "AWS_ENDPOINT_URL, ...)"
+            f"environment variables ({store.variables}) or the [storage] table of the config file"
         )
     if not bucket:
-        raise UsageError(f"{url!r} names no bucket: write {found}://bucket/key")
+        raise UsageError(f"{url!r} names no {store.bucket}: write {found}://{store.bucket}/key")
     return bucket, key.strip("/")
 
 
-def aws_environment() -> tuple[tuple[str, str], ...]:
-    """The ``AWS_*`` variables, sorted: a key for caching clients per configuration."""
-    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+# --- settings: the environment, and the [storage] table of a config file -----------------------
+
+# The [storage] table: variable -> (its value in the file, whether the environment had its own)
+_configured: dict[str, tuple[str, bool]] = {}
+
+
+def configure(table: Mapping[str, Any], source: str) -> None:
+    """Take the ``[storage]`` table of a config file: store variables the environment lacks.
+
+    Keys are the variables' names in any case (``azure_storage_account_name``); the environment
+    wins over the file, as it does for klrank's own options. Each is set in this process's
+    environment, where Polars, obstore and pyarrow (and Ray's local workers) read it.
+
+    Raises
+    ------
+    UsageError
+        A key that configures no store, or a value that is a table or an array.
+    """
+    prefixes = tuple(p for store in STORES.values() for p in store.prefixes)
+    for key, value in table.items():
+        name = key.upper().replace("-", "_")
+        if not name.startswith(prefixes):
+            raise UsageError(
+                f"config file {source!r}: [storage] {key!r} configures no store; its keys are "
+                f"the stores' environment variables ({', '.join(f'{p}*' for p in prefixes)})"
+            )
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            text = str(value)
+        else:
+            raise UsageError(f"config file {source!r}: [storage] {key}: give a string")
+        ours = name in _configured and not _configured[name][1]  # set by an earlier file
+        own = name in os.environ and not ours
+        _configured[name] = (text, own)
+        if not own:
+            os.environ[name] = text
+
+
+def is_secret(name: str) -> bool:
+    """Whether a store variable holds a secret (never printed: ``klrank config show``)."""
+    return any(word in name.upper() for word in _SECRET_WORDS)
+
+
+def configured() -> list[tuple[str, str, str]]:
+    """(key, value, source) of each ``[storage]`` variable, secrets masked: for ``config show``."""
+    shown = []
+    for name, (text, own) in sorted(_configured.items()):
+        value = os.environ.get(name, text) if own else text
+        source = f"environment {name}" if own else "config file"
+        shown.append((name.lower(), "***" if is_secret(name) else value, source))
+    return shown
+
+
+def settings(store: Store) -> Settings:
+    """The variables of ``store``, sorted: what configures its clients, and their cache key."""
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(store.prefixes)))
 
 
 @functools.lru_cache(maxsize=8)
-def _s3(bucket: str, environment: tuple[tuple[str, str], ...]) -> Any:
-    """The S3 file system of pyarrow for ``bucket``, as the ``AWS_*`` variables set it.
+def _cached_filesystem(store: Store, bucket: str, environment: Settings) -> Any:
+    """The pyarrow file system of ``bucket``, as ``environment`` configures it.
 
-    One a bucket and environment: creating one resolves the bucket's region (a request).
+    One a bucket and environment: creating one may resolve the bucket's region (a request).
     """
-    del environment  # part of the cache's key only: pyarrow reads the variables itself
     try:
-        from pyarrow import fs
-    except ImportError as error:  # a pyarrow built without S3 (some conda builds)
+        return store.filesystem(bucket, dict(environment))
+    except (ImportError, AttributeError) as error:  # a pyarrow built without it (some conda)
         raise UsageError(
-            f"this pyarrow cannot read s3:// URLs ({one_line(str(error))}): install the "
-            "pyarrow wheel from PyPI (pip install --force-reinstall pyarrow)"
+            f"this pyarrow cannot read {store.scheme}:// URLs ({one_line(str(error))}): install "
+            "the pyarrow wheel from PyPI (pip install --force-reinstall pyarrow)"
         ) from None
-    try:
-        return fs.FileSystem.from_uri(f"s3://{bucket}")[0]
     except (OSError, ValueError) as error:
-        raise StorageError(f"cannot reach the bucket {bucket!r}: {one_line(str(error))}") from None
+        raise StorageError(
+            f"cannot reach the {store.bucket} {bucket!r}: {one_line(str(error))}"
+        ) from None
 
 
 def _filesystem(url: str) -> tuple[Any, str, str]:
     """The file system of ``url``, its bucket, and its key."""
+    store = store_of(url)
     bucket, key = bucket_and_key(url)
-    return _s3(bucket, aws_environment()), bucket, key
+    return _cached_filesystem(store, bucket, settings(store)), bucket, key
 
 
 def _visible(parts: Sequence[str]) -> bool:
@@ -151,8 +314,25 @@ def _files_below(filesystem: Any, bucket: str, prefix: str) -> list[tuple[str, .
     ]
 
 
+def _type(filesystem: Any, path: str) -> Any:
+    """What pyarrow finds at ``path`` (``FileType``), a folder it misses included.
+
+    pyarrow's Azure file system (flat namespace) asks for the first blob whose name starts with
+    ``path`` and calls the folder missing if that one is not inside it: ``model=a`` is missed
+    when ``model=a b/...`` sorts first. Listing the folder itself finds it.
+    """
+    from pyarrow import fs
+
+    found = filesystem.get_file_info(path).type
+    if found == fs.FileType.NotFound and filesystem.get_file_info(
+        fs.FileSelector(path, allow_not_found=True)
+    ):
+        return fs.FileType.Directory
+    return found
+
+
 def list_files(url: str) -> list[Listed]:
-    """The Parquet files an ``s3://`` URL names, in path order, with their hive folders.
+    """The Parquet files an object-store URL names, in path order, with their hive folders.
 
     The rules, and the order, of :func:`klrank.io.reading._list_files` for local paths: a glob
     is ordered by its matches' names, a folder's files as paths compare, part by part.
@@ -165,7 +345,7 @@ def list_files(url: str) -> list[Listed]:
         The store refused or could not be reached.
     """
     filesystem, bucket, key = _filesystem(url)
-    base = f"s3://{bucket}"
+    base = f"{store_of(url).scheme}://{bucket}"
     try:
         return _listed(filesystem, bucket, key, base, url)
     except OSError as error:
@@ -178,7 +358,7 @@ def _listed(filesystem: Any, bucket: str, key: str, base: str, url: str) -> list
     if (
         key
         and _GLOB_CHARS & set(key)
-        and filesystem.get_file_info(f"{bucket}/{key}").type == (fs.FileType.NotFound)
+        and _type(filesystem, f"{bucket}/{key}") == fs.FileType.NotFound
     ):
         parts = key.split("/")
         fixed = next(i for i, part in enumerate(parts) if _GLOB_CHARS & set(part))
@@ -192,10 +372,10 @@ def _listed(filesystem: Any, bucket: str, key: str, base: str, url: str) -> list
             if _matches(pattern, found) and found[-1].endswith(".parquet") and _visible(found)
         )
         return [(file, found[:-1]) for file, found in matched]
-    info = filesystem.get_file_info(f"{bucket}/{key}".rstrip("/"))
-    if info.type == fs.FileType.File:
+    found = _type(filesystem, f"{bucket}/{key}".rstrip("/"))
+    if found == fs.FileType.File:
         return [(url, ())]
-    if info.type == fs.FileType.NotFound:
+    if found == fs.FileType.NotFound:
         raise UsageError(f"input path {url!r} does not exist")
     found = [
         parts
@@ -207,18 +387,15 @@ def _listed(filesystem: Any, bucket: str, key: str, base: str, url: str) -> list
 
 
 def read_metadata(path: str) -> Any:
-    """The Parquet footer (``pyarrow.parquet.FileMetaData``) of a local file or an ``s3://`` one."""
+    """The Parquet footer (``pyarrow.parquet.FileMetaData``) of a local file or an object-store URL."""
     if not is_remote(path):
         return pq.read_metadata(path)
     filesystem, bucket, key = _filesystem(path)
     return pq.read_metadata(f"{bucket}/{key}", filesystem=filesystem)
 
 
-WRITABLE_SCHEMES = ("s3",)  # publishing: klrank.io.buckets
-
-
 def output_location(path: "str | os.PathLike[str]", option: str) -> "Path | str":
-    """Where an output option points: a local ``Path``, or an ``s3://`` URL (a string).
+    """Where an output option points: a local ``Path``, or an object-store URL (a string).
 
     A ``file://`` URL is its local path; ``path`` may have gone through ``pathlib.Path``, which
     folds ``s3://b`` into ``s3:/b``.
@@ -240,7 +417,7 @@ def output_location(path: "str | os.PathLike[str]", option: str) -> "Path | str"
             raise UsageError(f"{option}: {error}") from None
     if found not in WRITABLE_SCHEMES:
         raise UsageError(
-            f"{option}: klrank publishes to local folders and s3:// URLs "
+            f"{option}: klrank publishes to local folders and to {_schemes(WRITABLE_SCHEMES)} URLs "
             f"({found}:// is not supported yet)"
         )
     try:
@@ -249,8 +426,8 @@ def output_location(path: "str | os.PathLike[str]", option: str) -> "Path | str"
         raise UsageError(f"{option}: {error}") from None
     if not key:
         raise UsageError(
-            f"{option}: {url!r} is a whole bucket; klrank stages a report beside the folder it "
-            f"publishes, so name a folder in it (e.g. {found}://{bucket}/reports)"
+            f"{option}: {url!r} is a whole {STORES[found].bucket}; klrank stages a report beside "
+            f"the folder it publishes, so name a folder in it (e.g. {found}://{bucket}/reports)"
         )
     return f"{found}://{bucket}/{key}"
 
@@ -280,7 +457,7 @@ def check_input(path: str, option: str) -> None:
     Raises
     ------
     UsageError
-        A scheme other than ``s3://`` or ``file://``, or credentials or options in the URL.
+        A scheme klrank does not read, or credentials or options in the URL.
     """
     found = scheme(path)
     if found is None:
@@ -295,7 +472,7 @@ def check_input(path: str, option: str) -> None:
 
 
 def kind(url: str) -> str:
-    """What is at an ``s3://`` URL: ``"file"``, ``"folder"`` (a prefix holding keys) or ``"none"``.
+    """What is at an object-store URL: ``"file"``, ``"folder"`` (a prefix holding keys) or ``"none"``.
 
     Raises
     ------
@@ -306,14 +483,14 @@ def kind(url: str) -> str:
 
     filesystem, bucket, key = _filesystem(url)
     try:
-        found = filesystem.get_file_info(f"{bucket}/{key}".rstrip("/")).type
+        found = _type(filesystem, f"{bucket}/{key}".rstrip("/"))
     except OSError as error:
         raise StorageError(f"cannot read {url!r}: {one_line(str(error))}") from None
     return {fs.FileType.File: "file", fs.FileType.Directory: "folder"}.get(found, "none")
 
 
 def folders(url: str) -> list[str]:
-    """The names of the folders (key prefixes) directly below an ``s3://`` URL; none if missing."""
+    """The names of the folders (key prefixes) directly below an object-store URL; none if missing."""
     from pyarrow import fs
 
     filesystem, bucket, key = _filesystem(url)

@@ -31,7 +31,7 @@ from klrank.pipeline.bootstrap import poisson_weights, unit_hashes
 from klrank.pipeline.errors import EngineError, InvalidDataError, UsageError
 from klrank.run import run
 from polars.testing import assert_frame_equal
-from s3_helpers import S3Server
+from s3_helpers import ObjectServer
 from scipy.special import rel_entr
 
 QUANTILE_COLUMNS = ("median_kl", "p90_kl", "p95_kl", "p99_kl")
@@ -836,22 +836,22 @@ def test_the_bootstrap_draws_the_local_replicates_on_ray(tmp_path: Path, local_r
 
 @pytest.mark.slow
 def test_the_ray_engine_reads_from_and_publishes_to_a_bucket(
-    tmp_path: Path, s3_server: S3Server
+    tmp_path: Path, object_server: ObjectServer
 ) -> None:
-    # The real CLI, whose own local Ray's workers get the AWS_* variables as a cluster's would:
+    # The real CLI, whose own local Ray's workers get the store's variables as a cluster's would:
     # the parts read their rows from the bucket and upload rows.parquet/part-*.parquet to the
     # run's staging prefix; the night is the local engine's, as test_the_ray_report_equals_...
     labels, predictions = _inputs(tmp_path / "in", np.random.default_rng(1))
     local = _run(labels, predictions, tmp_path / "local")
-    bucket = s3_server.new_bucket()
-    s3_server.upload(tmp_path / "in", bucket, "in")
+    bucket = object_server.new_bucket()
+    object_server.upload(tmp_path / "in", bucket, "in")
     night = "reports/run_date=2026-03-01"
     result = klrank(
         "run",
         "--labels",
-        f"s3://{bucket}/in/{labels.relative_to(tmp_path / 'in').as_posix()}",
+        f"{object_server.scheme}://{bucket}/in/{labels.relative_to(tmp_path / 'in').as_posix()}",
         "--predictions",
-        f"s3://{bucket}/in/{predictions.relative_to(tmp_path / 'in').as_posix()}",
+        f"{object_server.scheme}://{bucket}/in/{predictions.relative_to(tmp_path / 'in').as_posix()}",
         "--slice-by",
         "region",
         "--engine",
@@ -861,17 +861,15 @@ def test_the_ray_engine_reads_from_and_publishes_to_a_bucket(
         "--run-date",
         "2026-03-01",
         "--out",
-        f"s3://{bucket}/reports",
-        env=s3_server.env,
+        f"{object_server.scheme}://{bucket}/reports",
+        env=object_server.env,
     )
     assert result.returncode == 0, str(result)
-    client = s3_server.client()
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="reports/")["Contents"]]
     downloaded = tmp_path / "downloaded"
-    for key in keys:
+    for key in object_server.objects(bucket, "reports/"):
         path = downloaded / key.removeprefix(f"{night}/")
         path.parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(bucket, key, str(path))
+        path.write_bytes(object_server.get(bucket, key))
     assert sorted(p.name for p in (downloaded / "rows.parquet").iterdir()) == [
         f"part-{i:05d}.parquet" for i in range(3)
     ]
@@ -879,5 +877,4 @@ def test_the_ray_engine_reads_from_and_publishes_to_a_bucket(
         (downloaded / "manifest.json").read_text()
     )["run_id"]
     _assert_equivalent(local, downloaded)
-    staged = client.list_objects_v2(Bucket=bucket, Prefix=".klrank-staging-")
-    assert staged["KeyCount"] == 0
+    assert [k for k in object_server.objects(bucket) if k.startswith(".klrank-staging-")] == []

@@ -1,4 +1,7 @@
-"""Inputs in object storage: ``s3://`` URLs against a real S3 API server on loopback (moto).
+"""Inputs in object storage: ``s3://`` and ``az://`` URLs against real servers on loopback.
+
+Each test runs against moto's S3 server and against Azurite, Azure's Blob emulator, in turn
+(``object_server``, tests/conftest.py).
 
 The oracle of every listing is the local one of the same tree (os.scandir and glob, tested on
 their own in test_io.py); the oracle of every report is the report of the same files read
@@ -23,7 +26,7 @@ from cli_helpers import (
 from klrank.io import reading
 from klrank.pipeline.errors import UsageError
 from polars.testing import assert_frame_equal
-from s3_helpers import S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, S3Server, free_port
+from s3_helpers import ObjectServer
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "data"
 JUNK = b"not parquet: reading this file would fail"
@@ -65,12 +68,14 @@ def _tree(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def layouts(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def layouts(
+    object_server: ObjectServer, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
     """The tree of :func:`_tree` on disk and in a bucket: (the local root, the bucket's URL)."""
     root = _tree(tmp_path_factory.mktemp("layouts") / "root")
-    bucket = s3_server.new_bucket()
-    s3_server.upload(root, bucket, "root")
-    return root, f"s3://{bucket}/root"
+    bucket = object_server.new_bucket()
+    object_server.upload(root, bucket, "root")
+    return root, f"{object_server.scheme}://{bucket}/root"
 
 
 def _relative(listed: list[tuple[str, tuple[str, ...]]], root: str) -> list[tuple[str, ...]]:
@@ -97,20 +102,23 @@ def _relative(listed: list[tuple[str, tuple[str, ...]]], root: str) -> list[tupl
     ],
 )
 def test_a_bucket_is_listed_as_the_same_tree_on_disk(
-    layouts: tuple[Path, str], s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, suffix: str
+    layouts: tuple[Path, str],
+    object_server: ObjectServer,
+    monkeypatch: pytest.MonkeyPatch,
+    suffix: str,
 ) -> None:
     local, url = layouts
-    for key, value in s3_server.env.items():
+    for key, value in object_server.env.items():
         monkeypatch.setenv(key, value)
     remote = _relative(reading._list_files(url + suffix), url)
     assert remote == _relative(reading._list_files(str(local) + suffix), str(local))
 
 
 def test_a_bucket_folder_lists_its_visible_parquet_files_in_path_order(
-    layouts: tuple[Path, str], s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+    layouts: tuple[Path, str], object_server: ObjectServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, url = layouts
-    for key, value in s3_server.env.items():
+    for key, value in object_server.env.items():
         monkeypatch.setenv(key, value)
     assert _relative(reading._list_files(url), url) == [
         ("/model=a/nested/part-2.parquet", "model=a", "nested"),
@@ -136,13 +144,13 @@ def test_a_bucket_folder_lists_its_visible_parquet_files_in_path_order(
 )
 def test_an_input_that_is_not_there_is_a_usage_error_as_on_disk(
     layouts: tuple[Path, str],
-    s3_server: S3Server,
+    object_server: ObjectServer,
     monkeypatch: pytest.MonkeyPatch,
     suffix: str,
     message: str,
 ) -> None:
     local, url = layouts
-    for key, value in s3_server.env.items():
+    for key, value in object_server.env.items():
         monkeypatch.setenv(key, value)
     for path in (str(local) + suffix, url + suffix):
         with pytest.raises(UsageError, match=re.escape(f"input path {path!r} {message}")):
@@ -152,10 +160,10 @@ def test_an_input_that_is_not_there_is_a_usage_error_as_on_disk(
 # The CLI end to end, in a subprocess with the variables a user sets.
 
 
-def _secrets_absent(*texts: str) -> None:
+def _secrets_absent(server: ObjectServer, *texts: str) -> None:
     for text in texts:
-        assert S3_SECRET_ACCESS_KEY not in text
-        assert S3_ACCESS_KEY_ID not in text
+        for secret in server.secrets:
+            assert secret not in text
 
 
 def _published_text(out: Path) -> str:
@@ -165,10 +173,10 @@ def _published_text(out: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def example_bucket(s3_server: S3Server) -> str:
+def example_bucket(object_server: ObjectServer) -> str:
     """examples/data in a bucket, under ``data/``; the bucket's name."""
-    bucket = s3_server.new_bucket()
-    s3_server.upload(EXAMPLES, bucket, "data")
+    bucket = object_server.new_bucket()
+    object_server.upload(EXAMPLES, bucket, "data")
     return bucket
 
 
@@ -196,27 +204,29 @@ def local_report(tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
 @pytest.mark.parametrize(
     "predictions",
     [
-        "s3://{bucket}/data/predictions/",
-        "s3://{bucket}/data/predictions",
-        "s3://{bucket}/data/predictions/model=*/*.parquet",
-        "s3://{bucket}/data/**/part-*.parquet",
+        "{scheme}://{bucket}/data/predictions/",
+        "{scheme}://{bucket}/data/predictions",
+        "{scheme}://{bucket}/data/predictions/model=*/*.parquet",
+        "{scheme}://{bucket}/data/**/part-*.parquet",
         "file://{examples}/predictions",
     ],
     ids=["folder", "prefix", "glob", "recursive-glob", "file-url"],
 )
 def test_a_report_from_a_bucket_is_the_report_from_the_same_files_on_disk(
-    s3_server: S3Server,
+    object_server: ObjectServer,
     example_bucket: str,
     local_report: pl.DataFrame,
     tmp_path: Path,
     predictions: str,
 ) -> None:
-    labels = f"s3://{example_bucket}/data/labels.parquet"
-    predictions = predictions.format(bucket=example_bucket, examples=EXAMPLES)
+    labels = f"{object_server.scheme}://{example_bucket}/data/labels.parquet"
+    predictions = predictions.format(
+        scheme=object_server.scheme, bucket=example_bucket, examples=EXAMPLES
+    )
     out = tmp_path / "out"
     args = ["--labels", labels, "--predictions", predictions, "--slice-by", "region"]
     result = klrank(
-        "run", *args, "--run-date", "2026-02-05", "--out", out, "--json", env=s3_server.env
+        "run", *args, "--run-date", "2026-02-05", "--out", out, "--json", env=object_server.env
     )
     assert result.returncode == 0, str(result)
     published = out / "run_date=2026-02-05"
@@ -225,27 +235,27 @@ def test_a_report_from_a_bucket_is_the_report_from_the_same_files_on_disk(
     assert manifest["inputs"]["labels"]["path"] == labels  # the URL, as given
     assert manifest["inputs"]["predictions"]["path"] == predictions
     assert manifest["inputs"]["predictions"]["rows"] == 900
-    _secrets_absent(result.stdout, result.stderr, _published_text(out))
+    _secrets_absent(object_server, result.stdout, result.stderr, _published_text(out))
 
 
 def test_a_missing_prefix_is_the_same_usage_error_as_a_missing_folder(
-    s3_server: S3Server, example_bucket: str, tmp_path: Path
+    object_server: ObjectServer, example_bucket: str, tmp_path: Path
 ) -> None:
     predictions = ["--predictions", EXAMPLES / "predictions", "--out", tmp_path / "out"]
     for missing in (
-        f"s3://{example_bucket}/data/no-such-labels/",
-        "s3://klrank-no-such-bucket/labels.parquet",
+        f"{object_server.scheme}://{example_bucket}/data/no-such-labels/",
+        f"{object_server.scheme}://klrank-no-such-bucket/labels.parquet",
         str(tmp_path / "no-such-labels"),
     ):
-        result = klrank("run", "--labels", missing, *predictions, env=s3_server.env)
+        result = klrank("run", "--labels", missing, *predictions, env=object_server.env)
         assert result.returncode == 2, str(result)
         assert result.stderr.splitlines()[-1] == f"klrank: input path {missing!r} does not exist"
-        _secrets_absent(result.stdout, result.stderr)
+        _secrets_absent(object_server, result.stdout, result.stderr)
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_data_in_a_bucket_fails_validation_with_its_cases_as_on_disk(
-    s3_server: S3Server, tmp_path: Path
+    object_server: ObjectServer, tmp_path: Path
 ) -> None:
     # Row 2's label probabilities sum to 1.5; model n's row 3 has a negative one (and so does
     # not sum to 1 either): three checks fail.
@@ -253,10 +263,13 @@ def test_bad_data_in_a_bucket_fails_validation_with_its_cases_as_on_disk(
     predictions = set_value(prob_predictions(), "prob_b", -0.1, id=3, model="n")
     write(labels, tmp_path / "local" / "labels.parquet")
     write(predictions, tmp_path / "local" / "predictions" / "part-0.parquet")
-    bucket = s3_server.new_bucket()
-    s3_server.upload(tmp_path / "local", bucket, "night")
+    bucket = object_server.new_bucket()
+    object_server.upload(tmp_path / "local", bucket, "night")
     found = {}
-    for where, root in [("disk", str(tmp_path / "local")), ("bucket", f"s3://{bucket}/night")]:
+    for where, root in [
+        ("disk", str(tmp_path / "local")),
+        ("bucket", f"{object_server.scheme}://{bucket}/night"),
+    ]:
         out = tmp_path / f"out-{where}"
         result = klrank(
             "run",
@@ -266,46 +279,48 @@ def test_bad_data_in_a_bucket_fails_validation_with_its_cases_as_on_disk(
             f"{root}/predictions",
             "--out",
             out,
-            env=s3_server.env,
+            env=object_server.env,
         )
         assert result.returncode == 1, str(result)
         assert "validation failed: 3 failed checks" in result.stderr, str(result)
         assert not (out / "report.parquet").exists()
         found[where] = pl.read_parquet(out / "_failures" / "failures.parquet")
-        _secrets_absent(result.stdout, result.stderr, _published_text(out))
+        _secrets_absent(object_server, result.stdout, result.stderr, _published_text(out))
     assert found["bucket"].columns == FAILURE_COLUMNS
     assert_frame_equal(found["bucket"], found["disk"])
     assert sorted(found["bucket"].get_column("id").cast(pl.Int64).to_list()) == [2, 3, 3]
 
 
 def test_a_damaged_file_in_a_bucket_is_a_usage_error_naming_the_input(
-    s3_server: S3Server, tmp_path: Path
+    object_server: ObjectServer, tmp_path: Path
 ) -> None:
     write(soft_labels(), tmp_path / "labels.parquet")
     write(prob_predictions(), tmp_path / "predictions" / "part-0.parquet")
     corrupt_first_page(tmp_path / "predictions" / "part-0.parquet")  # its footer is fine
-    bucket = s3_server.new_bucket()
-    s3_server.upload(tmp_path, bucket, "")
+    bucket = object_server.new_bucket()
+    object_server.upload(tmp_path, bucket, "")
     result = klrank(
         "run",
         "--labels",
-        f"s3://{bucket}/labels.parquet",
+        f"{object_server.scheme}://{bucket}/labels.parquet",
         "--predictions",
-        f"s3://{bucket}/predictions/",
+        f"{object_server.scheme}://{bucket}/predictions/",
         "--out",
         tmp_path / "out",
-        env=s3_server.env,
+        env=object_server.env,
     )
     assert result.returncode == 2, str(result)
-    assert f"cannot read the Parquet data of 's3://{bucket}/predictions/'" in result.stderr
+    url = f"{object_server.scheme}://{bucket}/predictions/"
+    assert f"cannot read the Parquet data of {url!r}" in result.stderr
 
 
 def test_credentials_in_a_url_are_refused_before_anything_logs_them(
-    s3_server: S3Server, example_bucket: str, tmp_path: Path
+    object_server: ObjectServer, example_bucket: str, tmp_path: Path
 ) -> None:
+    scheme, secret = object_server.scheme, object_server.secrets[-1]
     for labels in (
-        f"s3://{S3_ACCESS_KEY_ID}:{S3_SECRET_ACCESS_KEY}@{example_bucket}/data/labels.parquet",
-        f"s3://{example_bucket}/data/labels.parquet?secret_key={S3_SECRET_ACCESS_KEY}",
+        f"{scheme}://user:{secret}@{example_bucket}/data/labels.parquet",
+        f"{scheme}://{example_bucket}/data/labels.parquet?secret_key={secret}",
     ):
         result = klrank(
             "run",
@@ -315,11 +330,11 @@ def test_credentials_in_a_url_are_refused_before_anything_logs_them(
             EXAMPLES / "predictions",
             "--out",
             tmp_path / "out",
-            env=s3_server.env,
+            env=object_server.env,
         )
         assert result.returncode == 2, str(result)
         assert "must not carry credentials" in result.stderr
-        _secrets_absent(result.stdout, result.stderr)
+        _secrets_absent(object_server, result.stdout, result.stderr)
     assert not (tmp_path / "out").exists()
 
 
@@ -331,7 +346,7 @@ def test_a_scheme_klrank_does_not_read_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_evaluate_reads_urls_as_it_reads_paths(
-    s3_server: S3Server,
+    object_server: ObjectServer,
     example_bucket: str,
     local_report: pl.DataFrame,
     monkeypatch: pytest.MonkeyPatch,
@@ -339,19 +354,21 @@ def test_evaluate_reads_urls_as_it_reads_paths(
 ) -> None:
     import klrank
 
-    for key, value in s3_server.env.items():
+    for key, value in object_server.env.items():
         monkeypatch.setenv(key, value)
     evaluation = klrank.evaluate(
-        f"s3://{example_bucket}/data/labels.parquet",
-        f"s3://{example_bucket}/data/predictions/",
+        f"{object_server.scheme}://{example_bucket}/data/labels.parquet",
+        f"{object_server.scheme}://{example_bucket}/data/predictions/",
         slice_by=["region"],
     )
     assert_frame_equal(evaluation.report, local_report)
     published = evaluation.publish(tmp_path / "out", run_date="2026-02-05")
     assert isinstance(published, Path)
     assert_frame_equal(pl.read_parquet(published / "report.parquet"), local_report)
-    url = evaluation.publish(f"s3://{example_bucket}/out", run_date="2026-02-05")
-    assert url == f"s3://{example_bucket}/out/run_date=2026-02-05"
+    url = evaluation.publish(
+        f"{object_server.scheme}://{example_bucket}/out", run_date="2026-02-05"
+    )
+    assert url == f"{object_server.scheme}://{example_bucket}/out/run_date=2026-02-05"
     assert_frame_equal(pl.read_parquet(f"{url}/report.parquet"), local_report)
 
 
@@ -361,7 +378,9 @@ NIGHTS = ("2026-02-04", "2026-02-05")
 
 
 @pytest.fixture(scope="module")
-def nights(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def nights(
+    object_server: ObjectServer, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
     """Two nights published on disk and copied to a bucket: (the local root, its URL)."""
     root = tmp_path_factory.mktemp("nights") / "reports"
     for night, predictions in zip(
@@ -381,23 +400,23 @@ def nights(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> tup
             "0",
         )
         assert result.returncode == 0, str(result)
-    bucket = s3_server.new_bucket()
-    s3_server.upload(root, bucket, "reports")
-    return root, f"s3://{bucket}/reports"
+    bucket = object_server.new_bucket()
+    object_server.upload(root, bucket, "reports")
+    return root, f"{object_server.scheme}://{bucket}/reports"
 
 
 def test_history_of_nights_in_a_bucket_is_that_of_the_same_nights_on_disk(
-    s3_server: S3Server, nights: tuple[Path, str], tmp_path: Path
+    object_server: ObjectServer, nights: tuple[Path, str], tmp_path: Path
 ) -> None:
     local, url = nights
     documents = {}
     for where, root in [("disk", str(local)), ("bucket", url)]:
         chart = tmp_path / f"{where}.html"
-        result = klrank("history", root, "--chart", chart, "--json", env=s3_server.env)
+        result = klrank("history", root, "--chart", chart, "--json", env=object_server.env)
         assert result.returncode == 0, str(result)
         documents[where] = json.loads(result.stdout)
         assert documents[where]["root"] == root and chart.is_file()
-        _secrets_absent(result.stdout, result.stderr, chart.read_text())
+        _secrets_absent(object_server, result.stdout, result.stderr, chart.read_text())
     assert documents["bucket"]["nights"] == list(NIGHTS)
     for key in ("unit", "nights", "rows"):
         assert documents["bucket"][key] == documents["disk"][key]
@@ -405,24 +424,30 @@ def test_history_of_nights_in_a_bucket_is_that_of_the_same_nights_on_disk(
 
 
 def test_history_of_a_bucket_writes_its_chart_into_the_bucket_but_not_over_other_files(
-    s3_server: S3Server, nights: tuple[Path, str], tmp_path: Path
+    object_server: ObjectServer, nights: tuple[Path, str], tmp_path: Path
 ) -> None:
     local, url = nights
     assert klrank("history", str(local), "--chart", tmp_path / "disk.html").returncode == 0
-    result = klrank("history", url, env=s3_server.env)
+    result = klrank("history", url, env=object_server.env)
     assert result.returncode == 0, str(result)
-    bucket, key = url.removeprefix("s3://").split("/", 1)
-    chart = s3_server.client().get_object(Bucket=bucket, Key=f"{key}/history.html")
-    assert chart["Body"].read() == (tmp_path / "disk.html").read_bytes()
-    s3_server.client().put_object(Bucket=bucket, Key="notes.html", Body=b"a user's page")
-    other = klrank("history", url, "--chart", f"s3://{bucket}/notes.html", env=s3_server.env)
+    bucket, key = url.removeprefix(f"{object_server.scheme}://").split("/", 1)
+    chart = object_server.get(bucket, f"{key}/history.html")
+    assert chart == (tmp_path / "disk.html").read_bytes()
+    object_server.put(bucket, "notes.html", b"a user's page")
+    other = klrank(
+        "history",
+        url,
+        "--chart",
+        f"{object_server.scheme}://{bucket}/notes.html",
+        env=object_server.env,
+    )
     assert other.returncode == 2, str(other)
     assert "is not a chart klrank wrote" in other.stderr
 
 
 @pytest.mark.parametrize("name", ["run_date=2026-02-04", "run_date=2026-02-04/report.parquet"])
 def test_a_baseline_in_a_bucket_is_the_same_baseline_on_disk(
-    s3_server: S3Server, nights: tuple[Path, str], tmp_path: Path, name: str
+    object_server: ObjectServer, nights: tuple[Path, str], tmp_path: Path, name: str
 ) -> None:
     local, url = nights
     reports = {}
@@ -440,7 +465,7 @@ def test_a_baseline_in_a_bucket_is_the_same_baseline_on_disk(
             "0",
             "--out",
             out,
-            env=s3_server.env,
+            env=object_server.env,
         )
         assert result.returncode == 0, str(result)
         reports[where] = pl.read_parquet(out / "report.parquet")
@@ -448,13 +473,13 @@ def test_a_baseline_in_a_bucket_is_the_same_baseline_on_disk(
         root = url if where == "bucket" else str(local)
         assert manifest["baseline"]["path"] == f"{root}/run_date=2026-02-04/report.parquet"
         assert manifest["baseline"]["run_date"] == "2026-02-04"
-        _secrets_absent(result.stdout, result.stderr, _published_text(out))
+        _secrets_absent(object_server, result.stdout, result.stderr, _published_text(out))
     assert_frame_equal(reports["bucket"], reports["disk"])
     assert reports["bucket"].get_column("change_mean_kl").null_count() == 0
 
 
 def test_a_missing_baseline_in_a_bucket_is_a_usage_error(
-    s3_server: S3Server, nights: tuple[Path, str], tmp_path: Path
+    object_server: ObjectServer, nights: tuple[Path, str], tmp_path: Path
 ) -> None:
     _, url = nights
     for missing in (f"{url}/run_date=2026-01-01/", f"{url}/run_date=2026-02-04/other.parquet"):
@@ -468,7 +493,7 @@ def test_a_missing_baseline_in_a_bucket_is_a_usage_error(
             missing,
             "--out",
             tmp_path / "out",
-            env=s3_server.env,
+            env=object_server.env,
         )
         assert result.returncode == 2, str(result)
         assert f"--baseline: {missing!r} is neither a report.parquet nor a run folder" in (
@@ -477,34 +502,34 @@ def test_a_missing_baseline_in_a_bucket_is_a_usage_error(
 
 
 def test_an_unreachable_server_is_a_storage_error_to_retry(
-    s3_server: S3Server, tmp_path: Path
+    object_server: ObjectServer, tmp_path: Path
 ) -> None:
-    env = s3_server.env | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}  # no one there
+    labels = f"{object_server.scheme}://klrank-any/labels.parquet"
     result = klrank(
         "run",
         "--labels",
-        "s3://klrank-any/labels.parquet",
+        labels,
         "--predictions",
         EXAMPLES / "predictions",
         "--out",
         tmp_path / "out",
-        env=env,
+        env=object_server.unreachable_env(),  # no one there
     )
     assert result.returncode == 74, str(result)  # EX_IOERR: the machine, not the data
-    assert "cannot list 's3://klrank-any/labels.parquet'" in result.stderr
-    _secrets_absent(result.stdout, result.stderr)
+    assert f"cannot list {labels!r}" in result.stderr
+    _secrets_absent(object_server, result.stdout, result.stderr)
 
 
 def test_a_file_that_is_not_parquet_in_a_bucket_is_a_usage_error_as_on_disk(
-    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    object_server: ObjectServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     (tmp_path / "input").mkdir()
     (tmp_path / "input" / "part-0.parquet").write_bytes(JUNK)
-    bucket = s3_server.new_bucket()
-    s3_server.upload(tmp_path / "input", bucket, "input")
-    for key, value in s3_server.env.items():
+    bucket = object_server.new_bucket()
+    object_server.upload(tmp_path / "input", bucket, "input")
+    for key, value in object_server.env.items():
         monkeypatch.setenv(key, value)
-    for root in (str(tmp_path / "input"), f"s3://{bucket}/input"):
+    for root in (str(tmp_path / "input"), f"{object_server.scheme}://{bucket}/input"):
         message = f"cannot read {root + '/part-0.parquet'!r} as Parquet: Parquet magic bytes"
         with pytest.raises(UsageError, match=re.escape(message)):
             reading.scan_parquet(root)
