@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal, get_args
 
+import numpy as np
 import polars as pl
 from klrank.pipeline import divergence
 from klrank.pipeline.layout import MODEL, kl_term_col, p_col, q_col
@@ -228,7 +229,9 @@ def _merged_moments(prefix: str) -> list[pl.Expr]:
 
 # (slice name, the slice's counted rows) -> per-class sums of P, Q and the KL terms (nats), as
 # three lists in class order.
-ClassSums = Callable[[str, pl.DataFrame], tuple[Sequence[float], Sequence[float], Sequence[float]]]
+# Per class: a list, or a numpy array (the array measures' sums, which Polars takes whole).
+Floats = Sequence[float] | np.ndarray
+ClassSums = Callable[[str, pl.DataFrame], tuple[Floats, Floats, Floats]]
 CLASS = "class"
 
 
@@ -270,9 +273,7 @@ def column_class_sums(n_classes: int, weight: pl.Expr | None = None) -> ClassSum
     q = [weighted(pl.col(q_col(i)), weight).sum() for i in range(n_classes)]
     k = [weighted(pl.col(kl_term_col(i)), weight).sum() for i in range(n_classes)]
 
-    def sums(
-        name: str, rows: pl.DataFrame
-    ) -> tuple[Sequence[float], Sequence[float], Sequence[float]]:
+    def sums(name: str, rows: pl.DataFrame) -> tuple[Floats, Floats, Floats]:
         values = rows.select(
             pl.concat_list(p).alias("p"), pl.concat_list(q).alias("q"), pl.concat_list(k)
         ).row(0)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 from klrank.pipeline import divergence
-from klrank.pipeline.aggregate import ALL_ROWS, ClassSums
+from klrank.pipeline.aggregate import ALL_ROWS, ClassSums, Floats
 from klrank.pipeline.layout import ARGMAX_P, ENTROPY, ID, WEIGHT, Layout, unit_columns
 
 # The most bytes one block's Float64 N × K array may take: a block fits in a core's L2 cache.
@@ -188,6 +188,9 @@ def row_groups(rows: pl.DataFrame, slice_keys: Sequence[str], weighted: bool) ->
 def _group_sum(group: Group, start: int, stop: int, values: np.ndarray, total: np.ndarray) -> None:
     """Add the (weighted) column sums of a block's rows of ``group`` to ``total``."""
     _, index, weights = group
+    if index is None and values.shape[0] == 1:  # one row of a huge vocabulary: no temporary
+        np.add(total, values[0], out=total)
+        return
     if index is None:
         total += values.sum(axis=0)
         return
@@ -594,11 +597,8 @@ def row_measures(
         (pl.col(ENTROPY) + pl.col("kl")).alias("cross_entropy")
     )
 
-    def class_sums(
-        name: str, rows: pl.DataFrame
-    ) -> tuple[Sequence[float], Sequence[float], Sequence[float]]:
-        p, q, k = sums[name]
-        return p.tolist(), q.tolist(), k.tolist()
+    def class_sums(name: str, rows: pl.DataFrame) -> tuple[Floats, Floats, Floats]:
+        return sums[name]
 
     return rows, class_sums
 

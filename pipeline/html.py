@@ -229,6 +229,8 @@ def _shown_classes(contributions: pl.DataFrame) -> list[str]:
 def _contribution_figure(overall: pl.DataFrame, contributions: pl.DataFrame, unit: str) -> str:
     shown = _shown_classes(contributions)
     series = []
+    # Only the classes shown: a vocabulary of 128,000 tokens has as many contributions a model.
+    contributions = contributions.filter(pl.col(CLASS).is_in(shown))
     for model in overall.get_column(MODEL).to_list():
         values = dict(
             contributions.filter(pl.col(MODEL) == model).select(CLASS, "contribution").iter_rows()

@@ -236,7 +236,7 @@ def label_means(
     """
     checks = checked or _Stopwatch()
     selected = [*label_columns(layout), ROW]
-    size = batch_rows(len(layout.classes), measures.batch_bytes)
+    size = reading.aligned_rows(batch_rows(len(layout.classes), measures.batch_bytes), labels.files)
     sums = []
     with closing(reading.batches(labels.windows(selected), labels, size)) as batches:
         for batch in batches:
@@ -271,7 +271,11 @@ def _evaluate(
     def read(window: reading.Window, source: ParquetInput) -> reading.Batches:
         return streams.enter_context(closing(reading.batches(window, source, size)))
 
-    size = batch_rows(len(layout.classes), measures.batch_bytes)
+    # Batches of every input are paired row for row, so all are cut alike: on row group
+    # boundaries where all the files agree on them.
+    size = reading.aligned_rows(
+        batch_rows(len(layout.classes), measures.batch_bytes), [*labels.files, *predictions.files]
+    )
     label_selected = [*label_columns(layout), ROW]
     label_frame = labels.frame.select(label_selected)
     checked = _Stopwatch()

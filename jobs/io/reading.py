@@ -53,6 +53,7 @@ class ParquetFile:
     offset: int
     hive: dict[str, str]
     schema: str
+    row_groups: tuple[int, ...] = ()  # the rows of each of its row groups
 
     def constant(self, column: str) -> str | None:
         """The single value ``column`` holds in every row, if the hive path or statistics say so."""
@@ -195,7 +196,34 @@ def _describe(file: str, folders: Sequence[str], offset: int) -> ParquetFile:
     # own metadata (pandas records each file's index in it).
     fields = schema.remove_metadata().serialize().to_pybytes()
     digest = hashlib.blake2b(fields, digest_size=16).hexdigest()
-    return ParquetFile(path=file, n_rows=metadata.num_rows, offset=offset, hive=hive, schema=digest)
+    groups = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
+    return ParquetFile(
+        path=file,
+        n_rows=metadata.num_rows,
+        offset=offset,
+        hive=hive,
+        schema=digest,
+        row_groups=groups,
+    )
+
+
+def aligned_rows(size: int, files: Sequence[ParquetFile]) -> int:
+    """Rows per batch at most ``size``: a multiple of the files' row groups where they agree.
+
+    Where the row groups of all ``files`` (but each file's last) hold the same number of rows,
+    a batch of a multiple of that many starts and ends on row group boundaries, in an input of
+    one file (the usual layout of logits, written a row group at a time): it is read without
+    decoding a row group twice or joining two into one chunk. Else, or where a row group holds
+    more than ``size`` rows, ``size``: any size reads the same rows, only not as cheaply.
+
+    >>> files = [ParquetFile("a", 10, 0, {}, "", (4, 4, 2)), ParquetFile("b", 5, 10, {}, "", (5,))]
+    >>> aligned_rows(9, files), aligned_rows(3, files)
+    (8, 3)
+    """
+    groups = {rows for file in files for rows in file.row_groups[:-1]}
+    if len(groups) != 1 or min(groups) > size:
+        return size
+    return size - size % min(groups)
 
 
 def _runs(files: Sequence[ParquetFile]) -> list[list[ParquetFile]]:
