@@ -22,8 +22,8 @@ LM_VENV := .venv-lm
 LM_STAMP := $(LM_VENV)/.installed
 # The benchmark times klrank as users install it: the runtime dependencies only (with the ray
 # extra, for the Ray engine's contender; klrank imports Ray only when that engine runs). The main
-# environment also holds the test and benchmark extras (pandas among them), and pandera imports
-# pandas whenever it is installed, which would add ~0.3 s to every run that users never pay.
+# environment also holds the test and benchmark extras (pandas among them): its klrank is the
+# contender "klrank with pandas", as most users' environments have pandas.
 USER_VENV := .venv-user
 USER_STAMP := $(USER_VENV)/.installed
 LINT_TREE := build/lint
