@@ -250,6 +250,33 @@ def test_windows_of_an_array_input_are_slices_of_the_files_read_one_by_one(
         assert_frame_equal(window(start, 3).collect(), a_rows.slice(start, 3))
 
 
+def test_a_list_input_read_with_pyarrow_keeps_every_dtype_as_polars_reads_it(
+    tmp_path: Path,
+) -> None:
+    # pyarrow reads the file's Arrow schema as written by Polars: an Enum or a Categorical
+    # comes back as a dictionary, which must become the same Polars dtype again.
+    n = 7
+    frame = pl.DataFrame(
+        {
+            "id": [str(i) for i in range(n)],
+            "region": pl.Series(["eu", "us"] * 3 + ["eu"], dtype=pl.Enum(["eu", "us"])),
+            "tag": pl.Series(["a", "b"] * 3 + ["a"], dtype=pl.Categorical),
+            "logit": pl.Series(
+                [[float(i), 1.0, -math.inf] for i in range(n)], dtype=pl.List(pl.Float32)
+            ),
+            "at": pl.datetime_range(
+                pl.datetime(2026, 1, 1), pl.datetime(2026, 1, 7), "1d", eager=True, time_zone="UTC"
+            ),
+        }
+    )
+    frame.write_parquet(tmp_path / "labels.parquet", row_group_size=3)
+    scanned = reading.scan_parquet(str(tmp_path / "labels.parquet"))
+    columns = [*frame.columns, ROW]
+    batches = list(reading.batches(scanned.windows(columns), scanned, 2))
+    expected = frame.with_columns(pl.int_range(n, dtype=pl.Int64).alias(ROW))
+    assert_frame_equal(pl.concat(batches), expected)
+
+
 def test_a_damaged_array_file_is_a_usage_error_naming_the_input(tmp_path: Path) -> None:
     frame = pl.DataFrame({"id": [1, 2]}).with_columns(
         pl.Series("logit", [[0.0, 1.0], [1.0, 0.0]], dtype=pl.Array(pl.Float32, 2))
