@@ -37,7 +37,7 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev,ray,mlflow]'
+	$(BIN)/pip install --quiet -e '.[test,dev,ray,mlflow,gcs]'
 	touch $(STAMP)
 
 demo: $(STAMP) ## Create the environment and rank the example models (prints the table)

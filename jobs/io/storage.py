@@ -1,4 +1,4 @@
-"""Where inputs live: local paths, ``file://`` URLs, ``s3://`` buckets and ``az://`` containers.
+"""Where inputs live: local paths, ``file://`` URLs, ``s3://`` and ``gs://`` buckets, ``az://`` containers.
 
 A local path or ``file://`` URL is listed with the operating system (:mod:`klrank.io.reading`);
 an object-store URL is listed, and its Parquet footers read, with pyarrow's own file system of
@@ -13,6 +13,10 @@ and obstore (publishing, :mod:`klrank.io.buckets`) read the same variables thems
   ``AZURE_STORAGE_ACCOUNT_KEY`` or ``AZURE_STORAGE_SAS_KEY``; without a key, Azure's default
   credential chain; ``AZURE_STORAGE_USE_EMULATOR=true`` and ``AZURITE_BLOB_STORAGE_URL`` for
   the Azurite emulator).
+- ``gs://bucket/key``: Google's default credentials (``GOOGLE_APPLICATION_CREDENTIALS``, the
+  gcloud CLI's, or the metadata server's); ``STORAGE_EMULATOR_HOST`` for an emulator (no
+  credentials), as Google's own clients read it. Polars does not read that variable: klrank
+  passes it to Polars's options (:func:`polars_options`).
 
 The ``[storage]`` table of a config file sets the variables the environment does not
 (:func:`configure`). A URL that carries credentials itself (``s3://KEY:SECRET@bucket/...`` or a
@@ -24,8 +28,10 @@ that start with ``.`` or ``_`` (``_SUCCESS``, staging folders) are skipped, and 
 not named ``*.parquet``; ``key=value`` folders are hive keys.
 """
 
+import datetime as dt
 import fnmatch
 import functools
+import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +54,9 @@ AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
 _SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "SAS")
+EMULATOR_HOST = "STORAGE_EMULATOR_HOST"  # a GCS emulator's URL, as Google's clients read it
+# How long pyarrow's GCS retries a failed request (its own default is 15 minutes).
+GCS_RETRY_S = 15.0
 
 Listed = tuple[str, tuple[str, ...]]  # a file, and the folders between it and the hive root
 Settings = tuple[tuple[str, str], ...]  # a store's variables, sorted: a cache key
@@ -106,6 +115,43 @@ def _azure_filesystem(bucket: str, settings: Mapping[str, str]) -> Any:
     return fs.AzureFileSystem(account, **options)
 
 
+def emulator_url(settings: Mapping[str, str]) -> str | None:
+    """The GCS emulator's URL (``http://host:port``) that ``STORAGE_EMULATOR_HOST`` names, if any."""
+    host = (settings.get(EMULATOR_HOST) or "").strip().rstrip("/")
+    if not host:
+        return None
+    return host if "://" in host else f"http://{host}"
+
+
+def _gcs_filesystem(bucket: str, settings: Mapping[str, str]) -> Any:
+    """The GCS file system of pyarrow: Google's default credentials, or the emulator's endpoint."""
+    from pyarrow import fs
+
+    del bucket  # pyarrow's GCS file system is every bucket the credentials reach
+    retry = dt.timedelta(seconds=GCS_RETRY_S)
+    emulator = emulator_url(settings)
+    if emulator is None:
+        return fs.GcsFileSystem(retry_time_limit=retry)
+    url = urlsplit(emulator)
+    return fs.GcsFileSystem(
+        anonymous=True, endpoint_override=url.netloc, scheme=url.scheme, retry_time_limit=retry
+    )
+
+
+def polars_options(path: str) -> dict[str, str] | None:
+    """The ``storage_options`` Polars needs to read ``path``: None but for a GCS emulator.
+
+    Polars (Rust's object_store) ignores ``STORAGE_EMULATOR_HOST``; it reaches an emulator
+    through a service-account key that names the endpoint and turns authentication off.
+    """
+    emulator = emulator_url(os.environ) if scheme(path) == "gs" else None
+    if emulator is None:
+        return None
+    key = {"gcs_base_url": emulator, "disable_oauth": True}
+    key |= {"client_email": "", "private_key": "", "private_key_id": ""}
+    return {"google_service_account_key": json.dumps(key)}
+
+
 STORES = {
     store.scheme: store
     for store in (
@@ -122,6 +168,13 @@ STORES = {
             ("AZURE_", "AZURITE_"),
             "AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY, ...",
             _azure_filesystem,
+        ),
+        Store(
+            "gs",
+            "bucket",
+            ("GOOGLE_", EMULATOR_HOST),
+            "GOOGLE_APPLICATION_CREDENTIALS, STORAGE_EMULATOR_HOST, ...",
+            _gcs_filesystem,
         ),
     )
 }
@@ -496,6 +549,11 @@ def folders(url: str) -> list[str]:
     filesystem, bucket, key = _filesystem(url)
     root = f"{bucket}/{key}".rstrip("/")
     try:
+        if store_of(url).scheme == "gs":
+            # pyarrow's GCS lists one level down only the folders that have a marker object
+            # (as its create_dir writes): these are found from the keys below.
+            below = _files_below(filesystem, bucket, key)
+            return sorted({parts[0] for parts in below if len(parts) > 1})
         infos = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
     except OSError as error:
         raise StorageError(f"cannot list {url!r}: {one_line(str(error))}") from None
