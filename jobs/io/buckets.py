@@ -39,8 +39,9 @@ it takes credentials and the endpoint from the same variables as Polars and pyar
 for S3, ``AZURE_STORAGE_*`` for Azure: :data:`klrank.io.storage.STORES`).
 
 For ``gs://`` it is Google's client, ``google-cloud-storage`` (the ``gcs`` extra), through
-GCS's JSON API: obstore writes to GCS with its XML API, which the emulators do not serve (so
-no test could run), and :class:`_GcsBucket` answers the few obstore calls the protocol makes.
+GCS's JSON API (``ifGenerationMatch``): obstore writes to GCS with its XML API, which no GCS
+emulator that installs for the tests serves with its conditions, so it could not be tested
+there. :class:`_GcsBucket` answers the few obstore calls the protocol makes.
 """
 
 import datetime as dt
@@ -185,7 +186,8 @@ class _GcsBucket:
             raise UsageError(
                 "publishing to gs:// URLs needs Google's client: pip install 'klrank[gcs]'"
             ) from None
-        return _GcsBucket(gcs.Client().bucket(name))
+        # No project: objects need none, and Google's client would refuse credentials without one.
+        return _GcsBucket(gcs.Client(project=None).bucket(name))
 
     @staticmethod
     def _errors(step: Callable[[], T], key: str) -> T:
