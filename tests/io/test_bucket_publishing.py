@@ -301,6 +301,31 @@ def _dead_lease(s3: ObjectServer, bucket: str) -> None:
     s3.put(bucket, f"reports/.run_date={NIGHT}.klrank.lock", json.dumps(body).encode())
 
 
+def test_the_lease_is_created_only_if_absent_and_renewed_only_if_unchanged(
+    object_server: ObjectServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The two conditional writes the protocol stands on, in-process, at the lowest level:
+    # each store's own (If-None-Match/If-Match; GCS's ifGenerationMatch through its JSON API).
+    from klrank.io import buckets
+    from klrank.pipeline.errors import LockBusyError
+
+    for key, value in object_server.env.items():
+        monkeypatch.setenv(key, value)
+    bucket = object_server.new_bucket()
+    target = buckets.place(f"{object_server.scheme}://{bucket}/reports/run_date={NIGHT}")
+    with buckets.lease(target, ttl=600, timeout=60) as held:
+        with pytest.raises(LockBusyError, match="still held"):
+            with buckets.lease(target, ttl=600, timeout=0):
+                pass
+        held.renew()  # conditional on its own last version: renewed
+        held.renew()
+        object_server.put(bucket, held.where.key, b"another run's lease")
+        with pytest.raises(LockBusyError, match="taken over"):
+            held.renew()
+    # Released without deleting the other run's lease.
+    assert object_server.get(bucket, held.where.key) == b"another run's lease"
+
+
 def test_a_dead_runs_lease_expires_and_the_next_run_takes_it(object_server: ObjectServer) -> None:
     bucket = object_server.new_bucket()
     url = f"{object_server.scheme}://{bucket}/reports"
