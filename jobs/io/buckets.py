@@ -139,7 +139,7 @@ def _store_of(where: Place) -> Any:
 
 
 def _api(store: Any) -> Any:
-    """The functions that act on ``store``: obstore's, or :class:`_GcsBucket`'s, which mirror them."""
+    """The functions acting on ``store``: obstore's, or :class:`_GcsBucket`'s, which mirror them."""
     import obstore
 
     return _GcsBucket if isinstance(store, _GcsBucket) else obstore

@@ -1,11 +1,12 @@
-"""Where inputs live: local paths, ``file://`` URLs, ``s3://`` and ``gs://`` buckets, ``az://`` containers.
+"""Where inputs live: local paths, ``file://`` URLs, ``s3://``, ``az://`` and ``gs://`` stores.
 
 A local path or ``file://`` URL is listed with the operating system (:mod:`klrank.io.reading`);
 an object-store URL is listed, and its Parquet footers read, with pyarrow's own file system of
 its store (pyarrow is a core dependency: no extra install), and its rows are read by Polars.
 Each store is one entry of ``STORES``: its URL scheme, what it calls a bucket, the environment
 variables that configure it, and how pyarrow's file system is made from them. Polars (reads)
-and obstore (publishing, :mod:`klrank.io.buckets`) read the same variables themselves.
+and obstore or Google's client (publishing, :mod:`klrank.io.buckets`) read the same variables
+themselves.
 
 - ``s3://bucket/key``: the ``AWS_*`` variables (``AWS_ENDPOINT_URL`` for a server other than
   AWS, ``AWS_ALLOW_HTTP=true`` for Polars to talk plain http to it).
@@ -115,8 +116,8 @@ def _azure_filesystem(bucket: str, settings: Mapping[str, str]) -> Any:
     return fs.AzureFileSystem(account, **options)
 
 
-def emulator_url(settings: Mapping[str, str]) -> str | None:
-    """The GCS emulator's URL (``http://host:port``) that ``STORAGE_EMULATOR_HOST`` names, if any."""
+def _emulator_url(settings: Mapping[str, str]) -> str | None:
+    """The GCS emulator's URL (``http://host:port``) in ``STORAGE_EMULATOR_HOST``, if any."""
     host = (settings.get(EMULATOR_HOST) or "").strip().rstrip("/")
     if not host:
         return None
@@ -129,7 +130,7 @@ def _gcs_filesystem(bucket: str, settings: Mapping[str, str]) -> Any:
 
     del bucket  # pyarrow's GCS file system is every bucket the credentials reach
     retry = dt.timedelta(seconds=GCS_RETRY_S)
-    emulator = emulator_url(settings)
+    emulator = _emulator_url(settings)
     if emulator is None:
         return fs.GcsFileSystem(retry_time_limit=retry)
     url = urlsplit(emulator)
@@ -144,7 +145,7 @@ def polars_options(path: str) -> dict[str, str] | None:
     Polars (Rust's object_store) ignores ``STORAGE_EMULATOR_HOST``; it reaches an emulator
     through a service-account key that names the endpoint and turns authentication off.
     """
-    emulator = emulator_url(os.environ) if scheme(path) == "gs" else None
+    emulator = _emulator_url(os.environ) if scheme(path) == "gs" else None
     if emulator is None:
         return None
     key = {"gcs_base_url": emulator, "disable_oauth": True}
