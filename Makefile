@@ -13,6 +13,7 @@ MLFLOW_VENV := .venv-mlflow
 MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 # Azurite, Azure's Blob emulator, that the az:// tests start (conftest.py): an npm package, in
 # .azurite (about 190 MB, 20 s to install); Node.js and npm come from the system (.ci/run).
+# (fake-gcs-server, for the gs:// tests, is a wheel of the test extra: in $(VENV), not here.)
 AZURITE_DIR := .azurite
 AZURITE_VERSION := 3.35.0
 AZURITE_STAMP := $(AZURITE_DIR)/.installed-$(AZURITE_VERSION)
@@ -37,7 +38,7 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev,ray,mlflow]'
+	$(BIN)/pip install --quiet -e '.[test,dev,ray,mlflow,gcs]'
 	touch $(STAMP)
 
 demo: $(STAMP) ## Create the environment and rank the example models (prints the table)

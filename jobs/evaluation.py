@@ -530,7 +530,10 @@ class Evaluation:
         if self._rows_path is None:
             raise UsageError("this evaluation kept no rows: evaluate it with rows=True")
         if isinstance(self._rows_path, str):  # the Ray engine's parts, in a bucket
-            return pl.scan_parquet(f"{self._rows_path}/*.parquet")
+            return pl.scan_parquet(
+                f"{self._rows_path}/*.parquet",
+                storage_options=storage.polars_options(self._rows_path),
+            )
         if self._rows_path.is_dir():  # the Ray engine writes one part per task
             return pl.scan_parquet(self._rows_path / "*.parquet")
         return pl.scan_parquet(self._rows_path)

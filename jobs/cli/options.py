@@ -200,7 +200,7 @@ LeaseTtl = Annotated[
         "--lease-ttl",
         envvar="KLRANK_LEASE_TTL",
         min=0.001,
-        help="An s3:// or az:// --out: seconds a run's lease lives unrenewed; a lease unchanged this long "
+        help="An s3://, az:// or gs:// --out: seconds a run's lease lives unrenewed; a lease unchanged this long "
         "belonged to a dead run, and the next run takes it over.",
     ),
 ]

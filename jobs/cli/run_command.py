@@ -50,7 +50,7 @@ Out = Annotated[
         "--out",
         "-o",
         envvar="KLRANK_OUT",
-        help="Output directory of the report, or an s3:// or az:// URL (klrank.io.buckets).",
+        help="Output directory of the report, or an s3://, az:// or gs:// URL (klrank.io.buckets).",
         show_default=False,
     ),
 ]

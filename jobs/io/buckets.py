@@ -1,8 +1,9 @@
-"""Publishing to object storage (``s3://``, ``az://``): a commit protocol that needs no rename.
+"""Publishing to object storage (``s3://``, ``az://``, ``gs://``): a commit protocol without rename.
 
 An object store has no rename and no lock, but it writes each object whole (a reader sees the
 old object or the new one, never a part), and it has conditional writes: create only if absent,
-replace only if unchanged since read (``If-None-Match`` and ``If-Match``, in S3 and Azure Blob). On those, a run
+replace only if unchanged since read (``If-None-Match`` and ``If-Match`` in S3 and Azure Blob,
+``ifGenerationMatch`` in Google Cloud Storage). On those, a run
 publishing ``OUT/run_date=D/`` (the target) does this, and nothing else:
 
 1. **Lease.** It creates the lease object ``OUT/.run_date=D.klrank.lock`` (beside the target,
@@ -36,6 +37,11 @@ The library is `obstore <https://developmentseed.org/obstore/>`_ (Rust's ``objec
 has the conditional writes pyarrow's file systems lack, multipart uploads, and no dependencies;
 it takes credentials and the endpoint from the same variables as Polars and pyarrow (``AWS_*``
 for S3, ``AZURE_STORAGE_*`` for Azure: :data:`klrank.io.storage.STORES`).
+
+For ``gs://`` it is Google's client, ``google-cloud-storage`` (the ``gcs`` extra), through
+GCS's JSON API (``ifGenerationMatch``): obstore writes to GCS with its XML API, which no GCS
+emulator that installs for the tests serves with its conditions, so it could not be tested
+there. :class:`_GcsBucket` answers the few obstore calls the protocol makes.
 """
 
 import datetime as dt
@@ -56,7 +62,7 @@ from typing import Any, TypeVar
 
 from klrank.io import storage
 from klrank.io.targets import STAGING_PREFIX
-from klrank.pipeline.errors import LockBusyError, StorageError
+from klrank.pipeline.errors import LockBusyError, StorageError, UsageError
 from klrank.pipeline.text import one_line
 from klrank.runtime import events, interrupts
 from klrank.runtime.lock import LOCK_SUFFIX, POLL_S
@@ -119,13 +125,172 @@ def _store(bucket_url: str, environment: tuple[tuple[str, str], ...]) -> Any:
     from obstore.store import from_url
 
     try:
+        if storage.scheme(bucket_url) == "gs":
+            return _GcsBucket.of(bucket_url.removeprefix("gs://"))
         return from_url(bucket_url)
+    except UsageError:
+        raise
     except Exception as error:  # obstore's configuration errors have no common base
         raise StorageError(f"cannot reach the bucket {bucket_url!r}: {_brief(error)}") from None
 
 
 def _store_of(where: Place) -> Any:
     return _store(where.bucket_url, storage.settings(storage.store_of(where.bucket_url)))
+
+
+def _api(store: Any) -> Any:
+    """The functions acting on ``store``: obstore's, or :class:`_GcsBucket`'s, which mirror them."""
+    import obstore
+
+    return _GcsBucket if isinstance(store, _GcsBucket) else obstore
+
+
+class _Fetched(bytes):
+    """An object's bytes, read as obstore's ``get(...).bytes()`` reads them."""
+
+    def bytes(self) -> "_Fetched":
+        return self
+
+
+class _Listing(list[dict[str, Any]]):
+    """Objects listed, collected as obstore's ``list(...).collect()`` collects them."""
+
+    def collect(self) -> "_Listing":
+        return self
+
+
+@dataclass(frozen=True)
+class _GcsBucket:
+    """A GCS bucket, with the obstore functions the protocol calls as its methods (JSON API).
+
+    ``_GcsBucket.put(bucket, ...)`` answers ``obstore.put(store, ...)``, and so on: same
+    arguments, same results (an object's version, its ``e_tag``, is its GCS generation), same
+    errors (obstore's). Google's client reads ``GOOGLE_APPLICATION_CREDENTIALS`` and the rest of
+    Google's default credentials, and ``STORAGE_EMULATOR_HOST`` (then no credentials at all).
+    """
+
+    bucket: Any  # google.cloud.storage.Bucket
+
+    @staticmethod
+    def of(name: str) -> "_GcsBucket":
+        """The bucket ``name``, with a client configured by the environment.
+
+        Raises
+        ------
+        UsageError
+            ``google-cloud-storage`` (the ``gcs`` extra) is not installed.
+        """
+        try:
+            from google.cloud import storage as gcs
+        except ImportError:
+            raise UsageError(
+                "publishing to gs:// URLs needs Google's client: pip install 'klrank[gcs]'"
+            ) from None
+        # No project: objects need none, and Google's client would refuse credentials without one.
+        return _GcsBucket(gcs.Client(project=None).bucket(name))
+
+    @staticmethod
+    def _errors(step: Callable[[], T], key: str) -> T:
+        """Run ``step``, with Google's errors raised as obstore's."""
+        from google.api_core import exceptions as google
+        from obstore.exceptions import GenericError, NotFoundError, PreconditionError
+
+        try:
+            return step()
+        except google.NotFound:
+            raise NotFoundError(f"no object {key!r}") from None
+        except google.PreconditionFailed:
+            raise PreconditionError(f"the object {key!r} changed") from None
+        except google.GoogleAPIError as error:
+            raise GenericError(one_line(str(error))) from None
+
+    def put(self, key: str, data: "bytes | Path", *, mode: Any = None) -> dict[str, Any]:
+        """Write an object; ``mode`` "create" (only if absent) or ``{"e_tag": generation}``."""
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        blob = self.bucket.blob(key)
+        match = 0 if mode == "create" else None if mode is None else int(mode["e_tag"])
+
+        def write() -> None:
+            if isinstance(data, Path):
+                blob.upload_from_filename(str(data), if_generation_match=match, retry=_gcs_retry())
+            else:
+                blob.upload_from_string(data, if_generation_match=match, retry=_gcs_retry())
+
+        try:
+            self._errors(write, key)
+        except PreconditionError:
+            if match == 0:  # obstore's error for a create that found the object there
+                raise AlreadyExistsError(f"the object {key!r} exists") from None
+            raise
+        return {"e_tag": str(blob.generation)}
+
+    def get(self, key: str) -> _Fetched:
+        """The object's bytes."""
+        blob = self.bucket.blob(key)
+        return _Fetched(self._errors(lambda: blob.download_as_bytes(retry=_gcs_retry()), key))
+
+    def head(self, key: str) -> dict[str, Any]:
+        """The object's metadata: its ``e_tag`` (generation)."""
+        from obstore.exceptions import NotFoundError
+
+        blob = self._errors(lambda: self.bucket.get_blob(key, retry=_gcs_retry()), key)
+        if blob is None:
+            raise NotFoundError(f"no object {key!r}")
+        return {"path": key, "e_tag": str(blob.generation), "size": blob.size}
+
+    def list(self, prefix: str | None = None) -> _Listing:
+        """The objects whose keys start with ``prefix``."""
+
+        def listed() -> _Listing:
+            found = self.bucket.list_blobs(prefix=prefix, retry=_gcs_retry())
+            return _Listing({"path": b.name, "e_tag": str(b.generation)} for b in found)
+
+        return self._errors(listed, prefix or "")
+
+    def list_with_delimiter(self, prefix: str | None = None) -> dict[str, Any]:
+        """The "folders" (``common_prefixes``) directly below ``prefix``."""
+
+        def listed() -> dict[str, Any]:
+            found = self.bucket.list_blobs(prefix=prefix, delimiter="/", retry=_gcs_retry())
+            objects = [{"path": b.name} for b in found]  # iterating fills found.prefixes
+            return {"common_prefixes": sorted(found.prefixes), "objects": objects}
+
+        return self._errors(listed, prefix or "")
+
+    def delete(self, keys: "str | Sequence[str]") -> None:
+        """Delete objects; a key with no object is no error (as S3)."""
+        from obstore.exceptions import NotFoundError
+
+        for key in [keys] if isinstance(keys, str) else keys:
+            try:
+                self._errors(
+                    functools.partial(self.bucket.blob(key).delete, retry=_gcs_retry()), key
+                )
+            except NotFoundError:
+                pass
+
+    def copy(self, source: str, target: str) -> None:
+        """Copy an object within the bucket, on the server (a rewrite: any size)."""
+
+        def rewrite() -> None:
+            token = None
+            while True:
+                blob = self.bucket.blob(target)
+                token, _, _ = blob.rewrite(
+                    self.bucket.blob(source), token=token, retry=_gcs_retry()
+                )
+                if token is None:
+                    return
+
+        self._errors(rewrite, source)
+
+
+def _gcs_retry() -> Any:
+    """Google's retries of a failed request, for :data:`storage.GCS_RETRY_S` at most."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_timeout(storage.GCS_RETRY_S)
 
 
 def _call(where: Place, doing: str, step: Callable[[], T]) -> T:
@@ -145,12 +310,13 @@ def _brief(error: Exception) -> str:
 
 def read_bytes(where: Place) -> bytes | None:
     """The object at ``where``, or None if there is none."""
-    import obstore
     from obstore.exceptions import NotFoundError
+
+    store = _store_of(where)
 
     def get() -> bytes | None:
         try:
-            return bytes(obstore.get(_store_of(where), where.key).bytes())
+            return bytes(_api(store).get(store, where.key).bytes())
         except (NotFoundError, FileNotFoundError):
             return None
 
@@ -159,24 +325,22 @@ def read_bytes(where: Place) -> bytes | None:
 
 def put_bytes(where: Place, data: bytes) -> None:
     """Write one whole object (it replaces any object at ``where`` in one step)."""
-    import obstore
-
-    _call(where, "write", lambda: obstore.put(_store_of(where), where.key, data))
+    store = _store_of(where)
+    _call(where, "write", lambda: _api(store).put(store, where.key, data))
 
 
 def upload(file: Path, where: Place) -> None:
     """Copy a local file to ``where``, in parts when it is large; it appears whole, or not."""
-    import obstore
-
-    _call(where, "upload to", lambda: obstore.put(_store_of(where), where.key, file))
+    store = _store_of(where)
+    _call(where, "upload to", lambda: _api(store).put(store, where.key, file))
 
 
 def keys_below(where: Place) -> list[str]:
     """The keys of the objects below the folder ``where``, relative to it, in order."""
-    import obstore
+    store = _store_of(where)
 
     def listed() -> list[str]:
-        found = obstore.list(_store_of(where), f"{where.key}/").collect()
+        found = _api(store).list(store, f"{where.key}/").collect()
         return sorted(str(o["path"])[len(where.key) + 1 :] for o in found)
 
     return _call(where, "list", listed)
@@ -184,7 +348,6 @@ def keys_below(where: Place) -> list[str]:
 
 def _delete(where: Place, keys: Sequence[str]) -> None:
     """Delete the objects ``keys`` below ``where``; a key with no object is no error."""
-    import obstore
     from obstore.exceptions import NotFoundError
 
     full = [f"{where.key}/{k}" for k in keys]
@@ -192,12 +355,12 @@ def _delete(where: Place, keys: Sequence[str]) -> None:
 
     def delete() -> None:
         try:
-            obstore.delete(store, full)
+            _api(store).delete(store, full)
         except (NotFoundError, FileNotFoundError):
             # Azure's 404 for a missing blob fails its whole batch (S3 deletes nothing quietly).
             for key in full:
                 try:
-                    obstore.delete(store, key)
+                    _api(store).delete(store, key)
                 except (NotFoundError, FileNotFoundError):
                     pass
 
@@ -206,9 +369,8 @@ def _delete(where: Place, keys: Sequence[str]) -> None:
 
 
 def _copy(source: Place, target: Place) -> None:
-    import obstore
-
-    _call(target, "copy to", lambda: obstore.copy(_store_of(target), source.key, target.key))
+    store = _store_of(target)
+    _call(target, "copy to", lambda: _api(store).copy(store, source.key, target.key))
 
 
 def delete_object(where: Place) -> None:
@@ -238,7 +400,6 @@ class Lease:
 
     def renew(self) -> None:
         """Rewrite the lease, conditional on its last version; raises LockBusyError if taken."""
-        import obstore
         from obstore.exceptions import NotFoundError, PreconditionError
 
         with self.lock:
@@ -246,7 +407,7 @@ class Lease:
                 raise self._taken()
             store = _store_of(self.where)
             try:
-                done = obstore.put(store, self.where.key, self.body, mode={"e_tag": self.e_tag})
+                done = _api(store).put(store, self.where.key, self.body, mode={"e_tag": self.e_tag})
             except (PreconditionError, NotFoundError):
                 self.lost.set()
                 raise self._taken() from None
@@ -292,7 +453,6 @@ def _holder(body: bytes | None) -> str:
 
 def _try_take(where: Place, body: bytes, seen: dict[str, Any] | None) -> str | None:
     """Create the lease (``seen`` None) or replace the stale version ``seen``; its e-tag, or None."""
-    import obstore
     from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
 
     store = _store_of(where)
@@ -300,7 +460,7 @@ def _try_take(where: Place, body: bytes, seen: dict[str, Any] | None) -> str | N
 
     def put() -> str | None:
         try:
-            return str(obstore.put(store, where.key, body, mode=mode)["e_tag"])
+            return str(_api(store).put(store, where.key, body, mode=mode)["e_tag"])
         except (AlreadyExistsError, PreconditionError, NotFoundError):
             return None
 
@@ -309,12 +469,13 @@ def _try_take(where: Place, body: bytes, seen: dict[str, Any] | None) -> str | N
 
 def _current(where: Place) -> dict[str, Any] | None:
     """The lease object's metadata (its e-tag), or None if there is none."""
-    import obstore
     from obstore.exceptions import NotFoundError
+
+    store = _store_of(where)
 
     def head() -> dict[str, Any] | None:
         try:
-            return dict(obstore.head(_store_of(where), where.key))
+            return dict(_api(store).head(store, where.key))
         except (NotFoundError, FileNotFoundError):
             return None
 
@@ -396,14 +557,13 @@ def staging_place(target: Place, out: Place, run_id: str) -> Place:
 
 def _staged_runs(target: Place, out: Place) -> list[Place]:
     """The staging prefixes of earlier runs of ``target`` that are still there."""
-    import obstore
-
     parent = out.parent
     prefix = f"{parent.key}/" if parent.key else ""
     lead = f"{STAGING_PREFIX}{staging_key(target, out)}-"
 
     def listed() -> list[str]:
-        found = obstore.list_with_delimiter(_store_of(parent), prefix or None)
+        store = _store_of(parent)
+        found = _api(store).list_with_delimiter(store, prefix or None)
         return [str(p)[len(prefix) :].rstrip("/") for p in found["common_prefixes"]]
 
     names = _call(parent, "list", listed)

@@ -274,6 +274,7 @@ def _scan(run: Sequence[ParquetFile], start: int = 0, length: int | None = None)
         row_index_name=ROW,
         row_index_offset=run[0].offset,
         include_file_paths=_PATH if varying else None,
+        storage_options=storage.polars_options(run[0].path),
     )
     if start or length is not None:
         frame = frame.slice(start, length)
@@ -641,7 +642,8 @@ def read_report(path: Path | str, columns: Sequence[str]) -> tuple[pl.DataFrame,
                 f"cannot read the report {str(path)!r}: no column {missing[0]!r} (is it a "
                 "klrank report.parquet?)"
             )
-        frame = pl.read_parquet(path, columns=list(columns), glob=False)
+        options = storage.polars_options(os.fspath(path))
+        frame = pl.read_parquet(path, columns=list(columns), glob=False, storage_options=options)
     except (OSError, ValueError, pl.exceptions.PolarsError) as error:
         raise UsageError(f"cannot read the report {str(path)!r}: {one_line(str(error))}") from None
     return frame, metadata

@@ -1,11 +1,12 @@
-"""Where inputs live: local paths, ``file://`` URLs, ``s3://`` buckets and ``az://`` containers.
+"""Where inputs live: local paths, ``file://`` URLs, ``s3://``, ``az://`` and ``gs://`` stores.
 
 A local path or ``file://`` URL is listed with the operating system (:mod:`klrank.io.reading`);
 an object-store URL is listed, and its Parquet footers read, with pyarrow's own file system of
 its store (pyarrow is a core dependency: no extra install), and its rows are read by Polars.
 Each store is one entry of ``STORES``: its URL scheme, what it calls a bucket, the environment
 variables that configure it, and how pyarrow's file system is made from them. Polars (reads)
-and obstore (publishing, :mod:`klrank.io.buckets`) read the same variables themselves.
+and obstore or Google's client (publishing, :mod:`klrank.io.buckets`) read the same variables
+themselves.
 
 - ``s3://bucket/key``: the ``AWS_*`` variables (``AWS_ENDPOINT_URL`` for a server other than
   AWS, ``AWS_ALLOW_HTTP=true`` for Polars to talk plain http to it).
@@ -13,6 +14,10 @@ and obstore (publishing, :mod:`klrank.io.buckets`) read the same variables thems
   ``AZURE_STORAGE_ACCOUNT_KEY`` or ``AZURE_STORAGE_SAS_KEY``; without a key, Azure's default
   credential chain; ``AZURE_STORAGE_USE_EMULATOR=true`` and ``AZURITE_BLOB_STORAGE_URL`` for
   the Azurite emulator).
+- ``gs://bucket/key``: Google's default credentials (``GOOGLE_APPLICATION_CREDENTIALS``, the
+  gcloud CLI's, or the metadata server's); ``STORAGE_EMULATOR_HOST`` for an emulator (no
+  credentials), as Google's own clients read it. Polars does not read that variable: klrank
+  passes it to Polars's options (:func:`polars_options`).
 
 The ``[storage]`` table of a config file sets the variables the environment does not
 (:func:`configure`). A URL that carries credentials itself (``s3://KEY:SECRET@bucket/...`` or a
@@ -24,8 +29,10 @@ that start with ``.`` or ``_`` (``_SUCCESS``, staging folders) are skipped, and 
 not named ``*.parquet``; ``key=value`` folders are hive keys.
 """
 
+import datetime as dt
 import fnmatch
 import functools
+import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +55,9 @@ AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
 _SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "SAS")
+EMULATOR_HOST = "STORAGE_EMULATOR_HOST"  # a GCS emulator's URL, as Google's clients read it
+# How long pyarrow's GCS retries a failed request (its own default is 15 minutes).
+GCS_RETRY_S = 15.0
 
 Listed = tuple[str, tuple[str, ...]]  # a file, and the folders between it and the hive root
 Settings = tuple[tuple[str, str], ...]  # a store's variables, sorted: a cache key
@@ -106,6 +116,43 @@ def _azure_filesystem(bucket: str, settings: Mapping[str, str]) -> Any:
     return fs.AzureFileSystem(account, **options)
 
 
+def _emulator_url(settings: Mapping[str, str]) -> str | None:
+    """The GCS emulator's URL (``http://host:port``) in ``STORAGE_EMULATOR_HOST``, if any."""
+    host = (settings.get(EMULATOR_HOST) or "").strip().rstrip("/")
+    if not host:
+        return None
+    return host if "://" in host else f"http://{host}"
+
+
+def _gcs_filesystem(bucket: str, settings: Mapping[str, str]) -> Any:
+    """The GCS file system of pyarrow: Google's default credentials, or the emulator's endpoint."""
+    from pyarrow import fs
+
+    del bucket  # pyarrow's GCS file system is every bucket the credentials reach
+    retry = dt.timedelta(seconds=GCS_RETRY_S)
+    emulator = _emulator_url(settings)
+    if emulator is None:
+        return fs.GcsFileSystem(retry_time_limit=retry)
+    url = urlsplit(emulator)
+    return fs.GcsFileSystem(
+        anonymous=True, endpoint_override=url.netloc, scheme=url.scheme, retry_time_limit=retry
+    )
+
+
+def polars_options(path: str) -> dict[str, str] | None:
+    """The ``storage_options`` Polars needs to read ``path``: None but for a GCS emulator.
+
+    Polars (Rust's object_store) ignores ``STORAGE_EMULATOR_HOST``; it reaches an emulator
+    through a service-account key that names the endpoint and turns authentication off.
+    """
+    emulator = _emulator_url(os.environ) if scheme(path) == "gs" else None
+    if emulator is None:
+        return None
+    key = {"gcs_base_url": emulator, "disable_oauth": True}
+    key |= {"client_email": "", "private_key": "", "private_key_id": ""}
+    return {"google_service_account_key": json.dumps(key)}
+
+
 STORES = {
     store.scheme: store
     for store in (
@@ -122,6 +169,13 @@ STORES = {
             ("AZURE_", "AZURITE_"),
             "AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY, ...",
             _azure_filesystem,
+        ),
+        Store(
+            "gs",
+            "bucket",
+            ("GOOGLE_", EMULATOR_HOST),
+            "GOOGLE_APPLICATION_CREDENTIALS, STORAGE_EMULATOR_HOST, ...",
+            _gcs_filesystem,
         ),
     )
 }
@@ -496,6 +550,11 @@ def folders(url: str) -> list[str]:
     filesystem, bucket, key = _filesystem(url)
     root = f"{bucket}/{key}".rstrip("/")
     try:
+        if store_of(url).scheme == "gs":
+            # pyarrow's GCS lists one level down only the folders that have a marker object
+            # (as its create_dir writes): these are found from the keys below.
+            below = _files_below(filesystem, bucket, key)
+            return sorted({parts[0] for parts in below if len(parts) > 1})
         infos = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
     except OSError as error:
         raise StorageError(f"cannot list {url!r}: {one_line(str(error))}") from None

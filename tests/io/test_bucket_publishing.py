@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 from cli_helpers import klrank, start
 from polars.testing import assert_frame_equal
-from s3_helpers import AzuriteServer, ObjectServer
+from s3_helpers import AzuriteServer, GcsServer, ObjectServer
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "data"
 NIGHT = "2026-03-01"
@@ -137,7 +137,11 @@ def test_polars_reads_the_nights_of_a_bucket_with_the_usual_glob(
         assert result.returncode == 0, str(result)
     for key, value in object_server.env.items():
         monkeypatch.setenv(key, value)
-    both = pl.read_parquet(f"{url}/*/report.parquet", hive_partitioning=True)
+    both = pl.read_parquet(
+        f"{url}/*/report.parquet",
+        hive_partitioning=True,
+        storage_options=object_server.polars_options(),  # a GCS emulator's endpoint
+    )
     assert both.get_column("run_date").cast(pl.String).unique().sort().to_list() == [
         "2026-03-01",
         "2026-03-02",
@@ -297,6 +301,31 @@ def _dead_lease(s3: ObjectServer, bucket: str) -> None:
     s3.put(bucket, f"reports/.run_date={NIGHT}.klrank.lock", json.dumps(body).encode())
 
 
+def test_the_lease_is_created_only_if_absent_and_renewed_only_if_unchanged(
+    object_server: ObjectServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The two conditional writes the protocol stands on, in-process, at the lowest level:
+    # each store's own (If-None-Match/If-Match; GCS's ifGenerationMatch through its JSON API).
+    from klrank.io import buckets
+    from klrank.pipeline.errors import LockBusyError
+
+    for key, value in object_server.env.items():
+        monkeypatch.setenv(key, value)
+    bucket = object_server.new_bucket()
+    target = buckets.place(f"{object_server.scheme}://{bucket}/reports/run_date={NIGHT}")
+    with buckets.lease(target, ttl=600, timeout=60) as held:
+        with pytest.raises(LockBusyError, match="still held"):
+            with buckets.lease(target, ttl=600, timeout=0):
+                pass
+        held.renew()  # conditional on its own last version: renewed
+        held.renew()
+        object_server.put(bucket, held.where.key, b"another run's lease")
+        with pytest.raises(LockBusyError, match="taken over"):
+            held.renew()
+    # Released without deleting the other run's lease.
+    assert object_server.get(bucket, held.where.key) == b"another run's lease"
+
+
 def test_a_dead_runs_lease_expires_and_the_next_run_takes_it(object_server: ObjectServer) -> None:
     bucket = object_server.new_bucket()
     url = f"{object_server.scheme}://{bucket}/reports"
@@ -414,11 +443,11 @@ def test_outputs_klrank_cannot_publish_to_are_usage_errors(
 ) -> None:
     bucket = object_server.new_bucket()
     scheme, secret = object_server.scheme, object_server.secrets[-1]
-    whole = "is a whole bucket" if scheme == "s3" else "is a whole container"
+    whole = "is a whole container" if scheme == "az" else "is a whole bucket"
     cases = {
         f"{scheme}://{bucket}": whole,
         f"{scheme}://{bucket}/": whole,
-        "gs://bucket/reports": "gs:// is not supported yet",
+        "hdfs://bucket/reports": "hdfs:// is not supported yet",
         f"{scheme}://user:{secret}@{bucket}/reports": "must not carry credentials",
     }
     for out, message in cases.items():
@@ -485,7 +514,8 @@ def test_a_storage_table_in_the_config_file_configures_the_store_and_is_never_sh
         source = f"environment {key.upper()}" if key.upper() in live else "config file"
         assert storage[key] == {"value": expected, "source": source}
     toml = klrank("config", "show", "run", "--config", config, env=live)
-    assert "[storage]" in toml.stdout and '= "***"' in toml.stdout
+    masked = any(value in object_server.secrets for value in table.values())  # none for GCS's
+    assert "[storage]" in toml.stdout and ('= "***"' in toml.stdout) == masked
     _secrets_absent(object_server, toml.stdout)
 
 
@@ -520,3 +550,28 @@ def test_a_sas_token_reads_azure_inputs_and_is_never_shown(
     texts = [p.read_bytes().decode("utf-8", "replace") for p in night.iterdir()]
     for text in (result.stdout, result.stderr, *texts):
         assert signature not in text and urllib.parse.quote(signature, safe="") not in text
+
+
+def test_publishing_to_gcs_without_the_gcs_extra_is_a_usage_error_naming_it(
+    gcs_server: GcsServer, tmp_path: Path
+) -> None:
+    # google-cloud-storage hidden from the CLI, as in an install without the extra: a package
+    # earlier on the path (google and google.cloud are namespace packages) that fails to import.
+    hidden = tmp_path / "hidden" / "google" / "cloud" / "storage"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('no google-cloud-storage here')\n")
+    bucket = gcs_server.new_bucket()
+    out = f"gs://{bucket}/reports"
+    env = gcs_server.env | {"PYTHONPATH": str(tmp_path / "hidden")}
+    result = klrank("run", *_inputs(), *FAST, "--run-date", NIGHT, "--out", out, env=env)
+    assert result.returncode == 2, str(result)
+    assert "pip install 'klrank[gcs]'" in result.stderr
+    assert gcs_server.objects(bucket) == {}
+    # Reading needs no extra (pyarrow and Polars): a gs:// input into a local folder.
+    gcs_server.upload(EXAMPLES, bucket, "data")
+    inputs = ["--labels", f"gs://{bucket}/data/labels.parquet"]
+    inputs += ["--predictions", f"gs://{bucket}/data/predictions/", "--slice-by", "region"]
+    local = tmp_path / "local"
+    read = klrank("run", *inputs, *FAST, "--run-date", NIGHT, "--out", local, env=env)
+    assert read.returncode == 0, str(read)
+    assert (local / f"run_date={NIGHT}" / "_SUCCESS").exists()

@@ -340,9 +340,9 @@ def test_credentials_in_a_url_are_refused_before_anything_logs_them(
 
 def test_a_scheme_klrank_does_not_read_is_a_usage_error(tmp_path: Path) -> None:
     inputs = ["--predictions", EXAMPLES / "predictions", "--out", tmp_path / "out"]
-    result = klrank("run", "--labels", "gs://bucket/labels.parquet", *inputs)
+    result = klrank("run", "--labels", "hdfs://bucket/labels.parquet", *inputs)
     assert result.returncode == 2, str(result)
-    assert "gs:// is not supported yet" in result.stderr
+    assert "hdfs:// is not supported yet" in result.stderr
 
 
 def test_evaluate_reads_urls_as_it_reads_paths(
@@ -369,7 +369,10 @@ def test_evaluate_reads_urls_as_it_reads_paths(
         f"{object_server.scheme}://{example_bucket}/out", run_date="2026-02-05"
     )
     assert url == f"{object_server.scheme}://{example_bucket}/out/run_date=2026-02-05"
-    assert_frame_equal(pl.read_parquet(f"{url}/report.parquet"), local_report)
+    published = pl.read_parquet(
+        f"{url}/report.parquet", storage_options=object_server.polars_options()
+    )
+    assert_frame_equal(published, local_report)
 
 
 # Earlier nights in a bucket: --baseline and klrank history.
