@@ -99,6 +99,10 @@ def slices(frame: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
         yield frame.slice(start, size)
 
 
+# Batches of class states a model keeps before it merges them into one.
+CLASS_STATE_BATCHES = 8
+
+
 @dataclass
 class ModelState:
     """One model's batches still to come and what its measured batches added up to so far."""
@@ -209,6 +213,10 @@ def measure_batch(
     )
     model.states.append(states)
     model.class_states.append(class_states)
+    if len(model.class_states) > CLASS_STATE_BATCHES:
+        # A batch's class states are a row a slice and class (7.7 MB at 128,000 classes): kept
+        # batch by batch they would grow with the number of rows; merged, they do not.
+        model.class_states = [aggregate.merge_class_states(pl.concat(model.class_states))]
     if layout.cluster_col is not None:
         model.cluster_states.append(
             aggregate.cluster_states(

@@ -31,6 +31,7 @@ from klrank.io import reading
 from klrank.io.reading import ParquetInput
 from klrank.pipeline import aggregate, arrays, prior
 from klrank.pipeline.fold import (
+    CLASS_STATE_BATCHES,
     MODEL_RANK,
     Measures,
     ModelState,
@@ -243,6 +244,8 @@ def label_means(
             if checks(check_rows, batch, "labels", layout, measures.tolerance).height:
                 return None, no_failures()
             sums.append(prior.label_sums(batch, layout))
+            if len(sums) > CLASS_STATE_BATCHES:  # a row a class: merged, they do not grow
+                sums = [prior.merge_label_sums(pl.concat(sums))]
     merged = pl.concat([pl.DataFrame(schema=prior.LABEL_SUMS_SCHEMA), *sums])
     empty = prior.weightless(merged) if layout.weight_col is not None else []
     return prior.log_means(merged), weightless_slices(empty, layout)
