@@ -59,17 +59,6 @@ LLAMACPP = "llama.cpp numpy"
 # klrank where pandas is installed too, as in most users' environments (pandera imports pandas
 # whenever it can): --klrank-with-pandas, by default the klrank of the harness's environment.
 KLRANK_WITH_PANDAS = "klrank with pandas"
-CONTENDERS = (
-    READ_FLOOR,
-    KLRANK,
-    KLRANK_WITH_PANDAS,
-    KLRANK_NO_BOOTSTRAP,
-    KLRANK_RAY,
-    DUCKDB,
-    PANDAS,
-    KLRANK_PROB,
-    LLAMACPP,
-)
 TABULAR_CONTENDERS = (
     READ_FLOOR,
     KLRANK,
@@ -79,6 +68,7 @@ TABULAR_CONTENDERS = (
     DUCKDB,
     PANDAS,
 )
+CONTENDERS = (*TABULAR_CONTENDERS, KLRANK_PROB, LLAMACPP)
 LM_CONTENDERS = (READ_FLOOR, KLRANK, KLRANK_PROB, LLAMACPP)
 # The contenders that publish a report.parquet with `model` and `mean_kl` to check against klrank.
 CHECKED = (

@@ -228,8 +228,7 @@ def _merged_moments(prefix: str) -> list[pl.Expr]:
 
 
 # (slice name, the slice's counted rows) -> per-class sums of P, Q and the KL terms (nats), as
-# three lists in class order.
-# Per class: a list, or a numpy array (the array measures' sums, which Polars takes whole).
+# three lists in class order, or numpy arrays (the array measures' sums: Polars takes them whole).
 Floats = Sequence[float] | np.ndarray
 ClassSums = Callable[[str, pl.DataFrame], tuple[Floats, Floats, Floats]]
 CLASS = "class"

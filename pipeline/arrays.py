@@ -188,11 +188,8 @@ def row_groups(rows: pl.DataFrame, slice_keys: Sequence[str], weighted: bool) ->
 def _group_sum(group: Group, start: int, stop: int, values: np.ndarray, total: np.ndarray) -> None:
     """Add the (weighted) column sums of a block's rows of ``group`` to ``total``."""
     _, index, weights = group
-    if index is None and values.shape[0] == 1:  # one row of a huge vocabulary: no temporary
-        np.add(total, values[0], out=total)
-        return
-    if index is None:
-        total += values.sum(axis=0)
+    if index is None:  # one row (a huge vocabulary) is added as it is, without a temporary
+        total += values[0] if values.shape[0] == 1 else values.sum(axis=0)
         return
     low, high = np.searchsorted(index, (start, stop))
     if high == low:

@@ -221,9 +221,10 @@ def aligned_rows(size: int, files: Sequence[ParquetFile]) -> int:
     (8, 3)
     """
     groups = {rows for file in files for rows in file.row_groups[:-1]}
-    if len(groups) != 1 or min(groups) > size:
+    if len(groups) != 1:
         return size
-    return size - size % min(groups)
+    (group,) = groups
+    return size if group > size else size - size % group
 
 
 def _runs(files: Sequence[ParquetFile]) -> list[list[ParquetFile]]:
@@ -364,18 +365,26 @@ class _Windows:
             read = self._groups.rows(file.path, present, skip, take)
             if read is None:
                 return None
-            first_row = file.offset + skip
-            frames.append(
-                read.select(
-                    pl.col(c).cast(self._schema[c])
-                    if c in read.columns
-                    else pl.lit(file.hive.get(c), self._schema[c]).alias(c)
-                    if c != ROW
-                    else pl.int_range(first_row, first_row + take, dtype=pl.Int64).alias(ROW)
-                    for c in self._columns
-                )
-            )
+            frames.append(self._conformed(read, file, file.offset + skip, take))
         return pl.concat(frames) if len(frames) > 1 else frames[0] if frames else None
+
+    def _conformed(
+        self, read: pl.DataFrame, file: ParquetFile, first_row: int, rows: int
+    ) -> pl.DataFrame:
+        """A file's ``rows`` as the Polars query gives them: ``schema``'s columns, dtypes, ``ROW``.
+
+        ``read`` may have none of its columns (a file lacking them all): the rows still count.
+        """
+
+        def column(name: str) -> pl.Expr:
+            if name == ROW:
+                return pl.int_range(first_row, first_row + rows, dtype=pl.Int64).alias(ROW)
+            if name in read.columns:
+                return pl.col(name).cast(self._schema[name])
+            # A hive key, or a column this file lacks (null, as Polars' scan reads it).
+            return pl.lit(file.hive.get(name), self._schema[name]).alias(name)
+
+        return read.select(column(c) for c in self._columns)
 
 
 # A row group at most this big (uncompressed, as its footer says) is read whole by pyarrow; a
@@ -389,13 +398,15 @@ class _RowGroups:
     For inputs with a distribution in one Array/List column: read so, a run's batches took a
     third to two fifths less CPU than Polars 2.1's scan of each (``benchmarks/read_paths.py``,
     at K = 32,000 and 128,000), because pyarrow decodes such a column faster, and because the
-    last row group read is kept: a batch that starts inside it does not decode it again (a
-    batch rarely ends where a row group does). A row group becomes a Polars frame without a copy, and
-    is sliced there (Polars 2.1 misreads a slice of an Arrow fixed-size list with nulls).
+    last row group read is kept: a batch that starts inside it does not decode it again (where
+    the batches are not cut on row group boundaries, :func:`aligned_rows`). A row group becomes
+    a Polars frame without a copy and is sliced there: Polars 2.1 cannot convert a slice of an
+    Arrow fixed-size list with nulls ("validity mask length must be equal to ...").
     """
 
     def __init__(self) -> None:
-        self._file: tuple[str, pq.ParquetFile] | None = None
+        # The file being read: its path, reader and where each of its row groups ends.
+        self._file: tuple[str, pq.ParquetFile, list[int]] | None = None
         self._kept: tuple[str, int, tuple[str, ...], pl.DataFrame] | None = None
         self._lock = threading.Lock()  # a window may be shared by readers of several batches
 
@@ -403,17 +414,20 @@ class _RowGroups:
         """Rows ``[skip, skip + take)`` of the file's ``columns`` it has; None for big row groups."""
         with self._lock:
             if self._file is None or self._file[0] != path:
-                self._file = (path, _open_parquet(path))
-            reader = self._file[1]
+                reader = _open_parquet(path)
+                sizes = (
+                    reader.metadata.row_group(g).num_rows for g in range(reader.num_row_groups)
+                )
+                self._file = (path, reader, list(itertools.accumulate(sizes)))
+            _, reader, ends = self._file
             metadata, names = reader.metadata, set(reader.schema_arrow.names)
             wanted = tuple(c for c in columns if c in names)
-            pieces, row = [], 0
-            for group in range(metadata.num_row_groups):
-                size = metadata.row_group(group).num_rows
-                low, high = max(skip - row, 0), min(skip + take - row, size)
-                row += size
-                if high <= low:
-                    continue
+            pieces = []
+            for group in range(bisect.bisect_right(ends, skip), len(ends)):
+                row = ends[group - 1] if group else 0  # where the row group starts
+                if row >= skip + take:
+                    break
+                low, high = max(skip - row, 0), min(skip + take, ends[group]) - row
                 if metadata.row_group(group).total_byte_size > ARROW_ROW_GROUP_BYTES:
                     return None
                 key = (path, group, wanted)
