@@ -200,7 +200,10 @@ def test_many_files_script_times_klrank_beside_polars(tmp_path: Path) -> None:
     assert rows[1].startswith("| 4 | 12 | ") and rows[2].startswith("| 12 | 36 | ")
     assert "timed out" not in done.stdout
     added = rows[2].split(" | ")[7:10]  # µs an added file, klrank's and Polars', and the ratio
-    assert added[2].endswith("×"), rows[2]
+    # The slopes are differences of times at two tiny sizes, so noise can make Polars' negative:
+    # the ratio is shown only where it is positive (regression: CI failed on "-172 | –").
+    polars_slope = float(added[1].replace(",", ""))
+    assert added[2].endswith("×") or (added[2] == "–" and polars_slope <= 0), rows[2]
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
         "one-row-files-12x2m3k",
         "one-row-files-4x2m3k",
