@@ -516,8 +516,12 @@ def ranked_report(
     weight = WEIGHT if layout.weight_col is not None else None
     measure_columns, parts = _kl_parts(models, key_batches, slice_keys, layout)
     kl_columns = measure_columns["kl"]
-    quantiles, ecdf = aggregate.distributions(parts, kl_columns, aggregate.ECDF_POINTS)
-    table = aggregate.quantile_table(parts, measure_columns, measures.quantiles)
+    ordered = aggregate.sorted_columns(
+        parts, [c for m in measure_columns.values() for c in m.values()]
+    )
+    quantiles, ecdf = aggregate.distributions(ordered, kl_columns, aggregate.ECDF_POINTS)
+    table = aggregate.quantile_table(ordered, measure_columns, measures.quantiles)
+    del ordered
     ranked = aggregate.finalize(
         states, class_states, quantiles, measures.base, measures.rank_by, clusters
     )

@@ -134,7 +134,8 @@ def test_weights_do_not_weight_the_quantiles(tmp_path: Path) -> None:
 
 def test_infinite_rows_give_infinite_upper_quantiles_not_nan() -> None:
     part = pl.DataFrame({"_kl0": [0.0, 1.0, math.inf, math.inf]})
-    table = aggregate.quantile_table([("ALL", part)], {"kl": {"m": "_kl0"}}, [0.25, 0.5, 0.9, 1.0])
+    ordered = aggregate.sorted_columns([("ALL", part)], ["_kl0"])
+    table = aggregate.quantile_table(ordered, {"kl": {"m": "_kl0"}}, [0.25, 0.5, 0.9, 1.0])
     # numpy's lerp gives 1 + (inf − 1)·0 ... : 0.25 → 0.75, 0.5 → inf (between 1 and inf).
     assert table.get_column("value").to_list() == [0.75, math.inf, math.inf, math.inf]
 
@@ -144,7 +145,8 @@ def test_a_measure_without_values_has_null_quantiles() -> None:
         {"_kl0": [1.0, 2.0], "_delta_p0": pl.Series([None, None], dtype=pl.Float64)}
     )
     columns = {"kl": {"m": "_kl0"}, "delta_p": {"m": "_delta_p0"}}
-    table = aggregate.quantile_table([("ALL", part)], columns, [0.5])
+    ordered = aggregate.sorted_columns([("ALL", part)], ["_kl0", "_delta_p0"])
+    table = aggregate.quantile_table(ordered, columns, [0.5])
     assert table.rows() == [("ALL", "m", "kl", 0.5, 1.5), ("ALL", "m", "delta_p", 0.5, None)]
 
 
