@@ -2,9 +2,9 @@
 
 Every input of a data set (``benchmarks/data/lm32k`` unless ``--data`` says otherwise; make it
 with ``make bench-lm``) is read in klrank's batches (``klrank.io.reading.batches``, the batch
-size a run uses) two ways: row group by row group with pyarrow (what klrank does for an
-Array/List column), and by Polars' own scan of each batch (what it does past
-``ARROW_ROW_GROUP_BYTES``, and did for everything before). Beside them, the read floor's way:
+size a run uses) two ways: with pyarrow's streaming reader (what klrank does for a local
+Array/List column), and by Polars' own scan of each batch (what it does for remote files, and
+did for everything before). Beside them, the read floor's way:
 each file read whole by Polars. The three alternate within each repetition; the medians of
 wall and CPU time (this process, all threads) are printed::
 
@@ -58,17 +58,16 @@ def main() -> None:
     width = inputs[1].frame.collect_schema()["logit"]
     assert isinstance(width, pl.Array)
     size = batch_rows(width.size)
-    limit = reading.ARROW_ROW_GROUP_BYTES
 
     def polars_batches() -> None:
-        reading.ARROW_ROW_GROUP_BYTES = 0  # every row group "too big": Polars' scan
+        reading.ARROW_READS = False
         try:
             _batched(inputs, size)
         finally:
-            reading.ARROW_ROW_GROUP_BYTES = limit
+            reading.ARROW_READS = True
 
     paths: dict[str, Callable[[], None]] = {
-        "batches, pyarrow row groups": lambda: _batched(inputs, size),
+        "batches, pyarrow's streaming reader": lambda: _batched(inputs, size),
         "batches, Polars scans": polars_batches,
         "whole files, Polars (the read floor's read)": lambda: _whole(inputs),
     }

@@ -321,17 +321,15 @@ class _Windows:
         self._alike = len({(file.schema, tuple(file.hive)) for file in files}) == 1
         wide = any(isinstance(schema.get(c), pl.Array | pl.List) for c in columns)
         local = not any(storage.is_remote(file.path) for file in self._files)
-        self._groups = _RowGroups() if wide and local else None
+        self._arrow = _ArrowRows() if wide and local and ARROW_READS else None
 
     def __call__(self, start: int, length: int) -> pl.LazyFrame:
         """The query for rows ``[start, start + length)`` of the files."""
         first = bisect.bisect_right(self._ends, start)  # the first file ending after start
         last = bisect.bisect_left(self._ends, start + length) + 1  # past the file holding stop
         position = self._ends[first - 1] if first else 0  # where files[first] starts
-        if self._groups is not None:
-            read = self._arrow_rows(self._files[first:last], position, start, length)
-            if read is not None:
-                return read.lazy()
+        if self._arrow is not None:
+            return self._arrow_rows(self._files[first:last], position, start, length).lazy()
         frames = []
         for run in _runs(self._files[first:last]):
             rows = sum(file.n_rows for file in run)
@@ -347,13 +345,13 @@ class _Windows:
 
     def _arrow_rows(
         self, files: Sequence[ParquetFile], position: int, start: int, length: int
-    ) -> pl.DataFrame | None:
-        """The window's rows read with pyarrow, row group by row group; None: not this way.
+    ) -> pl.DataFrame:
+        """The window's rows read with pyarrow (:class:`_ArrowRows`).
 
         As the Polars query gives them: the columns in ``schema``'s dtypes (nulls where a file
         lacks one), the hive values, and ``ROW``.
         """
-        assert self._groups is not None
+        assert self._arrow is not None
         frames = []
         for file in files:
             skip = max(start - position, 0)
@@ -362,11 +360,11 @@ class _Windows:
             if take <= 0:
                 continue
             present = [c for c in self._columns if c not in file.hive and c != ROW]
-            read = self._groups.rows(file.path, present, skip, take)
-            if read is None:
-                return None
+            read = self._arrow.rows(file.path, present, skip, take)
             frames.append(self._conformed(read, file, file.offset + skip, take))
-        return pl.concat(frames) if len(frames) > 1 else frames[0] if frames else None
+        if not frames:  # past the end
+            return pl.DataFrame(schema=self._schema).select(self._columns)
+        return pl.concat(frames) if len(frames) > 1 else frames[0]
 
     def _conformed(
         self, read: pl.DataFrame, file: ParquetFile, first_row: int, rows: int
@@ -387,61 +385,110 @@ class _Windows:
         return read.select(column(c) for c in self._columns)
 
 
-# A row group at most this big (uncompressed, as its footer says) is read whole by pyarrow; a
-# bigger one is left to Polars' scan, which does not hold a whole row group decoded.
-ARROW_ROW_GROUP_BYTES = 256 << 20
+# Whether local Array/List inputs are read with pyarrow (:class:`_ArrowRows`); else by Polars'
+# scan of each batch, as remote ones are (a switch for tests and benchmarks/read_paths.py).
+ARROW_READS = True
+# pyarrow's read buffer: a file's pages are read as they are decoded, not a whole row group.
+_ARROW_BUFFER_BYTES = 1 << 20
 
 
-class _RowGroups:
-    """Rows of local Parquet files read with pyarrow, a row group at a time, the last one kept.
+class _ArrowRows:
+    """Rows of local Parquet files read in order with pyarrow's streaming reader.
 
     For inputs with a distribution in one Array/List column: read so, a run's batches took a
     third to two fifths less CPU than Polars 2.1's scan of each (``benchmarks/read_paths.py``,
-    at K = 32,000 and 128,000), because pyarrow decodes such a column faster, and because the
-    last row group read is kept: a batch that starts inside it does not decode it again (where
-    the batches are not cut on row group boundaries, :func:`aligned_rows`). A row group becomes
-    a Polars frame without a copy and is sliced there: Polars 2.1 cannot convert a slice of an
-    Arrow fixed-size list with nulls ("validity mask length must be equal to ...").
+    at K = 32,000 and 128,000), because pyarrow decodes such a column faster. The reader decodes
+    pages as its record batches need them (no pre-buffering), so memory holds a batch of rows
+    whatever the size of the row groups: a file of one 489 MiB row group (1,000 rows at
+    K = 128,000) is read in batches as one of 16 row groups is, where reading whole row groups,
+    or Polars' scan of each batch, holds the row group decoded. A batch that starts where the
+    last one ended continues the same reader; a start before it, or in a later row group, opens
+    the file again at the row group that holds it. Record batches become Polars frames without
+    a copy and are sliced there: Polars 2.1 cannot convert a slice of an Arrow fixed-size list
+    with nulls ("validity mask length must be equal to ...").
     """
 
     def __init__(self) -> None:
-        # The file being read: its path, reader and where each of its row groups ends.
-        self._file: tuple[str, pq.ParquetFile, list[int]] | None = None
-        self._kept: tuple[str, int, tuple[str, ...], pl.DataFrame] | None = None
+        self._cursor: _Cursor | None = None
         self._lock = threading.Lock()  # a window may be shared by readers of several batches
 
-    def rows(self, path: str, columns: Sequence[str], skip: int, take: int) -> pl.DataFrame | None:
-        """Rows ``[skip, skip + take)`` of the file's ``columns`` it has; None for big row groups."""
+    def rows(self, path: str, columns: Sequence[str], skip: int, take: int) -> pl.DataFrame:
+        """Rows ``[skip, skip + take)`` of the file's ``columns`` it has (maybe none of them)."""
         with self._lock:
-            if self._file is None or self._file[0] != path:
-                reader = _open_parquet(path)
-                sizes = (
-                    reader.metadata.row_group(g).num_rows for g in range(reader.num_row_groups)
-                )
-                self._file = (path, reader, list(itertools.accumulate(sizes)))
-            _, reader, ends = self._file
-            metadata, names = reader.metadata, set(reader.schema_arrow.names)
-            wanted = tuple(c for c in columns if c in names)
-            pieces = []
-            for group in range(bisect.bisect_right(ends, skip), len(ends)):
-                row = ends[group - 1] if group else 0  # where the row group starts
-                if row >= skip + take:
-                    break
-                low, high = max(skip - row, 0), min(skip + take, ends[group]) - row
-                if metadata.row_group(group).total_byte_size > ARROW_ROW_GROUP_BYTES:
-                    return None
-                key = (path, group, wanted)
-                if self._kept is None or self._kept[:3] != key:
-                    self._kept = None  # let it go before the next one is read
-                    try:
-                        table = reader.read_row_group(group, list(wanted), use_threads=False)
-                    except (OSError, pa.ArrowException) as error:
-                        raise pl.exceptions.ComputeError(str(error)) from None  # as Polars' scan
-                    frame = pl.from_arrow(table)
-                    assert isinstance(frame, pl.DataFrame)
-                    self._kept = (*key, frame)
-                pieces.append(self._kept[3].slice(low, high - low))
-            return pieces[0] if len(pieces) == 1 else pl.concat(pieces).rechunk()
+            cursor = self._cursor
+            if cursor is None or not cursor.continues(path, tuple(columns), skip):
+                self._cursor = None  # let it go before the next one is opened
+                cursor = self._cursor = _Cursor(path, tuple(columns), skip, take)
+            return cursor.read(skip, take)
+
+
+class _Cursor:
+    """One file's rows from a row group on, read a record batch at a time (:class:`_ArrowRows`)."""
+
+    def __init__(self, path: str, columns: tuple[str, ...], start: int, batch: int) -> None:
+        try:
+            reader = pq.ParquetFile(path, pre_buffer=False, buffer_size=_ARROW_BUFFER_BYTES)
+        except (OSError, pa.ArrowException) as error:  # changed since its footer was read
+            raise pl.exceptions.ComputeError(str(error)) from None
+        names = set(reader.schema_arrow.names)
+        self.path, self.columns = path, columns
+        self.wanted = [c for c in columns if c in names]
+        sizes = (reader.metadata.row_group(g).num_rows for g in range(reader.num_row_groups))
+        self._ends = list(itertools.accumulate(sizes))
+        group = bisect.bisect_right(self._ends, start)  # the row group holding row `start`
+        self.position = self._ends[group - 1] if group else 0  # the next row to come
+        self._batches = reader.iter_batches(
+            batch_size=max(batch, 1),
+            row_groups=range(group, len(self._ends)),
+            columns=self.wanted,
+            use_threads=False,
+        )
+        self._pending = pl.DataFrame()  # rows from `position` on, read and not yet returned
+
+    def continues(self, path: str, columns: tuple[str, ...], start: int) -> bool:
+        """Whether row ``start`` is ahead of this reader and in the row group it is in."""
+        return (
+            (path, columns) == (self.path, self.columns)
+            and self.position <= start
+            and bisect.bisect_right(self._ends, start)
+            == bisect.bisect_right(self._ends, self.position)
+        )
+
+    def read(self, skip: int, take: int) -> pl.DataFrame:
+        """Rows ``[skip, skip + take)``, ``skip`` at or past ``position``; fewer at the end."""
+        if not self.wanted:  # the file lacks every column asked for: the rows still count
+            self.position = skip + take
+            return pl.DataFrame()
+        pieces = []
+        while take > 0:
+            if not self._pending.height and not self._next():
+                break
+            if skip > self.position:  # rows before the window, in its row group
+                dropped = min(skip - self.position, self._pending.height)
+                self._pending = self._pending.slice(dropped)
+                self.position += dropped
+                continue
+            piece = self._pending.slice(0, take)
+            self._pending = self._pending.slice(piece.height)
+            pieces.append(piece)
+            self.position += piece.height
+            skip, take = skip + piece.height, take - piece.height
+        if not pieces:
+            return pl.DataFrame(schema=self._pending.schema)
+        return pieces[0] if len(pieces) == 1 else pl.concat(pieces).rechunk()
+
+    def _next(self) -> bool:
+        """Read the next record batch into ``_pending``; False at the end of the file."""
+        try:
+            batch = next(self._batches, None)
+        except (OSError, pa.ArrowException) as error:
+            raise pl.exceptions.ComputeError(str(error)) from None  # as Polars' scan
+        if batch is None:
+            return False
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        self._pending = frame
+        return True
 
 
 def _open_parquet(path: str) -> pq.ParquetFile:

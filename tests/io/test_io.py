@@ -224,14 +224,13 @@ def _array_files(root: Path) -> list[tuple[Path, dict[str, str]]]:
     return written
 
 
-@pytest.mark.parametrize("big", [False, True], ids=["pyarrow", "big-row-groups-polars"])
+@pytest.mark.parametrize("arrow", [True, False], ids=["pyarrow", "polars"])
 def test_windows_of_an_array_input_are_slices_of_the_files_read_one_by_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arrow: bool
 ) -> None:
-    # Read row group by row group with pyarrow (or, past the size limit, by Polars' scan): a
-    # window that starts inside the row group the last one ended in reads the same rows.
-    if big:
-        monkeypatch.setattr(reading, "ARROW_ROW_GROUP_BYTES", 0)
+    # Read with pyarrow's streaming reader (or by Polars' scan of each batch): windows that
+    # start inside the row group the last one ended in, or before it, read the same rows.
+    monkeypatch.setattr(reading, "ARROW_READS", arrow)
     files = _array_files(tmp_path)
     assert max(pq.read_metadata(path).num_row_groups for path, _ in files) == 3  # 7 rows
     scanned = reading.scan_parquet(str(tmp_path))
@@ -248,6 +247,40 @@ def test_windows_of_an_array_input_are_slices_of_the_files_read_one_by_one(
     for start in range(0, a_rows.height + 1, 2):
         window = scanned.windows(columns, a_files)
         assert_frame_equal(window(start, 3).collect(), a_rows.slice(start, 3))
+
+
+def test_one_window_read_out_of_order_gives_the_rows_asked_for(tmp_path: Path) -> None:
+    # The pyarrow reader continues from where the last window ended; a window before that, or
+    # in a later row group, opens the file again: every order reads the same rows.
+    files = _array_files(tmp_path)
+    scanned = reading.scan_parquet(str(tmp_path))
+    columns = ["id", "logit", "note", "model", ROW]
+    whole = _read_one_by_one(files).select(columns)
+    window = scanned.windows(columns)
+    for start, length in [(0, 2), (2, 2), (1, 3), (9, 1), (10, 5), (30, 4), (3, 20), (33, 9)]:
+        assert_frame_equal(window(start, length).collect(), whole.slice(start, length))
+
+
+def test_an_array_input_in_one_big_row_group_is_read_a_batch_at_a_time(tmp_path: Path) -> None:
+    # pyarrow's pool peaks at about a batch of rows, not at the row group: 4,000 rows of 1,000
+    # Float64 values (32 MB) in one row group, read in batches of 100 rows (0.8 MB).
+    path = tmp_path / "logits.parquet"
+    values = np.random.default_rng(3).normal(size=(4_000, 1_000))
+    frame = pl.DataFrame({"id": np.arange(4_000), "logit": values})
+    frame.write_parquet(path, row_group_size=4_000)
+    assert pq.read_metadata(path).num_row_groups == 1
+    script = textwrap.dedent(f"""
+        import pyarrow as pa
+        from klrank.io import reading
+        source = reading.scan_parquet({str(path)!r})
+        rows = sum(b.height for b in reading.batches(source.windows(["id", "logit"]), source, 100))
+        print(rows, pa.default_memory_pool().max_memory())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows, peak = map(int, done.stdout.split())
+    assert rows == 4_000
+    assert peak < 8_000_000, f"pyarrow's pool peaked at {peak:,} bytes"
 
 
 def test_a_list_input_read_with_pyarrow_keeps_every_dtype_as_polars_reads_it(
