@@ -440,6 +440,19 @@ def _listed(filesystem: Any, bucket: str, key: str, base: str, url: str) -> list
     return [(f"{lead}/{'/'.join(parts)}", parts[:-1]) for parts in sorted(found)]
 
 
+def parquet_file(path: str, buffer_size: int) -> pq.ParquetFile:
+    """A streaming pyarrow reader of a local file or an object-store URL.
+
+    No pre-buffering: pages are read ``buffer_size`` bytes at a time as they are decoded.
+    """
+    if not is_remote(path):
+        return pq.ParquetFile(path, pre_buffer=False, buffer_size=buffer_size)
+    filesystem, bucket, key = _filesystem(path)
+    return pq.ParquetFile(
+        f"{bucket}/{key}", filesystem=filesystem, pre_buffer=False, buffer_size=buffer_size
+    )
+
+
 def read_metadata(path: str) -> Any:
     """The Parquet footer (``pyarrow.parquet.FileMetaData``) of a local file or an object-store URL."""
     if not is_remote(path):

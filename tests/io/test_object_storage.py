@@ -9,9 +9,11 @@ from the local disk.
 """
 
 import json
+import math
 import re
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from cli_helpers import (
@@ -536,3 +538,42 @@ def test_a_file_that_is_not_parquet_in_a_bucket_is_a_usage_error_as_on_disk(
         message = f"cannot read {root + '/part-0.parquet'!r} as Parquet: Parquet magic bytes"
         with pytest.raises(UsageError, match=re.escape(message)):
             reading.scan_parquet(root)
+
+
+def _logit_files(root: Path) -> Path:
+    """Logits as a language model's evaluation writes them: an Array column, row groups of 5."""
+    rng = np.random.default_rng(11)
+    n, k = 23, 6
+    truth = rng.normal(size=(n, k))
+    frames = {"labels.parquet": pl.DataFrame({"id": np.arange(n), "logit": truth})}
+    for i, model in enumerate(("a", "b")):
+        logits = truth + rng.normal(scale=0.3 * (i + 1), size=(n, k))
+        logits[3, 2] = -math.inf  # a class the model rules out
+        frames[f"predictions/model={model}/part-0.parquet"] = pl.DataFrame(
+            {"id": np.arange(n), "logit": logits}
+        )
+    for name, frame in frames.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(root / name, row_group_size=5)
+    return root
+
+
+def test_logits_in_a_bucket_give_the_report_of_the_same_files_on_disk(
+    object_server: ObjectServer, tmp_path: Path
+) -> None:
+    # An Array column is read with pyarrow's streaming reader from a bucket too: batches of 2
+    # rows (--batch-bytes 96: 2 rows of 6 Float64) start and end inside row groups of 5.
+    root = _logit_files(tmp_path / "data")
+    bucket = object_server.new_bucket()
+    object_server.upload(root, bucket, "data")
+    reports = {}
+    for place, base in (("disk", str(root)), ("bucket", f"{object_server.scheme}://{bucket}/data")):
+        out = tmp_path / f"out-{place}"
+        args = ["--labels", f"{base}/labels.parquet", "--predictions", f"{base}/predictions"]
+        result = klrank("run", *args, "--batch-bytes", "96", "--out", out, env=object_server.env)
+        assert result.returncode == 0, str(result)
+        reports[place] = pl.read_parquet(out / "report.parquet")
+        reports[place + " rows"] = pl.read_parquet(out / "rows.parquet")
+    assert_frame_equal(reports["bucket"], reports["disk"])
+    assert_frame_equal(reports["bucket rows"], reports["disk rows"])
+    assert reports["disk rows"].height == 46
