@@ -460,14 +460,20 @@ class _Cursor:
         )
 
     def read(self, skip: int, take: int) -> pl.DataFrame:
-        """Rows ``[skip, skip + take)``, ``skip`` at or past ``position``; fewer at the end."""
+        """Rows ``[skip, skip + take)``, ``skip`` at or past ``position``.
+
+        Raises ``ComputeError`` (as Polars' scan does) if the file ends before them: it changed
+        since its footer was read.
+        """
         if not self.wanted:  # the file lacks every column asked for: the rows still count
             self.position = skip + take
             return pl.DataFrame()
         pieces = []
         while take > 0:
             if not self._pending.height and not self._next():
-                break
+                raise pl.exceptions.ComputeError(
+                    f"{self.path}: the file ends at row {self.position}, before row {skip}"
+                )
             if skip > self.position:  # rows before the window, in its row group
                 dropped = min(skip - self.position, self._pending.height)
                 self._pending = self._pending.slice(dropped)
@@ -478,8 +484,6 @@ class _Cursor:
             pieces.append(piece)
             self.position += piece.height
             skip, take = skip + piece.height, take - piece.height
-        if not pieces:
-            return pl.DataFrame(schema=self._pending.schema)
         return pieces[0] if len(pieces) == 1 else pl.concat(pieces).rechunk()
 
     def _next(self) -> bool:

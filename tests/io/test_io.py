@@ -261,6 +261,20 @@ def test_one_window_read_out_of_order_gives_the_rows_asked_for(tmp_path: Path) -
         assert_frame_equal(window(start, length).collect(), whole.slice(start, length))
 
 
+def test_an_array_file_shorter_than_its_scanned_footer_is_an_error_not_null_rows(
+    tmp_path: Path,
+) -> None:
+    # A file rewritten between the scan and the read: its rows must not come back as nulls.
+    path = tmp_path / "logits.parquet"
+    logits = np.arange(24.0).reshape(6, 4)
+    pl.DataFrame({"id": np.arange(6), "logit": logits}).write_parquet(path, row_group_size=2)
+    source = reading.scan_parquet(str(path))
+    pl.DataFrame({"id": np.arange(3), "logit": logits[:3]}).write_parquet(path)
+    message = f"cannot read the Parquet data of {str(path)!r}"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        list(reading.batches(source.windows(["id", "logit"]), source, 4))
+
+
 def test_an_array_input_in_one_big_row_group_is_read_a_batch_at_a_time(tmp_path: Path) -> None:
     # pyarrow's pool peaks at about a batch of rows, not at the row group: 4,000 rows of 1,000
     # Float64 values (32 MB) in one row group, read in batches of 100 rows (0.8 MB).
