@@ -232,6 +232,16 @@ def _merged_moments(prefix: str) -> list[pl.Expr]:
 Floats = Sequence[float] | np.ndarray
 ClassSums = Callable[[str, pl.DataFrame], tuple[Floats, Floats, Floats]]
 CLASS = "class"
+CLASS_STATE_SCHEMA = pl.Schema(
+    {
+        SLICE: pl.String,
+        MODEL: pl.String,
+        CLASS: pl.Int32,
+        "p_sum": pl.Float64,
+        "q_sum": pl.Float64,
+        "kl_term_sum": pl.Float64,
+    }
+)
 
 
 def weighted(value: pl.Expr, weight: pl.Expr | None) -> pl.Expr:
@@ -281,29 +291,73 @@ def column_class_sums(n_classes: int, weight: pl.Expr | None = None) -> ClassSum
     return sums
 
 
+class ClassTotals:
+    """One model's per-class sums of each slice (P, Q and KL terms), added up batch after batch.
+
+    Numpy arrays of K values a slice, added in place: at K = 128,000 a batch's sums as a frame
+    are 128,000 rows a slice, and merging such frames by a group-by (every 8 batches) took more
+    time than the sums themselves. :meth:`frame` gives them as class states.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def add(self, found: Sequence[tuple[str, tuple[Floats, Floats, Floats]]]) -> None:
+        """Add a batch's sums, per slice (as :func:`partial_states` returns them)."""
+        for name, sums in found:
+            kept = self._sums.get(name)
+            if kept is None:
+                p, q, k = (np.array(values, dtype=np.float64) for values in sums)
+                self._sums[name] = (p, q, k)
+                continue
+            for total, values in zip(kept, sums, strict=True):
+                np.add(total, np.asarray(values, dtype=np.float64), out=total)
+
+    def frame(self, model: str) -> pl.DataFrame:
+        """The class states: a row per slice and class (``p_sum``, ``q_sum``, ``kl_term_sum``).
+
+        Long, so a thousand classes are a thousand rows, not columns; the slices in the order
+        they first came.
+        """
+        parts = [
+            pl.DataFrame(
+                {
+                    SLICE: name,
+                    MODEL: model,
+                    CLASS: np.arange(len(p), dtype=np.int32),
+                    "p_sum": p,
+                    "q_sum": q,
+                    "kl_term_sum": k,
+                }
+            )
+            for name, (p, q, k) in self._sums.items()
+        ]
+        return pl.concat([pl.DataFrame(schema=CLASS_STATE_SCHEMA), *parts])
+
+
 def partial_states(
     rows: pl.DataFrame,
     model: str,
     slice_keys: Sequence[str],
     class_sums: ClassSums,
     weight: str | None = None,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+) -> tuple[pl.DataFrame, list[tuple[str, tuple[Floats, Floats, Floats]]]]:
     """States per slice of one model's rows (measures, P, Q and KL terms, and slice key columns).
 
     ``slice_keys`` name columns holding ``COL=value`` strings, one per ``--slice-by`` column;
     ``class_sums`` sums P, Q and the KL terms per class of a slice's counted rows
     (:func:`column_class_sums`, or the sums ``arrays.row_measures`` made as it measured),
     weighted by the ``weight`` column if there is one.
-    Returns the scalar states, one row per slice, and the class states, one row per slice and
-    class (``p_sum``, ``q_sum``, ``kl_term_sum`` in nats: long, so a thousand classes are a
-    thousand rows, not columns).
+    Returns the scalar states, one row per slice, and per slice its sums per class of P, Q and
+    the KL terms in nats (for :class:`ClassTotals`).
 
     Notes
     -----
     With weights, rows of weight 0 count in ``n_rows`` only: they add nothing to any sum, even
     where their kl is infinite (0·inf would be NaN).
     """
-    scalars, classes = [], []
+    scalars: list[pl.DataFrame] = []
+    classes: list[tuple[str, tuple[Floats, Floats, Floats]]] = []
     w = pl.col(weight) if weight is not None else None
     tokens = token_prefixes(rows.columns)
     for name, part in slice_parts(rows, slice_keys):
@@ -320,13 +374,8 @@ def partial_states(
             for prefix in ("kl", *tokens):
                 sums = _unit_weights(sums, prefix)
         scalars.append(pl.concat([every_row, sums], how="horizontal"))
-        p, q, k = class_sums(name, counted)
-        sums = pl.DataFrame(
-            {CLASS: range(len(p)), "p_sum": p, "q_sum": q, "kl_term_sum": k},
-            schema_overrides={CLASS: pl.Int32},
-        )
-        classes.append(sums.select(*keys, pl.all()))
-    return pl.concat(scalars), pl.concat(classes)
+        classes.append((name, class_sums(name, counted)))
+    return pl.concat(scalars), classes
 
 
 CLUSTER_KEY = "cluster"  # in cluster states: the cluster's key, as the labels hold it

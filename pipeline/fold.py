@@ -99,10 +99,6 @@ def slices(frame: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
         yield frame.slice(start, size)
 
 
-# Batches of class states a model keeps before it merges them into one.
-CLASS_STATE_BATCHES = 8
-
-
 @dataclass
 class ModelState:
     """One model's batches still to come and what its measured batches added up to so far."""
@@ -110,7 +106,7 @@ class ModelState:
     name: str
     batches: Iterator[pl.DataFrame]
     states: list[pl.DataFrame] = field(default_factory=list)
-    class_states: list[pl.DataFrame] = field(default_factory=list)
+    class_totals: aggregate.ClassTotals = field(default_factory=aggregate.ClassTotals)
     cluster_states: list[pl.DataFrame] = field(default_factory=list)  # with --cluster-by
     kl: list[pl.Series] = field(default_factory=list)
     # The other measures of quantiles.parquet the rows carry (delta_p), batch by batch, as kl.
@@ -208,15 +204,9 @@ def measure_batch(
             .collect()
         )
         class_sums = aggregate.column_class_sums(n_classes, pl.col(WEIGHT) if weight else None)
-    states, class_states = aggregate.partial_states(
-        rows, model.name, slice_keys, class_sums, weight
-    )
+    states, found = aggregate.partial_states(rows, model.name, slice_keys, class_sums, weight)
     model.states.append(states)
-    model.class_states.append(class_states)
-    if len(model.class_states) > CLASS_STATE_BATCHES:
-        # A batch's class states are a row a slice and class (7.7 MB at 128,000 classes): kept
-        # batch by batch they would grow with the number of rows; merged, they do not.
-        model.class_states = [aggregate.merge_class_states(pl.concat(model.class_states))]
+    model.class_totals.add(found)  # K values a slice, however many batches come
     if layout.cluster_col is not None:
         model.cluster_states.append(
             aggregate.cluster_states(
@@ -505,9 +495,8 @@ def ranked_report(
     ``replicates``: the :func:`replicate_states` of every label batch (with a bootstrap).
     """
     states = aggregate.merge_states(pl.concat(s for m in models for s in m.states))
-    class_states = aggregate.merge_class_states(
-        pl.concat(s for m in models for s in m.class_states)
-    )
+    # One model's totals hold each of its slices and classes once: no merge.
+    class_states = pl.concat(m.class_totals.frame(m.name) for m in models)
     clusters = None
     if layout.cluster_col is not None:
         clusters = aggregate.merge_cluster_states(
@@ -649,7 +638,7 @@ def partial(part: Partition, layout: Layout) -> Partial:
     if part.failures.height or not measured:
         return result
     result.states = pl.concat(s for m in measured for s in m.states)
-    result.class_states = pl.concat(s for m in measured for s in m.class_states)
+    result.class_states = pl.concat(m.class_totals.frame(m.name) for m in measured)
     result.worst = {m.name: m.worst for m in measured if m.worst is not None}
     slice_keys = list(aggregate.slice_key_columns(layout.slice_cols))
     if layout.cluster_col is not None:

@@ -5,7 +5,7 @@ labels) for every row, so its KL on a row is D(P ‖ P̄), −log P̄(label) for
 over the slice is H(P̄) − mean H(P), which the class states give for free
 (:func:`klrank.pipeline.aggregate.finalize`); the paired comparison of a model with it needs the
 prior's KL row by row, so P̄ must be known before the rows are measured: an engine first sums the
-labels (:func:`label_sums`, :func:`merge_label_sums`), then adds each row's D(P ‖ P̄) for every
+labels (:func:`label_sums`, :func:`add_label_sums`), then adds each row's D(P ‖ P̄) for every
 slice it is in to the prepared labels (:func:`with_prior_kl`).
 """
 
@@ -15,12 +15,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import polars as pl
 from klrank.pipeline import arrays, divergence
-from klrank.pipeline.aggregate import ALL_ROWS, CLASS, SLICE, slice_key_columns, slice_parts
+from klrank.pipeline.aggregate import ALL_ROWS, slice_key_columns, slice_parts
 from klrank.pipeline.layout import WEIGHT, Layout, log_p_col, p_col, prepare_labels, unit_columns
 
-# Per (slice, class) the weighted sum of p; class -1 holds the slice's Σ w.
-LABEL_SUMS_SCHEMA = pl.Schema({SLICE: pl.String, CLASS: pl.Int32, "p_sum": pl.Float64})
-_WEIGHT_CLASS = -1
+# slice label -> (Σ w, Σ w·p per class) of the label rows summed so far
+LabelSums = dict[str, tuple[float, np.ndarray]]
 
 # slice label -> log P̄ per class, in nats (-inf for a class no row of the slice has)
 LogMeans = Mapping[str, Sequence[float]]
@@ -50,69 +49,67 @@ def _probabilities(batch: pl.DataFrame, layout: Layout) -> pl.DataFrame:
     )
 
 
-def _array_label_sums(batch: pl.DataFrame, layout: Layout) -> list[tuple[str, float, list[float]]]:
+def _array_label_sums(batch: pl.DataFrame, layout: Layout) -> LabelSums:
     """Per slice: Σ w and Σ w·p per class, P read as arrays (a hard label by index)."""
     keys = slice_key_columns(layout.slice_cols)
     frame = batch.select(*unit_columns(layout), **keys)
     groups = arrays.row_groups(frame, list(keys), layout.weight_col is not None)
     sums = arrays.label_class_sums(batch, layout, groups)
-    out = []
+    out: LabelSums = {}
     for name, index, weights in groups:
         total = (
             weights.sum()
             if weights is not None
             else (batch.height if index is None else index.size)
         )
-        out.append((name, float(total), sums[name].tolist()))
+        out[name] = (float(total), np.asarray(sums[name], dtype=np.float64))
     return out
 
 
-def label_sums(batch: pl.DataFrame, layout: Layout) -> pl.DataFrame:
-    """Per slice of a batch of valid label rows: Σ w·p per class, and Σ w (class −1)."""
+def label_sums(batch: pl.DataFrame, layout: Layout) -> LabelSums:
+    """Per slice of a batch of valid label rows: Σ w, and Σ w·p per class."""
     if layout.uses_arrays:
-        found = _array_label_sums(batch, layout)
-    else:
-        frame = _probabilities(batch, layout)
-        weight = pl.col(WEIGHT) if layout.weight_col is not None else pl.lit(1.0)
-        found = []
-        for name, part in slice_parts(frame, list(slice_key_columns(layout.slice_cols))):
-            row = part.select(
-                (pl.col(p_col(i)) * weight).sum() for i in range(len(layout.classes))
-            ).row(0)
-            total = part.select(pl.len() if layout.weight_col is None else weight.sum()).item()
-            found.append((name, float(total), list(row)))
-    sums = [
-        pl.DataFrame(
-            {SLICE: name, CLASS: [_WEIGHT_CLASS, *range(len(values))], "p_sum": [total, *values]},
-            schema=LABEL_SUMS_SCHEMA,
-        )
-        for name, total, values in found
-    ]
-    return pl.concat([pl.DataFrame(schema=LABEL_SUMS_SCHEMA), *sums])
+        return _array_label_sums(batch, layout)
+    frame = _probabilities(batch, layout)
+    weight = pl.col(WEIGHT) if layout.weight_col is not None else pl.lit(1.0)
+    found: LabelSums = {}
+    for name, part in slice_parts(frame, list(slice_key_columns(layout.slice_cols))):
+        row = part.select((pl.col(p_col(i)) * weight).sum() for i in range(len(layout.classes)))
+        total = part.select(pl.len() if layout.weight_col is None else weight.sum()).item()
+        found[name] = (float(total), row.to_numpy().reshape(-1).astype(np.float64))
+    return found
 
 
-def merge_label_sums(sums: pl.DataFrame) -> pl.DataFrame:
-    """Combine the label sums of disjoint batches."""
-    return sums.group_by(SLICE, CLASS, maintain_order=True).agg(pl.col("p_sum").sum())
+def add_label_sums(into: LabelSums, sums: LabelSums) -> None:
+    """Add the label sums of another batch of rows to ``into``, in place.
+
+    The sums of a slice are numpy arrays, added batch after batch: a slice takes K values
+    whatever the number of batches (at K = 128,000, merging them as frames by a group-by took
+    more time than summing the labels).
+    """
+    for name, (total, values) in sums.items():
+        if name in into:
+            kept_total, kept = into[name]
+            np.add(kept, values, out=kept)
+            into[name] = (kept_total + total, kept)
+        else:
+            into[name] = (total, values.copy())
 
 
-def log_means(sums: pl.DataFrame) -> dict[str, list[float]]:
-    """Log P̄ per slice (nats) from merged label sums; a slice of total weight 0 is left out."""
-    out = {}
-    for (name,), part in merge_label_sums(sums).partition_by(SLICE, as_dict=True).items():
-        ordered = part.sort(CLASS)
-        total = ordered.get_column("p_sum")[0]
+def log_means(sums: LabelSums) -> dict[str, list[float]]:
+    """Log P̄ per slice (nats) from the labels' sums; a slice of total weight 0 is left out."""
+    out: dict[str, list[float]] = {}
+    for name, (total, values) in sums.items():
         if not total > 0:
             continue
-        means = [value / total for value in ordered.get_column("p_sum").to_list()[1:]]
-        out[str(name)] = [math.log(m) if m > 0 else -math.inf for m in means]
+        means = [value / total for value in values.tolist()]
+        out[name] = [math.log(m) if m > 0 else -math.inf for m in means]
     return out
 
 
-def weightless(sums: pl.DataFrame) -> list[str]:
-    """The slices of merged label sums whose weights add up to 0: their means are undefined."""
-    totals = merge_label_sums(sums).filter(pl.col(CLASS) == _WEIGHT_CLASS)
-    return totals.filter(~(pl.col("p_sum") > 0)).get_column(SLICE).to_list()
+def weightless(sums: LabelSums) -> list[str]:
+    """The slices whose weights add up to 0 in the labels' sums: their means are undefined."""
+    return [name for name, (total, _) in sums.items() if not total > 0]
 
 
 def _slice_names(layout: Layout) -> list[str]:

@@ -31,7 +31,6 @@ from klrank.io import reading
 from klrank.io.reading import ParquetInput
 from klrank.pipeline import aggregate, arrays, prior
 from klrank.pipeline.fold import (
-    CLASS_STATE_BATCHES,
     MODEL_RANK,
     Measures,
     ModelState,
@@ -238,17 +237,14 @@ def label_means(
     checks = checked or _Stopwatch()
     selected = [*label_columns(layout), ROW]
     size = reading.aligned_rows(batch_rows(len(layout.classes), measures.batch_bytes), labels.files)
-    sums = []
+    sums: prior.LabelSums = {}
     with closing(reading.batches(labels.windows(selected), labels, size)) as batches:
         for batch in batches:
             if checks(check_rows, batch, "labels", layout, measures.tolerance).height:
                 return None, no_failures()
-            sums.append(prior.label_sums(batch, layout))
-            if len(sums) > CLASS_STATE_BATCHES:  # a row a class: merged, they do not grow
-                sums = [prior.merge_label_sums(pl.concat(sums))]
-    merged = pl.concat([pl.DataFrame(schema=prior.LABEL_SUMS_SCHEMA), *sums])
-    empty = prior.weightless(merged) if layout.weight_col is not None else []
-    return prior.log_means(merged), weightless_slices(empty, layout)
+            prior.add_label_sums(sums, prior.label_sums(batch, layout))
+    empty = prior.weightless(sums) if layout.weight_col is not None else []
+    return prior.log_means(sums), weightless_slices(empty, layout)
 
 
 def _label_keys(labels: ParquetInput, frame: pl.LazyFrame, layout: Layout) -> pl.DataFrame:

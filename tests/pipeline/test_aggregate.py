@@ -271,9 +271,14 @@ def test_merged_shard_class_states_equal_the_class_sums_of_all_rows() -> None:
     rows = _synthetic_rows(5000, seed=4)
     keys = list(aggregate.slice_key_columns(["region"]))
     shards = [rows.slice(0, 777), rows.slice(777, None)]
-    parts = [
-        aggregate.partial_states(s, "m", keys, aggregate.column_class_sums(1))[1] for s in shards
-    ]
+    parts = []
+    for shard in shards:  # each shard's sums added up by batches, then the shards merged
+        totals = aggregate.ClassTotals()
+        for batch in (shard.slice(0, 100), shard.slice(100, None)):
+            totals.add(
+                aggregate.partial_states(batch, "m", keys, aggregate.column_class_sums(1))[1]
+            )
+        parts.append(totals.frame("m"))
     merged = aggregate.merge_class_states(pl.concat(parts))
     everything = merged.filter(pl.col("slice") == "ALL").row(0, named=True)
     assert everything["p_sum"] == pytest.approx(rows.get_column(p_col(0)).sum(), rel=1e-12)
