@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from cli_helpers import corrupt_first_page
+from cli_helpers import corrupt_first_page, klrank
 from klrank.io import publishing, reading, targets, writing
 from klrank.pipeline.errors import StorageError, UsageError
 from klrank.pipeline.layout import ROW
@@ -320,6 +320,77 @@ def test_a_damaged_array_file_is_a_usage_error_naming_the_input(tmp_path: Path) 
     message = f"cannot read the Parquet data of {str(tmp_path)!r}"
     with pytest.raises(UsageError, match=re.escape(message)):
         list(reading.batches(scanned.windows(["id", "logit"]), scanned, 1))
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["pyarrow", "polars"])
+def test_a_file_lacking_every_column_of_a_window_still_counts_its_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arrow: bool
+) -> None:
+    # Without ROW among the columns, pyarrow's rows of such a file were one literal null row.
+    monkeypatch.setattr(reading, "ARROW_READS", arrow)
+    logit = pl.Series("logit", [[0.0, 1.0], [1.0, 0.0]], dtype=pl.Array(pl.Float32, 2))
+    files = [(tmp_path / "a.parquet", {}), (tmp_path / "b.parquet", {})]
+    pl.DataFrame([logit]).write_parquet(files[0][0])
+    pl.DataFrame({"id": [3, 4, 5]}).write_parquet(files[1][0])
+    scanned = reading.scan_parquet(str(tmp_path))
+    whole = _read_one_by_one(files).select("logit")
+    for start, length in [(0, 5), (1, 3), (2, 3), (3, 1)]:
+        assert_frame_equal(
+            scanned.windows(["logit"])(start, length).collect(), whole.slice(start, length)
+        )
+
+
+def _logits_first(path: Path) -> Path:
+    """An Array file whose first column is the logits: :func:`corrupt_first_page` damages them."""
+    logit = pl.Series("logit", [[0.0, 1.0], [1.0, 0.0]] * 3, dtype=pl.Array(pl.Float32, 2))
+    pl.DataFrame([logit, pl.Series("id", range(6))]).write_parquet(path, row_group_size=4)
+    corrupt_first_page(path)
+    assert pl.read_parquet(path, columns=["id"]).height == 6  # the failure is in the logits
+    return path
+
+
+def test_read_rows_of_a_damaged_array_file_is_a_usage_error_naming_the_input(
+    tmp_path: Path,
+) -> None:
+    # The Ray engine's reads: pyarrow reads when the window is made, which was outside the
+    # try, so the ComputeError escaped ("internal error", exit 70, from klrank run --engine ray).
+    path = _logits_first(tmp_path / "part-0.parquet")
+    scanned = reading.scan_parquet(str(tmp_path))
+    message = f"cannot read the Parquet data of {str(tmp_path)!r}"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        reading.read_rows(str(tmp_path), scanned.files, ["id", "logit"], 0, 6)
+    assert path.exists()
+
+
+def test_an_array_file_with_fewer_rows_than_when_scanned_is_a_usage_error(tmp_path: Path) -> None:
+    # pyarrow's rows of it were short of the window: Polars raised a ShapeError (a traceback).
+    frame = pl.DataFrame({"id": range(10), "logit": [[float(i), 1.0] for i in range(10)]})
+    frame = frame.with_columns(pl.col("logit").cast(pl.Array(pl.Float64, 2)))
+    frame.write_parquet(tmp_path / "part-0.parquet")
+    scanned = reading.scan_parquet(str(tmp_path))
+    frame.head(4).write_parquet(tmp_path / "part-0.parquet")
+    message = f"'{tmp_path / 'part-0.parquet'}' has 4 rows, fewer than when the input was scanned"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        list(reading.batches(scanned.windows(["id", "logit", ROW]), scanned, 3))
+
+
+def test_klrank_run_on_a_damaged_array_input_exits_2_naming_it(tmp_path: Path) -> None:
+    # The ids read, the logits do not: pyarrow's reader fails, in the batch loop.
+    labels = pl.DataFrame({"id": range(6), "logit": [[0.0, 1.0], [1.0, 0.0]] * 3})
+    labels.with_columns(pl.col("logit").cast(pl.Array(pl.Float32, 2))).write_parquet(
+        tmp_path / "labels.parquet"
+    )
+    (tmp_path / "predictions" / "model=m").mkdir(parents=True)
+    _logits_first(tmp_path / "predictions" / "model=m" / "part-0.parquet")
+    predictions = tmp_path / "predictions"
+    result = klrank(
+        "run", "--labels", tmp_path / "labels.parquet", "--predictions", predictions,
+        "--out", tmp_path / "out",
+    )  # fmt: skip
+    assert result.returncode == 2, str(result)
+    assert f"cannot read the Parquet data of {str(predictions)!r}" in result.stderr
+    assert "Deserializing page header failed" in result.stderr  # pyarrow's words, not Polars'
+    assert not (tmp_path / "out").exists()
 
 
 def test_batches_of_many_files_are_the_rows_in_order(tmp_path: Path) -> None:
