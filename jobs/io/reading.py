@@ -370,7 +370,8 @@ class _Windows:
     ) -> pl.DataFrame:
         """A file's ``rows`` as the Polars query gives them: ``schema``'s columns, dtypes, ``ROW``.
 
-        ``read`` may have none of its columns (a file lacking them all): the rows still count.
+        ``read`` may have none of its columns (a file lacking them all): the rows still count,
+        with or without ``ROW`` among the columns.
         """
 
         def column(name: str) -> pl.Expr:
@@ -378,8 +379,9 @@ class _Windows:
                 return pl.int_range(first_row, first_row + rows, dtype=pl.Int64).alias(ROW)
             if name in read.columns:
                 return pl.col(name).cast(self._schema[name])
-            # A hive key, or a column this file lacks (null, as Polars' scan reads it).
-            return pl.lit(file.hive.get(name), self._schema[name]).alias(name)
+            # A hive key, or a column this file lacks (null, as Polars' scan reads it); repeated,
+            # not a literal: a literal alone would make one row.
+            return pl.repeat(file.hive.get(name), rows, dtype=self._schema[name]).alias(name)
 
         return read.select(column(c) for c in self._columns)
 
@@ -462,17 +464,25 @@ class _Cursor:
     def read(self, skip: int, take: int) -> pl.DataFrame:
         """Rows ``[skip, skip + take)``, ``skip`` at or past ``position``.
 
-        Raises ``ComputeError`` (as Polars' scan does) if the file ends before them: it changed
-        since its footer was read.
+        Raises
+        ------
+        polars.exceptions.ComputeError
+            The file has fewer rows than that (it changed since its footer was read), as a
+            damaged file does.
         """
+        rows = self._ends[-1] if self._ends else 0
+        if skip + take > rows:
+            raise pl.exceptions.ComputeError(
+                f"{self.path!r} has {rows} rows, fewer than when the input was scanned"
+            )
         if not self.wanted:  # the file lacks every column asked for: the rows still count
             self.position = skip + take
             return pl.DataFrame()
         pieces = []
         while take > 0:
-            if not self._pending.height and not self._next():
+            if not self._pending.height and not self._next():  # short of what its footer says
                 raise pl.exceptions.ComputeError(
-                    f"{self.path}: the file ends at row {self.position}, before row {skip}"
+                    f"{self.path!r} ends at row {self.position}, before row {skip}"
                 )
             if skip > self.position:  # rows before the window, in its row group
                 dropped = min(skip - self.position, self._pending.height)
@@ -546,9 +556,9 @@ def read_rows(
         :func:`collect` does).
     """
     schema = _combine(_scans(files), source).collect_schema()
-    query = _Windows(files, schema, [*[c for c in columns if c in schema], ROW])(start, length)
-    try:
-        return _compacted(query.collect())
+    window = _Windows(files, schema, [*[c for c in columns if c in schema], ROW])
+    try:  # an Array/List input is read by the window itself (_ArrowRows), not by collect
+        return _compacted(window(start, length).collect())
     except pl.exceptions.ComputeError as error:
         raise UsageError(
             f"cannot read the Parquet data of {source!r}: {one_line(str(error))}"

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cli_helpers import corrupt_first_page
+from cli_helpers import corrupt_first_page, expect, invoke, klrank
 from klrank.io import publishing, reading, targets, writing
 from klrank.pipeline.errors import StorageError, UsageError
 from klrank.pipeline.layout import ROW
@@ -261,20 +262,6 @@ def test_one_window_read_out_of_order_gives_the_rows_asked_for(tmp_path: Path) -
         assert_frame_equal(window(start, length).collect(), whole.slice(start, length))
 
 
-def test_an_array_file_shorter_than_its_scanned_footer_is_an_error_not_null_rows(
-    tmp_path: Path,
-) -> None:
-    # A file rewritten between the scan and the read: its rows must not come back as nulls.
-    path = tmp_path / "logits.parquet"
-    logits = np.arange(24.0).reshape(6, 4)
-    pl.DataFrame({"id": np.arange(6), "logit": logits}).write_parquet(path, row_group_size=2)
-    source = reading.scan_parquet(str(path))
-    pl.DataFrame({"id": np.arange(3), "logit": logits[:3]}).write_parquet(path)
-    message = f"cannot read the Parquet data of {str(path)!r}"
-    with pytest.raises(UsageError, match=re.escape(message)):
-        list(reading.batches(source.windows(["id", "logit"]), source, 4))
-
-
 def test_an_array_input_in_one_big_row_group_is_read_a_batch_at_a_time(tmp_path: Path) -> None:
     # pyarrow's pool peaks at about a batch of rows, not at the row group: 4,000 rows of 1,000
     # Float64 values (32 MB) in one row group, read in batches of 100 rows (0.8 MB).
@@ -334,6 +321,172 @@ def test_a_damaged_array_file_is_a_usage_error_naming_the_input(tmp_path: Path) 
     message = f"cannot read the Parquet data of {str(tmp_path)!r}"
     with pytest.raises(UsageError, match=re.escape(message)):
         list(reading.batches(scanned.windows(["id", "logit"]), scanned, 1))
+
+
+def _uneven_files(root: Path, width: int | None) -> list[tuple[Path, dict[str, str]]]:
+    """Files of a ``logit`` Array of ``width`` (None: a List), in row groups of varying sizes.
+
+    A ``write_table`` a row group: some are empty, one file has one row and one none. Every
+    fourth row is null and, in a List, every fifth from the first an empty list.
+    """
+    dtype = pa.list_(pa.float32(), width) if width else pa.list_(pa.float64())
+    rng, written = np.random.default_rng(17), []
+    for part, groups in enumerate([(3, 0, 5, 1), (1,), (0,), (7, 7, 2), (0, 4), (10,)]):
+        hive = {"model": "ab"[part % 2]}
+        path = root / f"model={hive['model']}" / f"part-{part}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with pq.ParquetWriter(path, pa.schema({"id": pa.int64(), "logit": dtype})) as writer:
+            for n in groups:
+                rows = [rng.normal(size=width or i % 5).tolist() for i in range(n)]
+                rows = [None if i % 4 == 3 else row for i, row in enumerate(rows)]
+                ids = pa.array(range(n), pa.int64())
+                writer.write_table(pa.table({"id": ids, "logit": pa.array(rows, dtype)}))
+        written.append((path, hive))
+    return sorted(written)  # in path order, as the input is read
+
+
+@pytest.mark.parametrize("width", [3, None], ids=["array", "list"])
+def test_windows_in_any_order_over_uneven_row_groups_are_slices_of_the_files(
+    tmp_path: Path, width: int | None
+) -> None:
+    # The pyarrow reader continues, skips inside a row group, or opens the file again, and
+    # passes empty row groups and files: every window reads what each file read whole holds.
+    files = _uneven_files(tmp_path, width)
+    scanned = reading.scan_parquet(str(tmp_path))
+    columns = ["id", "logit", "model", ROW]
+    whole = _read_one_by_one(files).select(columns)
+    assert whole.height == 40 and whole.get_column("logit").null_count() == 6
+    window = scanned.windows(columns)
+    rng = np.random.default_rng(4)
+    for start, length in rng.integers(0, whole.height + 3, size=(300, 2)).tolist():
+        assert_frame_equal(window(start, length).collect(), whole.slice(start, length))
+    for size in (1, 3, 7):
+        assert_frame_equal(pl.concat(reading.batches(window, scanned, size)), whole)
+
+
+def test_one_window_read_by_two_threads_gives_each_the_rows_it_asked_for(tmp_path: Path) -> None:
+    # reading.batches reads ahead in a thread: a window's reader is shared, under a lock.
+    files = _uneven_files(tmp_path, 3)
+    scanned = reading.scan_parquet(str(tmp_path))
+    columns = ["id", "logit", ROW]
+    whole = _read_one_by_one(files).select(columns)
+    window = scanned.windows(columns)
+    wrong: list[tuple[int, int]] = []
+
+    def read(seed: int) -> None:
+        for start, length in np.random.default_rng(seed).integers(0, 42, size=(150, 2)).tolist():
+            if not window(start, length).collect().equals(whole.slice(start, length)):
+                wrong.append((start, length))
+
+    threads = [threading.Thread(target=read, args=(seed,)) for seed in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["pyarrow", "polars"])
+def test_a_file_lacking_every_column_of_a_window_still_counts_its_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arrow: bool
+) -> None:
+    # Without ROW among the columns, pyarrow's rows of such a file were one literal null row.
+    monkeypatch.setattr(reading, "ARROW_READS", arrow)
+    logit = pl.Series("logit", [[0.0, 1.0], [1.0, 0.0]], dtype=pl.Array(pl.Float32, 2))
+    files = [(tmp_path / "a.parquet", {}), (tmp_path / "b.parquet", {})]
+    pl.DataFrame([logit]).write_parquet(files[0][0])
+    pl.DataFrame({"id": [3, 4, 5]}).write_parquet(files[1][0])
+    scanned = reading.scan_parquet(str(tmp_path))
+    whole = _read_one_by_one(files).select("logit")
+    for start, length in [(0, 5), (1, 3), (2, 3), (3, 1)]:
+        assert_frame_equal(
+            scanned.windows(["logit"])(start, length).collect(), whole.slice(start, length)
+        )
+
+
+def _logits_first(path: Path) -> Path:
+    """An Array file whose first column is the logits: :func:`corrupt_first_page` damages them."""
+    logit = pl.Series("logit", [[0.0, 1.0], [1.0, 0.0]] * 3, dtype=pl.Array(pl.Float32, 2))
+    pl.DataFrame([logit, pl.Series("id", range(6))]).write_parquet(path, row_group_size=4)
+    corrupt_first_page(path)
+    assert pl.read_parquet(path, columns=["id"]).height == 6  # the failure is in the logits
+    return path
+
+
+def test_read_rows_of_a_damaged_array_file_is_a_usage_error_naming_the_input(
+    tmp_path: Path,
+) -> None:
+    # The Ray engine's reads: pyarrow reads when the window is made, which was outside the
+    # try, so the ComputeError escaped ("internal error", exit 70, from klrank run --engine ray).
+    path = _logits_first(tmp_path / "part-0.parquet")
+    scanned = reading.scan_parquet(str(tmp_path))
+    message = f"cannot read the Parquet data of {str(tmp_path)!r}"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        reading.read_rows(str(tmp_path), scanned.files, ["id", "logit"], 0, 6)
+    assert path.exists()
+
+
+def test_an_array_file_with_fewer_rows_than_when_scanned_is_a_usage_error(tmp_path: Path) -> None:
+    # pyarrow's rows of it were short of the window: Polars raised a ShapeError (a traceback).
+    frame = pl.DataFrame({"id": range(10), "logit": [[float(i), 1.0] for i in range(10)]})
+    frame = frame.with_columns(pl.col("logit").cast(pl.Array(pl.Float64, 2)))
+    frame.write_parquet(tmp_path / "part-0.parquet")
+    scanned = reading.scan_parquet(str(tmp_path))
+    frame.head(4).write_parquet(tmp_path / "part-0.parquet")
+    message = f"'{tmp_path / 'part-0.parquet'}' has 4 rows, fewer than when the input was scanned"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        list(reading.batches(scanned.windows(["id", "logit", ROW]), scanned, 3))
+
+
+def test_klrank_run_on_a_damaged_array_input_exits_2_naming_it(tmp_path: Path) -> None:
+    # The ids read, the logits do not: pyarrow's reader fails, in the batch loop.
+    labels = pl.DataFrame({"id": range(6), "logit": [[0.0, 1.0], [1.0, 0.0]] * 3})
+    labels.with_columns(pl.col("logit").cast(pl.Array(pl.Float32, 2))).write_parquet(
+        tmp_path / "labels.parquet"
+    )
+    (tmp_path / "predictions" / "model=m").mkdir(parents=True)
+    _logits_first(tmp_path / "predictions" / "model=m" / "part-0.parquet")
+    predictions = tmp_path / "predictions"
+    result = klrank(
+        "run", "--labels", tmp_path / "labels.parquet", "--predictions", predictions,
+        "--out", tmp_path / "out",
+    )  # fmt: skip
+    assert result.returncode == 2, str(result)
+    assert f"cannot read the Parquet data of {str(predictions)!r}" in result.stderr
+    assert "Deserializing page header failed" in result.stderr  # pyarrow's words, not Polars'
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_report_read_a_row_a_batch_is_the_report_read_in_one_batch(tmp_path: Path) -> None:
+    # Batches of one row cross every row group and file boundary of the pyarrow reads (row
+    # groups of 5 in the labels, 3 and 4 in the predictions, model b in two files).
+    rng, n, k = np.random.default_rng(12), 23, 6
+    truth = rng.normal(size=(n, k))
+    pl.DataFrame({"id": range(n), "logit": truth}).write_parquet(
+        tmp_path / "labels.parquet", row_group_size=5
+    )
+    for model, parts in (("a", [range(n)]), ("b", [range(9), range(9, n)])):
+        for i, ids in enumerate(parts):
+            logits = truth[list(ids)] + rng.normal(size=(len(ids), k))
+            path = tmp_path / "predictions" / f"model={model}" / f"part-{i}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pl.DataFrame({"id": ids, "logit": logits}).write_parquet(path, row_group_size=3 + i)
+    found = {}
+    for batch_bytes in (k * 8, 10**9):
+        out = tmp_path / f"out-{batch_bytes}"
+        result = invoke(
+            "run", "--labels", tmp_path / "labels.parquet", "--predictions",
+            tmp_path / "predictions", "--batch-bytes", str(batch_bytes), "--out", out,
+        )  # fmt: skip
+        expect(result, 0)
+        found[batch_bytes] = [
+            pl.read_parquet(out / "report.parquet"),
+            pl.read_parquet(out / "rows.parquet").sort("model", "id"),
+        ]
+    (report, rows), (whole_report, whole_rows) = found.values()
+    assert rows.height == 2 * n
+    assert_frame_equal(rows, whole_rows, check_exact=False, rel_tol=1e-12)
+    assert_frame_equal(report, whole_report, check_exact=False, rel_tol=1e-12)
 
 
 def test_batches_of_many_files_are_the_rows_in_order(tmp_path: Path) -> None:
