@@ -359,7 +359,7 @@ class _Windows:
             if take <= 0:
                 continue
             present = [c for c in self._columns if c not in file.hive and c != ROW]
-            read = self._arrow.rows(file.path, present, skip, take)
+            read = self._arrow.rows(file.path, present, skip, take, length)
             frames.append(self._conformed(read, file, file.offset + skip, take))
         if not frames:  # past the end
             return pl.DataFrame(schema=self._schema).select(self._columns)
@@ -417,13 +417,19 @@ class _ArrowRows:
         self._cursor: _Cursor | None = None
         self._lock = threading.Lock()  # a window may be shared by readers of several batches
 
-    def rows(self, path: str, columns: Sequence[str], skip: int, take: int) -> pl.DataFrame:
-        """Rows ``[skip, skip + take)`` of the file's ``columns`` it has (maybe none of them)."""
+    def rows(
+        self, path: str, columns: Sequence[str], skip: int, take: int, batch: int
+    ) -> pl.DataFrame:
+        """Rows ``[skip, skip + take)`` of the file's ``columns`` it has (maybe none of them).
+
+        ``batch``: the rows a window reads (``take`` may be the few of them in this file); a
+        file opened here is read in record batches of that many rows.
+        """
         with self._lock:
             cursor = self._cursor
             if cursor is None or not cursor.continues(path, tuple(columns), skip):
                 self._cursor = None  # let it go before the next one is opened
-                cursor = self._cursor = _Cursor(path, tuple(columns), skip, take)
+                cursor = self._cursor = _Cursor(path, tuple(columns), skip, batch)
             return cursor.read(skip, take)
 
 

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from cli_helpers import corrupt_first_page, expect, invoke, klrank
-from klrank.io import publishing, reading, targets, writing
+from klrank.io import publishing, reading, storage, targets, writing
 from klrank.pipeline.errors import StorageError, UsageError
 from klrank.pipeline.layout import ROW
 from polars.testing import assert_frame_equal
@@ -248,6 +249,36 @@ def test_windows_of_an_array_input_are_slices_of_the_files_read_one_by_one(
     for start in range(0, a_rows.height + 1, 2):
         window = scanned.windows(columns, a_files)
         assert_frame_equal(window(start, 3).collect(), a_rows.slice(start, 3))
+
+
+def test_a_file_a_batch_enters_at_its_end_is_read_in_batches_of_the_window_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two files of 7 rows read 4 rows a batch: the second file opens for the 1 row the second
+    # batch takes of it, and must not be read one row a record batch from then on.
+    for part in range(2):
+        ids = np.arange(7) + 7 * part
+        frame = pl.DataFrame({"id": ids, "logit": np.ones((7, 3))})
+        frame.write_parquet(tmp_path / f"part-{part}.parquet")
+    sizes: list[int] = []
+    opened = storage.parquet_file
+
+    def recording(path: str, buffer_size: int) -> pq.ParquetFile:
+        reader = opened(path, buffer_size)
+        iter_batches = reader.iter_batches
+
+        def batches(**options: Any) -> Any:
+            sizes.append(options["batch_size"])
+            return iter_batches(**options)
+
+        reader.iter_batches = batches  # type: ignore[method-assign]
+        return reader
+
+    monkeypatch.setattr(storage, "parquet_file", recording)
+    source = reading.scan_parquet(str(tmp_path))
+    read = list(reading.batches(source.windows(["id", "logit"]), source, 4))
+    assert pl.concat(read).get_column("id").to_list() == list(range(14))
+    assert sizes == [4, 4]
 
 
 def test_one_window_read_out_of_order_gives_the_rows_asked_for(tmp_path: Path) -> None:
