@@ -179,6 +179,14 @@ def _hive_values(folders: Sequence[str]) -> dict[str, str]:
     return values
 
 
+def _schema_digest(schema: pa.Schema) -> str:
+    """A digest of a file's columns and their types (:attr:`ParquetFile.schema`)."""
+    # The fields with their metadata (Polars keeps an Enum's categories there), not the file's
+    # own metadata (pandas records each file's index in it).
+    fields = schema.remove_metadata().serialize().to_pybytes()
+    return hashlib.blake2b(fields, digest_size=16).hexdigest()
+
+
 def _describe(file: str, folders: Sequence[str], offset: int) -> ParquetFile:
     try:
         metadata = storage.read_metadata(file)
@@ -192,10 +200,7 @@ def _describe(file: str, folders: Sequence[str], offset: int) -> ParquetFile:
     clash = sorted(set(hive) & set(metadata.schema.names))
     if clash:
         raise UsageError(f"{file!r} has columns {clash} that its folder names also set; keep one")
-    # The fields with their metadata (Polars keeps an Enum's categories there), not the file's
-    # own metadata (pandas records each file's index in it).
-    fields = schema.remove_metadata().serialize().to_pybytes()
-    digest = hashlib.blake2b(fields, digest_size=16).hexdigest()
+    digest = _schema_digest(schema)
     groups = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
     return ParquetFile(
         path=file,
@@ -359,7 +364,7 @@ class _Windows:
             if take <= 0:
                 continue
             present = [c for c in self._columns if c not in file.hive and c != ROW]
-            read = self._arrow.rows(file.path, present, skip, take, length)
+            read = self._arrow.rows(file, present, skip, take, length)
             frames.append(self._conformed(read, file, file.offset + skip, take))
         if not frames:  # past the end
             return pl.DataFrame(schema=self._schema).select(self._columns)
@@ -418,7 +423,7 @@ class _ArrowRows:
         self._lock = threading.Lock()  # a window may be shared by readers of several batches
 
     def rows(
-        self, path: str, columns: Sequence[str], skip: int, take: int, batch: int
+        self, file: ParquetFile, columns: Sequence[str], skip: int, take: int, batch: int
     ) -> pl.DataFrame:
         """Rows ``[skip, skip + take)`` of the file's ``columns`` it has (maybe none of them).
 
@@ -427,22 +432,26 @@ class _ArrowRows:
         """
         with self._lock:
             cursor = self._cursor
-            if cursor is None or not cursor.continues(path, tuple(columns), skip):
+            if cursor is None or not cursor.continues(file.path, tuple(columns), skip):
                 self._cursor = None  # let it go before the next one is opened
-                cursor = self._cursor = _Cursor(path, tuple(columns), skip, batch)
+                cursor = self._cursor = _Cursor(file, tuple(columns), skip, batch)
             return cursor.read(skip, take)
 
 
 class _Cursor:
     """One file's rows from a row group on, read a record batch at a time (:class:`_ArrowRows`)."""
 
-    def __init__(self, path: str, columns: tuple[str, ...], start: int, batch: int) -> None:
-        remote = storage.is_remote(path)
-        buffer = _REMOTE_BUFFER_BYTES if remote else _LOCAL_BUFFER_BYTES
+    def __init__(self, file: ParquetFile, columns: tuple[str, ...], start: int, batch: int) -> None:
+        path = file.path
+        buffer = _REMOTE_BUFFER_BYTES if storage.is_remote(path) else _LOCAL_BUFFER_BYTES
         try:
             reader = storage.parquet_file(path, buffer)
         except (OSError, pa.ArrowException) as error:  # changed since its footer was read
             raise pl.exceptions.ComputeError(str(error)) from None
+        if _schema_digest(reader.schema_arrow) != file.schema:  # a column gone, or retyped
+            raise pl.exceptions.ComputeError(
+                f"{path!r} has other columns or types than when the input was scanned"
+            )
         names = set(reader.schema_arrow.names)
         self.path, self.columns = path, columns
         self.wanted = [c for c in columns if c in names]

@@ -457,6 +457,27 @@ def test_read_rows_of_a_damaged_array_file_is_a_usage_error_naming_the_input(
     assert path.exists()
 
 
+@pytest.mark.parametrize(
+    "rewritten",
+    [
+        pl.DataFrame({"id": range(10)}),  # the logits gone: they must not read as nulls
+        pl.DataFrame({"id": range(10), "logit": [[str(i), "1"] for i in range(10)]}),  # strings
+    ],
+    ids=["column-gone", "retyped"],
+)
+def test_an_array_file_rewritten_with_other_columns_since_the_scan_is_a_usage_error(
+    tmp_path: Path, rewritten: pl.DataFrame
+) -> None:
+    frame = pl.DataFrame({"id": range(10), "logit": [[float(i), 1.0] for i in range(10)]})
+    frame = frame.with_columns(pl.col("logit").cast(pl.Array(pl.Float64, 2)))
+    frame.write_parquet(tmp_path / "part-0.parquet")
+    scanned = reading.scan_parquet(str(tmp_path))
+    rewritten.write_parquet(tmp_path / "part-0.parquet")
+    message = f"'{tmp_path / 'part-0.parquet'}' has other columns or types than when the input"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        list(reading.batches(scanned.windows(["id", "logit", ROW]), scanned, 3))
+
+
 def test_an_array_file_with_fewer_rows_than_when_scanned_is_a_usage_error(tmp_path: Path) -> None:
     # pyarrow's rows of it were short of the window: Polars raised a ShapeError (a traceback).
     frame = pl.DataFrame({"id": range(10), "logit": [[float(i), 1.0] for i in range(10)]})
