@@ -462,8 +462,12 @@ def test_read_rows_of_a_damaged_array_file_is_a_usage_error_naming_the_input(
     [
         pl.DataFrame({"id": range(10)}),  # the logits gone: they must not read as nulls
         pl.DataFrame({"id": range(10), "logit": [[str(i), "1"] for i in range(10)]}),  # strings
+        pl.DataFrame(  # more rows: the first ten need not be the rows the scan counted
+            {"id": range(12), "logit": [[float(i), 1.0] for i in range(12)]},
+            schema_overrides={"logit": pl.Array(pl.Float64, 2)},
+        ),
     ],
-    ids=["column-gone", "retyped"],
+    ids=["column-gone", "retyped", "grown"],
 )
 def test_an_array_file_rewritten_with_other_columns_since_the_scan_is_a_usage_error(
     tmp_path: Path, rewritten: pl.DataFrame
@@ -473,7 +477,7 @@ def test_an_array_file_rewritten_with_other_columns_since_the_scan_is_a_usage_er
     frame.write_parquet(tmp_path / "part-0.parquet")
     scanned = reading.scan_parquet(str(tmp_path))
     rewritten.write_parquet(tmp_path / "part-0.parquet")
-    message = f"'{tmp_path / 'part-0.parquet'}' has other columns or types than when the input"
+    message = f"'{tmp_path / 'part-0.parquet'}' has other columns, types or row groups than when"
     with pytest.raises(UsageError, match=re.escape(message)):
         list(reading.batches(scanned.windows(["id", "logit", ROW]), scanned, 3))
 
@@ -485,7 +489,7 @@ def test_an_array_file_with_fewer_rows_than_when_scanned_is_a_usage_error(tmp_pa
     frame.write_parquet(tmp_path / "part-0.parquet")
     scanned = reading.scan_parquet(str(tmp_path))
     frame.head(4).write_parquet(tmp_path / "part-0.parquet")
-    message = f"'{tmp_path / 'part-0.parquet'}' has 4 rows, fewer than when the input was scanned"
+    message = f"'{tmp_path / 'part-0.parquet'}' has other columns, types or row groups than when"
     with pytest.raises(UsageError, match=re.escape(message)):
         list(reading.batches(scanned.windows(["id", "logit", ROW]), scanned, 3))
 
