@@ -494,6 +494,65 @@ def test_an_array_file_with_fewer_rows_than_when_scanned_is_a_usage_error(tmp_pa
         list(reading.batches(scanned.windows(["id", "logit", ROW]), scanned, 3))
 
 
+def _wide_file(path: Path, rows: int = 10) -> None:
+    """Rows of two class columns, as the column layout has them."""
+    pl.DataFrame(
+        {"id": range(rows), "prob_0": [0.25] * rows, "prob_1": [0.75] * rows}
+    ).write_parquet(path)
+
+
+@pytest.mark.parametrize(
+    "rewritten",
+    [
+        pl.DataFrame({"id": range(10)}),  # a class column gone: ColumnNotFoundError, a traceback
+        pl.DataFrame({"id": range(10), "prob_0": ["0.25"] * 10, "prob_1": ["0.75"] * 10}),  # read
+        pl.DataFrame({"id": range(12), "prob_0": [0.5] * 12, "prob_1": [0.5] * 12}),  # read
+        pl.DataFrame({"id": range(4), "prob_0": [0.5] * 4, "prob_1": [0.5] * 4}),  # short batches
+    ],
+    ids=["column-gone", "retyped", "grown", "shrunk"],
+)
+def test_a_column_file_rewritten_since_the_scan_is_a_usage_error(
+    tmp_path: Path, rewritten: pl.DataFrame
+) -> None:
+    # Polars' scan read each file as it was at the time of the read: strings for the floats,
+    # the first ten of twelve rows as if they were the ten the scan counted, or batches of 3 and
+    # 1 rows for 10 rows scanned, which pair with the wrong label rows.
+    path = tmp_path / "part-0.parquet"
+    _wide_file(path)
+    scanned = reading.scan_parquet(str(tmp_path))
+    rewritten.write_parquet(path)
+    message = f"'{path}' has other columns, types or row groups than when the input was scanned"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        list(reading.batches(scanned.windows(["id", "prob_0", "prob_1", ROW]), scanned, 3))
+    with pytest.raises(UsageError, match=re.escape(message)):  # the Ray engine's reads
+        reading.read_rows(str(tmp_path), scanned.files, ["id", "prob_0"], 0, 3)
+
+
+def test_a_column_file_removed_since_the_scan_is_a_usage_error(tmp_path: Path) -> None:
+    _wide_file(tmp_path / "part-0.parquet")
+    _wide_file(tmp_path / "part-1.parquet")
+    scanned = reading.scan_parquet(str(tmp_path))
+    (tmp_path / "part-1.parquet").unlink()
+    message = f"cannot read the Parquet data of {str(tmp_path)!r}: "
+    with pytest.raises(UsageError, match=re.escape(message) + ".*No such file"):
+        list(reading.batches(scanned.windows(["id", "prob_0", ROW]), scanned, 3))
+    # A read of the whole input (the ids, say) is Polars' own scan: its error is a usage error.
+    with pytest.raises(UsageError, match=re.escape(message)):
+        reading.collect(scanned.frame.select("id"), scanned)
+
+
+def test_a_column_file_touched_but_unchanged_since_the_scan_is_read(tmp_path: Path) -> None:
+    # Its modification time differs: its footer is read again, and is the scan's.
+    path = tmp_path / "part-0.parquet"
+    _wide_file(path)
+    scanned = reading.scan_parquet(str(tmp_path))
+    _wide_file(path)
+    os.utime(path, ns=(1, 1))
+    read = list(reading.batches(scanned.windows(["id", "prob_1", ROW]), scanned, 4))
+    assert [b.height for b in read] == [4, 4, 2]
+    assert pl.concat(read).get_column("prob_1").to_list() == [0.75] * 10
+
+
 def test_klrank_run_on_a_damaged_array_input_exits_2_naming_it(tmp_path: Path) -> None:
     # The ids read, the logits do not: pyarrow's reader fails, in the batch loop.
     labels = pl.DataFrame({"id": range(6), "logit": [[0.0, 1.0], [1.0, 0.0]] * 3})

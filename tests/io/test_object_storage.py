@@ -316,6 +316,29 @@ def test_a_damaged_file_in_a_bucket_is_a_usage_error_naming_the_input(
     assert f"cannot read the Parquet data of {url!r}" in result.stderr
 
 
+def test_a_file_rewritten_in_a_bucket_since_the_scan_is_a_usage_error(
+    object_server: ObjectServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Its footer is read again before a batch reads it (no size and time to compare there).
+    for key, value in object_server.env.items():
+        monkeypatch.setenv(key, value)
+    path = tmp_path / "part-0.parquet"
+    pl.DataFrame({"id": range(10), "prob_0": [0.25] * 10}).write_parquet(path)
+    bucket = object_server.new_bucket()
+    object_server.upload(tmp_path, bucket, "")
+    url = f"{object_server.scheme}://{bucket}/"
+    scanned = reading.scan_parquet(url)
+    shorter = pl.DataFrame({"id": range(4), "prob_0": [0.5] * 4})
+    shorter.write_parquet(path)
+    object_server.put(bucket, "part-0.parquet", path.read_bytes())
+    with pytest.raises(UsageError) as raised:
+        list(reading.batches(scanned.windows(["id", "prob_0"]), scanned, 3))
+    assert str(raised.value).startswith(f"cannot read the Parquet data of {url!r}: ")
+    assert "has other columns, types or row groups than when the input was scanned" in str(
+        raised.value
+    )
+
+
 def test_credentials_in_a_url_are_refused_before_anything_logs_them(
     object_server: ObjectServer, example_bucket: str, tmp_path: Path
 ) -> None:
