@@ -52,6 +52,10 @@ READ_FLOOR, KLRANK, DUCKDB, PANDAS = "read floor", "klrank", "duckdb", "pandas+s
 KLRANK_RAY = "klrank ray"
 # klrank without its bootstrap (--bootstrap 0): what the default --bootstrap 200 costs.
 KLRANK_NO_BOOTSTRAP = "klrank --bootstrap 0"
+# klrank with every optional part of its work off: no bootstrap, rows.parquet, report.html or
+# worst rows. What the report's own measures, checks and tests cost, beside DuckDB's job.
+KLRANK_CORE = "klrank core only"
+CORE_OPTIONS = ("--bootstrap", "0", "--no-rows", "--no-html", "--worst", "0")
 # The language-model case: klrank with the base as probabilities (labels-prob.parquet), which a
 # klrank that cannot read logits as truth also runs; and llama.cpp's statistics in numpy.
 KLRANK_PROB = "klrank prob truth"
@@ -64,6 +68,7 @@ TABULAR_CONTENDERS = (
     KLRANK,
     KLRANK_WITH_PANDAS,
     KLRANK_NO_BOOTSTRAP,
+    KLRANK_CORE,
     KLRANK_RAY,
     DUCKDB,
     PANDAS,
@@ -74,13 +79,14 @@ LM_CONTENDERS = (READ_FLOOR, KLRANK, KLRANK_PROB, LLAMACPP)
 CHECKED = (
     KLRANK_WITH_PANDAS,
     KLRANK_NO_BOOTSTRAP,
+    KLRANK_CORE,
     KLRANK_RAY,
     DUCKDB,
     PANDAS,
     KLRANK_PROB,
     LLAMACPP,
 )
-KLRANKS = (KLRANK, KLRANK_WITH_PANDAS, KLRANK_NO_BOOTSTRAP, KLRANK_RAY, KLRANK_PROB)
+KLRANKS = (KLRANK, KLRANK_WITH_PANDAS, KLRANK_NO_BOOTSTRAP, KLRANK_CORE, KLRANK_RAY, KLRANK_PROB)
 # klrank's answer (exit 2) when the labels hold logits and it cannot read them as truth.
 NO_LOGIT_TRUTH = "no distribution columns found in labels"
 # "<size>-array" runs the array-layout copy of a size that has one (a `prob` Array column).
@@ -202,6 +208,8 @@ def command(
         return [klrank, "run", *inputs, "--out", str(out), "--engine", "ray"]
     if contender == KLRANK_NO_BOOTSTRAP:
         return [klrank, "run", *inputs, "--out", str(out), "--bootstrap", "0"]
+    if contender == KLRANK_CORE:
+        return [klrank, "run", *inputs, "--out", str(out), *CORE_OPTIONS]
     script = {DUCKDB: "duckdb_job.py", PANDAS: "pandas_job.py"}[contender]
     return [PYTHON, str(HERE / script), *inputs, "--out", str(out)]
 

@@ -47,6 +47,7 @@ def test_tiny_benchmark_times_every_contender_and_they_agree(
     assert table == done.stdout
     for contender in ("| read floor |", "| klrank |", "| klrank ray |", "| duckdb |"):
         assert contender in table
+    assert "klrank core only mean KL per model agrees with klrank" in table
     assert "| pandas+scipy |" in table
     assert "klrank ray mean KL per model agrees with klrank" in table
     assert "duckdb mean KL per model agrees with klrank" in table
