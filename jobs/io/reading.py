@@ -54,8 +54,8 @@ class ParquetFile:
     hive: dict[str, str]
     schema: str
     row_groups: tuple[int, ...] = ()  # the rows of each of its row groups
-    # A local file's size and modification time (ns) just before its footer was read: where
-    # they are the same, a read need not read the footer again to know the file is unchanged.
+    # A local file's size and modification time (ns) just before its footer was read: a read
+    # that finds others refuses the file, which changed since the scan (:func:`_check_file`).
     stamp: tuple[int, int] | None = None
 
     def constant(self, column: str) -> str | None:
@@ -331,6 +331,13 @@ def _combine(frames: list[pl.LazyFrame], path: str) -> pl.LazyFrame:
     return frame
 
 
+def _changed(file: ParquetFile, what: str) -> pl.exceptions.ComputeError:
+    """The error for ``file`` changed since the scan (refused as a damaged file is)."""
+    return pl.exceptions.ComputeError(
+        f"{file.path!r} has changed since the input was scanned ({what})"
+    )
+
+
 def _check_unchanged(file: ParquetFile, metadata: pq.FileMetaData) -> tuple[int, ...]:
     """The row group sizes of ``file``'s footer (``metadata``), if they and its schema are the scan's.
 
@@ -338,25 +345,26 @@ def _check_unchanged(file: ParquetFile, metadata: pq.FileMetaData) -> tuple[int,
     ------
     polars.exceptions.ComputeError
         The file was rewritten since the scan (a column gone or retyped, rows added or
-        dropped): its rows would not be the rows the scan counted, so it is refused, as a
-        damaged file is.
+        dropped): its rows would not be the rows the scan counted.
     """
     sizes = tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))
     if _schema_digest(metadata.schema.to_arrow_schema()) != file.schema or sizes != file.row_groups:
-        raise pl.exceptions.ComputeError(
-            f"{file.path!r} has other columns, types or row groups than when the input was scanned"
-        )
+        raise _changed(file, "other columns, types or row groups")
     return sizes
 
 
-def _check_footer(file: ParquetFile) -> None:
-    """:func:`_check_unchanged` on the file's footer as it is now; a file gone is refused too.
+def _check_file(file: ParquetFile) -> None:
+    """Refuse ``file`` if it changed since the scan, or is gone.
 
-    A local file of the same size and modification time as at the scan is taken as unchanged
-    without reading its footer (30,000 one-row files took 28 % longer with every footer read).
+    A local file by its size and modification time: a file rewritten with other values in the
+    same columns and row groups would be read as if it held the rows the scan counted, mixed
+    with the rows read of it before. A file in a bucket, where no such stamp is at hand, by its
+    footer (:func:`_check_unchanged`): there such a rewrite goes unseen.
     """
     try:
-        if file.stamp is not None and _stamp(file.path) == file.stamp:
+        if file.stamp is not None:
+            if _stamp(file.path) != file.stamp:
+                raise _changed(file, "its size or modification time")
             return
         metadata = storage.read_metadata(file.path)
     except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError)
@@ -367,16 +375,16 @@ def _check_footer(file: ParquetFile) -> None:
     _check_unchanged(file, metadata)
 
 
-def _check_footers(files: Sequence[ParquetFile]) -> None:
-    """:func:`_check_footer` of each file; those in a bucket side by side, as the scan read them."""
+def _check_files(files: Sequence[ParquetFile]) -> None:
+    """:func:`_check_file` of each file; those in a bucket side by side, as the scan read them."""
     for file in files:
         if file.stamp is not None:
-            _check_footer(file)
+            _check_file(file)
     remote = [file for file in files if file.stamp is None]
     if remote:
         threads = min(REMOTE_FOOTERS, len(remote))
         with ThreadPoolExecutor(threads, thread_name_prefix="klrank-footer") as pool:
-            list(pool.map(_check_footer, remote))
+            list(pool.map(_check_file, remote))
 
 
 class _Windows:
@@ -396,21 +404,41 @@ class _Windows:
         self._arrow = _ArrowRows() if wide and ARROW_READS else None
 
     def __call__(self, start: int, length: int) -> pl.LazyFrame:
-        """The query for rows ``[start, start + length)`` of the files."""
+        """Rows ``[start, start + length)`` of the files, read (as a lazy frame over them).
+
+        A file rewritten since the scan would be read as it is now (more rows, strings for
+        floats, other values in the same columns) or fail with a traceback, so each file is
+        checked before its rows are read, and a local one after too, against a rewrite during
+        the read (:func:`_check_file`). pyarrow's reader checks the footer of a file in a
+        bucket as it opens it (:class:`_Cursor`).
+        """
         first = bisect.bisect_right(self._ends, start)  # the first file ending after start
         last = bisect.bisect_left(self._ends, start + length) + 1  # past the file holding stop
         position = self._ends[first - 1] if first else 0  # where files[first] starts
-        if self._arrow is not None:
-            return self._arrow_rows(self._files[first:last], position, start, length).lazy()
+        files = self._files[first:last]
+        local = [file for file in files if file.stamp is not None]
+        _check_files(files if self._arrow is None else local)
+        try:
+            if self._arrow is not None:
+                rows = self._arrow_rows(files, position, start, length)
+            else:
+                rows = self._scan_rows(files, position, start, length).collect()
+        except pl.exceptions.PanicException:  # as Polars' reader of a file rewritten under it
+            _check_files(files)
+            raise
+        _check_files(local)
+        return rows.lazy()
+
+    def _scan_rows(
+        self, files: Sequence[ParquetFile], position: int, start: int, length: int
+    ) -> pl.LazyFrame:
+        """The query for the window's rows by Polars' scans, one a run of files (:func:`_runs`)."""
         frames = []
-        for run in _runs(self._files[first:last]):
+        for run in _runs(files):
             rows = sum(file.n_rows for file in run)
             skip = max(start - position, 0)
             take = min(start + length - position, rows) - skip
             if take > 0:
-                # Polars' scan would read a file rewritten since the scan as it is now (more
-                # rows, strings for floats), or fail on it with a traceback: check it first.
-                _check_footers(run)
                 frames.append(_scan(run, skip, take))
             position += rows
         if not self._alike or not frames:

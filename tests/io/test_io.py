@@ -477,7 +477,7 @@ def test_an_array_file_rewritten_with_other_columns_since_the_scan_is_a_usage_er
     frame.write_parquet(tmp_path / "part-0.parquet")
     scanned = reading.scan_parquet(str(tmp_path))
     rewritten.write_parquet(tmp_path / "part-0.parquet")
-    message = f"'{tmp_path / 'part-0.parquet'}' has other columns, types or row groups than when"
+    message = f"'{tmp_path / 'part-0.parquet'}' has changed since the input was scanned"
     with pytest.raises(UsageError, match=re.escape(message)):
         list(reading.batches(scanned.windows(["id", "logit", ROW]), scanned, 3))
 
@@ -489,7 +489,7 @@ def test_an_array_file_with_fewer_rows_than_when_scanned_is_a_usage_error(tmp_pa
     frame.write_parquet(tmp_path / "part-0.parquet")
     scanned = reading.scan_parquet(str(tmp_path))
     frame.head(4).write_parquet(tmp_path / "part-0.parquet")
-    message = f"'{tmp_path / 'part-0.parquet'}' has other columns, types or row groups than when"
+    message = f"'{tmp_path / 'part-0.parquet'}' has changed since the input was scanned"
     with pytest.raises(UsageError, match=re.escape(message)):
         list(reading.batches(scanned.windows(["id", "logit", ROW]), scanned, 3))
 
@@ -521,7 +521,7 @@ def test_a_column_file_rewritten_since_the_scan_is_a_usage_error(
     _wide_file(path)
     scanned = reading.scan_parquet(str(tmp_path))
     rewritten.write_parquet(path)
-    message = f"'{path}' has other columns, types or row groups than when the input was scanned"
+    message = f"'{path}' has changed since the input was scanned"
     with pytest.raises(UsageError, match=re.escape(message)):
         list(reading.batches(scanned.windows(["id", "prob_0", "prob_1", ROW]), scanned, 3))
     with pytest.raises(UsageError, match=re.escape(message)):  # the Ray engine's reads
@@ -541,16 +541,25 @@ def test_a_column_file_removed_since_the_scan_is_a_usage_error(tmp_path: Path) -
         reading.collect(scanned.frame.select("id"), scanned)
 
 
-def test_a_column_file_touched_but_unchanged_since_the_scan_is_read(tmp_path: Path) -> None:
-    # Its modification time differs: its footer is read again, and is the scan's.
+@pytest.mark.parametrize("arrow", [True, False], ids=["pyarrow", "polars"])
+def test_a_file_rewritten_with_other_values_alone_since_the_scan_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arrow: bool
+) -> None:
+    # The same columns, types and row groups: its footer alone passed, and the second batch was
+    # read from the new values, the first from the old.
+    monkeypatch.setattr(reading, "ARROW_READS", arrow)
     path = tmp_path / "part-0.parquet"
-    _wide_file(path)
+    frame = pl.DataFrame({"id": range(10), "prob": [[0.25, 0.75]] * 10})
+    frame.with_columns(pl.col("prob").cast(pl.Array(pl.Float64, 2))).write_parquet(path)
     scanned = reading.scan_parquet(str(tmp_path))
-    _wide_file(path)
-    os.utime(path, ns=(1, 1))
-    read = list(reading.batches(scanned.windows(["id", "prob_1", ROW]), scanned, 4))
-    assert [b.height for b in read] == [4, 4, 2]
-    assert pl.concat(read).get_column("prob_1").to_list() == [0.75] * 10
+    window = scanned.windows(["id", "prob", ROW])
+    assert window(0, 5).collect().get_column("prob").to_list()[0] == [0.25, 0.75]
+    frame = frame.with_columns(pl.lit([0.5, 0.5]).alias("prob"))
+    frame.with_columns(pl.col("prob").cast(pl.Array(pl.Float64, 2))).write_parquet(path)
+    assert pq.read_metadata(path).num_rows == 10
+    message = f"'{path}' has changed since the input was scanned (its size or modification time)"
+    with pytest.raises(pl.exceptions.ComputeError, match=re.escape(message)):
+        window(5, 5)
 
 
 def test_klrank_run_on_a_damaged_array_input_exits_2_naming_it(tmp_path: Path) -> None:

@@ -334,7 +334,7 @@ def test_a_file_rewritten_in_a_bucket_since_the_scan_is_a_usage_error(
     with pytest.raises(UsageError) as raised:
         list(reading.batches(scanned.windows(["id", "prob_0"]), scanned, 3))
     assert str(raised.value).startswith(f"cannot read the Parquet data of {url!r}: ")
-    assert "has other columns, types or row groups than when the input was scanned" in str(
+    assert "has changed since the input was scanned (other columns, types or row groups)" in str(
         raised.value
     )
 
