@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
+import polars as pl
 import typer
 from klrank.cli import output
 from klrank.cli._compat import ClickException
@@ -52,7 +53,8 @@ def guarded(action: Callable[[], T], *, debug: bool, as_json: bool) -> T:
     """Run ``action``; a klrank error, an OS error or a signal ends the command with its code.
 
     Any other exception is a bug: exit :attr:`ExitCode.INTERNAL`, or with ``debug`` the
-    exception itself, for its traceback.
+    exception itself, for its traceback. So is a panic in Polars' Rust code, which reaches
+    Python as a ``BaseException`` that ``except Exception`` lets through (a traceback, exit 1).
     """
     try:
         return action()
@@ -65,7 +67,7 @@ def guarded(action: Callable[[], T], *, debug: bool, as_json: bool) -> T:
         _fail(stored.exit_code, str(stored), as_json=as_json)
     except Interrupted as stop:
         _fail(stop.exit_code, stopped_message(stop.signum), as_json=as_json)
-    except Exception as error:
+    except (Exception, pl.exceptions.PanicException) as error:  # a panic is a BaseException
         if debug:
             raise
         # One line: the error's text may quote data (a Polars frame, a value with a newline).

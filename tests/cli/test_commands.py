@@ -237,6 +237,17 @@ def test_a_bug_exits_70_in_one_line_and_debug_lets_it_through(
         cli("run", *INPUTS, "--out", "o", "--debug")
 
 
+def test_a_panic_in_polars_is_a_bug_that_exits_70(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Polars raises it as a BaseException: it went past every handler, a traceback and exit 1.
+    monkeypatch.setattr(run_command, "run", _raise(pl.exceptions.PanicException("boom")))
+    result = cli("run", *INPUTS, "--out", "o", "--json")
+    message = "internal error: PanicException: boom (rerun with --debug for the traceback)"
+    assert result.code == 70
+    assert result.summary() == {"status": "internal_error", "exit_code": 70, "message": message}
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_exits_128_plus_its_number(
     cli: Cli, monkeypatch: pytest.MonkeyPatch, signum: int, code: int
