@@ -123,17 +123,19 @@ def model_inputs(
         nulls = predictions.frame.select(column.is_null().any())
         has_null = bool(reading.collect(nulls, predictions).item())
     inputs = [
-        _filtered(name, predictions.frame.filter(column == name).select(selected))
+        _filtered(name, predictions.frame.filter(column == name).select(selected), predictions)
         for name in sorted(names)
     ]
     if has_null:
-        inputs.append(_filtered(None, predictions.frame.filter(column.is_null()).select(selected)))
+        nulls_frame = predictions.frame.filter(column.is_null()).select(selected)
+        inputs.append(_filtered(None, nulls_frame, predictions))
     return inputs
 
 
-def _filtered(name: str | None, frame: pl.LazyFrame) -> ModelInput:
-    # The rows before a window are only known by filtering them all: a window is a slice.
-    return ModelInput(name, frame, frame.slice)
+def _filtered(name: str | None, frame: pl.LazyFrame, predictions: ParquetInput) -> ModelInput:
+    # The rows before a window are only known by filtering them all: a window is a slice, of
+    # the whole input, whose files are checked against the scan as a window's are.
+    return ModelInput(name, frame, reading.checked(frame.slice, predictions.files))
 
 
 def batch_rows(n_classes: int, batch_bytes: int = DEFAULT_BATCH_BYTES) -> int:

@@ -54,15 +54,31 @@ class ParquetFile:
     hive: dict[str, str]
     schema: str
     row_groups: tuple[int, ...] = ()  # the rows of each of its row groups
-    # A local file's size and modification time (ns) just before its footer was read: a read
+    # A local file's size, modification and change times (ns) before its footer was read: a read
     # that finds others refuses the file, which changed since the scan (:func:`_check_file`).
-    stamp: tuple[int, int] | None = None
+    stamp: tuple[int, ...] | None = None
 
     def constant(self, column: str) -> str | None:
-        """The single value ``column`` holds in every row, if the hive path or statistics say so."""
+        """The single value ``column`` holds in every row, if the hive path or statistics say so.
+
+        Raises
+        ------
+        UsageError
+            The file changed since the scan, or is gone (:func:`_check_file`): its footer is
+            read again here, after the scan.
+        """
         if column in self.hive:
             return self.hive[column]
-        metadata = storage.read_metadata(self.path)
+        try:
+            _check_file(self)
+            metadata = storage.read_metadata(self.path)
+        except (pl.exceptions.ComputeError, OSError, ValueError) as error:
+            if storage.is_remote(self.path) and isinstance(error, OSError):
+                if not isinstance(error, FileNotFoundError):  # as in the scan (_describe)
+                    raise StorageError(
+                        f"cannot read {self.path!r}: {one_line(str(error))}"
+                    ) from None
+            raise UsageError(f"cannot read {self.path!r}: {one_line(str(error))}") from None
         names = metadata.schema.names
         if column not in names:
             return None
@@ -226,10 +242,16 @@ def _describe(file: str, folders: Sequence[str], offset: int) -> ParquetFile:
     )
 
 
-def _stamp(path: str) -> tuple[int, int]:
-    """A local file's size and modification time in nanoseconds (:attr:`ParquetFile.stamp`)."""
+def _stamp(path: str) -> tuple[int, ...]:
+    """A local file's size and modification and change times in ns (:attr:`ParquetFile.stamp`).
+
+    The change time too: ``cp -p``, ``rsync -t`` and ``touch -r`` give a file rewritten in place
+    or renamed over it its old modification time, and no one can set the change time. (Not the
+    inode, which a FUSE mount of a bucket may number anew, and another machine of a Ray cluster
+    sees otherwise.)
+    """
     status = os.stat(path)
-    return status.st_size, status.st_mtime_ns
+    return status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
 def aligned_rows(size: int, files: Sequence[ParquetFile]) -> int:
@@ -364,7 +386,7 @@ def _check_file(file: ParquetFile) -> None:
     try:
         if file.stamp is not None:
             if _stamp(file.path) != file.stamp:
-                raise _changed(file, "its size or modification time")
+                raise _changed(file, "its size, modification or change time")
             return
         metadata = storage.read_metadata(file.path)
     except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError)
@@ -385,6 +407,27 @@ def _check_files(files: Sequence[ParquetFile]) -> None:
         threads = min(REMOTE_FOOTERS, len(remote))
         with ThreadPoolExecutor(threads, thread_name_prefix="klrank-footer") as pool:
             list(pool.map(_check_file, remote))
+
+
+def checked(window: Window, files: Sequence[ParquetFile]) -> Window:
+    """``window``, each query read at once and refused if one of ``files`` changed since the scan.
+
+    For windows that are slices of a query over a whole input (the rows of one model among
+    files of several), which :class:`_Windows` does not read: its files are checked before and
+    after each read, as a window's are (:func:`_check_files`).
+    """
+
+    def read(start: int, length: int) -> pl.LazyFrame:
+        _check_files(files)
+        try:
+            rows = window(start, length).collect()
+        except (Exception, pl.exceptions.PanicException):  # a panic is a BaseException
+            _check_files(files)
+            raise
+        _check_files(files)
+        return rows.lazy()
+
+    return read
 
 
 class _Windows:
@@ -423,7 +466,8 @@ class _Windows:
                 rows = self._arrow_rows(files, position, start, length)
             else:
                 rows = self._scan_rows(files, position, start, length).collect()
-        except pl.exceptions.PanicException:  # as Polars' reader of a file rewritten under it
+        except (Exception, pl.exceptions.PanicException):  # a panic is a BaseException
+            # A file rewritten under the reader (a column gone, a panic): say which one.
             _check_files(files)
             raise
         _check_files(local)
@@ -684,9 +728,20 @@ def _compacted(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
-    """Read the columns selected from ``source``; a file damaged past its footer is a usage error."""
+    """Read the columns selected from ``source``; a file damaged past its footer is a usage error.
+
+    So is one of its files changed since the scan (:func:`_check_files`, after the read: a
+    local file's times only grow, so one unchanged then was unchanged throughout): the ids, and
+    a model read whole to be joined to the labels, are read so, not in windows.
+    """
     try:
-        return _compacted(frame.collect())
+        try:
+            rows = frame.collect()
+        except (Exception, pl.exceptions.PanicException):  # a panic is a BaseException
+            _check_files(source.files)  # a file changed under the read: say which one
+            raise
+        _check_files(source.files)
+        return _compacted(rows)
     except READ_ERRORS as error:
         raise UsageError(
             f"cannot read the Parquet data of {source.path!r}: {one_line(str(error))}"

@@ -557,7 +557,9 @@ def test_a_file_rewritten_with_other_values_alone_since_the_scan_is_a_usage_erro
     frame = frame.with_columns(pl.lit([0.5, 0.5]).alias("prob"))
     frame.with_columns(pl.col("prob").cast(pl.Array(pl.Float64, 2))).write_parquet(path)
     assert pq.read_metadata(path).num_rows == 10
-    message = f"'{path}' has changed since the input was scanned (its size or modification time)"
+    message = (
+        f"'{path}' has changed since the input was scanned (its size, modification or change time)"
+    )
     with pytest.raises(pl.exceptions.ComputeError, match=re.escape(message)):
         window(5, 5)
 
@@ -799,3 +801,146 @@ def test_rows_writer_raises_a_full_disk_at_the_latest_on_close() -> None:
         for _ in range(3):
             writer.write(pl.DataFrame({"id": range(100_000)}))
         writer.close()
+
+
+def _plain(frame: pl.DataFrame, path: Path) -> None:
+    """``frame`` uncompressed and without statistics: other values in it take the same bytes."""
+    pq.write_table(frame.to_arrow(), path, compression="none", write_statistics=False)
+
+
+def _several_models(folder: Path) -> pl.DataFrame:
+    """Labels of 40 rows in ``folder``, and the predictions of two models in one file."""
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0.05, 0.95, 40)
+    pl.DataFrame({"id": range(40), "prob_a": p, "prob_b": 1 - p}).write_parquet(
+        folder / "labels.parquet"
+    )
+    (folder / "predictions").mkdir()
+    q = np.clip(np.concatenate([p, p]) + rng.normal(0, 0.2, 80), 0.01, 0.99)
+    return pl.DataFrame(
+        {"id": [*range(40)] * 2, "model": ["a"] * 40 + ["b"] * 40, "prob_a": q, "prob_b": 1 - q}
+    )
+
+
+def test_a_file_of_several_models_rewritten_since_the_scan_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file holding several models is read by filtering the whole input, not by windows: it
+    # went unchecked, and the run published the new values as if they were the scanned ones.
+    predictions = _several_models(tmp_path)
+    path = tmp_path / "predictions" / "part-0.parquet"
+    _plain(predictions, path)
+    scan = reading.scan_parquet
+
+    def rewritten_after_the_scan(source: str) -> reading.ParquetInput:
+        scanned = scan(source)
+        if source.endswith("predictions"):
+            _plain(predictions.with_columns(pl.col("prob_a", "prob_b").reverse()), path)
+        return scanned
+
+    monkeypatch.setattr(reading, "scan_parquet", rewritten_after_the_scan)
+    result = invoke(
+        "run", "--labels", tmp_path / "labels.parquet", "--predictions", tmp_path / "predictions",
+        "--out", tmp_path / "out", "--bootstrap", "0",
+    )  # fmt: skip
+    assert result.returncode == 2, str(result)
+    assert f"'{path}' has changed since the input was scanned" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change", ["removed", "not-parquet"])
+def test_a_file_of_one_model_changed_before_its_model_is_read_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    # Each file's model is read from its footer's statistics after the scan (constant): a file
+    # removed by then exited 74 ("cannot use"), one rewritten as other bytes 70 (a bug).
+    predictions = _several_models(tmp_path)
+    for model in ("a", "b"):
+        frame = predictions.filter(pl.col("model") == model)
+        frame.write_parquet(tmp_path / "predictions" / f"{model}.parquet")
+    path = tmp_path / "predictions" / "b.parquet"
+    scan = reading.scan_parquet
+
+    def changed_after_the_scan(source: str) -> reading.ParquetInput:
+        scanned = scan(source)
+        if source.endswith("predictions"):
+            path.unlink() if change == "removed" else path.write_bytes(b"not Parquet" * 10)
+        return scanned
+
+    monkeypatch.setattr(reading, "scan_parquet", changed_after_the_scan)
+    result = invoke(
+        "run", "--labels", tmp_path / "labels.parquet", "--predictions", tmp_path / "predictions",
+        "--out", tmp_path / "out", "--bootstrap", "0",
+    )  # fmt: skip
+    assert result.returncode == 2, str(result)
+    assert f"'{path}'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_rewritten_between_the_check_and_the_read_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Polars' error for the rewritten file (a column gone) named the input alone, with its
+    # query plan: the check after the read, which names the file, ran only after a panic.
+    path = tmp_path / "part-0.parquet"
+    _wide_file(path)
+    scanned = reading.scan_parquet(str(tmp_path))
+    read = reading._Windows._scan_rows
+
+    def rewritten_before_the_read(self: Any, *args: Any) -> pl.LazyFrame:
+        pl.DataFrame({"id": range(10), "prob_0": [0.5] * 10}).write_parquet(path)
+        return read(self, *args)
+
+    monkeypatch.setattr(reading._Windows, "_scan_rows", rewritten_before_the_read)
+    message = f"'{path}' has changed since the input was scanned"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        list(reading.batches(scanned.windows(["id", "prob_0", "prob_1", ROW]), scanned, 3))
+
+
+def test_a_file_rewritten_with_the_same_size_and_modification_time_is_refused(
+    tmp_path: Path,
+) -> None:
+    # What cp -p, rsync -t or touch -r leave: other values in the same bytes, the old mtime.
+    path = tmp_path / "part-0.parquet"
+    frame = pl.DataFrame({"id": range(10), "prob_0": np.linspace(0, 1, 10)})
+    _plain(frame, path)
+    scanned = reading.scan_parquet(str(tmp_path))
+    window = scanned.windows(["id", "prob_0", ROW])
+    assert window(0, 5).collect().get_column("prob_0").to_list()[1] == pytest.approx(1 / 9)
+    before = os.stat(path)
+    _plain(frame.with_columns(pl.col("prob_0").reverse()), path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size
+    message = f"'{path}' has changed since the input was scanned"
+    with pytest.raises(pl.exceptions.ComputeError, match=re.escape(message)):
+        window(5, 5)
+
+
+def test_a_model_read_whole_to_join_rewritten_since_the_scan_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Predictions in another order than the labels are read whole (collect) and joined to them,
+    # not in windows: a file rewritten since the scan went unchecked and its values published.
+    predictions = _several_models(tmp_path).sample(fraction=1.0, shuffle=True, seed=3)
+    for model in ("a", "b"):
+        (tmp_path / "predictions" / f"model={model}").mkdir()
+        frame = predictions.filter(pl.col("model") == model).drop("model")
+        _plain(frame, tmp_path / "predictions" / f"model={model}" / "part-0.parquet")
+    path = tmp_path / "predictions" / "model=a" / "part-0.parquet"
+    rewritten = pl.read_parquet(path).with_columns(pl.col("prob_a", "prob_b").reverse())
+    scan = reading.scan_parquet
+
+    def rewritten_after_the_scan(source: str) -> reading.ParquetInput:
+        scanned = scan(source)
+        if source.endswith("predictions"):
+            _plain(rewritten, path)
+        return scanned
+
+    monkeypatch.setattr(reading, "scan_parquet", rewritten_after_the_scan)
+    result = invoke(
+        "run", "--labels", tmp_path / "labels.parquet", "--predictions", tmp_path / "predictions",
+        "--out", tmp_path / "out", "--bootstrap", "0",
+    )  # fmt: skip
+    assert result.returncode == 2, str(result)
+    assert f"'{path}' has changed since the input was scanned" in result.stderr
+    assert not (tmp_path / "out").exists()
