@@ -944,3 +944,29 @@ def test_a_model_read_whole_to_join_rewritten_since_the_scan_is_a_usage_error(
     assert result.returncode == 2, str(result)
     assert f"'{path}' has changed since the input was scanned" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_of_several_models_rewritten_between_two_batches_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model's batches of a file of several are slices of a filter of the whole input: the
+    # second batch was read from the new values, the first from the old, and published.
+    predictions = _several_models(tmp_path)
+    path = tmp_path / "predictions" / "part-0.parquet"
+    _plain(predictions, path)
+    read = reading.Batches._read
+
+    def rewritten_after_the_first_batch(self: reading.Batches, start: int) -> pl.DataFrame:
+        batch = read(self, start)
+        if self._source.path.endswith("predictions") and start == 0:
+            _plain(predictions.with_columns(pl.col("prob_a", "prob_b").reverse()), path)
+        return batch
+
+    monkeypatch.setattr(reading.Batches, "_read", rewritten_after_the_first_batch)
+    result = invoke(
+        "run", "--labels", tmp_path / "labels.parquet", "--predictions", tmp_path / "predictions",
+        "--out", tmp_path / "out", "--bootstrap", "0", "--batch-bytes", "500",
+    )  # fmt: skip
+    assert result.returncode == 2, str(result)
+    assert f"'{path}' has changed since the input was scanned" in result.stderr
+    assert not (tmp_path / "out").exists()
