@@ -73,6 +73,7 @@ class ModelInput:
     name: str | None  # None: the rows whose model is null
     frame: pl.LazyFrame
     window: reading.Window  # the query for some of the rows of ``frame``, by position
+    files: tuple[reading.ParquetFile, ...]  # those ``frame`` reads (checked after a read)
 
 
 class _Stopwatch:
@@ -113,6 +114,7 @@ def model_inputs(
                         name,
                         predictions.subset(files).select(selected),
                         predictions.windows(selected, files),
+                        tuple(files),
                     )
                     for name, files in sorted(by_file.items())
                 ]
@@ -135,7 +137,9 @@ def model_inputs(
 def _filtered(name: str | None, frame: pl.LazyFrame, predictions: ParquetInput) -> ModelInput:
     # The rows before a window are only known by filtering them all: a window is a slice, of
     # the whole input, whose files are checked against the scan as a window's are.
-    return ModelInput(name, frame, reading.checked(frame.slice, predictions.files))
+    return ModelInput(
+        name, frame, reading.checked(frame.slice, predictions.files), predictions.files
+    )
 
 
 def batch_rows(n_classes: int, batch_bytes: int = DEFAULT_BATCH_BYTES) -> int:
@@ -304,7 +308,8 @@ def _evaluate(
             continue
         ranks = [MODEL_RANK] if partition else []
         ids = comparable_ids(
-            reading.collect(source.frame.select(layout.id_col, *ranks), predictions), layout
+            reading.collect(source.frame.select(layout.id_col, *ranks), predictions, source.files),
+            layout,
         )
         positional = ids.get_column(layout.id_col).equals(
             label_keys.get_column(layout.id_col), null_equal=True
@@ -317,7 +322,7 @@ def _evaluate(
             continue
         del ids  # at 20M rows the ids weigh 160 MB a model
         keys = comparable_ids(
-            reading.collect(frame.select(layout.id_col, ROW), predictions), layout
+            reading.collect(frame.select(layout.id_col, ROW), predictions, source.files), layout
         )
         coverage = checked(check_coverage, label_keys, source.name, keys, layout)
         failures.append(coverage)
@@ -330,7 +335,7 @@ def _evaluate(
             validate_only.append(window)
             continue
         alignment[source.name] = "joined"
-        rows = comparable_ids(reading.collect(frame, predictions), layout)
+        rows = comparable_ids(reading.collect(frame, predictions, source.files), layout)
         in_label_order = label_keys.select(layout.id_col).join(
             rows, on=layout.id_col, how="left", maintain_order="left"
         )

@@ -727,20 +727,24 @@ def _compacted(frame: pl.DataFrame) -> pl.DataFrame:
     return frame
 
 
-def collect(frame: pl.LazyFrame, source: ParquetInput) -> pl.DataFrame:
+def collect(
+    frame: pl.LazyFrame, source: ParquetInput, files: Sequence[ParquetFile] | None = None
+) -> pl.DataFrame:
     """Read the columns selected from ``source``; a file damaged past its footer is a usage error.
 
-    So is one of its files changed since the scan (:func:`_check_files`, after the read: a
-    local file's times only grow, so one unchanged then was unchanged throughout): the ids, and
-    a model read whole to be joined to the labels, are read so, not in windows.
+    So is one of ``files``, those ``frame`` reads (default: all of ``source``'s), changed since
+    the scan (:func:`_check_files`, after the read: a local file's times only grow, so one
+    unchanged then was unchanged throughout): the ids, and a model read whole to be joined to
+    the labels, are read so, not in windows.
     """
+    checked_files = source.files if files is None else files
     try:
         try:
             rows = frame.collect()
         except (Exception, pl.exceptions.PanicException):  # a panic is a BaseException
-            _check_files(source.files)  # a file changed under the read: say which one
+            _check_files(checked_files)  # a file changed under the read: say which one
             raise
-        _check_files(source.files)
+        _check_files(checked_files)
         return _compacted(rows)
     except READ_ERRORS as error:
         raise UsageError(
