@@ -728,23 +728,24 @@ def _compacted(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def collect(
-    frame: pl.LazyFrame, source: ParquetInput, files: Sequence[ParquetFile] | None = None
+    frame: pl.LazyFrame, source: ParquetInput, files: Sequence[ParquetFile] = ()
 ) -> pl.DataFrame:
     """Read the columns selected from ``source``; a file damaged past its footer is a usage error.
 
-    So is one of ``files``, those ``frame`` reads (default: all of ``source``'s), changed since
-    the scan (:func:`_check_files`, after the read: a local file's times only grow, so one
-    unchanged then was unchanged throughout): the ids, and a model read whole to be joined to
-    the labels, are read so, not in windows.
+    So is one of ``files``, those ``frame`` reads, changed since the scan (:func:`_check_files`,
+    after the read: a local file's times only grow, so one unchanged then was unchanged
+    throughout). Rows kept instead of read again in windows need it: a model read whole to be
+    joined to the labels. Reads of a whole input that its windows read again later (its ids,
+    its model column) need not: each window checks its files against the scan, and in a
+    bucket each check reads a footer.
     """
-    checked_files = source.files if files is None else files
     try:
         try:
             rows = frame.collect()
         except (Exception, pl.exceptions.PanicException):  # a panic is a BaseException
-            _check_files(checked_files)  # a file changed under the read: say which one
+            _check_files(files)  # a file changed under the read: say which one
             raise
-        _check_files(checked_files)
+        _check_files(files)
         return _compacted(rows)
     except READ_ERRORS as error:
         raise UsageError(
