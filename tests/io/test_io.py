@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -830,22 +831,34 @@ def test_a_file_of_several_models_rewritten_since_the_scan_is_a_usage_error(
     predictions = _several_models(tmp_path)
     path = tmp_path / "predictions" / "part-0.parquet"
     _plain(predictions, path)
+    rewritten = predictions.with_columns(pl.col("prob_a", "prob_b").reverse())
+    result = _run_changed_after_the_scan(tmp_path, monkeypatch, lambda: _plain(rewritten, path))
+    assert f"'{path}' has changed since the input was scanned" in result.stderr
+
+
+def _run_changed_after_the_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Callable[[], object]
+) -> Any:
+    """``klrank run`` of ``tmp_path``'s inputs, ``change`` made as the predictions are scanned.
+
+    The run must exit 2 and publish nothing.
+    """
     scan = reading.scan_parquet
 
-    def rewritten_after_the_scan(source: str) -> reading.ParquetInput:
+    def changed_after_the_scan(source: str) -> reading.ParquetInput:
         scanned = scan(source)
         if source.endswith("predictions"):
-            _plain(predictions.with_columns(pl.col("prob_a", "prob_b").reverse()), path)
+            change()
         return scanned
 
-    monkeypatch.setattr(reading, "scan_parquet", rewritten_after_the_scan)
+    monkeypatch.setattr(reading, "scan_parquet", changed_after_the_scan)
     result = invoke(
         "run", "--labels", tmp_path / "labels.parquet", "--predictions", tmp_path / "predictions",
         "--out", tmp_path / "out", "--bootstrap", "0",
     )  # fmt: skip
     assert result.returncode == 2, str(result)
-    assert f"'{path}' has changed since the input was scanned" in result.stderr
     assert not (tmp_path / "out").exists()
+    return result
 
 
 @pytest.mark.parametrize("change", ["removed", "not-parquet"])
@@ -859,22 +872,12 @@ def test_a_file_of_one_model_changed_before_its_model_is_read_is_a_usage_error(
         frame = predictions.filter(pl.col("model") == model)
         frame.write_parquet(tmp_path / "predictions" / f"{model}.parquet")
     path = tmp_path / "predictions" / "b.parquet"
-    scan = reading.scan_parquet
 
-    def changed_after_the_scan(source: str) -> reading.ParquetInput:
-        scanned = scan(source)
-        if source.endswith("predictions"):
-            path.unlink() if change == "removed" else path.write_bytes(b"not Parquet" * 10)
-        return scanned
+    def changed() -> None:
+        path.unlink() if change == "removed" else path.write_bytes(b"not Parquet" * 10)
 
-    monkeypatch.setattr(reading, "scan_parquet", changed_after_the_scan)
-    result = invoke(
-        "run", "--labels", tmp_path / "labels.parquet", "--predictions", tmp_path / "predictions",
-        "--out", tmp_path / "out", "--bootstrap", "0",
-    )  # fmt: skip
-    assert result.returncode == 2, str(result)
+    result = _run_changed_after_the_scan(tmp_path, monkeypatch, changed)
     assert f"'{path}'" in result.stderr
-    assert not (tmp_path / "out").exists()
 
 
 def test_a_file_rewritten_between_the_check_and_the_read_is_named(
@@ -928,22 +931,8 @@ def test_a_model_read_whole_to_join_rewritten_since_the_scan_is_a_usage_error(
         _plain(frame, tmp_path / "predictions" / f"model={model}" / "part-0.parquet")
     path = tmp_path / "predictions" / "model=a" / "part-0.parquet"
     rewritten = pl.read_parquet(path).with_columns(pl.col("prob_a", "prob_b").reverse())
-    scan = reading.scan_parquet
-
-    def rewritten_after_the_scan(source: str) -> reading.ParquetInput:
-        scanned = scan(source)
-        if source.endswith("predictions"):
-            _plain(rewritten, path)
-        return scanned
-
-    monkeypatch.setattr(reading, "scan_parquet", rewritten_after_the_scan)
-    result = invoke(
-        "run", "--labels", tmp_path / "labels.parquet", "--predictions", tmp_path / "predictions",
-        "--out", tmp_path / "out", "--bootstrap", "0",
-    )  # fmt: skip
-    assert result.returncode == 2, str(result)
+    result = _run_changed_after_the_scan(tmp_path, monkeypatch, lambda: _plain(rewritten, path))
     assert f"'{path}' has changed since the input was scanned" in result.stderr
-    assert not (tmp_path / "out").exists()
 
 
 def test_a_file_of_several_models_rewritten_between_two_batches_is_a_usage_error(
