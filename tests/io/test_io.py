@@ -517,7 +517,7 @@ def test_a_column_file_rewritten_since_the_scan_is_a_usage_error(
 ) -> None:
     # Polars' scan read each file as it was at the time of the read: strings for the floats,
     # the first ten of twelve rows as if they were the ten the scan counted, or batches of 3 and
-    # 1 rows for 10 rows scanned, which pair with the wrong label rows.
+    # 1 rows for 10 rows scanned.
     path = tmp_path / "part-0.parquet"
     _wide_file(path)
     scanned = reading.scan_parquet(str(tmp_path))
