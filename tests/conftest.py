@@ -8,6 +8,7 @@ the ``test`` extra, Azurite with ``make test``, which installs it in .azurite).
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +29,18 @@ from s3_helpers import (
 )
 
 AZURITE = Path(__file__).parents[1] / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let SIGINT reach the tests and the processes they start, however pytest was started.
+
+    A shell starts a background job (``cmd &``, as CI scripts and ``nohup`` runs do) with SIGINT
+    ignored, every child inherits that, and klrank keeps a signal ignored from the start
+    (``klrank.runtime.interrupts.install``): the SIGINT tests then failed, in-process with no
+    ``Interrupted`` and in a subprocess with no "stopped by SIGINT" line.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
