@@ -308,8 +308,7 @@ def _evaluate(
             continue
         ranks = [MODEL_RANK] if partition else []
         ids = comparable_ids(
-            reading.collect(source.frame.select(layout.id_col, *ranks), predictions, source.files),
-            layout,
+            reading.collect(source.frame.select(layout.id_col, *ranks), predictions), layout
         )
         positional = ids.get_column(layout.id_col).equals(
             label_keys.get_column(layout.id_col), null_equal=True
@@ -322,7 +321,7 @@ def _evaluate(
             continue
         del ids  # at 20M rows the ids weigh 160 MB a model
         keys = comparable_ids(
-            reading.collect(frame.select(layout.id_col, ROW), predictions, source.files), layout
+            reading.collect(frame.select(layout.id_col, ROW), predictions), layout
         )
         coverage = checked(check_coverage, label_keys, source.name, keys, layout)
         failures.append(coverage)

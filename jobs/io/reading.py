@@ -378,10 +378,10 @@ def _check_unchanged(file: ParquetFile, metadata: pq.FileMetaData) -> tuple[int,
 def _check_file(file: ParquetFile) -> None:
     """Refuse ``file`` if it changed since the scan, or is gone.
 
-    A local file by its size and modification time: a file rewritten with other values in the
-    same columns and row groups would be read as if it held the rows the scan counted, mixed
-    with the rows read of it before. A file in a bucket, where no such stamp is at hand, by its
-    footer (:func:`_check_unchanged`): there such a rewrite goes unseen.
+    A local file by its size, modification and change times: a file rewritten with other
+    values in the same columns and row groups would be read as if it held the rows the scan
+    counted, mixed with the rows read of it before. A file in a bucket, where no such stamp is
+    at hand, by its footer (:func:`_check_unchanged`): there such a rewrite goes unseen.
     """
     try:
         if file.stamp is not None:
