@@ -34,7 +34,7 @@ AZURITE = Path(__file__).parents[1] / ".azurite" / "node_modules" / ".bin" / "az
 def pytest_configure(config: pytest.Config) -> None:
     """Let SIGINT reach the tests and the processes they start, however pytest was started.
 
-    A shell starts a background job (``cmd &``, as CI scripts and ``nohup`` runs do) with SIGINT
+    A shell without job control (a script) starts ``cmd &`` and ``nohup cmd &`` with SIGINT
     ignored, every child inherits that, and klrank keeps a signal ignored from the start
     (``klrank.runtime.interrupts.install``): the SIGINT tests then failed, in-process with no
     ``Interrupted`` and in a subprocess with no "stopped by SIGINT" line.

@@ -409,6 +409,23 @@ def _check_files(files: Sequence[ParquetFile]) -> None:
             list(pool.map(_check_file, remote))
 
 
+def _read_checked(
+    read: Callable[[], pl.DataFrame], files: Sequence[ParquetFile], after: Sequence[ParquetFile]
+) -> pl.DataFrame:
+    """``read()``, then :func:`_check_files` of ``after``.
+
+    If the read fails, ``files`` are checked first, so that a file rewritten under the reader
+    (a column gone, a Polars panic) is named instead of the reader's own error.
+    """
+    try:
+        rows = read()
+    except (Exception, pl.exceptions.PanicException):  # a panic is a BaseException
+        _check_files(files)
+        raise
+    _check_files(after)
+    return rows
+
+
 def checked(window: Window, files: Sequence[ParquetFile]) -> Window:
     """``window``, each query read at once and refused if one of ``files`` changed since the scan.
 
@@ -419,13 +436,7 @@ def checked(window: Window, files: Sequence[ParquetFile]) -> Window:
 
     def read(start: int, length: int) -> pl.LazyFrame:
         _check_files(files)
-        try:
-            rows = window(start, length).collect()
-        except (Exception, pl.exceptions.PanicException):  # a panic is a BaseException
-            _check_files(files)
-            raise
-        _check_files(files)
-        return rows.lazy()
+        return _read_checked(window(start, length).collect, files, files).lazy()
 
     return read
 
@@ -461,16 +472,14 @@ class _Windows:
         files = self._files[first:last]
         local = [file for file in files if file.stamp is not None]
         _check_files(files if self._arrow is None else local)
-        try:
-            if self._arrow is not None:
-                rows = self._arrow_rows(files, position, start, length)
-            else:
-                rows = self._scan_rows(files, position, start, length).collect()
-        except (Exception, pl.exceptions.PanicException):  # a panic is a BaseException
-            # A file rewritten under the reader (a column gone, a panic): say which one.
-            _check_files(files)
-            raise
-        _check_files(local)
+        if self._arrow is not None:
+            rows = _read_checked(
+                lambda: self._arrow_rows(files, position, start, length), files, local
+            )
+        else:
+            rows = _read_checked(
+                self._scan_rows(files, position, start, length).collect, files, local
+            )
         return rows.lazy()
 
     def _scan_rows(
@@ -740,13 +749,7 @@ def collect(
     bucket each check reads a footer.
     """
     try:
-        try:
-            rows = frame.collect()
-        except (Exception, pl.exceptions.PanicException):  # a panic is a BaseException
-            _check_files(files)  # a file changed under the read: say which one
-            raise
-        _check_files(files)
-        return _compacted(rows)
+        return _compacted(_read_checked(frame.collect, files, files))
     except READ_ERRORS as error:
         raise UsageError(
             f"cannot read the Parquet data of {source.path!r}: {one_line(str(error))}"
